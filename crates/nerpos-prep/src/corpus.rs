@@ -1,0 +1,530 @@
+//! Reading token-level corpora into sentences of (word, POS, tag).
+//!
+//! Words, POS tags and tags are interned: a corpus has ~1M tokens but only ~35k distinct words, and the
+//! tokenizer runs once per distinct word.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+
+use crate::encoding::{self, Detected, TextEncoding};
+use crate::error::{PrepError, Result};
+use crate::tags;
+
+/// Input formats.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Kaggle/GMB CSV: `Sentence #,Word,POS,Tag`, the sentence id only on a sentence's first row.
+    Gmb,
+    /// Whitespace-separated columns, a blank line between sentences, `-DOCSTART-` lines skipped.
+    Conll,
+}
+
+/// Which CoNLL columns hold the word, the POS tag and the NER tag (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ConllColumns {
+    pub word: usize,
+    pub pos: usize,
+    pub tag: usize,
+}
+
+impl Default for ConllColumns {
+    /// CoNLL-2003: `word POS chunk NER`.
+    fn default() -> Self {
+        ConllColumns {
+            word: 0,
+            pos: 1,
+            tag: 3,
+        }
+    }
+}
+
+/// Distinct strings with dense ids in first-seen order.
+#[derive(Debug, Default, Clone)]
+pub struct Interner {
+    names: Vec<String>,
+    // Fx: a million lookups of short strings; SipHash's DoS resistance buys nothing here.
+    index: FxHashMap<String, u32>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.index.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.to_owned());
+        self.index.insert(s.to_owned(), id);
+        id
+    }
+
+    pub fn index_of(&self, s: &str) -> Option<u32> {
+        self.index.get(s).copied()
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// One token: ids into the corpus' interners.
+#[derive(Debug, Clone, Copy)]
+pub struct Token {
+    pub word: u32,
+    pub pos: u32,
+    pub tag: u32,
+}
+
+/// A sentence: its id in the source, the line of its first token, and its tokens' range.
+#[derive(Debug, Clone)]
+pub struct Sentence {
+    pub id: String,
+    pub line: u64,
+    pub start: usize,
+    pub len: usize,
+}
+
+#[derive(Debug)]
+pub struct Corpus {
+    pub path: PathBuf,
+    pub encoding: Detected,
+    pub words: Interner,
+    pub pos: Interner,
+    pub tags: Interner,
+    pub tokens: Vec<Token>,
+    pub sentences: Vec<Sentence>,
+    /// Line of each distinct tag's first occurrence, for errors found after reading.
+    pub tag_lines: Vec<u64>,
+}
+
+impl Corpus {
+    pub fn tokens_of(&self, s: &Sentence) -> &[Token] {
+        &self.tokens[s.start..s.start + s.len]
+    }
+
+    fn new(path: &Path, encoding: Detected) -> Corpus {
+        Corpus {
+            path: path.to_owned(),
+            encoding,
+            words: Interner::default(),
+            pos: Interner::default(),
+            tags: Interner::default(),
+            tokens: Vec::new(),
+            sentences: Vec::new(),
+            tag_lines: Vec::new(),
+        }
+    }
+
+    /// Adds a token to the current (last) sentence after validating it.
+    fn push(&mut self, line: u64, word: &str, pos: &str, tag: &str) -> Result<()> {
+        if word.trim().is_empty() {
+            return Err(PrepError::input(
+                &self.path,
+                line,
+                "empty word (expected a non-blank word)",
+            ));
+        }
+        if pos.trim().is_empty() {
+            return Err(PrepError::input(
+                &self.path,
+                line,
+                format!("empty POS tag for word {word:?} (expected a POS tag)"),
+            ));
+        }
+        if tags::parse(tag).is_none() {
+            return Err(PrepError::input(
+                &self.path,
+                line,
+                format!("invalid tag {tag:?} for word {word:?} ({})", tags::EXPECTED),
+            ));
+        }
+        let tag = self.tags.intern(tag);
+        if tag as usize == self.tag_lines.len() {
+            self.tag_lines.push(line);
+        }
+        let token = Token {
+            word: self.words.intern(word),
+            pos: self.pos.intern(pos.trim()),
+            tag,
+        };
+        self.tokens.push(token);
+        if let Some(s) = self.sentences.last_mut() {
+            s.len += 1;
+        }
+        Ok(())
+    }
+
+    fn start_sentence(&mut self, id: String, line: u64) {
+        self.sentences.push(Sentence {
+            id,
+            line,
+            start: self.tokens.len(),
+            len: 0,
+        });
+    }
+
+    fn finish(self) -> Result<Corpus> {
+        if self.sentences.is_empty() {
+            return Err(PrepError::File {
+                path: self.path,
+                msg: "no sentences (expected at least one data row)".into(),
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// Reads and validates a corpus file.
+pub fn read(
+    path: &Path,
+    format: Format,
+    encoding: TextEncoding,
+    columns: ConllColumns,
+) -> Result<Corpus> {
+    let bytes = std::fs::read(path).map_err(|e| PrepError::io(path, e))?;
+    parse(path, &bytes, format, encoding, columns)
+}
+
+/// Decodes and validates the bytes of a corpus file read from `path`.
+pub fn parse(
+    path: &Path,
+    bytes: &[u8],
+    format: Format,
+    encoding: TextEncoding,
+    columns: ConllColumns,
+) -> Result<Corpus> {
+    if bytes.is_empty() {
+        return Err(PrepError::File {
+            path: path.to_owned(),
+            msg: "the file is empty (expected a corpus)".into(),
+        });
+    }
+    let (text, detected) = encoding::decode(path, bytes, encoding)?;
+    match format {
+        Format::Gmb => read_gmb(path, &text, detected),
+        Format::Conll => read_conll(path, &text, detected, columns),
+    }
+}
+
+/// Line numbers of CSV records from their byte offsets. The csv crate's own line count is off after
+/// CRLF line ends and skipped blank lines, and its record offset may point at the previous record's
+/// line end, so we skip line-end bytes and count newlines ourselves, incrementally (records come in
+/// order).
+struct LineCursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    line: u64,
+}
+
+impl<'a> LineCursor<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        LineCursor {
+            bytes,
+            pos: 0,
+            line: 1,
+        }
+    }
+
+    fn line_at(&mut self, mut start: usize) -> u64 {
+        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        let start = start.max(self.pos);
+        self.line += self.bytes[self.pos..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        self.pos = start;
+        self.line
+    }
+}
+
+const GMB_COLUMNS: [&str; 4] = ["Sentence #", "Word", "POS", "Tag"];
+
+fn read_gmb(path: &Path, text: &str, detected: Detected) -> Result<Corpus> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
+    let mut corpus = Corpus::new(path, detected);
+    let bytes = text.as_bytes();
+    let csv_err = |e: csv::Error| {
+        let line = e
+            .position()
+            .map_or(0, |p| encoding::line_of(bytes, p.byte() as usize));
+        PrepError::input(path, line, format!("malformed CSV: {e}"))
+    };
+    let mut lines = LineCursor::new(bytes);
+
+    if !reader.read_record(&mut record).map_err(csv_err)? {
+        return Err(PrepError::File {
+            path: path.to_owned(),
+            msg: "no rows (expected a header `Sentence #,Word,POS,Tag` and data)".into(),
+        });
+    }
+    let header: Vec<&str> = record.iter().map(str::trim).collect();
+    let matches = |want: &str, got: &str| want.eq_ignore_ascii_case(got);
+    if header.len() != GMB_COLUMNS.len()
+        || !GMB_COLUMNS.iter().zip(&header).all(|(w, g)| matches(w, g))
+    {
+        let looks_like_data = header.len() == GMB_COLUMNS.len()
+            && !GMB_COLUMNS
+                .iter()
+                .any(|w| header.iter().any(|g| matches(w, g)));
+        let msg = if looks_like_data {
+            format!(
+                "no header: the first row is {:?}; expected the header `Sentence #,Word,POS,Tag`",
+                header.join(",")
+            )
+        } else {
+            format!(
+                "header has {} column(s) {:?}; expected the 4 columns `Sentence #,Word,POS,Tag`",
+                header.len(),
+                header.join(",")
+            )
+        };
+        return Err(PrepError::input(path, 1, msg));
+    }
+
+    let mut seen_ids: HashMap<String, u64> = HashMap::new();
+    loop {
+        let more = reader.read_record(&mut record).map_err(csv_err)?;
+        if !more {
+            break;
+        }
+        let line = lines.line_at(record.position().map_or(0, |p| p.byte() as usize));
+        if record.len() != GMB_COLUMNS.len() {
+            return Err(PrepError::input(
+                path,
+                line,
+                format!(
+                    "{} field(s); expected 4 (Sentence #, Word, POS, Tag) — a word containing a comma \
+                     must be quoted",
+                    record.len()
+                ),
+            ));
+        }
+        let id = record[0].trim();
+        if !id.is_empty() {
+            if let Some(first) = seen_ids.insert(id.to_owned(), line) {
+                return Err(PrepError::input(
+                    path,
+                    line,
+                    format!(
+                        "sentence id {id:?} was already used at line {first} (expected unique ids)"
+                    ),
+                ));
+            }
+            corpus.start_sentence(id.to_owned(), line);
+        } else if corpus.sentences.is_empty() {
+            return Err(PrepError::input(
+                path,
+                line,
+                "the first data row has no sentence id (expected e.g. `Sentence: 1` in column `Sentence #`)",
+            ));
+        }
+        corpus.push(line, &record[1], &record[2], record[3].trim())?;
+    }
+    corpus.finish()
+}
+
+fn read_conll(path: &Path, text: &str, detected: Detected, cols: ConllColumns) -> Result<Corpus> {
+    let need = cols.word.max(cols.pos).max(cols.tag) + 1;
+    let mut corpus = Corpus::new(path, detected);
+    let mut in_sentence = false;
+    // Column count of the first token line: a line with another count is a broken row, not data.
+    let mut width: Option<(usize, u64)> = None;
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = i as u64 + 1;
+        // ASCII whitespace only: a no-break space inside a word is part of the word, not a separator.
+        let fields: Vec<&str> = raw.split_ascii_whitespace().collect();
+        if fields.is_empty() || fields[0] == "-DOCSTART-" {
+            in_sentence = false;
+            continue;
+        }
+        match width {
+            None => width = Some((fields.len(), line)),
+            Some((w, first)) if w != fields.len() => {
+                return Err(PrepError::input(
+                    path,
+                    line,
+                    format!(
+                        "{} column(s), but line {first} has {w} (expected the same columns on every \
+                         token line)",
+                        fields.len()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if fields.len() < need {
+            return Err(PrepError::input(
+                path,
+                line,
+                format!(
+                    "{} column(s); expected at least {need} (word in column {}, POS in {}, tag in {})",
+                    fields.len(),
+                    cols.word,
+                    cols.pos,
+                    cols.tag
+                ),
+            ));
+        }
+        if !in_sentence {
+            corpus.start_sentence((corpus.sentences.len() + 1).to_string(), line);
+            in_sentence = true;
+        }
+        corpus.push(line, fields[cols.word], fields[cols.pos], fields[cols.tag])?;
+    }
+    corpus.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gmb(text: &str) -> Result<Corpus> {
+        read_gmb(Path::new("c.csv"), text, Detected::Utf8)
+    }
+
+    fn words(c: &Corpus, s: usize) -> Vec<&str> {
+        c.tokens_of(&c.sentences[s])
+            .iter()
+            .map(|t| c.words.name(t.word))
+            .collect()
+    }
+
+    #[test]
+    fn gmb_quoting_and_crlf() {
+        let c = gmb("Sentence #,Word,POS,Tag\r\nSentence: 1,\"10,000\",CD,O\r\n,\",\",\",\",O\r\n,\"\"\"\",``,O\r\nSentence: 2,Paris,NNP,B-geo\r\n").unwrap();
+        assert_eq!(c.sentences.len(), 2);
+        assert_eq!(words(&c, 0), ["10,000", ",", "\""]);
+        assert_eq!(c.pos.name(c.tokens[1].pos), ",");
+        assert_eq!(c.sentences[1].id, "Sentence: 2");
+        assert_eq!(c.sentences[1].line, 5);
+        let c = gmb("Sentence #,Word,POS,Tag\n\n\nSentence: 1,a,DT,O\r\n\r\n,b,DT,O\n").unwrap();
+        assert_eq!(c.sentences[0].line, 4);
+        let msg = gmb("Sentence #,Word,POS,Tag\r\nSentence: 1,a,DT,O\r\n\r\n,b,DT,Q\r\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("c.csv:4:"), "{msg}");
+    }
+
+    #[test]
+    fn gmb_errors_name_the_line() {
+        let cases = [
+            ("Sentence #,Word,POS\nSentence: 1,a,DT\n", ":1:", "3 column"),
+            ("Sentence: 1,a,DT,O\n", ":1:", "no header"),
+            (
+                "Sentence #,Word,POS,Tag\n,a,DT,O\n",
+                ":2:",
+                "no sentence id",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nSentence: 1,a,DT,O\n,b,DT,O,x\n",
+                ":3:",
+                "5 field",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nSentence: 1,a,DT,O\n,b,DT\n",
+                ":3:",
+                "3 field",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nSentence: 1,a,DT,O\n, ,DT,O\n",
+                ":3:",
+                "empty word",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nSentence: 1,a,DT,B-\n",
+                ":2:",
+                "invalid tag",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nSentence: 1,a,DT,X\n",
+                ":2:",
+                "O, B-TYPE or I-TYPE",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nSentence: 1,a,,O\n",
+                ":2:",
+                "empty POS",
+            ),
+            (
+                "Sentence #,Word,POS,Tag\nS1,a,DT,O\nS1,b,DT,O\n",
+                ":3:",
+                "already used at line 2",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let msg = gmb(text).unwrap_err().to_string();
+            assert!(
+                msg.contains(line) && msg.contains(what),
+                "{text:?} -> {msg}"
+            );
+        }
+        let msg = gmb("Sentence #,Word,POS,Tag\n").unwrap_err().to_string();
+        assert!(msg.contains("no sentences"), "{msg}");
+    }
+
+    #[test]
+    fn conll_docstart_blank_lines_and_columns() {
+        let text = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\r\n";
+        let c = read_conll(
+            Path::new("c.conll"),
+            text,
+            Detected::Utf8,
+            ConllColumns::default(),
+        )
+        .unwrap();
+        assert_eq!(c.sentences.len(), 2);
+        assert_eq!(words(&c, 0), ["EU", "rejects"]);
+        assert_eq!(c.tags.name(c.tokens[0].tag), "B-ORG");
+        assert_eq!(c.sentences[1].line, 7);
+        let cols = ConllColumns {
+            word: 0,
+            pos: 1,
+            tag: 2,
+        };
+        let c = read_conll(Path::new("c"), "a X O\nb Y B-T\n", Detected::Utf8, cols).unwrap();
+        assert_eq!(c.tags.name(c.tokens[1].tag), "B-T");
+    }
+
+    #[test]
+    fn conll_errors_name_the_line() {
+        let p = Path::new("c.conll");
+        let cols = ConllColumns::default();
+        let msg = read_conll(p, "a b c O\nx y z\n", Detected::Utf8, cols)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("c.conll:2:") && msg.contains("line 1 has 4"),
+            "{msg}"
+        );
+        let msg = read_conll(p, "a b c\n", Detected::Utf8, cols)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(":1:") && msg.contains("at least 4"), "{msg}");
+        let msg = read_conll(p, "\n\n", Detected::Utf8, cols)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no sentences"), "{msg}");
+    }
+}

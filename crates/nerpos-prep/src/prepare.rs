@@ -1,0 +1,632 @@
+//! The prepare pipeline: read → relabel → split → vocabularies → tokenize → align → shards + manifest,
+//! written into a temporary directory that is renamed into place only when complete.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::align::{AlignStats, Aligner, SentenceInput};
+use crate::corpus::{self, ConllColumns, Corpus, Format};
+use crate::encoding::TextEncoding;
+use crate::error::{PrepError, Result};
+use crate::manifest::{
+    self, CorpusStats, LabelSubwords, Manifest, Options, POS_PAD_ID, POS_UNK_ID, Source, Split,
+    SplitInfo, Splits, TokenizerInfo,
+};
+use crate::shards::{self, Row};
+use crate::tags::{self, Relabeler};
+use crate::tokenize::{SubwordTokenizer, WordPieces};
+use crate::{split, vocab};
+
+/// Everything `nerpos-prep` can be asked to do.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub format: Format,
+    pub input: PathBuf,
+    pub tokenizer: PathBuf,
+    pub out: PathBuf,
+    pub encoding: TextEncoding,
+    pub conll_columns: ConllColumns,
+    pub iob1: bool,
+    pub drop_types: Vec<String>,
+    pub labels_file: Option<PathBuf>,
+    pub max_len: usize,
+    pub window_overlap: usize,
+    pub label_subwords: LabelSubwords,
+    pub split: [f64; 3],
+    pub seed: u64,
+    pub shard_rows: usize,
+    pub force: bool,
+    /// Show progress bars (on a terminal).
+    pub progress: bool,
+}
+
+impl PrepareOptions {
+    /// Defaults for everything but the paths.
+    pub fn new(format: Format, input: PathBuf, tokenizer: PathBuf, out: PathBuf) -> Self {
+        PrepareOptions {
+            format,
+            input,
+            tokenizer,
+            out,
+            encoding: TextEncoding::Auto,
+            conll_columns: ConllColumns::default(),
+            iob1: false,
+            drop_types: Vec::new(),
+            labels_file: None,
+            max_len: 128,
+            window_overlap: 0,
+            label_subwords: LabelSubwords::First,
+            split: [0.8, 0.1, 0.1],
+            seed: 42,
+            shard_rows: 8192,
+            force: false,
+            progress: false,
+        }
+    }
+}
+
+/// Sentences checked against whole-sentence tokenization on every run.
+const CHECKED_SENTENCES: usize = 512;
+
+fn bar(show: bool, len: usize, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {human_pos}/{human_len} {per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Runs the whole pipeline and returns the manifest written to `opts.out`.
+pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
+    let started = Instant::now();
+    check_options(opts)?;
+    let out_parent = output_parent(&opts.out)?;
+    if opts.out.exists() && !opts.force {
+        return Err(PrepError::Options(format!(
+            "{} already exists (pass --force to replace it)",
+            opts.out.display()
+        )));
+    }
+
+    let tokenizer = SubwordTokenizer::load(&opts.tokenizer)?;
+    if tokenizer.num_special() >= opts.max_len {
+        return Err(PrepError::Options(format!(
+            "--max-len {} leaves no room for words beside {} special tokens",
+            opts.max_len,
+            tokenizer.num_special()
+        )));
+    }
+
+    let bytes = std::fs::read(&opts.input).map_err(|e| PrepError::io(&opts.input, e))?;
+    let (sha256, corpus) = rayon::join(
+        || format!("{:x}", Sha256::digest(&bytes)),
+        || {
+            corpus::parse(
+                &opts.input,
+                &bytes,
+                opts.format,
+                opts.encoding,
+                opts.conll_columns,
+            )
+        },
+    );
+    let corpus = corpus?;
+    debug!(secs = started.elapsed().as_secs_f32(), "read and parsed");
+    info!(
+        sentences = corpus.sentences.len(),
+        words = corpus.tokens.len(),
+        encoding = corpus.encoding.name(),
+        "read {}",
+        opts.input.display()
+    );
+
+    check_drop_types(&corpus, &opts.drop_types)?;
+    // Tokenizing the distinct words and fixing labels, splits and vocabularies are independent.
+    let (tokenized, labelling) = rayon::join(
+        || -> Result<(WordPieces, usize)> {
+            let pieces = tokenizer.word_pieces(corpus.words.names())?;
+            let checked = check_sample(&tokenizer, &corpus, &pieces)?;
+            Ok((pieces, checked))
+        },
+        || label(&corpus, opts),
+    );
+    let (pieces, checked) = tokenized?;
+    let Labelling {
+        relabeler,
+        labels_of_token,
+        violations,
+        parts,
+        label_vocab,
+        label_id,
+        pos_vocab,
+        pos_id,
+    } = labelling?;
+    for &w in &pieces.empty {
+        warn!(
+            word = corpus.words.name(w),
+            "the tokenizer gives this word no sub-word; using [UNK]"
+        );
+    }
+    if violations > 0 && !opts.iob1 {
+        warn!(
+            violations,
+            "I- tags that do not continue a chunk of their type; if the corpus is IOB1, pass --iob1"
+        );
+    }
+    info!(
+        distinct_words = corpus.words.len(),
+        checked_sentences = checked,
+        "tokenized; sample of whole sentences agrees with per-word tokenization"
+    );
+
+    debug!(
+        secs = started.elapsed().as_secs_f32(),
+        "vocabularies and sub-words ready"
+    );
+    let aligner = Aligner {
+        prefix: tokenizer.prefix.clone(),
+        suffix: tokenizer.suffix.clone(),
+        max_len: opts.max_len,
+        overlap: opts.window_overlap,
+        label_subwords: opts.label_subwords,
+        continuation: continuation_labels(&label_vocab),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.partial-",
+            opts.out
+                .file_name()
+                .map_or("out".into(), |n| n.to_string_lossy())
+        ))
+        .tempdir_in(&out_parent)
+        .map_err(|e| PrepError::io(&out_parent, e))?;
+
+    let align_bar = bar(opts.progress, corpus.sentences.len(), "align");
+    let ctx = AlignContext {
+        corpus: &corpus,
+        pieces: &pieces,
+        aligner: &aligner,
+        labels_of_token: &labels_of_token,
+        label_id: &label_id,
+        label_names: &relabeler.labels,
+        pos_id: &pos_id,
+        bar: &align_bar,
+    };
+    let mut aligned: Vec<AlignedSplit> = parts.iter().map(|members| ctx.split(members)).collect();
+    align_bar.finish_and_clear();
+    debug!(secs = started.elapsed().as_secs_f32(), "aligned");
+
+    // All splits' shards in one parallel pass, so that small dev/test shards fill idle cores.
+    let jobs: Vec<(usize, String, &[Row<&str>])> = Split::ALL
+        .iter()
+        .zip(&aligned)
+        .enumerate()
+        .flat_map(|(k, (split, a))| {
+            a.rows
+                .chunks(opts.shard_rows)
+                .enumerate()
+                .map(move |(i, chunk)| (k, format!("{}/part-{i:05}.parquet", split.name()), chunk))
+        })
+        .collect();
+    for split in Split::ALL {
+        let sub = tmp.path().join(split.name());
+        std::fs::create_dir_all(&sub).map_err(|e| PrepError::io(&sub, e))?;
+    }
+    let written: Vec<(usize, manifest::ShardInfo)> = jobs
+        .par_iter()
+        .map(|(k, file, chunk)| Ok((*k, shards::write(tmp.path(), file, chunk)?)))
+        .collect::<Result<_>>()?;
+    for (k, shard) in written {
+        aligned[k].info.shards.push(shard);
+    }
+    debug!(secs = started.elapsed().as_secs_f32(), "written");
+    for (split, a) in Split::ALL.iter().zip(&aligned) {
+        if a.info.windowed_sentences > 0 {
+            info!(
+                split = split.name(),
+                sentences = a.info.windowed_sentences,
+                "sentences longer than --max-len {} split into windows",
+                opts.max_len
+            );
+        }
+    }
+    let truncated_words = aligned.iter().map(|a| a.truncated_words).sum();
+    let longest_subwords = aligned
+        .iter()
+        .map(|a| a.longest_subwords)
+        .max()
+        .unwrap_or(0);
+    let mut infos = aligned.into_iter().map(|a| a.info);
+    let mut next = || infos.next().expect("three splits");
+    let splits = Splits {
+        train: next(),
+        dev: next(),
+        test: next(),
+    };
+
+    let manifest = Manifest {
+        format: manifest::FORMAT.into(),
+        format_version: manifest::FORMAT_VERSION,
+        created_by: format!("nerpos-prep {}", env!("CARGO_PKG_VERSION")),
+        source: Source {
+            path: absolute(&opts.input),
+            format: opts.format,
+            encoding: corpus.encoding.name().into(),
+            bytes: bytes.len() as u64,
+            sha256,
+        },
+        tokenizer: TokenizerInfo {
+            path: absolute(&opts.tokenizer),
+            files: tokenizer.files.clone(),
+            fingerprint: tokenizer.fingerprint.clone(),
+            pad_token_id: tokenizer.pad_id,
+            unk_token_id: tokenizer.unk_id,
+            prefix_ids: tokenizer.prefix.clone(),
+            suffix_ids: tokenizer.suffix.clone(),
+        },
+        options: Options {
+            max_len: opts.max_len,
+            window_overlap: opts.window_overlap,
+            label_subwords: opts.label_subwords,
+            iob1: opts.iob1,
+            drop_types: opts.drop_types.clone(),
+            split: opts.split,
+            seed: opts.seed,
+            shard_rows: opts.shard_rows,
+            conll_columns: (opts.format == Format::Conll).then_some([
+                opts.conll_columns.word,
+                opts.conll_columns.pos,
+                opts.conll_columns.tag,
+            ]),
+        },
+        labels: label_vocab,
+        label_ignore_id: manifest::IGNORE_LABEL,
+        pos: pos_vocab,
+        pos_pad_id: POS_PAD_ID,
+        pos_unk_id: POS_UNK_ID,
+        corpus: CorpusStats {
+            sentences: corpus.sentences.len(),
+            words: corpus.tokens.len(),
+            distinct_words: corpus.words.len(),
+            tags: corpus.tags.len(),
+            pos_tags: corpus.pos.len(),
+            longest_sentence_words: corpus.sentences.iter().map(|s| s.len).max().unwrap_or(0),
+            longest_sentence_subwords: longest_subwords,
+            words_without_subwords: corpus
+                .tokens
+                .iter()
+                .filter(|t| pieces.empty.binary_search(&t.word).is_ok())
+                .count(),
+            truncated_words,
+            iob2_violations: violations,
+        },
+        splits,
+    };
+    let manifest_path = tmp.path().join(manifest::MANIFEST);
+    std::fs::write(&manifest_path, manifest.to_json())
+        .map_err(|e| PrepError::io(&manifest_path, e))?;
+    publish(tmp, &opts.out)?;
+    info!(
+        out = %opts.out.display(),
+        secs = started.elapsed().as_secs_f32(),
+        "dataset written"
+    );
+    Ok(manifest)
+}
+
+/// Final labels, splits and vocabularies.
+struct Labelling {
+    relabeler: Relabeler,
+    /// Final label (index into `relabeler.labels`) of every token.
+    labels_of_token: Vec<u32>,
+    violations: usize,
+    /// Sentence indices of train, dev, test.
+    parts: [Vec<usize>; 3],
+    label_vocab: Vec<String>,
+    /// Vocabulary id of each of `relabeler.labels`.
+    label_id: Vec<i32>,
+    pos_vocab: Vec<String>,
+    /// Vocabulary id of each distinct POS tag of the corpus.
+    pos_id: Vec<u32>,
+}
+
+fn label(corpus: &Corpus, opts: &PrepareOptions) -> Result<Labelling> {
+    let relabeler = Relabeler::new(corpus.tags.names(), &opts.drop_types, opts.iob1);
+    let mut labels_of_token: Vec<u32> = Vec::with_capacity(corpus.tokens.len());
+    for s in &corpus.sentences {
+        relabeler.sentence(
+            corpus.tokens_of(s).iter().map(|t| t.tag),
+            &mut labels_of_token,
+        );
+    }
+    let parsed: Vec<tags::Tag> = relabeler
+        .labels
+        .iter()
+        .map(|l| tags::parse(l).expect("final labels are well-formed"))
+        .collect();
+    let violations = corpus
+        .sentences
+        .iter()
+        .map(|s| tags::iob2_violations(&parsed, &labels_of_token[s.start..s.start + s.len]))
+        .sum();
+
+    let parts = split::assign(corpus.sentences.len(), opts.split, opts.seed);
+    let label_vocab = vocab::labels(
+        &relabeler.labels,
+        opts.labels_file.as_deref(),
+        opts.label_subwords,
+    )?;
+    let label_id: Vec<i32> = relabeler
+        .labels
+        .iter()
+        .map(|l| {
+            label_vocab
+                .iter()
+                .position(|v| v == l)
+                .expect("labels cover the corpus") as i32
+        })
+        .collect();
+
+    let mut in_train = vec![false; corpus.pos.len()];
+    for &i in &parts[0] {
+        for t in corpus.tokens_of(&corpus.sentences[i]) {
+            in_train[t.pos as usize] = true;
+        }
+    }
+    let pos_vocab = vocab::pos(
+        corpus
+            .pos
+            .names()
+            .iter()
+            .zip(&in_train)
+            .filter(|(_, seen)| **seen)
+            .map(|(p, _)| p.as_str()),
+    )?;
+    // Dev/test POS tags unseen in training map to <unk>; the reserved names sort apart, so search the rest.
+    let pos_id: Vec<u32> = corpus
+        .pos
+        .names()
+        .iter()
+        .map(|p| {
+            pos_vocab[2..]
+                .binary_search(p)
+                .map_or(POS_UNK_ID, |i| i as u32 + 2)
+        })
+        .collect();
+    Ok(Labelling {
+        relabeler,
+        labels_of_token,
+        violations,
+        parts,
+        label_vocab,
+        label_id,
+        pos_vocab,
+        pos_id,
+    })
+}
+
+/// What alignment reads, shared by all sentences.
+struct AlignContext<'a> {
+    corpus: &'a Corpus,
+    pieces: &'a WordPieces,
+    aligner: &'a Aligner,
+    /// Final label (index into `label_names`) of every token.
+    labels_of_token: &'a [u32],
+    /// Vocabulary id of each final label.
+    label_id: &'a [i32],
+    label_names: &'a [String],
+    /// Vocabulary id of each distinct POS tag of the corpus.
+    pos_id: &'a [u32],
+    bar: &'a ProgressBar,
+}
+
+/// One split's rows and counts.
+struct AlignedSplit<'a> {
+    rows: Vec<Row<&'a str>>,
+    info: SplitInfo,
+    truncated_words: usize,
+    longest_subwords: usize,
+}
+
+impl<'a> AlignContext<'a> {
+    fn sentence(&self, i: usize) -> (Vec<Row<&'a str>>, AlignStats, usize) {
+        let corpus = self.corpus;
+        let s = &corpus.sentences[i];
+        let tokens = corpus.tokens_of(s);
+        let labels = &self.labels_of_token[s.start..s.start + s.len];
+        let input = SentenceInput {
+            sentence_index: i as u32,
+            sentence_id: &s.id,
+            source_line: s.line as u32,
+            pieces: tokens.iter().map(|t| self.pieces.of(t.word)).collect(),
+            labels: labels.iter().map(|&l| self.label_id[l as usize]).collect(),
+            pos_ids: tokens.iter().map(|t| self.pos_id[t.pos as usize]).collect(),
+            words: tokens.iter().map(|t| corpus.words.name(t.word)).collect(),
+            pos: tokens.iter().map(|t| corpus.pos.name(t.pos)).collect(),
+            tags: labels
+                .iter()
+                .map(|&l| self.label_names[l as usize].as_str())
+                .collect(),
+        };
+        let unknown = input.pos_ids.iter().filter(|&&p| p == POS_UNK_ID).count();
+        let (rows, stats) = self.aligner.rows(&input);
+        self.bar.inc(1);
+        (rows, stats, unknown)
+    }
+
+    fn split(&self, members: &[usize]) -> AlignedSplit<'a> {
+        let per_sentence: Vec<_> = members.par_iter().map(|&i| self.sentence(i)).collect();
+        let mut out = AlignedSplit {
+            rows: Vec::with_capacity(per_sentence.len()),
+            info: SplitInfo::default(),
+            truncated_words: 0,
+            longest_subwords: 0,
+        };
+        let info = &mut out.info;
+        for (rows, stats, unknown) in per_sentence {
+            info.sentences += 1;
+            info.subwords += stats.subwords;
+            info.windows += rows.len();
+            info.windowed_sentences += usize::from(rows.len() > 1);
+            info.unknown_pos += unknown;
+            out.truncated_words += stats.truncated_words;
+            out.longest_subwords = out.longest_subwords.max(stats.subwords);
+            for row in &rows {
+                info.words += (row.label_end - row.label_start) as usize;
+                info.tokens += row.input_ids.len();
+                info.labelled += row
+                    .labels
+                    .iter()
+                    .filter(|&&l| l != manifest::IGNORE_LABEL)
+                    .count();
+            }
+            out.rows.extend(rows);
+        }
+        out
+    }
+}
+
+fn check_options(opts: &PrepareOptions) -> Result<()> {
+    if opts.shard_rows == 0 {
+        return Err(PrepError::Options("--shard-rows must be at least 1".into()));
+    }
+    if opts.max_len > u16::MAX as usize * 64 {
+        return Err(PrepError::Options(format!(
+            "--max-len {} is implausibly large",
+            opts.max_len
+        )));
+    }
+    split::parse_fractions(&opts.split.map(|f| f.to_string()).join(","))?;
+    Ok(())
+}
+
+fn output_parent(out: &Path) -> Result<PathBuf> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| PrepError::io(&parent, e))?;
+    Ok(parent)
+}
+
+fn absolute(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_owned())
+        .display()
+        .to_string()
+}
+
+fn check_drop_types(corpus: &Corpus, drop: &[String]) -> Result<()> {
+    let types: std::collections::BTreeSet<&str> = corpus
+        .tags
+        .names()
+        .iter()
+        .filter_map(|t| tags::parse(t))
+        .map(|t| t.ty)
+        .filter(|t| !t.is_empty())
+        .collect();
+    match drop.iter().find(|d| !types.contains(d.as_str())) {
+        // A typo would otherwise silently keep the type and change the label set.
+        Some(d) => Err(PrepError::Options(format!(
+            "--drop-types: the corpus has no entity type {d:?} (its types: {})",
+            types.into_iter().collect::<Vec<_>>().join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// For labels on every sub-word: the label of a word's continuation pieces (I-X for B-X and I-X).
+fn continuation_labels(vocab: &[String]) -> Vec<i32> {
+    vocab
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match tags::parse(l) {
+            Some(t) if t.prefix != tags::Prefix::O => {
+                let inside = format!("I-{}", t.ty);
+                vocab.iter().position(|v| *v == inside).unwrap_or(i) as i32
+            }
+            _ => i as i32,
+        })
+        .collect()
+}
+
+/// Encodes a spread-out sample of sentences whole and compares with the per-word assembly; returns
+/// how many were checked.
+fn check_sample(
+    tokenizer: &SubwordTokenizer,
+    corpus: &Corpus,
+    pieces: &WordPieces,
+) -> Result<usize> {
+    let step = corpus.sentences.len().div_ceil(CHECKED_SENTENCES).max(1);
+    let sample: Vec<Vec<&str>> = corpus
+        .sentences
+        .iter()
+        .step_by(step)
+        .map(|s| {
+            corpus
+                .tokens_of(s)
+                .iter()
+                .map(|t| corpus.words.name(t.word))
+                .collect()
+        })
+        .collect();
+    tokenizer.check_sentences(&sample, |words| {
+        let mut ids = tokenizer.prefix.clone();
+        for w in words {
+            let id = corpus
+                .words
+                .index_of(w)
+                .expect("sample words come from the corpus");
+            ids.extend_from_slice(pieces.of(id));
+        }
+        ids.extend_from_slice(&tokenizer.suffix);
+        ids
+    })?;
+    Ok(sample.len())
+}
+
+/// Moves the finished temporary directory to `out`, replacing an existing output (with `--force`) only
+/// after the new one is complete.
+fn publish(tmp: tempfile::TempDir, out: &Path) -> Result<()> {
+    let tmp_path = tmp.keep();
+    let moved = swap_into_place(&tmp_path, out);
+    if moved.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp_path);
+    }
+    moved
+}
+
+fn swap_into_place(tmp_path: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let old = out.with_file_name(format!(
+            ".{}.old-{}",
+            out.file_name()
+                .map_or("out".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        std::fs::rename(out, &old).map_err(|e| PrepError::io(out, e))?;
+        std::fs::rename(tmp_path, out).map_err(|e| PrepError::io(out, e))?;
+        let removed = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
+        removed.map_err(|e| PrepError::io(&old, e))?;
+    } else {
+        std::fs::rename(tmp_path, out).map_err(|e| PrepError::io(out, e))?;
+    }
+    Ok(())
+}
