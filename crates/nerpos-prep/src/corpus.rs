@@ -24,6 +24,15 @@ pub enum Format {
     Conll,
 }
 
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Gmb => "gmb",
+            Format::Conll => "conll",
+        }
+    }
+}
+
 /// Which CoNLL columns hold the word, the POS tag and the NER tag (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ConllColumns {

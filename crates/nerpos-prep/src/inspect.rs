@@ -176,9 +176,9 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "source     {} ({:?}, {}, {} bytes, sha256 {})",
+        "source     {} ({}, {}, {} bytes, sha256 {})",
         m.source.path,
-        m.source.format,
+        m.source.format.name(),
         m.source.encoding,
         thousands(m.source.bytes as usize),
         &m.source.sha256[..16.min(m.source.sha256.len())]
@@ -208,10 +208,13 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "options    max-len {}, overlap {}, labels on {:?} sub-words, split {}/{}/{} seed {}{}{}",
+        "options    max-len {}, overlap {}, labels on {} sub-words, split {}/{}/{} seed {}{}{}",
         o.max_len,
         o.window_overlap,
-        o.label_subwords,
+        match o.label_subwords {
+            LabelSubwords::First => "first",
+            LabelSubwords::All => "all",
+        },
         o.split[0],
         o.split[1],
         o.split[2],
