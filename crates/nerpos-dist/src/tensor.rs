@@ -1,0 +1,214 @@
+//! Collectives on candle tensors, in place in the tensor's own storage (no copy through the host for
+//! device tensors), and the gradient bucketing helper.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
+
+use crate::{Comm, DistError};
+
+/// Bucket size of [`all_reduce_bucketed`] unless told otherwise (PyTorch DDP's default).
+pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
+
+#[derive(Clone, Copy)]
+enum Collective {
+    AllReduce,
+    Broadcast(usize),
+}
+
+/// Runs a collective inside candle's in-place op machinery, which hands us the tensor's storage
+/// mutably. candle's op interface takes `&self` and returns candle errors, so the communicator sits in a
+/// `RefCell` and our own error is kept aside and returned instead.
+struct CollectiveOp<'a> {
+    comm: RefCell<&'a mut Comm>,
+    what: Collective,
+    error: RefCell<Option<DistError>>,
+}
+
+impl CollectiveOp<'_> {
+    fn fail(&self, e: DistError) -> candle_core::Error {
+        let msg = e.to_string();
+        *self.error.borrow_mut() = Some(e);
+        candle_core::Error::Msg(msg)
+    }
+
+    fn host<T: crate::Element>(&self, data: &mut [T]) -> Result<(), DistError> {
+        let mut comm = self.comm.borrow_mut();
+        match self.what {
+            Collective::AllReduce => comm.all_reduce_sum(data),
+            Collective::Broadcast(root) => comm.broadcast(bytemuck::cast_slice_mut(data), root),
+        }
+    }
+}
+
+fn contiguous(layout: &Layout) -> Result<Range<usize>, DistError> {
+    layout
+        .contiguous_offsets()
+        .map(|(a, b)| a..b)
+        .ok_or_else(|| DistError::Tensor("collectives need a contiguous tensor".into()))
+}
+
+impl InplaceOp1 for CollectiveOp<'_> {
+    fn name(&self) -> &'static str {
+        "nerpos-dist-collective"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let range = contiguous(layout).map_err(|e| self.fail(e))?;
+        let result = match storage {
+            CpuStorage::F32(v) => self.host(&mut v[range]),
+            CpuStorage::BF16(v) => self.host(&mut v[range]),
+            CpuStorage::F64(v) => self.host(&mut v[range]),
+            CpuStorage::I64(v) => self.host(&mut v[range]),
+            other => Err(DistError::Tensor(format!(
+                "collectives support f32, bf16, f64 and i64 tensors, not {:?}",
+                other.dtype()
+            ))),
+        };
+        result.map_err(|e| self.fail(e))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &mut candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let range = contiguous(layout).map_err(|e| self.fail(e))?;
+        let mut comm = self.comm.borrow_mut();
+        let Comm::Nccl(nccl) = &mut **comm else {
+            return Err(self.fail(DistError::Tensor(
+                "a CUDA tensor needs the NCCL backend (the CPU ring sums host tensors)".into(),
+            )));
+        };
+        let result = crate::nccl::on_cuda_storage(nccl, storage, range, self.what_root());
+        result.map_err(|e| self.fail(e))
+    }
+}
+
+impl CollectiveOp<'_> {
+    #[cfg(feature = "cuda")]
+    fn what_root(&self) -> Option<usize> {
+        match self.what {
+            Collective::AllReduce => None,
+            Collective::Broadcast(root) => Some(root),
+        }
+    }
+}
+
+impl Comm {
+    fn tensor_collective(&mut self, t: &Tensor, what: Collective) -> Result<(), DistError> {
+        if matches!(self, Comm::Single) {
+            return Ok(());
+        }
+        let op = CollectiveOp {
+            comm: RefCell::new(self),
+            what,
+            error: RefCell::new(None),
+        };
+        match t.inplace_op1(&op) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(op
+                .error
+                .into_inner()
+                .unwrap_or(DistError::Tensor(e.to_string()))),
+        }
+    }
+
+    /// Sums a contiguous tensor over all ranks, in place (its storage is overwritten; views of it see
+    /// the sum).
+    pub fn all_reduce_tensor(&mut self, t: &Tensor) -> Result<(), DistError> {
+        self.tensor_collective(t, Collective::AllReduce)
+    }
+
+    /// Overwrites a contiguous tensor with `root`'s, in place.
+    pub fn broadcast_tensor(&mut self, t: &Tensor, root: usize) -> Result<(), DistError> {
+        self.tensor_collective(t, Collective::Broadcast(root))
+    }
+}
+
+/// Groups consecutive tensors of `bytes` sizes into buckets of at most `bucket_bytes` (a tensor larger
+/// than a bucket gets one of its own).
+pub fn plan_buckets(bytes: &[usize], bucket_bytes: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        if used > 0 && used + b > bucket_bytes {
+            out.push(start..i);
+            start = i;
+            used = 0;
+        }
+        used += b;
+    }
+    if start < bytes.len() {
+        out.push(start..bytes.len());
+    }
+    out
+}
+
+/// Sums `grads` over all ranks in buckets: each bucket's tensors are flattened into one buffer, the
+/// buffer is all-reduced in place, and views of it come back in the original shapes. On NCCL, each
+/// bucket's reduction is queued on the communication stream as soon as the bucket is filled, so the
+/// next bucket is assembled while the previous one travels.
+pub fn all_reduce_bucketed(
+    comm: &mut Comm,
+    grads: &[Tensor],
+    bucket_bytes: usize,
+) -> Result<Vec<Tensor>, DistError> {
+    if matches!(comm, Comm::Single) {
+        return Ok(grads.to_vec());
+    }
+    let tensor_err = |e: candle_core::Error| DistError::Tensor(e.to_string());
+    let sizes: Vec<usize> = grads
+        .iter()
+        .map(|g| g.elem_count() * g.dtype().size_in_bytes())
+        .collect();
+    let mut out = Vec::with_capacity(grads.len());
+    for bucket in plan_buckets(&sizes, bucket_bytes) {
+        let members = &grads[bucket];
+        let flat: Vec<Tensor> = members
+            .iter()
+            .map(|g| g.flatten_all())
+            .collect::<Result<_, _>>()
+            .map_err(tensor_err)?;
+        let buffer = Tensor::cat(&flat, 0).map_err(tensor_err)?;
+        comm.all_reduce_tensor(&buffer)?;
+        let mut offset = 0;
+        for g in members {
+            let n = g.elem_count();
+            out.push(
+                buffer
+                    .narrow(0, offset, n)
+                    .and_then(|v| v.reshape(g.shape()))
+                    .map_err(tensor_err)?,
+            );
+            offset += n;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_respect_the_size_and_keep_order() {
+        assert_eq!(plan_buckets(&[10, 10, 10], 25), [0..2, 2..3]);
+        assert_eq!(plan_buckets(&[30, 5, 5], 25), [0..1, 1..3]);
+        assert_eq!(plan_buckets(&[5, 30, 5], 25), [0..1, 1..2, 2..3]);
+        assert_eq!(plan_buckets(&[], 25), Vec::<Range<usize>>::new());
+        assert_eq!(plan_buckets(&[1; 4], 100), vec![0..4]);
+    }
+
+    #[test]
+    fn single_process_is_the_identity() {
+        let mut comm = Comm::Single;
+        let t = Tensor::new(&[1f32, 2., 3.], &candle_core::Device::Cpu).unwrap();
+        comm.all_reduce_tensor(&t).unwrap();
+        let out = all_reduce_bucketed(&mut comm, std::slice::from_ref(&t), 4).unwrap();
+        assert_eq!(out[0].to_vec1::<f32>().unwrap(), [1., 2., 3.]);
+    }
+}
