@@ -1,0 +1,354 @@
+//! Checkpoint folders: Hugging Face BERT folders in, fine-tuned folders (usable by Hugging Face for the
+//! encoder, and by nerpos whole) out. The fine-tuned folder format is defined here and only here.
+//!
+//! A fine-tuned folder holds `config.json` (the source checkpoint's, unchanged), `model.safetensors`
+//! (encoder weights under Hugging Face's names, so `BertModel.from_pretrained` loads them, plus the
+//! pooler if the source had one, plus `pos_embedding.weight`, `classifier.weight`, `classifier.bias`),
+//! `nerpos.json` (labels, POS vocabulary and head settings) and the tokenizer files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::config::{BertConfig, HeadConfig, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, POS_EMBEDDING};
+
+pub const NERPOS_JSON: &str = "nerpos.json";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const PTH_WEIGHTS: &str = "pytorch_model.bin";
+pub const FORMAT_VERSION: u32 = 1;
+/// Tokenizer files copied into a fine-tuned folder when the source has them.
+pub const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+];
+
+/// `nerpos.json`: what a fine-tuned folder adds to a Hugging Face checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NerposMeta {
+    pub format_version: u32,
+    pub created_by: String,
+    /// NER labels in id order.
+    pub labels: Vec<String>,
+    /// POS tags in id order.
+    pub pos: Vec<String>,
+    pub pos_pad_id: u32,
+    pub pos_unk_id: u32,
+    pub pos_dim: usize,
+    pub use_pos: bool,
+    /// Longest input in sub-words (special tokens included) the model was trained on.
+    pub max_len: usize,
+    /// Head dropout used in training.
+    pub dropout: f64,
+    /// `first` or `all`: which sub-words carried labels in training.
+    #[serde(default = "first")]
+    pub label_subwords: String,
+    /// SHA-256 of the tokenizer files, as `nerpos_prep::fingerprint` computes it.
+    #[serde(default)]
+    pub tokenizer_fingerprint: Option<String>,
+}
+
+fn first() -> String {
+    "first".into()
+}
+
+impl NerposMeta {
+    pub fn head(&self) -> HeadConfig {
+        HeadConfig {
+            num_labels: self.labels.len(),
+            num_pos: self.pos.len(),
+            pos_dim: self.pos_dim,
+            use_pos: self.use_pos,
+            dropout: self.dropout,
+        }
+    }
+
+    pub fn read(dir: &Path) -> Result<NerposMeta> {
+        let path = dir.join(NERPOS_JSON);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ModelError::checkpoint(dir, format!(
+                    "no {NERPOS_JSON}: not a fine-tuned nerpos model folder (a pretrained checkpoint is \
+                     trained with nerpos-train first)"
+                ))
+            } else {
+                ModelError::io(&path, e)
+            }
+        })?;
+        let meta: NerposMeta = serde_json::from_str(&text)
+            .map_err(|e| ModelError::checkpoint(&path, format!("malformed: {e}")))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(ModelError::checkpoint(
+                &path,
+                format!(
+                    "format version {} (this build reads {FORMAT_VERSION})",
+                    meta.format_version
+                ),
+            ));
+        }
+        Ok(meta)
+    }
+}
+
+/// Weights of the source checkpoint that the tagger does not use but a saved folder should keep (the
+/// pooler, so that `BertModel.from_pretrained` finds every weight it expects).
+#[derive(Debug, Clone, Default)]
+pub struct Carried {
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+/// Reads the weights of a checkpoint folder (`model.safetensors`, else `pytorch_model.bin`), as f32.
+fn read_weights(dir: &Path) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
+    let st = dir.join(WEIGHTS);
+    let pth = dir.join(PTH_WEIGHTS);
+    let (path, tensors) = if st.is_file() {
+        let map = candle_core::safetensors::load(&st, &Device::Cpu)
+            .map_err(|e| ModelError::checkpoint(&st, format!("unreadable safetensors: {e}")))?;
+        (st, map.into_iter().collect::<Vec<_>>())
+    } else if pth.is_file() {
+        let v = candle_core::pickle::read_all(&pth).map_err(|e| {
+            ModelError::checkpoint(&pth, format!("unreadable PyTorch checkpoint: {e}"))
+        })?;
+        (pth, v)
+    } else {
+        return Err(ModelError::checkpoint(
+            dir,
+            format!("no {WEIGHTS} or {PTH_WEIGHTS} (expected a Hugging Face checkpoint folder)"),
+        ));
+    };
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            Ok((
+                k,
+                if t.dtype() == DType::F32 {
+                    t
+                } else {
+                    t.to_dtype(DType::F32)?
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((path, tensors))
+}
+
+/// Hugging Face's own renames: a `bert.` prefix (task-model checkpoints) and the old `gamma`/`beta`
+/// LayerNorm names.
+fn normalize(key: &str) -> String {
+    let key = key.strip_prefix("bert.").unwrap_or(key);
+    if let Some(stem) = key.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = key.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        key.to_owned()
+    }
+}
+
+/// Keys of BERT checkpoints that the tagger has no use for: pre-training heads and buffers.
+fn ignorable(key: &str) -> bool {
+    key.starts_with("cls.")
+        || key.ends_with("position_ids")
+        || key.ends_with("embeddings.token_type_ids")
+}
+
+fn list(keys: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = keys
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if keys.len() > SHOWN {
+        s.push_str(&format!(", … ({} in all)", keys.len()));
+    }
+    s
+}
+
+impl BertNerPos {
+    /// Loads weights into the model's parameters. Encoder keys must all be present with the right
+    /// shapes; head keys are loaded when present (`require_head` makes their absence an error); the
+    /// pooler is carried; anything else is an error listing the keys.
+    fn load_weights(&self, dir: &Path, require_head: bool) -> Result<(Carried, bool)> {
+        let (path, tensors) = read_weights(dir)?;
+        let head_keys = [POS_EMBEDDING, CLASSIFIER_WEIGHT, CLASSIFIER_BIAS];
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut carried = Carried::default();
+        let (mut unexpected, mut mismatched) = (Vec::new(), Vec::new());
+        let mut ignored = Vec::new();
+        for (raw, t) in tensors {
+            let key = normalize(&raw);
+            match self.params.get(&key) {
+                Some(var) if var.shape() == t.shape() => {
+                    var.set(&t.to_device(self.device())?)?;
+                    seen.insert(key, ());
+                }
+                Some(var) => mismatched.push(format!(
+                    "{key}: checkpoint {:?}, model {:?}",
+                    t.dims(),
+                    var.dims()
+                )),
+                None if key.starts_with("pooler.") => {
+                    carried.tensors.insert(key, t);
+                }
+                None if ignorable(&key) => ignored.push(raw),
+                // A head of another shape than configured (e.g. no POS) is not ours to load.
+                None if head_keys.contains(&key.as_str()) && !require_head => ignored.push(raw),
+                None => unexpected.push(raw),
+            }
+        }
+        if !ignored.is_empty() {
+            debug!(keys = %list(&ignored), "ignored checkpoint weights the tagger does not use");
+        }
+        let missing: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, _)| k.to_owned())
+            .filter(|k| !seen.contains_key(k) && (require_head || !head_keys.contains(&k.as_str())))
+            .collect();
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!("missing weights: {}", list(&missing)));
+        }
+        if !mismatched.is_empty() {
+            problems.push(format!("shape mismatches: {}", list(&mismatched)));
+        }
+        if !unexpected.is_empty() {
+            problems.push(format!("unexpected weights: {}", list(&unexpected)));
+        }
+        if !problems.is_empty() {
+            return Err(ModelError::Weights {
+                path,
+                msg: format!(
+                    "does not fit a BERT+POS model of this configuration: {}",
+                    problems.join("; ")
+                ),
+            });
+        }
+        let head_loaded = head_keys
+            .iter()
+            .filter(|k| self.params.get(k).is_some())
+            .all(|k| seen.contains_key(*k));
+        Ok((carried, head_loaded))
+    }
+
+    /// A Hugging Face BERT checkpoint folder with a new head: the head is initialised from `seed`
+    /// unless the folder already has one of the same shape. `encoder_dropout` overrides the checkpoint's
+    /// dropout rates.
+    pub fn from_pretrained(
+        dir: &Path,
+        head: HeadConfig,
+        encoder_dropout: Option<f64>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(BertNerPos, Carried)> {
+        let (bert, _) = BertConfig::read(dir)?;
+        let mut config = ModelConfig { bert, head };
+        if let Some(p) = encoder_dropout {
+            config.set_encoder_dropout(p);
+        }
+        let model = BertNerPos::new(config, device)?;
+        let (carried, head_loaded) = model.load_weights(dir, false)?;
+        if !head_loaded {
+            model.init_head(seed)?;
+        }
+        info!(
+            folder = %dir.display(),
+            parameters = model.params.count(),
+            head = if head_loaded { "loaded" } else { "initialised" },
+            "loaded checkpoint"
+        );
+        Ok((model, carried))
+    }
+
+    /// A fine-tuned folder written by [`BertNerPos::save`], whole.
+    pub fn load(dir: &Path, device: &Device) -> Result<(BertNerPos, NerposMeta)> {
+        let meta = NerposMeta::read(dir)?;
+        let (bert, _) = BertConfig::read(dir)?;
+        let model = BertNerPos::new(
+            ModelConfig {
+                bert,
+                head: meta.head(),
+            },
+            device,
+        )?;
+        model.load_weights(dir, true)?;
+        Ok((model, meta))
+    }
+
+    /// Every weight under its saved name: encoder (Hugging Face names), carried pooler, head.
+    pub fn named_weights(&self, carried: &Carried) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.params.iter() {
+            out.insert(
+                k.to_owned(),
+                v.as_tensor()
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?,
+            );
+        }
+        for (k, t) in &carried.tensors {
+            out.insert(k.clone(), t.clone());
+        }
+        Ok(out)
+    }
+
+    /// Writes a fine-tuned folder at `dir`: built in a temporary folder beside it and renamed into
+    /// place, so `dir` is either the previous folder or the complete new one. `source` is the
+    /// checkpoint folder whose `config.json` and tokenizer files are copied.
+    pub fn save(
+        &self,
+        dir: &Path,
+        source: &Path,
+        meta: &NerposMeta,
+        carried: &Carried,
+    ) -> Result<()> {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
+        let name = dir
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempdir_in(&parent)
+            .map_err(|e| ModelError::io(&parent, e))?;
+
+        let config_src = source.join("config.json");
+        std::fs::copy(&config_src, tmp.path().join("config.json"))
+            .map_err(|e| ModelError::io(&config_src, e))?;
+        for f in TOKENIZER_FILES {
+            let src = source.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, tmp.path().join(f)).map_err(|e| ModelError::io(&src, e))?;
+            }
+        }
+        let weights = self.named_weights(carried)?;
+        let weights: HashMap<String, Tensor> = weights.into_iter().collect();
+        candle_core::safetensors::save(&weights, tmp.path().join(WEIGHTS))?;
+        let json = serde_json::to_string_pretty(meta).expect("meta serialises") + "\n";
+        std::fs::write(tmp.path().join(NERPOS_JSON), json)
+            .map_err(|e| ModelError::io(tmp.path(), e))?;
+
+        let staged = tmp.keep();
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
+        }
+        std::fs::rename(&staged, dir).map_err(|e| ModelError::io(dir, e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,442 @@
+//! Fused CPU kernels for the hand-written training pass, each one pass over memory where the tensor-op
+//! version takes three to five: bias + dropout + residual, bias + GELU, softmax + dropout, the query/
+//! key/value head split with its bias, and the embedding gradient. Each has the same computation in
+//! tensor ops for other devices (`on_cpu` decides).
+//!
+//! Dropout masks are bytes (keep = 1), drawn four per 64-bit random number.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rand::RngCore;
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// Elements per parallel task.
+const TASK: usize = 16_384;
+
+/// Whether the CPU kernels apply to `t`.
+pub fn on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` on the contiguous host data of `t` (which must be a contiguous CPU tensor of type `T`).
+fn read<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(ModelError::Config(
+            "a CPU kernel got a device tensor".into(),
+        ));
+    };
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| ModelError::Config("a CPU kernel got a non-contiguous tensor".into()))?;
+    Ok(f(&cpu.as_slice::<T>()?[a..b]))
+}
+
+fn cpu_tensor<S: Into<candle_core::Shape>>(data: Vec<f32>, shape: S) -> Result<Tensor> {
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+}
+
+/// A dropout keep-mask: bytes (1 = keep) on the CPU; elsewhere an f32 tensor already scaled by
+/// 1/(1−p).
+#[derive(Clone)]
+pub struct Mask {
+    pub tensor: Tensor,
+    pub p: f64,
+}
+
+impl Mask {
+    fn scale(&self) -> f32 {
+        (1.0 / (1.0 - self.p)) as f32
+    }
+}
+
+/// Draws a keep-mask of `n` elements with keep probability 1−p.
+pub fn keep_bytes(rng: &mut impl RngCore, n: usize, p: f64) -> Vec<u8> {
+    let threshold = ((1.0 - p) * 65536.0).round() as u64;
+    let mut out = Vec::with_capacity(n + 3);
+    while out.len() < n {
+        let r = rng.next_u64();
+        for k in 0..4 {
+            out.push(u8::from((r >> (16 * k)) & 0xFFFF < threshold));
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+/// x ⊙ mask (scaled), or x without a mask.
+pub fn masked(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
+    apply(x, mask)
+}
+
+/// Applies an optional mask to a tensor (the generic path).
+fn apply(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
+    Ok(match mask {
+        None => x.clone(),
+        Some(m) if m.tensor.dtype() == DType::U8 => {
+            (x * (m.tensor.to_dtype(DType::F32)? * m.scale() as f64)?)?
+        }
+        Some(m) => (x * &m.tensor)?,
+    })
+}
+
+/// z = dropout(y + bias) + residual, for y and residual (N, H).
+pub fn bias_dropout_residual(
+    y: &Tensor,
+    bias: &Tensor,
+    mask: Option<&Mask>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    if !on_cpu(y) {
+        return Ok((apply(&y.broadcast_add(bias)?, mask)? + residual)?);
+    }
+    let h = bias.dim(0)?;
+    let scale = mask.map_or(1.0, Mask::scale);
+    let mut z = vec![0f32; y.elem_count()];
+    read::<f32, _>(y, |y| {
+        read::<f32, _>(bias, |b| {
+            read::<f32, _>(residual, |r| {
+                let mut body = |m: Option<&[u8]>| {
+                    let chunk = (TASK / h).max(1) * h;
+                    z.par_chunks_mut(chunk).enumerate().for_each(|(c, zc)| {
+                        let off = c * chunk;
+                        for (i, o) in zc.iter_mut().enumerate() {
+                            let j = off + i;
+                            let keep = m.map_or(1.0, |m| f32::from(m[j]) * scale);
+                            *o = (y[j] + b[j % h]) * keep + r[j];
+                        }
+                    });
+                };
+                match mask {
+                    Some(m) => read::<u8, _>(&m.tensor, |m| body(Some(m))),
+                    None => {
+                        body(None);
+                        Ok(())
+                    }
+                }
+            })
+        })
+    })????;
+    cpu_tensor(z, y.shape())
+}
+
+/// The gradient through dropout (dy = dz ⊙ mask) and its column sum (the bias gradient).
+pub fn dropout_colsum(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tensor)> {
+    let (n, h) = dz.dims2()?;
+    if !on_cpu(dz) {
+        let dy = apply(dz, mask)?;
+        let db = dy.sum(0)?;
+        return Ok((dy, db));
+    }
+    let scale = mask.map_or(1.0, Mask::scale);
+    let mut dy = vec![0f32; n * h];
+    let rows = (TASK / h).max(1);
+    let partials: Vec<Vec<f32>> = read::<f32, _>(dz, |g| {
+        let mut run = |m: Option<&[u8]>| -> Vec<Vec<f32>> {
+            dy.par_chunks_mut(rows * h)
+                .enumerate()
+                .map(|(c, dc)| {
+                    let mut acc = vec![0f32; h];
+                    let off = c * rows * h;
+                    for (i, o) in dc.iter_mut().enumerate() {
+                        let j = off + i;
+                        let keep = m.map_or(1.0, |m| f32::from(m[j]) * scale);
+                        *o = g[j] * keep;
+                        acc[i % h] += *o;
+                    }
+                    acc
+                })
+                .collect()
+        };
+        match mask {
+            Some(m) => read::<u8, _>(&m.tensor, |m| run(Some(m))),
+            None => Ok(run(None)),
+        }
+    })??;
+    let mut db = vec![0f32; h];
+    for p in partials {
+        db.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+    }
+    Ok((cpu_tensor(dy, (n, h))?, cpu_tensor(db, h)?))
+}
+
+/// (u, gelu(u)) for u = y + bias, y (N, I).
+pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
+    if !on_cpu(y) {
+        let u = y.broadcast_add(bias)?;
+        let g = u.gelu_erf()?;
+        return Ok((u, g));
+    }
+    let i_dim = bias.dim(0)?;
+    let n = y.elem_count();
+    let mut u = vec![0f32; n];
+    let mut g = vec![0f32; n];
+    read::<f32, _>(y, |y| {
+        read::<f32, _>(bias, |b| {
+            let chunk = (TASK / i_dim).max(1) * i_dim;
+            u.par_chunks_mut(chunk)
+                .zip(g.par_chunks_mut(chunk))
+                .zip(y.par_chunks(chunk))
+                .for_each(|((uc, gc), yc)| {
+                    for (k, (o, &v)) in uc.iter_mut().zip(yc).enumerate() {
+                        *o = v + b[k % i_dim];
+                    }
+                    crate::ops::gelu_slice(uc, gc);
+                });
+        })
+    })??;
+    Ok((cpu_tensor(u, y.shape())?, cpu_tensor(g, y.shape())?))
+}
+
+/// (du, dbias) for g = gelu(u): du = dg ⊙ gelu'(u), dbias = column sums of du.
+pub fn gelu_colsum(u: &Tensor, dg: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, i_dim) = u.dims2()?;
+    if !on_cpu(u) {
+        let du = crate::ops::gelu_bwd_t(u, dg)?;
+        let db = du.sum(0)?;
+        return Ok((du, db));
+    }
+    let mut du = vec![0f32; n * i_dim];
+    let rows = (TASK / i_dim).max(1);
+    let partials: Vec<Vec<f32>> = read::<f32, _>(u, |u| {
+        read::<f32, _>(dg, |g| {
+            du.par_chunks_mut(rows * i_dim)
+                .zip(u.par_chunks(rows * i_dim).zip(g.par_chunks(rows * i_dim)))
+                .map(|(dc, (uc, gc))| {
+                    crate::ops::gelu_bwd_slice(uc, gc, dc);
+                    let mut acc = vec![0f32; i_dim];
+                    for r in dc.chunks(i_dim) {
+                        acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                })
+                .collect()
+        })
+    })??;
+    let mut db = vec![0f32; i_dim];
+    for p in partials {
+        db.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+    }
+    Ok((cpu_tensor(du, (n, i_dim))?, cpu_tensor(db, i_dim)?))
+}
+
+/// Attention probabilities P = softmax(scores·scale + bias) and Pd = dropout(P), for scores
+/// (B, heads, T, T) and bias (B, T).
+pub fn softmax_dropout(
+    scores: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    mask: Option<&Mask>,
+) -> Result<(Tensor, Tensor)> {
+    if !on_cpu(scores) {
+        let p = crate::ops::masked_softmax_fwd(scores, bias, scale)?;
+        let pd = apply(&p, mask)?;
+        return Ok((p, pd));
+    }
+    let dims = scores.dims4()?;
+    let t = dims.3;
+    let per_batch = dims.1 * t * t;
+    let keep_scale = mask.map_or(1.0, Mask::scale);
+    let mut p = vec![0f32; scores.elem_count()];
+    let mut pd = vec![0f32; scores.elem_count()];
+    read::<f32, _>(scores, |s| {
+        read::<f32, _>(bias, |bias| {
+            let mut run = |m: Option<&[u8]>| {
+                p.par_chunks_mut(per_batch)
+                    .zip(pd.par_chunks_mut(per_batch))
+                    .enumerate()
+                    .for_each(|(bi, (pb, pdb))| {
+                        let bias = &bias[bi * t..(bi + 1) * t];
+                        let sb = &s[bi * per_batch..(bi + 1) * per_batch];
+                        for (r, (pr, pdr)) in pb.chunks_mut(t).zip(pdb.chunks_mut(t)).enumerate() {
+                            crate::ops::softmax_row(
+                                &sb[r * t..(r + 1) * t],
+                                bias,
+                                scale as f32,
+                                pr,
+                            );
+                            match m {
+                                Some(m) => {
+                                    let mr =
+                                        &m[bi * per_batch + r * t..bi * per_batch + (r + 1) * t];
+                                    for ((o, &v), &k) in pdr.iter_mut().zip(pr.iter()).zip(mr) {
+                                        *o = v * f32::from(k) * keep_scale;
+                                    }
+                                }
+                                None => pdr.copy_from_slice(pr),
+                            }
+                        }
+                    });
+            };
+            match mask {
+                Some(mk) => read::<u8, _>(&mk.tensor, |m| run(Some(m))),
+                None => {
+                    run(None);
+                    Ok(())
+                }
+            }
+        })
+    })???;
+    Ok((
+        cpu_tensor(p, scores.shape())?,
+        cpu_tensor(pd, scores.shape())?,
+    ))
+}
+
+/// d(scores) from P, the dropout mask and d(Pd).
+pub fn softmax_dropout_bwd(
+    p: &Tensor,
+    mask: Option<&Mask>,
+    dpd: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    if !on_cpu(p) {
+        let dp = apply(dpd, mask)?;
+        return Ok(crate::ops::masked_softmax_bwd(p, &dp, scale)?);
+    }
+    let t = *p.dims().last().unwrap_or(&1);
+    let keep_scale = mask.map_or(1.0, Mask::scale);
+    let mut ds = vec![0f32; p.elem_count()];
+    read::<f32, _>(p, |pv| {
+        read::<f32, _>(dpd, |g| {
+            let mut run = |m: Option<&[u8]>| {
+                let rows = (TASK / t).max(1);
+                ds.par_chunks_mut(rows * t).enumerate().for_each(|(c, dc)| {
+                    let off = c * rows * t;
+                    for (r, dr) in dc.chunks_mut(t).enumerate() {
+                        let o = off + r * t;
+                        let (pr, gr) = (&pv[o..o + t], &g[o..o + t]);
+                        let keep = |i: usize| m.map_or(1.0, |m| f32::from(m[o + i]) * keep_scale);
+                        let dot: f32 = (0..t).map(|i| pr[i] * gr[i] * keep(i)).sum();
+                        for i in 0..t {
+                            dr[i] = scale as f32 * pr[i] * (gr[i] * keep(i) - dot);
+                        }
+                    }
+                });
+            };
+            match mask {
+                Some(mk) => read::<u8, _>(&mk.tensor, |m| run(Some(m))),
+                None => {
+                    run(None);
+                    Ok(())
+                }
+            }
+        })
+    })???;
+    cpu_tensor(ds, p.shape())
+}
+
+/// Splits y (B·T, 3H) — the fused query/key/value projection before its bias — into q, k, v as
+/// (B, heads, T, dh), adding the bias on the way.
+pub fn qkv_heads(
+    y: &Tensor,
+    bias: &Tensor,
+    b: usize,
+    t: usize,
+    heads: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let three_h = bias.dim(0)?;
+    let h = three_h / 3;
+    let dh = h / heads;
+    if !on_cpu(y) {
+        let y = y.broadcast_add(bias)?;
+        let part = |k: usize| -> Result<Tensor> {
+            Ok(y.narrow(1, k * h, h)?
+                .reshape((b, t, heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        return Ok((part(0)?, part(1)?, part(2)?));
+    }
+    let n = b * heads * t * dh;
+    let mut out = vec![0f32; 3 * n];
+    read::<f32, _>(y, |y| {
+        read::<f32, _>(bias, |bs| {
+            // Output order: [which][batch][head][position][dim]; each task fills one (which, batch).
+            out.par_chunks_mut(heads * t * dh)
+                .enumerate()
+                .for_each(|(task, oc)| {
+                    let (which, bi) = (task / b, task % b);
+                    for hd in 0..heads {
+                        for pos in 0..t {
+                            let src = &y[(bi * t + pos) * three_h + which * h + hd * dh..][..dh];
+                            let bb = &bs[which * h + hd * dh..][..dh];
+                            let dst = &mut oc[(hd * t + pos) * dh..][..dh];
+                            for k in 0..dh {
+                                dst[k] = src[k] + bb[k];
+                            }
+                        }
+                    }
+                });
+        })
+    })??;
+    let all = cpu_tensor(out, (3, b, heads, t, dh))?;
+    Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+}
+
+/// The inverse of [`qkv_heads`] for gradients: dq, dk, dv (B, heads, T, dh) into (B·T, 3H), and its
+/// column sums (the bias gradient).
+pub fn qkv_merge(dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, heads, t, dh) = dq.dims4()?;
+    let h = heads * dh;
+    if !on_cpu(dq) {
+        let merge = |x: &Tensor| -> Result<Tensor> {
+            Ok(x.transpose(1, 2)?.contiguous()?.reshape((b * t, h))?)
+        };
+        let y = Tensor::cat(&[merge(dq)?, merge(dk)?, merge(dv)?], 1)?;
+        let db = y.sum(0)?;
+        return Ok((y, db));
+    }
+    let mut y = vec![0f32; b * t * 3 * h];
+    read::<f32, _>(dq, |q| {
+        read::<f32, _>(dk, |k| {
+            read::<f32, _>(dv, |v| {
+                y.par_chunks_mut(t * 3 * h)
+                    .enumerate()
+                    .for_each(|(bi, yb)| {
+                        for (which, src) in [q, k, v].iter().enumerate() {
+                            for hd in 0..heads {
+                                for pos in 0..t {
+                                    let s = &src[((bi * heads + hd) * t + pos) * dh..][..dh];
+                                    yb[pos * 3 * h + which * h + hd * dh..][..dh]
+                                        .copy_from_slice(s);
+                                }
+                            }
+                        }
+                    });
+            })
+        })
+    })???;
+    let y = cpu_tensor(y, (b * t, 3 * h))?;
+    let db = crate::ops::column_sum(&y)?;
+    Ok((y, db))
+}
+
+/// The gradient of an embedding table (rows × dim) from the gradients `d` (N, dim) of the rows `ids`
+/// (N) that were looked up.
+pub fn embedding_grad(ids: &Tensor, d: &Tensor, rows: usize) -> Result<Tensor> {
+    let dim = d.dim(1)?;
+    if !on_cpu(d) {
+        return Ok(
+            Tensor::zeros((rows, dim), DType::F32, d.device())?.index_add(
+                ids,
+                &d.contiguous()?,
+                0,
+            )?,
+        );
+    }
+    let mut out = vec![0f32; rows * dim];
+    read::<u32, _>(ids, |ids| {
+        read::<f32, _>(d, |d| {
+            for (i, &id) in ids.iter().enumerate() {
+                let dst = &mut out[id as usize * dim..][..dim];
+                dst.iter_mut()
+                    .zip(&d[i * dim..][..dim])
+                    .for_each(|(a, v)| *a += v);
+            }
+        })
+    })??;
+    cpu_tensor(out, (rows, dim))
+}

@@ -1,0 +1,165 @@
+//! The building blocks that candle-nn either lacks or provides only without a backward pass.
+//!
+//! candle-nn's `LayerNorm` takes a fused path on contiguous input whose op has no backward, so
+//! gradients silently stop at every LayerNorm; its `softmax_last_dim` is forward-only too. The versions
+//! here are written with differentiable tensor ops. candle's CPU random generator cannot be seeded, so
+//! dropout masks come from our own seeded generator (on CUDA, from the device's seeded generator).
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+
+use crate::error::Result;
+
+/// Whether a forward pass trains (dropout applied, masks from `DropoutRng`) or evaluates.
+pub enum Mode<'a> {
+    Eval,
+    Train(&'a mut DropoutRng),
+}
+
+impl Mode<'_> {
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+}
+
+/// The source of dropout masks for one training step. Seeding it from (seed, step, rank) makes every
+/// step's masks reproducible without saving generator state (what resuming relies on).
+pub struct DropoutRng {
+    host: SmallRng,
+}
+
+impl DropoutRng {
+    /// A generator for `device`; on CUDA this also reseeds the device's generator.
+    pub fn new(seed: u64, device: &Device) -> Result<DropoutRng> {
+        if device.is_cuda() {
+            device.set_seed(seed)?;
+        }
+        Ok(DropoutRng {
+            host: SmallRng::seed_from_u64(seed),
+        })
+    }
+
+    /// The seed for `step` of process `rank` in a run seeded with `seed`.
+    pub fn step_seed(seed: u64, step: u64, rank: u64) -> u64 {
+        // SplitMix-style mixing so nearby (seed, step, rank) give unrelated streams.
+        let mut z = seed
+            ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ rank.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A keep-mask for `like` in the kernels' form: bytes on the CPU, a scaled f32 mask elsewhere.
+    pub(crate) fn keep_mask(&mut self, like: &Tensor, p: f64) -> Result<crate::kernels::Mask> {
+        let tensor = if crate::kernels::on_cpu(like) {
+            let bytes = crate::kernels::keep_bytes(&mut self.host, like.elem_count(), p);
+            Tensor::from_vec(bytes, like.shape(), like.device())?
+        } else {
+            self.mask(like, p)?
+        };
+        Ok(crate::kernels::Mask { tensor, p })
+    }
+
+    /// A keep-mask scaled by 1/(1−p): each element is 1/(1−p) with probability 1−p, else 0.
+    pub(crate) fn mask(&mut self, like: &Tensor, p: f64) -> Result<Tensor> {
+        let scale = 1.0 / (1.0 - p);
+        let device = like.device();
+        if device.is_cpu() {
+            // Four 16-bit draws per 64-bit random number: keep when the draw is below (1−p)·2¹⁶
+            // (the keep probability is exact to 2⁻¹⁶).
+            let threshold = ((1.0 - p) * 65536.0).round() as u64;
+            let n = like.elem_count();
+            let mut data = Vec::with_capacity(n + 3);
+            while data.len() < n {
+                let r = self.host.next_u64();
+                for k in 0..4 {
+                    let keep = (r >> (16 * k)) & 0xFFFF < threshold;
+                    data.push(if keep { scale as f32 } else { 0.0 });
+                }
+            }
+            data.truncate(n);
+            Ok(Tensor::from_vec(data, like.shape(), device)?.to_dtype(like.dtype())?)
+        } else {
+            let u = Tensor::rand(0f32, 1f32, like.shape(), device)?;
+            Ok((u.ge(p)?.to_dtype(DType::F32)? * scale)?.to_dtype(like.dtype())?)
+        }
+    }
+}
+
+/// Dropout with rate `p` in training, the identity in evaluation.
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Train(rng) if p > 0.0 => Ok((x * rng.mask(x, p)?)?),
+        _ => Ok(x.clone()),
+    }
+}
+
+/// LayerNorm over the last dimension, from differentiable ops.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> LayerNorm {
+        LayerNorm { weight, bias, eps }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if fused(x) {
+            return crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Whether the fused CPU kernels of [`crate::ops`] apply.
+pub fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Attention probabilities: softmax(scores·scale + bias) over the last dimension, for scores
+/// (B, heads, T, T) and a mask bias (B, T).
+pub fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused(scores) {
+        return Ok(crate::ops::masked_softmax(scores, bias, scale)?);
+    }
+    softmax(&(scores * scale)?.broadcast_add(&bias.unsqueeze(1)?.unsqueeze(1)?)?)
+}
+
+/// GELU with the exact normal CDF (Hugging Face's `gelu`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return Ok(crate::ops::gelu_erf(x)?);
+    }
+    Ok(x.gelu_erf()?)
+}
+
+/// Softmax over the last dimension, from differentiable ops (the maximum is subtracted for stability;
+/// it cancels, so it needs no gradient).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+/// log-softmax over the last dimension.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}

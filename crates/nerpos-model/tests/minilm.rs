@@ -1,0 +1,104 @@
+//! Parity with Hugging Face on the real all-MiniLM-L6-v2 checkpoint, and a saved folder read back by
+//! Hugging Face. Needs the checkpoint (data/fetch-minilm.sh) and the reference Python environment
+//! (tests/reference/setup-venv.sh requirements-model.txt); skips with a message otherwise.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use nerpos_model::{BertNerPos, Mode};
+
+fn reference_python(test: &str) -> Option<PathBuf> {
+    let python = nerpos_testdata::repo_root().join(".venv-ref/bin/python");
+    let ok = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED {test}: no Python with torch and transformers at {} (run tests/reference/setup-venv.sh requirements-model.txt)",
+            python.display()
+        );
+    }
+    ok.then_some(python)
+}
+
+#[test]
+fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
+    let name = "minilm_matches_pytorch_and_saved_folder_loads_in_transformers";
+    let (Some(minilm), Some(python)) = (nerpos_testdata::minilm(name), reference_python(name))
+    else {
+        return;
+    };
+    let script = nerpos_testdata::repo_root().join("tests/reference/model_reference.py");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&[
+        "checkpoint".as_ref(),
+        minilm.as_os_str(),
+        tmp.path().as_os_str(),
+    ]);
+
+    // 1. Same weights, same batch: logits, loss and gradients as PyTorch.
+    let (model, meta) = BertNerPos::load(&tmp.path().join("model"), &Device::Cpu).unwrap();
+    let reference = common::read_reference(&tmp.path().join("expected.safetensors"));
+    let (e_logits, e_loss, e_grad) = common::compare(&model, &reference, 1e-4);
+    let e_manual = common::compare_manual(&model, &reference, 1e-4);
+    eprintln!(
+        "MiniLM parity: logits {e_logits:.2e}, loss {e_loss:.2e}, gradients {e_grad:.2e} (autograd), {e_manual:.2e} (hand-written)"
+    );
+
+    // 2. Saved by us, read back by us: identical outputs.
+    let saved = tmp.path().join("saved");
+    model
+        .save(&saved, &minilm, &meta, &Default::default())
+        .unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "nerpos.json",
+        "tokenizer.json",
+        "vocab.txt",
+    ] {
+        assert!(saved.join(f).is_file(), "{f} missing from the saved folder");
+    }
+    let (again, meta_again) = BertNerPos::load(&saved, &Device::Cpu).unwrap();
+    assert_eq!(meta_again, meta);
+    let ours = model.forward(&reference.inputs, &mut Mode::Eval).unwrap();
+    let reloaded = again.forward(&reference.inputs, &mut Mode::Eval).unwrap();
+    assert_eq!(common::rel_error(&reloaded, &ours), 0.0);
+
+    // 3. Saved by us, read by transformers' BertModel.from_pretrained plus the head: same logits.
+    let inputs = tmp.path().join("inputs.safetensors");
+    let batch: HashMap<String, Tensor> = [
+        ("input_ids", &reference.tensors["input_ids"]),
+        ("attention_mask", &reference.tensors["attention_mask"]),
+        ("pos_ids", &reference.tensors["pos_ids"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    candle_core::safetensors::save(&batch, &inputs).unwrap();
+    let out = tmp.path().join("hf_logits.safetensors");
+    run(&[
+        "reload".as_ref(),
+        saved.as_os_str(),
+        inputs.as_os_str(),
+        out.as_os_str(),
+    ]);
+    let hf = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let e = common::rel_error(&ours, &hf["logits"]);
+    eprintln!("saved folder through BertModel.from_pretrained: logits max relative error {e:.2e}");
+    assert!(e <= 1e-4, "{e}");
+}

@@ -1,0 +1,282 @@
+//! Loading rules, dropout, head initialisation, saving — without a reference implementation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use nerpos_model::{BertNerPos, DropoutRng, HeadConfig, Mode, NerposMeta};
+
+fn tiny_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model")
+}
+
+fn head() -> HeadConfig {
+    HeadConfig {
+        num_labels: 7,
+        num_pos: 10,
+        pos_dim: 24,
+        use_pos: true,
+        dropout: 0.2,
+    }
+}
+
+fn inputs(dev: &Device) -> nerpos_model::Inputs {
+    let ids: Vec<u32> = (0..2 * 12).map(|i| (i * 7 % 97 + 3) as u32).collect();
+    let pos: Vec<u32> = (0..2 * 12).map(|i| (i % 8 + 2) as u32).collect();
+    let rows = [(&ids[..12], &pos[..12]), (&ids[12..20], &pos[12..20])];
+    nerpos_model::Inputs::from_rows(&rows, 12, 0, 0, dev).unwrap()
+}
+
+/// Copies the tiny fixture's folder, letting `edit` change its weights.
+fn copy_with(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let out = dir.join("edited");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "nerpos.json"] {
+        std::fs::copy(tiny_dir().join(f), out.join(f)).unwrap();
+    }
+    let mut w =
+        candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut w);
+    candle_core::safetensors::save(&w, out.join("model.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn pretrained_folder_with_bert_prefix_and_old_names_gets_a_seeded_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A task-model checkpoint: `bert.` prefix, gamma/beta LayerNorm names, an MLM head, no nerpos head.
+    let dir = copy_with(tmp.path(), |w| {
+        let keys: Vec<String> = w.keys().cloned().collect();
+        for k in keys {
+            let t = w.remove(&k).unwrap();
+            if k.starts_with("pos_embedding") || k.starts_with("classifier") {
+                continue;
+            }
+            let k = k
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            w.insert(format!("bert.{k}"), t);
+        }
+        w.insert(
+            "cls.predictions.bias".into(),
+            Tensor::zeros(100, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    std::fs::remove_file(dir.join("nerpos.json")).unwrap();
+    let (a, carried) = BertNerPos::from_pretrained(&dir, head(), None, 5, &Device::Cpu).unwrap();
+    let (b, _) = BertNerPos::from_pretrained(&dir, head(), None, 5, &Device::Cpu).unwrap();
+    let (c, _) = BertNerPos::from_pretrained(&dir, head(), None, 6, &Device::Cpu).unwrap();
+    assert!(
+        carried.tensors.contains_key("pooler.dense.weight"),
+        "the pooler is carried"
+    );
+    let w = |m: &BertNerPos| {
+        m.params
+            .get("classifier.weight")
+            .unwrap()
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(w(&a), w(&b), "same seed, same head");
+    assert_ne!(w(&a), w(&c), "another seed, another head");
+    let std = (w(&a).iter().map(|x| x * x).sum::<f32>() / w(&a).len() as f32).sqrt();
+    assert!(
+        (std - 0.02).abs() < 0.004,
+        "N(0, initializer_range): std {std}"
+    );
+    let bias = a
+        .params
+        .get("classifier.bias")
+        .unwrap()
+        .as_tensor()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(bias.iter().all(|&x| x == 0.0));
+    // The encoder was loaded (not zero): a LayerNorm weight from the checkpoint.
+    let ln = a
+        .params
+        .get("embeddings.LayerNorm.weight")
+        .unwrap()
+        .as_tensor()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(ln.iter().any(|&x| x != 0.0));
+}
+
+#[test]
+fn weight_problems_are_errors_listing_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = copy_with(&tmp.path().join("m"), |w| {
+        w.remove("encoder.layer.1.output.dense.weight");
+    });
+    let err = BertNerPos::load(&missing, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("missing weights: encoder.layer.1.output.dense.weight"),
+        "{err}"
+    );
+
+    let unexpected = copy_with(&tmp.path().join("u"), |w| {
+        w.insert(
+            "encoder.layer.9.extra".into(),
+            Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = BertNerPos::load(&unexpected, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("unexpected weights: encoder.layer.9.extra"),
+        "{err}"
+    );
+
+    let shape = copy_with(&tmp.path().join("s"), |w| {
+        w.insert(
+            "classifier.bias".into(),
+            Tensor::zeros(9, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = BertNerPos::load(&shape, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shape mismatches: classifier.bias: checkpoint [9], model [7]"),
+        "{err}"
+    );
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = BertNerPos::load(&empty, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("nerpos.json") && err.contains("not a fine-tuned"),
+        "{err}"
+    );
+    std::fs::copy(tiny_dir().join("nerpos.json"), empty.join("nerpos.json")).unwrap();
+    std::fs::copy(tiny_dir().join("config.json"), empty.join("config.json")).unwrap();
+    let err = BertNerPos::load(&empty, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("no model.safetensors or pytorch_model.bin"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dropout_is_real_in_training_and_absent_in_evaluation() {
+    let dev = Device::Cpu;
+    let (model, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
+    let x = inputs(&dev);
+    let eval = |m: &BertNerPos| {
+        m.forward(&x, &mut Mode::Eval)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let train = |seed: u64| {
+        let mut rng = DropoutRng::new(seed, &dev).unwrap();
+        model
+            .forward(&x, &mut Mode::Train(&mut rng))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(eval(&model), eval(&model));
+    assert_eq!(train(1), train(1), "a seed fixes the masks");
+    assert_ne!(train(1), train(2));
+    assert_ne!(train(1), eval(&model));
+
+    // The mask zeroes the expected fraction and scales the rest by 1/(1-p).
+    let ones = Tensor::ones((200, 500), candle_core::DType::F32, &dev).unwrap();
+    let mut rng = DropoutRng::new(3, &dev).unwrap();
+    let y = nerpos_model::layers::dropout(&ones, 0.2, &mut Mode::Train(&mut rng)).unwrap();
+    let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let zero = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
+    assert!((zero - 0.2).abs() < 0.005, "zeroed fraction {zero}");
+    assert!(v.iter().all(|&x| x == 0.0 || (x - 1.25).abs() < 1e-6));
+    let same = nerpos_model::layers::dropout(&ones, 0.2, &mut Mode::Eval).unwrap();
+    assert_eq!(
+        same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![1.0; 100_000]
+    );
+}
+
+#[test]
+fn no_pos_ablation_from_the_same_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_with(tmp.path(), |w| {
+        w.remove("pos_embedding.weight");
+        w.remove("classifier.weight");
+        w.remove("classifier.bias");
+    });
+    std::fs::remove_file(dir.join("nerpos.json")).unwrap();
+    let h = HeadConfig {
+        use_pos: false,
+        ..head()
+    };
+    let (m, _) = BertNerPos::from_pretrained(&dir, h, Some(0.0), 1, &Device::Cpu).unwrap();
+    assert!(m.params.get("pos_embedding.weight").is_none());
+    assert_eq!(m.params.get("classifier.weight").unwrap().dims(), [7, 64]);
+    assert_eq!(
+        m.config.bert.hidden_dropout_prob, 0.0,
+        "encoder_dropout overrides the checkpoint"
+    );
+    let logits = m.forward(&inputs(&Device::Cpu), &mut Mode::Eval).unwrap();
+    assert_eq!(logits.dims(), [2, 12, 7]);
+}
+
+#[test]
+fn save_and_load_give_identical_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let (model, meta) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
+    let out = tmp.path().join("ft");
+    model
+        .save(&out, &tiny_dir(), &meta, &Default::default())
+        .unwrap();
+    // Saving over an existing folder replaces it whole.
+    model
+        .save(&out, &tiny_dir(), &meta, &Default::default())
+        .unwrap();
+    let (again, meta2) = BertNerPos::load(&out, &dev).unwrap();
+    assert_eq!(meta2, meta);
+    let x = inputs(&dev);
+    let a = model
+        .forward(&x, &mut Mode::Eval)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = again
+        .forward(&x, &mut Mode::Eval)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(a, b);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let meta_json: NerposMeta =
+        serde_json::from_str(&std::fs::read_to_string(out.join("nerpos.json")).unwrap()).unwrap();
+    assert_eq!(meta_json.pos_dim, 24);
+}
