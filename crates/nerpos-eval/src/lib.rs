@@ -20,5 +20,13 @@ pub mod score;
 pub mod tags;
 
 pub use entities::Scheme;
+
+/// The entities of one sentence's tags under seqeval's default rules: (type, first word, last word),
+/// in order. What a tagger's output is read as.
+pub fn entities(tags: &[&str]) -> Vec<(String, usize, usize)> {
+    let mut scorer = Scorer::new(Mode::Default);
+    let ids: Vec<u32> = tags.iter().map(|t| scorer.tag_id(t).unwrap_or(0)).collect();
+    scorer.sentence_entities(&ids)
+}
 pub use report::{Report, Scores};
 pub use score::{Counts, Mode, ScoreError, Scorer};

@@ -297,6 +297,27 @@ impl Scorer {
         Ok(())
     }
 
+    /// The entities of one sentence of tag ids under this scorer's rules (default mode), without
+    /// adding them to the counts: (type, first, last) with positions within the sentence.
+    pub fn sentence_entities(&self, ids: &[u32]) -> Vec<(String, usize, usize)> {
+        let mut chunker = DefaultChunker::default();
+        let mut out = Vec::new();
+        chunker.sentence(
+            ids.iter().map(|&i| self.tags[i as usize].default),
+            self.outside.default,
+            &mut out,
+        );
+        out.into_iter()
+            .map(|e| {
+                (
+                    self.types[e.ty as usize].clone(),
+                    e.start as usize,
+                    e.end as usize,
+                )
+            })
+            .collect()
+    }
+
     /// The counts so far: per type, entities found in both (same type and span), predicted and gold.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::zero(self.types.clone());
@@ -416,6 +437,19 @@ mod tests {
             s.add(&["O"], &["O", "O"]),
             Err(ScoreError::Length { gold: 1, pred: 2 })
         );
+    }
+
+    #[test]
+    fn sentence_entities_for_taggers() {
+        assert_eq!(
+            crate::entities(&["B-PER", "I-PER", "O", "I-LOC", "B-LOC"]),
+            [
+                ("PER".to_string(), 0, 1),
+                ("LOC".to_string(), 3, 3),
+                ("LOC".to_string(), 4, 4)
+            ]
+        );
+        assert!(crate::entities(&[]).is_empty());
     }
 
     #[test]

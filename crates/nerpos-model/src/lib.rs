@@ -14,6 +14,7 @@ pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod predict;
 pub mod train;
 
 pub use checkpoint::{Carried, NerposMeta};
@@ -22,6 +23,7 @@ pub use error::{ModelError, Result};
 pub use layers::{DropoutRng, Mode};
 pub use model::{BertNerPos, Inputs, Targets};
 pub use params::Params;
+pub use predict::{RowView, WordPrediction, predict_rows};
 pub use train::StepOutput;
 
 /// Makes the C allocator keep freed memory for reuse instead of returning it to the system.

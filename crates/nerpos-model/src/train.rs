@@ -53,6 +53,18 @@ fn draw(rng: &mut Option<&mut DropoutRng>, like: &Tensor, p: f64) -> Result<Opti
     }
 }
 
+/// The forward pass's results and what backward needs from it.
+struct Forward {
+    summed: Tensor,
+    emb_mask: Option<Mask>,
+    caches: Vec<LayerCache>,
+    features_dropped: Tensor,
+    head_mask: Option<Mask>,
+    logits: Tensor,
+    ids: Tensor,
+    pos_ids: Tensor,
+}
+
 /// What a layer's backward pass needs from its forward pass.
 struct LayerCache {
     x: Tensor,
@@ -102,18 +114,17 @@ impl BertNerPos {
 
     /// As [`forward_backward`](Self::forward_backward), handing each gradient to `sink` as soon as it
     /// is computed: the head's first, then layer by layer down to the embeddings.
-    pub fn forward_backward_with(
+    /// The forward pass: logits, and (with `keep`) everything backward needs.
+    fn run_forward(
         &self,
         inputs: &Inputs,
-        targets: &Targets,
         mut rng: Option<&mut DropoutRng>,
-        mut sink: impl FnMut(&str, Tensor) -> Result<()>,
-    ) -> Result<(f64, usize)> {
+        keep: bool,
+    ) -> Result<Forward> {
         let c = &self.config;
         let (b, t) = inputs.input_ids.dims2()?;
         let n = b * t;
         let h = c.bert.hidden_size;
-        let dev = inputs.input_ids.device().clone();
         let emb = &self.encoder.embeddings;
 
         // ---- forward: embeddings
@@ -214,24 +225,26 @@ impl BertNerPos {
                 &d(&layer.out_norm.bias),
                 layer.out_norm.eps,
             )?;
-            caches.push(LayerCache {
-                x,
-                w_qkv,
-                q,
-                k,
-                v,
-                probs,
-                probs_mask,
-                probs_dropped,
-                context,
-                attn_mask,
-                ln1_in,
-                h1,
-                inter,
-                gelu,
-                out_mask,
-                ln2_in,
-            });
+            if keep {
+                caches.push(LayerCache {
+                    x,
+                    w_qkv,
+                    q,
+                    k,
+                    v,
+                    probs,
+                    probs_mask,
+                    probs_dropped,
+                    context,
+                    attn_mask,
+                    ln1_in,
+                    h1,
+                    inter,
+                    gelu,
+                    out_mask,
+                    ln2_in,
+                });
+            }
             x = next;
         }
 
@@ -248,6 +261,45 @@ impl BertNerPos {
             self.classifier.weight(),
             bias_of(&self.classifier)?,
         )?;
+
+        Ok(Forward {
+            summed,
+            emb_mask,
+            caches,
+            features_dropped,
+            head_mask,
+            logits,
+            ids,
+            pos_ids,
+        })
+    }
+
+    /// Logits (B·T, labels) in evaluation mode (no dropout), keeping nothing for a backward pass.
+    pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
+        Ok(self.run_forward(inputs, None, false)?.logits)
+    }
+
+    pub fn forward_backward_with(
+        &self,
+        inputs: &Inputs,
+        targets: &Targets,
+        mut rng: Option<&mut DropoutRng>,
+        mut sink: impl FnMut(&str, Tensor) -> Result<()>,
+    ) -> Result<(f64, usize)> {
+        let (b, t) = inputs.input_ids.dims2()?;
+        let h = self.config.bert.hidden_size;
+        let dev = inputs.input_ids.device().clone();
+        let emb = &self.encoder.embeddings;
+        let Forward {
+            summed,
+            emb_mask,
+            caches,
+            features_dropped,
+            head_mask,
+            logits,
+            ids,
+            pos_ids,
+        } = self.run_forward(inputs, rng.take(), true)?;
 
         // ---- loss and its gradient (on the host: a few thousand rows of a few dozen labels)
         let (loss_sum, dlogits) = cross_entropy(&logits, targets, &dev)?;

@@ -141,6 +141,9 @@ pub fn compare(model: &BertNerPos, r: &Reference, tolerance: f64) -> (f64, f64, 
 /// The hand-written training pass (`forward_backward`) on the reference batch: loss and every
 /// gradient within `tolerance` of the reference; returns the worst gradient error.
 pub fn compare_manual(model: &BertNerPos, r: &Reference, tolerance: f64) -> f64 {
+    let logits = model.eval_logits(&r.inputs).unwrap();
+    let e_logits = rel_error(&logits, &r.tensors["logits"].flatten_to(1).unwrap());
+    assert!(e_logits <= tolerance, "eval logits {e_logits}");
     let targets = Targets::from_labels(&r.labels, &Device::Cpu).unwrap();
     let out = model.forward_backward(&r.inputs, &targets, None).unwrap();
     let theirs = r.tensors["loss_sum"]

@@ -1,0 +1,147 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use candle_core::Device;
+use clap::Parser;
+use nerpos_eval::{Mode, Report, Scorer};
+use nerpos_predict::{
+    InputFormat, OutputFormat, Tagger, read_input, write_atomic, write_npy, write_predictions,
+};
+use nerpos_prep::corpus::ConllColumns;
+use nerpos_prep::encoding::TextEncoding;
+
+/// Tag a CoNLL or GMB file (words and POS tags) or plain text (one sentence per line) with a
+/// fine-tuned BERT+POS model folder; write CoNLL or JSON Lines.
+#[derive(Parser)]
+#[command(name = "nerpos-predict", version)]
+struct Cli {
+    /// Fine-tuned model folder (written by nerpos-train: nerpos.json, model.safetensors, tokenizer).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    #[arg(long, value_enum)]
+    format: InputFormat,
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Conll)]
+    output_format: OutputFormat,
+    /// Also write each word's first-sub-word logits as a float32 .npy array [words, labels].
+    #[arg(long, value_name = "FILE.npy")]
+    logits: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Words of context repeated between the windows of sentences longer than the model's max length.
+    #[arg(long, default_value_t = 16)]
+    window_overlap: usize,
+    #[arg(long, value_enum, default_value_t = TextEncoding::Auto)]
+    encoding: TextEncoding,
+    #[arg(long, default_value_t = 0)]
+    word_col: usize,
+    #[arg(long, default_value_t = 1)]
+    pos_col: usize,
+    #[arg(long, default_value_t = 3)]
+    tag_col: usize,
+    /// `cpu`, or `cuda` / `cuda:N` (with the cuda feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn main() -> ExitCode {
+    nerpos_model::keep_freed_memory();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NERPOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn device(spec: &str) -> anyhow::Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()
+                .context("device ordinal")?
+                .unwrap_or(0);
+            Device::new_cuda(ordinal)
+                .with_context(|| format!("opening {s} (built without the cuda feature?)"))
+        }
+        other => bail!("--device {other:?}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dev = device(&cli.device)?;
+    let tagger = Tagger::load(&cli.model, &dev)?;
+    let columns = ConllColumns {
+        word: cli.word_col,
+        pos: cli.pos_col,
+        tag: cli.tag_col,
+    };
+    let sentences = read_input(&cli.input, cli.format, cli.encoding, columns)?;
+    let words: usize = sentences.iter().map(|s| s.words.len()).sum();
+    tracing::info!(
+        sentences = sentences.len(),
+        words,
+        "read {}",
+        cli.input.display()
+    );
+    let started = std::time::Instant::now();
+    let preds = tagger.tag(
+        &sentences,
+        cli.batch_size,
+        cli.window_overlap,
+        cli.logits.is_some(),
+        std::io::stderr().is_terminal(),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(secs, words_per_sec = words as f64 / secs, "tagged");
+    let labels = &tagger.meta.labels;
+    write_atomic(&cli.out, |w| {
+        write_predictions(w, cli.output_format, &sentences, &preds, labels)
+    })?;
+    if let Some(path) = &cli.logits {
+        let data: Vec<f32> = preds
+            .iter()
+            .flatten()
+            .flat_map(|p| p.logits.clone().unwrap_or_default())
+            .collect();
+        write_atomic(path, |w| write_npy(w, &data, words, labels.len()))?;
+    }
+    // With gold tags, the seqeval report of this run.
+    if sentences.iter().all(|s| s.gold.is_some()) {
+        let mut scorer = Scorer::with_tags(Mode::Default, labels)?;
+        for (s, p) in sentences.iter().zip(&preds) {
+            let gold: Vec<&str> = s
+                .gold
+                .as_ref()
+                .expect("checked")
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let pred: Vec<&str> = p
+                .iter()
+                .map(|w| labels[w.label as usize].as_str())
+                .collect();
+            scorer.add(&gold, &pred)?;
+        }
+        eprint!("{}", Report::new(&scorer.counts()).to_seqeval_string(4));
+    }
+    eprintln!("wrote {}", cli.out.display());
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! nerpos-predict end to end on a small random model (mechanics: windows, formats, logits; accuracy is
+//! the trainer's tests' business).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nerpos-predict");
+
+/// The tiny fixture model of nerpos-model with real tag names and a 100-token vocabulary.
+fn model_folder(dir: &Path) -> PathBuf {
+    let src = nerpos_testdata::repo_root().join("crates/nerpos-model/tests/fixtures/tiny/model");
+    let out = dir.join("model");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "paris", "london", "is", "in", ".",
+        "new", "york",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    while vocab.len() < 100 {
+        vocab.push(format!("tok{}", vocab.len()));
+    }
+    std::fs::write(out.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let meta = serde_json::json!({
+        "format_version": 1, "created_by": "test",
+        "labels": ["B-geo", "B-per", "I-geo", "I-per", "O", "B-org", "I-org"],
+        "pos": ["<pad>", "<unk>", "DT", "NNP", "VBZ", "IN", ".", "NN", "JJ", "CD"],
+        "pos_pad_id": 0, "pos_unk_id": 1, "pos_dim": 24, "use_pos": true, "max_len": 8, "dropout": 0.2
+    });
+    std::fs::write(
+        out.join("nerpos.json"),
+        serde_json::to_string_pretty(&meta).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+fn gmb(dir: &Path) -> PathBuf {
+    let p = dir.join("in.csv");
+    std::fs::write(
+        &p,
+        "Sentence #,Word,POS,Tag\nSentence: 1,Paris,NNP,B-geo\n,is,VBZ,O\n,in,IN,O\n,the,DT,O\n,New,NNP,B-geo\n,York,NNP,I-geo\n,of,IN,O\n,London,NNP,B-geo\n,.,.,O\nSentence: 2,London,NNP,B-geo\n,.,.,O\n",
+    )
+    .unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("NERPOS_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_folder(tmp.path());
+    let input = gmb(tmp.path());
+    let out = tmp.path().join("pred.conll");
+    let logits = tmp.path().join("logits.npy");
+    let o = run(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--format",
+        "gmb",
+        "--out",
+        out.to_str().unwrap(),
+        "--logits",
+        logits.to_str().unwrap(),
+        "--window-overlap",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let sentences: Vec<&str> = text.trim_end().split("\n\n").collect();
+    assert_eq!(sentences.len(), 2);
+    let first: Vec<Vec<&str>> = sentences[0]
+        .lines()
+        .map(|l| l.split(' ').collect())
+        .collect();
+    assert_eq!(
+        first.len(),
+        9,
+        "every word of a sentence longer than max_len (8) gets a tag"
+    );
+    assert_eq!(first[4][..3], ["New", "NNP", "B-geo"]);
+    let labels = ["B-geo", "B-per", "I-geo", "I-per", "O", "B-org", "I-org"];
+    assert!(first.iter().all(|f| f.len() == 4 && labels.contains(&f[3])));
+    // The gold report comes from nerpos-eval.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("micro avg"));
+
+    // logits: float32 [11 words, 7 labels], argmax = the written tag.
+    let bytes = std::fs::read(&logits).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(
+        header.contains("'shape': (11, 7)") && (10 + header_len) % 64 == 0,
+        "{header}"
+    );
+    let data: Vec<f32> = bytes[10 + header_len..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(data.len(), 77);
+    let argmax = |w: usize| {
+        (0..7)
+            .max_by(|&a, &b| data[w * 7 + a].total_cmp(&data[w * 7 + b]))
+            .unwrap()
+    };
+    for (w, f) in first.iter().enumerate() {
+        assert_eq!(labels[argmax(w)], f[3]);
+    }
+
+    let jsonl = tmp.path().join("pred.jsonl");
+    let o = run(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--format",
+        "gmb",
+        "--out",
+        jsonl.to_str().unwrap(),
+        "--output-format",
+        "jsonl",
+    ]);
+    assert!(o.status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["words"].as_array().unwrap().len(), 9);
+    assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 9);
+    for e in lines[0]["entities"].as_array().unwrap() {
+        let (a, b) = (e["start"].as_u64().unwrap(), e["end"].as_u64().unwrap());
+        assert!(a < b && b <= 9 && e["score"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn plain_text_and_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_folder(tmp.path());
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "Paris is in France .\n\nthe New York\n").unwrap();
+    let out = tmp.path().join("out.conll");
+    let o = run(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--format",
+        "text",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.trim_end().split("\n\n").count(), 2);
+    assert!(text.lines().next().unwrap().starts_with("Paris _ "));
+
+    // A pretrained checkpoint, not a fine-tuned folder.
+    std::fs::remove_file(model.join("nerpos.json")).unwrap();
+    let o = run(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--format",
+        "text",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a fine-tuned nerpos model folder"));
+}
