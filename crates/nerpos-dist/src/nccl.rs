@@ -139,6 +139,7 @@ pub(crate) fn on_cuda_storage(
     root: Option<usize>,
 ) -> Result<(), DistError> {
     use candle_core::DType;
+    use candle_core::backend::BackendStorage;
     use half::bf16;
     let tensor = |e: candle_core::Error| DistError::Tensor(e.to_string());
     fn run<T: NcclType, B: DevicePtrMut<T>>(

@@ -191,6 +191,8 @@ impl BertNerPos {
                     var.set(&t.to_device(self.device())?)?;
                     seen.insert(key, ());
                 }
+                // A head for other labels (e.g. a token-classification checkpoint): initialised anew.
+                Some(_) if head_keys.contains(&key.as_str()) && !require_head => ignored.push(raw),
                 Some(var) => mismatched.push(format!(
                     "{key}: checkpoint {:?}, model {:?}",
                     t.dims(),
@@ -271,15 +273,30 @@ impl BertNerPos {
 
     /// A fine-tuned folder written by [`BertNerPos::save`], whole.
     pub fn load(dir: &Path, device: &Device) -> Result<(BertNerPos, NerposMeta)> {
+        Self::load_with_dropout(dir, device, None, None)
+    }
+
+    /// As [`BertNerPos::load`], with the encoder's and the head's dropout rates overridden (to continue
+    /// training a fine-tuned model with other rates).
+    pub fn load_with_dropout(
+        dir: &Path,
+        device: &Device,
+        encoder_dropout: Option<f64>,
+        head_dropout: Option<f64>,
+    ) -> Result<(BertNerPos, NerposMeta)> {
         let meta = NerposMeta::read(dir)?;
         let (bert, _) = BertConfig::read(dir)?;
-        let model = BertNerPos::new(
-            ModelConfig {
-                bert,
-                head: meta.head(),
-            },
-            device,
-        )?;
+        let mut config = ModelConfig {
+            bert,
+            head: meta.head(),
+        };
+        if let Some(p) = encoder_dropout {
+            config.set_encoder_dropout(p);
+        }
+        if let Some(p) = head_dropout {
+            config.head.dropout = p;
+        }
+        let model = BertNerPos::new(config, device)?;
         model.load_weights(dir, true)?;
         Ok((model, meta))
     }

@@ -18,6 +18,9 @@ pub enum ModelError {
     Weights { path: PathBuf, msg: String },
     #[error("model configuration: {0}")]
     Config(String),
+    /// A CUDA driver call that failed (device settings, memory accounting).
+    #[error("CUDA: {0}")]
+    Cuda(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -76,7 +76,7 @@ fn apply(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
     Ok(match mask {
         None => x.clone(),
         Some(m) if m.tensor.dtype() == DType::U8 => {
-            (x * (m.tensor.to_dtype(DType::F32)? * m.scale() as f64)?)?
+            (x * (m.tensor.to_dtype(x.dtype())? * m.scale() as f64)?)?
         }
         Some(m) => (x * &m.tensor)?,
     })
@@ -420,7 +420,7 @@ pub fn embedding_grad(ids: &Tensor, d: &Tensor, rows: usize) -> Result<Tensor> {
     let dim = d.dim(1)?;
     if !on_cpu(d) {
         return Ok(
-            Tensor::zeros((rows, dim), DType::F32, d.device())?.index_add(
+            Tensor::zeros((rows, dim), d.dtype(), d.device())?.index_add(
                 ids,
                 &d.contiguous()?,
                 0,

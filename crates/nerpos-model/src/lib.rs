@@ -9,6 +9,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod kernels;
 pub mod layers;
 pub mod model;

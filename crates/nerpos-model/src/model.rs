@@ -91,7 +91,13 @@ impl Targets {
 impl BertNerPos {
     /// The model with every parameter zero (to be loaded or initialised).
     pub fn new(config: ModelConfig, device: &Device) -> Result<BertNerPos> {
-        let mut params = Params::new(device);
+        BertNerPos::with_dtype(config, device, DType::F32)
+    }
+
+    /// The model with every parameter zero, stored in `dtype`: a bf16 compute copy for mixed
+    /// precision, refreshed from the f32 master with [`copy_from`](Self::copy_from) before each step.
+    pub fn with_dtype(config: ModelConfig, device: &Device, dtype: DType) -> Result<BertNerPos> {
+        let mut params = Params::with_dtype(device, dtype);
         let encoder = BertEncoder::new(&mut params, &config.bert)?;
         let h = &config.head;
         let pos_embedding = if h.use_pos {
@@ -118,6 +124,23 @@ impl BertNerPos {
 
     pub fn device(&self) -> &Device {
         self.params.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.params.dtype()
+    }
+
+    /// Sets every parameter to `master`'s value, cast to this model's dtype.
+    pub fn copy_from(&self, master: &BertNerPos) -> Result<()> {
+        for (name, var) in self.params.iter() {
+            let Some(src) = master.params.get(name) else {
+                return Err(ModelError::Config(format!(
+                    "copy_from: the source model has no {name}"
+                )));
+            };
+            var.set(&src.as_tensor().to_dtype(var.dtype())?)?;
+        }
+        Ok(())
     }
 
     /// Initialises the head as Hugging Face initialises new modules: weights ~ N(0, initializer_range),

@@ -449,6 +449,13 @@ fn is_fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
+/// `x` in f32. The generic paths below compute normalisations and reductions in f32 whatever the
+/// compute dtype, and hand back results in the input's dtype — what PyTorch's autocast does for
+/// LayerNorm, softmax and sums under bf16.
+fn f32(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.to_dtype(candle_core::DType::F32)
+}
+
 /// LayerNorm forward without autograd.
 pub fn layer_norm_fwd(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     if is_fused(x) {
@@ -456,13 +463,16 @@ pub fn layer_norm_fwd(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_co
             .contiguous()?
             .apply_op3_no_bwd(w, b, &LayerNormOp { eps: eps as f32 });
     }
+    let dtype = x.dtype();
+    let x = f32(x)?;
     let mean = x.mean_keepdim(candle_core::D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
     centered
         .broadcast_div(&(var + eps)?.sqrt()?)?
-        .broadcast_mul(w)?
-        .broadcast_add(b)
+        .broadcast_mul(&f32(w)?)?
+        .broadcast_add(&f32(b)?)?
+        .to_dtype(dtype)
 }
 
 /// LayerNorm backward: (dx, dweight, dbias) for x (N, H).
@@ -485,18 +495,24 @@ pub fn layer_norm_bwd(
             packed.narrow(0, rows + 1, 1)?.reshape(h)?,
         ));
     }
+    let dtype = x.dtype();
+    let (x, w, dy) = (f32(x)?, f32(w)?, f32(dy)?);
     let mean = x.mean_keepdim(1)?;
     let centered = x.broadcast_sub(&mean)?;
     let rstd = (centered.sqr()?.mean_keepdim(1)? + eps)?.sqrt()?.recip()?;
     let xhat = centered.broadcast_mul(&rstd)?;
-    let dxhat = dy.broadcast_mul(w)?;
+    let dxhat = dy.broadcast_mul(&w)?;
     let m1 = dxhat.mean_keepdim(1)?;
     let m2 = (&dxhat * &xhat)?.mean_keepdim(1)?;
     let dx = dxhat
         .broadcast_sub(&m1)?
         .sub(&xhat.broadcast_mul(&m2)?)?
         .broadcast_mul(&rstd)?;
-    Ok((dx, column_sum(&(dy * &xhat)?)?, column_sum(dy)?))
+    Ok((
+        dx.to_dtype(dtype)?,
+        (&dy * &xhat)?.sum(0)?.to_dtype(dtype)?,
+        dy.sum(0)?.to_dtype(dtype)?,
+    ))
 }
 
 /// Attention probabilities without autograd: softmax(scores·scale + bias), bias (B, T).
@@ -513,10 +529,11 @@ pub fn masked_softmax_fwd(
             },
         );
     }
-    let z = (scores * scale)?.broadcast_add(&bias.unsqueeze(1)?.unsqueeze(1)?)?;
+    let z = (f32(scores)? * scale)?.broadcast_add(&f32(bias)?.unsqueeze(1)?.unsqueeze(1)?)?;
     let max = z.max_keepdim(candle_core::D::Minus1)?;
     let e = z.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)
+    e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)?
+        .to_dtype(scores.dtype())
 }
 
 /// d(scores) from the probabilities `p` and their gradient `dp`.
@@ -529,8 +546,10 @@ pub fn masked_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f64) -> candle_core::R
             },
         );
     }
-    let dot = (p * dp)?.sum_keepdim(candle_core::D::Minus1)?;
-    (p * dp.broadcast_sub(&dot)?)? * scale
+    let dtype = p.dtype();
+    let (p, dp) = (f32(p)?, f32(dp)?);
+    let dot = (&p * &dp)?.sum_keepdim(candle_core::D::Minus1)?;
+    ((p * dp.broadcast_sub(&dot)?)? * scale)?.to_dtype(dtype)
 }
 
 /// GELU (exact) without autograd.
@@ -588,7 +607,7 @@ pub fn column_sum(x: &Tensor) -> candle_core::Result<Tensor> {
     if is_fused(x) {
         return x.contiguous()?.apply_op1_no_bwd(&ColumnSum);
     }
-    x.sum(0)
+    f32(x)?.sum(0)?.to_dtype(x.dtype())
 }
 
 #[cfg(test)]

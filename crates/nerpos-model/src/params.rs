@@ -10,20 +10,27 @@ use crate::error::Result;
 pub struct Params {
     vars: BTreeMap<String, Var>,
     device: Device,
+    dtype: DType,
 }
 
 impl Params {
     pub fn new(device: &Device) -> Params {
+        Params::with_dtype(device, DType::F32)
+    }
+
+    /// Parameters stored in `dtype` (bf16 compute copies for mixed precision; masters stay f32).
+    pub fn with_dtype(device: &Device, dtype: DType) -> Params {
         Params {
             vars: BTreeMap::new(),
             device: device.clone(),
+            dtype,
         }
     }
 
-    /// Creates a zero f32 parameter (values are loaded or initialised afterwards) and returns its
+    /// Creates a zero parameter (values are loaded or initialised afterwards) and returns its
     /// tensor, which sees every later update of the variable.
     pub fn var<S: Into<Shape>>(&mut self, name: &str, shape: S) -> Result<Tensor> {
-        let var = Var::zeros(shape, DType::F32, &self.device)?;
+        let var = Var::zeros(shape, self.dtype, &self.device)?;
         let t = var.as_tensor().clone();
         self.vars.insert(name.to_owned(), var);
         Ok(t)
@@ -48,6 +55,10 @@ impl Params {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Number of scalar parameters.

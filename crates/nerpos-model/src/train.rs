@@ -414,10 +414,14 @@ impl BertNerPos {
             kernels::embedding_grad(&ids, &dsummed, vocab)?,
         )?;
         let (max_pos, _) = emb.position.embeddings().dims2()?;
-        let dpos = dsummed.reshape((b, t, h))?.sum(0)?;
+        let dpos = dsummed
+            .reshape((b, t, h))?
+            .to_dtype(DType::F32)?
+            .sum(0)?
+            .to_dtype(dsummed.dtype())?;
         let dpos = if max_pos > t {
             Tensor::cat(
-                &[&dpos, &Tensor::zeros((max_pos - t, h), DType::F32, &dev)?],
+                &[&dpos, &Tensor::zeros((max_pos - t, h), dpos.dtype(), &dev)?],
                 0,
             )?
         } else {
@@ -428,7 +432,10 @@ impl BertNerPos {
         let dtype0 = column_sum(&dsummed)?.unsqueeze(0)?;
         let dtypes = if types > 1 {
             Tensor::cat(
-                &[&dtype0, &Tensor::zeros((types - 1, h), DType::F32, &dev)?],
+                &[
+                    &dtype0,
+                    &Tensor::zeros((types - 1, h), dtype0.dtype(), &dev)?,
+                ],
                 0,
             )?
         } else {
@@ -460,7 +467,10 @@ fn cross_entropy(logits: &Tensor, targets: &Targets, dev: &Device) -> Result<(f6
     let (n, classes) = logits.dims2()?;
     let mut grad = vec![0f32; n * classes];
     if targets.count == 0 {
-        return Ok((0.0, Tensor::from_vec(grad, (n, classes), dev)?));
+        return Ok((
+            0.0,
+            Tensor::from_vec(grad, (n, classes), dev)?.to_dtype(logits.dtype())?,
+        ));
     }
     let rows = logits
         .index_select(&targets.positions, 0)?
@@ -479,5 +489,9 @@ fn cross_entropy(logits: &Tensor, targets: &Targets, dev: &Device) -> Result<(f6
         }
         out[label as usize] -= 1.0;
     }
-    Ok((loss, Tensor::from_vec(grad, (n, classes), dev)?))
+    // The loss is computed in f32 whatever the compute dtype; its gradient goes back in that dtype.
+    Ok((
+        loss,
+        Tensor::from_vec(grad, (n, classes), dev)?.to_dtype(logits.dtype())?,
+    ))
 }

@@ -280,3 +280,59 @@ fn save_and_load_give_identical_outputs() {
         serde_json::from_str(&std::fs::read_to_string(out.join("nerpos.json")).unwrap()).unwrap();
     assert_eq!(meta_json.pos_dim, 24);
 }
+
+/// Mixed precision's compute copy: a bf16 model refreshed from the f32 master runs the device-generic
+/// code path (the fused CPU kernels take f32 only) and must track the f32 model to bf16 accuracy.
+#[test]
+fn bf16_compute_copy_tracks_the_f32_model() {
+    let dev = Device::Cpu;
+    let (master, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
+    let half =
+        BertNerPos::with_dtype(master.config.clone(), &dev, candle_core::DType::BF16).unwrap();
+    half.copy_from(&master).unwrap();
+    assert_eq!(half.dtype(), candle_core::DType::BF16);
+    let x = inputs(&dev);
+    let labels: Vec<i32> = (0..24)
+        .map(|i| if i % 5 == 0 { -100 } else { i % 7 })
+        .collect();
+    let targets = nerpos_model::Targets::from_labels(&labels, &dev).unwrap();
+    let full = master.forward_backward(&x, &targets, None).unwrap();
+    let low = half.forward_backward(&x, &targets, None).unwrap();
+    assert_eq!(full.count, low.count);
+    let rel = (full.loss_sum - low.loss_sum).abs() / full.loss_sum;
+    assert!(
+        rel < 0.02,
+        "bf16 loss {} vs f32 {} (relative {rel})",
+        low.loss_sum,
+        full.loss_sum
+    );
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    };
+    // Gradients that are zero in exact arithmetic (the key bias: softmax ignores a shift) are compared
+    // against the scale of all gradients.
+    let total = full
+        .grads
+        .values()
+        .map(|g| norm(g).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    for (name, g) in &full.grads {
+        let l = low.grads[name].to_dtype(candle_core::DType::F32).unwrap();
+        let (diff, n) = (norm(&(g - &l).unwrap()), norm(g));
+        assert!(
+            diff <= 0.05 * n + 1e-3 * total,
+            "{name}: bf16 gradient off by {diff} (norm {n}, all {total})"
+        );
+    }
+    // With dropout, the generic path's masks apply too.
+    let mut rng = DropoutRng::new(7, &dev).unwrap();
+    let dropped = half.forward_backward(&x, &targets, Some(&mut rng)).unwrap();
+    assert!(dropped.loss_sum.is_finite() && (dropped.loss_sum - low.loss_sum).abs() > 1e-6);
+}

@@ -24,6 +24,10 @@ struct Cli {
     /// environment.
     #[arg(long, global = true)]
     spawn: Option<usize>,
+    /// `cpu` (the TCP ring on host tensors), or `cuda`: NCCL on tensors of GPU LOCAL_RANK (a CUDA
+    /// build; with one process too, where NCCL makes a world-size-1 communicator).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.spawn {
         Some(n) => spawn(n),
-        None => run(cli.command),
+        None => run(&cli.device, cli.command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -137,13 +141,33 @@ fn spawn(n: usize) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<bool> {
+/// The device and communicator of this rank.
+fn join(device: &str, rdv: &Rendezvous, t: Timeouts) -> anyhow::Result<(Device, Comm)> {
+    match device {
+        "cpu" => Ok((Device::Cpu, Comm::cpu(rdv, t)?)),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let dev = Device::new_cuda(rdv.local_rank)
+                .with_context(|| format!("opening GPU {}", rdv.local_rank))?;
+            let stream = match &dev {
+                Device::Cuda(c) => c.cuda_stream(),
+                _ => unreachable!("new_cuda gives a CUDA device"),
+            };
+            Ok((dev, Comm::nccl(rdv, t, stream)?))
+        }
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => bail!("--device cuda needs a CUDA build (launch/build-cuda.sh)"),
+        other => bail!("--device {other:?}: expected cpu or cuda"),
+    }
+}
+
+fn run(device: &str, cmd: Cmd) -> anyhow::Result<bool> {
     let rdv = Rendezvous::from_env()?;
     let t = Timeouts::from_env()?;
-    let mut comm = Comm::cpu(&rdv, t)?;
+    let (dev, mut comm) = join(device, &rdv, t)?;
     match cmd {
-        Cmd::Check { sizes } => check(&mut comm, &sizes),
-        Cmd::Bench { sizes_mb, iters } => bench(&mut comm, &sizes_mb, iters),
+        Cmd::Check { sizes } => check(&mut comm, &sizes, &dev),
+        Cmd::Bench { sizes_mb, iters } => bench(&mut comm, &sizes_mb, iters, &dev),
         Cmd::Fault { die, stall } => {
             let r = comm.rank();
             if die == Some(r) {
@@ -205,7 +229,7 @@ fn agree(comm: &mut Comm, h: &str) -> anyhow::Result<bool> {
     Ok(all.iter().all(|x| x == h.as_bytes()))
 }
 
-fn check(comm: &mut Comm, sizes: &[usize]) -> anyhow::Result<bool> {
+fn check(comm: &mut Comm, sizes: &[usize], dev: &Device) -> anyhow::Result<bool> {
     let (r, w) = (comm.rank(), comm.world_size());
     let mut ok = true;
     let mut report = |name: String, pass: bool, h: &str| {
@@ -312,8 +336,8 @@ fn check(comm: &mut Comm, sizes: &[usize]) -> anyhow::Result<bool> {
         "",
     );
 
-    // Tensors: in place, and bucketed (buckets smaller than some tensors).
-    let dev = Device::Cpu;
+    // Tensors (on `dev`: NCCL for GPU tensors): in place, and bucketed (buckets smaller than some
+    // tensors).
     let shapes: [&[usize]; 4] = [&[3, 5], &[700], &[2, 3, 4], &[1]];
     let make = |q: usize| -> anyhow::Result<Vec<Tensor>> {
         shapes
@@ -323,7 +347,7 @@ fn check(comm: &mut Comm, sizes: &[usize]) -> anyhow::Result<bool> {
                 Ok(Tensor::from_vec(
                     values(q * 10 + k, s.iter().product(), true),
                     *s,
-                    &dev,
+                    dev,
                 )?)
             })
             .collect()
@@ -344,7 +368,7 @@ fn check(comm: &mut Comm, sizes: &[usize]) -> anyhow::Result<bool> {
         pass,
         "",
     );
-    let t = Tensor::from_vec(values(r, 64, true), 64, &dev)?;
+    let t = Tensor::from_vec(values(r, 64, true), 64, dev)?;
     comm.all_reduce_tensor(&t)?;
     let all: Vec<Vec<f32>> = (0..w).map(|q| values(q, 64, true)).collect();
     let want: Vec<f32> = (0..64).map(|i| all.iter().map(|v| v[i]).sum()).collect();
@@ -381,40 +405,55 @@ fn minilm_shapes() -> Vec<Vec<usize>> {
     s
 }
 
-fn bench(comm: &mut Comm, sizes_mb: &[f64], iters: usize) -> anyhow::Result<bool> {
+fn bench(comm: &mut Comm, sizes_mb: &[f64], iters: usize, dev: &Device) -> anyhow::Result<bool> {
     let (r, w) = (comm.rank(), comm.world_size());
     let bus = 2.0 * (w as f64 - 1.0) / w as f64;
     let mut rows = Vec::new();
     for &mb in sizes_mb {
         let n = (mb * 1e6 / 4.0) as usize;
         let mut buf = values(r, n, false);
-        comm.all_reduce_sum(&mut buf)?; // warm-up
         let mut times = Vec::new();
-        for _ in 0..iters {
-            comm.barrier()?;
-            let t0 = Instant::now();
-            comm.all_reduce_sum(&mut buf)?;
-            times.push(t0.elapsed().as_secs_f64());
+        if dev.is_cpu() {
+            comm.all_reduce_sum(&mut buf)?; // warm-up
+            for _ in 0..iters {
+                comm.barrier()?;
+                let t0 = Instant::now();
+                comm.all_reduce_sum(&mut buf)?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        } else {
+            // A device tensor through the backend (NCCL), timed until the device is done.
+            let t = Tensor::from_vec(buf, n, dev)?;
+            comm.all_reduce_tensor(&t)?;
+            dev.synchronize()?;
+            for _ in 0..iters {
+                comm.barrier()?;
+                let t0 = Instant::now();
+                comm.all_reduce_tensor(&t)?;
+                dev.synchronize()?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
         }
         times.sort_by(f64::total_cmp);
         let t = times[times.len() / 2];
         rows.push(serde_json::json!({
-            "what": format!("{mb} MB f32"), "bytes": n * 4, "world": w, "seconds": t,
+            "what": format!("{mb} MB f32"), "device": format!("{dev:?}"), "bytes": n * 4, "world": w, "seconds": t,
             "algbw_gb_s": n as f64 * 4.0 / t / 1e9, "busbw_gb_s": n as f64 * 4.0 / t / 1e9 * bus,
         }));
     }
-    let dev = Device::Cpu;
     let grads: Vec<Tensor> = minilm_shapes()
         .iter()
-        .map(|s| Tensor::zeros(s.as_slice(), candle_core::DType::F32, &dev))
+        .map(|s| Tensor::zeros(s.as_slice(), candle_core::DType::F32, dev))
         .collect::<Result<_, _>>()?;
     let bytes: usize = grads.iter().map(|g| g.elem_count() * 4).sum();
     all_reduce_bucketed(comm, &grads, DEFAULT_BUCKET_BYTES)?;
+    dev.synchronize()?;
     let mut times = Vec::new();
     for _ in 0..iters {
         comm.barrier()?;
         let t0 = Instant::now();
         all_reduce_bucketed(comm, &grads, DEFAULT_BUCKET_BYTES)?;
+        dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

@@ -1,0 +1,287 @@
+//! Starting the ranks of one run on this node and watching them: output to the terminal (prefixed with
+//! the rank) and to a log file per rank; if one fails, the others are stopped and the failure reported
+//! with its last log lines; Ctrl-C or SIGTERM is passed on as SIGTERM, so rank 0 writes a resumable
+//! checkpoint before everyone exits; children die with the launcher (no orphans).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Exit code of nerpos-train after a signal-triggered checkpoint.
+pub const EXIT_INTERRUPTED: i32 = 75;
+const TAIL_LINES: usize = 20;
+
+/// One run's processes on this node.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub trainer: PathBuf,
+    pub args: Vec<String>,
+    /// Processes on this node.
+    pub nproc: usize,
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    /// GPUs of this run (`CUDA_VISIBLE_DEVICES`); `None` for CPU processes.
+    pub gpus: Option<Vec<usize>>,
+    pub log_dir: PathBuf,
+    /// Echo the ranks' output to the terminal.
+    pub echo: bool,
+    /// How long stopped ranks get to write their checkpoint before being killed.
+    pub grace: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Finished,
+    Interrupted,
+}
+
+struct Rank {
+    rank: usize,
+    child: Child,
+    exit: Option<i32>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid; failure (already gone) is harmless.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Copies a child's stream line by line to its log file, the terminal and the tail buffer.
+fn pump(
+    stream: impl std::io::Read + Send + 'static,
+    rank: usize,
+    log: Arc<Mutex<File>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    echo: bool,
+    to_stdout: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Ok(mut f) = log.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+            if echo {
+                if to_stdout {
+                    println!("[rank {rank}] {line}");
+                } else {
+                    eprintln!("[rank {rank}] {line}");
+                }
+            }
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    })
+}
+
+fn start(l: &Launch, local: usize) -> anyhow::Result<Rank> {
+    let rank = l.node_rank * l.nproc + local;
+    let world = l.nnodes * l.nproc;
+    let log_path = l.log_dir.join(format!("rank-{rank}.log"));
+    let log = Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?,
+    ));
+    let mut cmd = Command::new(&l.trainer);
+    cmd.args(&l.args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", local.to_string())
+        .env("LOCAL_WORLD_SIZE", l.nproc.to_string())
+        .env("MASTER_ADDR", &l.master_addr)
+        .env("MASTER_PORT", l.master_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(gpus) = &l.gpus {
+        cmd.env(
+            "CUDA_VISIBLE_DEVICES",
+            gpus.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe: if the launcher dies, the kernel sends the child SIGTERM (no orphans).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", l.trainer.display()))?;
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let pumps = vec![
+        pump(
+            child.stdout.take().expect("piped"),
+            rank,
+            log.clone(),
+            tail.clone(),
+            l.echo,
+            true,
+        ),
+        pump(
+            child.stderr.take().expect("piped"),
+            rank,
+            log,
+            tail.clone(),
+            l.echo,
+            false,
+        ),
+    ];
+    Ok(Rank {
+        rank,
+        child,
+        exit: None,
+        tail,
+        pumps,
+    })
+}
+
+/// Starts the node's ranks and waits for them. `stop` is raised by the launcher's own signals.
+pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
+    std::fs::create_dir_all(&l.log_dir)
+        .with_context(|| format!("creating {}", l.log_dir.display()))?;
+    let mut ranks: Vec<Rank> = Vec::with_capacity(l.nproc);
+    for local in 0..l.nproc {
+        match start(l, local) {
+            Ok(r) => ranks.push(r),
+            Err(e) => {
+                for r in &ranks {
+                    signal(&r.child, libc::SIGKILL);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut stopping: Option<Instant> = None;
+    let mut failed: Option<(usize, i32)> = None;
+    loop {
+        for r in ranks.iter_mut().filter(|r| r.exit.is_none()) {
+            if let Some(status) = r.child.try_wait()? {
+                let code = status.code().unwrap_or(-1);
+                r.exit = Some(code);
+                let expected = code == 0
+                    || (code == EXIT_INTERRUPTED
+                        && (stopping.is_some() || stop.load(Ordering::Relaxed)));
+                if !expected && failed.is_none() {
+                    failed = Some((r.rank, code));
+                }
+            }
+        }
+        let alive: Vec<&Rank> = ranks.iter().filter(|r| r.exit.is_none()).collect();
+        if alive.is_empty() {
+            break;
+        }
+        if stopping.is_none() && (failed.is_some() || stop.load(Ordering::Relaxed)) {
+            for r in &alive {
+                signal(&r.child, libc::SIGTERM);
+            }
+            stopping = Some(Instant::now());
+        }
+        let grace = if failed.is_some() {
+            Duration::from_secs(15).min(l.grace)
+        } else {
+            l.grace
+        };
+        if stopping.is_some_and(|t| t.elapsed() > grace) {
+            for r in &alive {
+                eprintln!(
+                    "rank {} did not stop within {:.0} s: killing it",
+                    r.rank,
+                    grace.as_secs_f64()
+                );
+                signal(&r.child, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for r in &mut ranks {
+        for p in r.pumps.drain(..) {
+            let _ = p.join();
+        }
+    }
+    if let Some((rank, code)) = failed {
+        let r = ranks
+            .iter()
+            .find(|r| r.rank == rank)
+            .expect("the failed rank is ours");
+        let tail: Vec<String> = r
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        bail!(
+            "rank {rank} failed (exit code {code}); the other ranks were stopped. Its last lines ({}):\n{}",
+            l.log_dir.join(format!("rank-{rank}.log")).display(),
+            tail.join("\n")
+        );
+    }
+    if stopping.is_some() || ranks.iter().any(|r| r.exit == Some(EXIT_INTERRUPTED)) {
+        return Ok(Ended::Interrupted);
+    }
+    Ok(Ended::Finished)
+}
+
+/// GPUs on this machine (`nvidia-smi -L`), 0 when there is none or no driver.
+pub fn detect_gpus() -> usize {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count()
+        })
+}
+
+/// The nerpos-train binary next to this one, or `NERPOS_TRAIN`.
+pub fn trainer_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NERPOS_TRAIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let sibling = me.with_file_name("nerpos-train");
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    bail!(
+        "no nerpos-train next to {} (build it, or set NERPOS_TRAIN)",
+        me.display()
+    )
+}
+
+/// A TCP port free on this machine now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,255 @@
+//! The launcher with a stand-in trainer (a shell script): process handling, failures, signals, grids.
+//! (The real trainer under the launcher is exercised by tests/slurm and the README's main job.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nerpos-launch");
+
+/// A fake nerpos-train: records its pid, then behaves as `FAKE_MODE` says.
+const FAKE: &str = r#"#!/usr/bin/env bash
+cfg=""; resume=""
+while [ $# -gt 0 ]; do
+  case "$1" in --config) cfg=$2; shift 2;; --resume) resume=$2; shift 2;; *) shift;; esac
+done
+if [ -n "$resume" ]; then out=$resume; else out=$(sed -n 's/^out *= *"\(.*\)"/\1/p' "$cfg"); fi
+mkdir -p "$out"
+echo $$ > "$out/pid-$RANK"
+echo "rank $RANK of $WORLD_SIZE local $LOCAL_RANK master $MASTER_ADDR:$MASTER_PORT"
+case "$FAKE_MODE" in
+  fail1)
+    if [ "$RANK" = 1 ]; then sleep 0.3; echo "something went wrong" >&2; exit 3; fi
+    trap 'exit 0' TERM; while true; do sleep 0.1; done;;
+  checkpoint)
+    trap 'echo checkpoint > "$out/ckpt-$RANK"; exit 75' TERM; while true; do sleep 0.1; done;;
+  *)
+    lr=$(sed -n 's/^lr *= *\(.*\)/\1/p' "$cfg" 2>/dev/null)
+    if [ "$RANK" = 0 ]; then printf '{"status":"finished","best_dev_f1":%s,"test_f1":0.5,"steps":3,"wall_s":1}\n' "${lr:-0.5}" > "$out/summary.json"; fi
+    cp "$cfg" "$out/config.toml" 2>/dev/null || true
+    exit 0;;
+esac
+"#;
+
+fn setup(dir: &Path) -> PathBuf {
+    let fake = dir.join("nerpos-train");
+    std::fs::write(&fake, FAKE).unwrap();
+    let mut perm = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&fake, perm).unwrap();
+    fake
+}
+
+fn launcher(fake: &Path, mode: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("NERPOS_TRAIN", fake)
+        .env("FAKE_MODE", mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn alive(pid: i32) -> bool {
+    // Zombies count as gone: /proc/PID/stat's state field.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn pid(p: &Path) -> i32 {
+    std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_failing_rank_stops_the_others_and_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = setup(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
+    let t = Instant::now();
+    let o = launcher(
+        &fake,
+        "fail1",
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--gpus",
+            "0",
+            "--nproc",
+            "3",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let all = text(&o);
+    assert!(
+        all.contains("rank 1 failed (exit code 3)") && all.contains("something went wrong"),
+        "{all}"
+    );
+    assert!(
+        all.contains("[rank 0] rank 0 of 3 local 0 master 127.0.0.1:"),
+        "{all}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+    for r in [0, 2] {
+        assert!(
+            !alive(pid(&out.join(format!("pid-{r}")))),
+            "rank {r} left running"
+        );
+    }
+    let log = std::fs::read_to_string(out.join("logs/rank-1.log")).unwrap();
+    assert!(log.contains("something went wrong"));
+}
+
+#[test]
+fn sigterm_is_passed_on_and_reported_as_interrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = setup(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
+    let child = launcher(
+        &fake,
+        "checkpoint",
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--gpus",
+            "0",
+            "--nproc",
+            "2",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let t = Instant::now();
+    while !(out.join("pid-0").exists() && out.join("pid-1").exists())
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        out.join("ckpt-0").exists() && out.join("ckpt-1").exists(),
+        "every rank got SIGTERM"
+    );
+    assert!(text(&o).contains("--resume"));
+}
+
+unsafe fn libc_kill(pid: i32, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    unsafe { kill(pid, sig) };
+}
+
+#[test]
+fn grid_runs_every_point_once_and_collects_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = setup(tmp.path());
+    let sweep = tmp.path().join("sweep");
+    let cfg = tmp.path().join("grid.toml");
+    std::fs::write(&cfg, format!("out = {:?}\nlr = 1.0\nepochs = 1\n[grid]\nlr = [0.25, 0.75]\nuse_pos = [true, false]\n", sweep)).unwrap();
+    let o = launcher(
+        &fake,
+        "ok",
+        &[
+            "grid",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--gpus",
+            "0",
+            "--nproc",
+            "1",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(sweep.join("results.md")).unwrap();
+    let rows: Vec<&str> = md.lines().skip(2).collect();
+    assert_eq!(rows.len(), 4, "{md}");
+    assert!(
+        rows[0].contains("| 0.75 |") && rows[0].contains("0.7500"),
+        "sorted by dev F1: {md}"
+    );
+    assert!(
+        sweep.join("results.csv").is_file()
+            && sweep.join("best.toml").is_file()
+            && sweep.join("results.svg").is_file()
+    );
+    assert!(
+        std::fs::read_to_string(sweep.join("best.toml"))
+            .unwrap()
+            .contains("lr = 0.75")
+    );
+
+    // A second run skips all four.
+    let o = launcher(
+        &fake,
+        "ok",
+        &[
+            "grid",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--gpus",
+            "0",
+            "--nproc",
+            "1",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        text(&o).matches("finished earlier, skipped").count(),
+        4,
+        "{}",
+        text(&o)
+    );
+
+    // Slurm arrays: point K's id and config.
+    let o = launcher(
+        &fake,
+        "ok",
+        &[
+            "grid-point",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--index",
+            "3",
+        ],
+    )
+    .output()
+    .unwrap();
+    let line = String::from_utf8_lossy(&o.stdout);
+    let fields: Vec<&str> = line.trim().split('\t').collect();
+    let [id, path, run] = fields[..] else {
+        panic!("expected ID, config and run folder: {line}")
+    };
+    assert!(id.starts_with("p-") && Path::new(path).is_file());
+    assert!(!std::fs::read_to_string(path).unwrap().contains("[grid]"));
+    assert_eq!(Path::new(run), sweep.join("points").join(id));
+    let o = launcher(
+        &fake,
+        "ok",
+        &["grid-point", "--config", cfg.to_str().unwrap(), "--count"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "4");
+}

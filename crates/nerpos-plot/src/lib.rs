@@ -1,0 +1,165 @@
+//! Small SVG line charts: training curves (loss, learning rate, dev F1 against step) in a run folder,
+//! F1 against each swept value in a sweep. A picture is quicker to read than a JSON file.
+
+use std::fmt::Write as _;
+
+/// One panel: a title, an x-axis label and (x, y) points.
+pub struct Series<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
+const PANEL_W: f64 = 360.0;
+const PANEL_H: f64 = 220.0;
+const PAD: f64 = 44.0;
+
+fn fmt_tick(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4) {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+    }
+}
+
+/// Line charts side by side, each with its own axes.
+pub fn svg(panels: &[Series]) -> String {
+    render(panels, true)
+}
+
+/// Scatter plots side by side (points, no lines), each with its own axes.
+pub fn scatter_svg(panels: &[Series]) -> String {
+    render(panels, false)
+}
+
+fn render(panels: &[Series], lines: bool) -> String {
+    let width = PANEL_W * panels.len() as f64;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = write!(
+        s,
+        r#"<rect width="{width}" height="{PANEL_H}" fill="white"/>"#
+    );
+    for (k, p) in panels.iter().enumerate() {
+        let x0 = k as f64 * PANEL_W;
+        let (l, r, t, b) = (x0 + PAD, x0 + PANEL_W - 12.0, 24.0, PANEL_H - 28.0);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="16" text-anchor="middle" font-weight="bold">{}</text>"#,
+            (l + r) / 2.0,
+            p.title
+        );
+        let _ = write!(
+            s,
+            r##"<path d="M{l},{t} L{l},{b} L{r},{b}" stroke="#444" fill="none"/>"##
+        );
+        let finite: Vec<(f64, f64)> = p
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        if finite.is_empty() {
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text>"##,
+                (l + r) / 2.0,
+                (t + b) / 2.0
+            );
+            continue;
+        }
+        let (xmin, xmax) = finite
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+        let (ymin, ymax) = finite
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        let (ymin, ymax) = if ymax > ymin {
+            (ymin, ymax)
+        } else {
+            (ymin - 0.5, ymax + 0.5)
+        };
+        let xspan = if xmax > xmin { xmax - xmin } else { 1.0 };
+        let px = |x: f64| l + (x - xmin) / xspan * (r - l);
+        let py = |y: f64| b - (y - ymin) / (ymax - ymin) * (b - t);
+        let path: Vec<String> = finite
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        if lines {
+            let _ = write!(
+                s,
+                r##"<polyline points="{}" stroke="#1f77b4" stroke-width="1.5" fill="none"/>"##,
+                path.join(" ")
+            );
+        }
+        if !lines || finite.len() <= 30 {
+            for &(x, y) in &finite {
+                let _ = write!(
+                    s,
+                    r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#1f77b4"/>"##,
+                    px(x),
+                    py(y)
+                );
+            }
+        }
+        for (v, y) in [(ymin, b), (ymax, t)] {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                l - 4.0,
+                y + 4.0,
+                fmt_tick(v)
+            );
+        }
+        for (v, x) in [(xmin, l), (xmax, r)] {
+            let _ = write!(
+                s,
+                r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
+                b + 14.0,
+                fmt_tick(v)
+            );
+        }
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">{}</text>"##,
+            (l + r) / 2.0,
+            b + 24.0,
+            p.x_label
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_panels_and_empty_ones() {
+        let pts = [(1.0, 2.0), (2.0, 1.0), (3.0, 0.5)];
+        let out = super::svg(&[
+            super::Series {
+                title: "loss",
+                x_label: "step",
+                points: &pts,
+            },
+            super::Series {
+                title: "dev F1",
+                x_label: "step",
+                points: &[],
+            },
+        ]);
+        assert!(
+            out.starts_with("<svg")
+                && out.contains("polyline")
+                && out.contains("no data")
+                && out.contains("loss")
+        );
+    }
+}

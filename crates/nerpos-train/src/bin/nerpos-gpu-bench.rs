@@ -1,0 +1,540 @@
+//! nerpos-gpu-bench: the measurements behind `launch/gpu-check.sh`.
+//!
+//! `correctness`: the same batches trained on the GPU (f32) and on the CPU, loss curves and final
+//! weights compared; then a bf16 run of the same batches against the f32 one.
+//! `speed`: training throughput, peak GPU memory and model FLOPs utilisation of randomly initialised
+//! models of MiniLM's and BERT-base's shapes, on batches of a prepared dataset (no checkpoint needed).
+//! Both print one JSON object (and write it to `--out`); the shell suite turns them into its table.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::{Parser, Subcommand, ValueEnum};
+use nerpos_model::{BertNerPos, HeadConfig, Inputs, ModelConfig, Targets};
+use nerpos_prep::{Columns, Dataset, Part, Row, Split};
+use nerpos_train::data::{HostBatch, pad_batch};
+use nerpos_train::optim::{AdamW, AdamWConfig, lr_factor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "GPU correctness and speed measurements for launch/gpu-check.sh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum ModelShape {
+    /// 6 layers, hidden 384, 12 heads (all-MiniLM-L6-v2)
+    Minilm,
+    /// 12 layers, hidden 768, 12 heads (bert-base)
+    Base,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum Precision {
+    F32,
+    Tf32,
+    Bf16,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// GPU f32 vs CPU on the same batches; bf16 vs f32 on the GPU.
+    Correctness {
+        /// Dataset folder written by nerpos-prep.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "minilm")]
+        shape: ModelShape,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Training throughput of one configuration.
+    Speed {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum)]
+        shape: ModelShape,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long, value_enum)]
+        precision: Precision,
+        /// Timed steps (after the warm-up).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Batch sentences of similar length together (less padding), as the trainer does.
+        #[arg(long)]
+        grouped: bool,
+        /// Device AdamW from composed tensor ops instead of the fused kernel.
+        #[arg(long)]
+        unfused_adamw: bool,
+        /// Dense bf16 peak of the GPU in TFLOP/s (for MFU; 989 for H100/H200 SXM).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+        /// Write the padded batches (warm-up and timed) as JSON lines, for the PyTorch reference.
+        #[arg(long)]
+        dump_batches: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn shape_config(
+    shape: ModelShape,
+    num_labels: usize,
+    num_pos: usize,
+    dropout: bool,
+) -> anyhow::Result<ModelConfig> {
+    let (hidden, layers, inter) = match shape {
+        ModelShape::Minilm => (384, 6, 1536),
+        ModelShape::Base => (768, 12, 3072),
+    };
+    let p = if dropout { 0.1 } else { 0.0 };
+    let bert = serde_json::from_value(json!({
+        "vocab_size": 30522, "hidden_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": 12, "intermediate_size": inter, "hidden_act": "gelu",
+        "hidden_dropout_prob": p, "attention_probs_dropout_prob": p, "max_position_embeddings": 512,
+        "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+    }))?;
+    Ok(ModelConfig {
+        bert,
+        head: HeadConfig {
+            num_labels,
+            num_pos,
+            pos_dim: hidden,
+            use_pos: true,
+            dropout: if dropout { 0.2 } else { 0.0 },
+        },
+    })
+}
+
+/// Hugging Face's initialisation of a fresh BERT: weights ~ N(0, 0.02), LayerNorm γ = 1, biases 0.
+fn random_init(model: &BertNerPos, seed: u64) -> anyhow::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, 0.02)?;
+    for (name, var) in model.params.iter() {
+        let n = var.elem_count();
+        let data: Vec<f32> = if name.contains("LayerNorm.weight") {
+            vec![1.0; n]
+        } else if name.ends_with("bias") {
+            vec![0.0; n]
+        } else {
+            (0..n)
+                .map(|_| rand_distr::Distribution::sample(&normal, &mut rng))
+                .collect()
+        };
+        var.set(&Tensor::from_vec(data, var.shape(), &Device::Cpu)?.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+struct Corpus {
+    rows: Vec<Row>,
+    num_labels: usize,
+    num_pos: usize,
+    pad_id: u32,
+    pos_pad: u32,
+    pos_unk: u32,
+}
+
+fn read_corpus(dir: &Path) -> anyhow::Result<Corpus> {
+    let ds = Dataset::open(dir).with_context(|| format!("opening dataset {}", dir.display()))?;
+    let rows = ds.read_all(Split::Train, Part::WHOLE, Columns::Model)?;
+    if rows.is_empty() {
+        bail!("{}: the training split is empty", dir.display());
+    }
+    let m = &ds.manifest;
+    Ok(Corpus {
+        rows,
+        num_labels: m.labels.len(),
+        num_pos: m.pos.len(),
+        pad_id: m.tokenizer.pad_token_id,
+        pos_pad: m.pos_pad_id,
+        pos_unk: m.pos_unk_id,
+    })
+}
+
+/// `count` batches of `batch` training sentences: shuffled (seeded), optionally grouped by length.
+fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> Vec<HostBatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = Vec::new();
+    while order.len() < batch * count {
+        let mut idx: Vec<usize> = (0..c.rows.len()).collect();
+        idx.shuffle(&mut rng);
+        order.extend(idx);
+    }
+    order.truncate(batch * count);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    if grouped {
+        // As the trainer: sort chunks of 50 batches by length, cut, shuffle the batches.
+        for chunk in order.chunks(batch * 50) {
+            let mut chunk = chunk.to_vec();
+            chunk.sort_by_key(|&i| c.rows[i].input_ids.len());
+            out.extend(chunk.chunks(batch).map(<[usize]>::to_vec));
+        }
+        out.shuffle(&mut rng);
+    } else {
+        out = order.chunks(batch).map(<[usize]>::to_vec).collect();
+    }
+    out.iter()
+        .map(|rows| pad_batch(&c.rows, rows, c.pad_id, c.pos_pad, c.pos_unk, 0.0, &mut rng))
+        .collect()
+}
+
+/// A training loop reduced to its step: master f32 weights, optional bf16 compute copy, AdamW.
+struct Stepper {
+    master: BertNerPos,
+    compute: Option<BertNerPos>,
+    optimizer: AdamW,
+    /// A second copy of the weights updated by the composed (unfused) AdamW with exactly the same
+    /// gradients: how far the fused update drifts from the plain one, without the feedback through
+    /// later gradients that makes two whole trajectories differ more.
+    shadow: Option<(BertNerPos, AdamW)>,
+    total: usize,
+    done: usize,
+}
+
+impl Stepper {
+    fn new(
+        config: &ModelConfig,
+        device: &Device,
+        bf16: bool,
+        fused: bool,
+        total: usize,
+    ) -> anyhow::Result<Stepper> {
+        let master = BertNerPos::new(config.clone(), device)?;
+        random_init(&master, 1234)?;
+        let compute = if bf16 {
+            Some(BertNerPos::with_dtype(config.clone(), device, DType::BF16)?)
+        } else {
+            None
+        };
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decay_all: false,
+        };
+        let mut optimizer = AdamW::new(master.params.iter(), adam)?;
+        optimizer.fused = fused;
+        Ok(Stepper {
+            master,
+            compute,
+            optimizer,
+            shadow: None,
+            total,
+            done: 0,
+        })
+    }
+
+    fn with_plain_shadow(mut self) -> anyhow::Result<Stepper> {
+        let copy = BertNerPos::new(self.master.config.clone(), self.master.device())?;
+        copy.copy_from(&self.master)?;
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decay_all: false,
+        };
+        let opt = AdamW::new_composed(copy.params.iter(), adam)?;
+        self.shadow = Some((copy, opt));
+        Ok(self)
+    }
+
+    /// One optimiser step on `hb`; returns the mean loss.
+    fn step(&mut self, hb: &HostBatch) -> anyhow::Result<f64> {
+        let dev = self.master.device().clone();
+        let shape = (hb.rows, hb.len);
+        let inputs = Inputs {
+            input_ids: Tensor::from_vec(hb.input_ids.clone(), shape, &dev)?,
+            attention_mask: Tensor::from_vec(hb.attention_mask.clone(), shape, &dev)?,
+            pos_ids: Tensor::from_vec(hb.pos_ids.clone(), shape, &dev)?,
+        };
+        let targets = Targets::from_labels(&hb.labels, &dev)?;
+        if let Some(c) = &self.compute {
+            c.copy_from(&self.master)?;
+        }
+        let model = self.compute.as_ref().unwrap_or(&self.master);
+        let out = model.forward_backward(&inputs, &targets, None)?;
+        let grads: BTreeMap<String, Tensor> = out
+            .grads
+            .into_iter()
+            .map(|(n, g)| Ok((n, g.to_dtype(DType::F32)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let scale = 1.0 / out.count.max(1) as f64;
+        let norm = AdamW::squared_norm(&grads)?.sqrt() * scale;
+        let clip = (1.0 / (norm + 1e-6)).min(1.0);
+        let lr = 1e-4 * lr_factor(self.done, self.total / 10, self.total);
+        self.optimizer.step(&grads, scale * clip, lr, lr)?;
+        if let Some((_, opt)) = &mut self.shadow {
+            opt.step(&grads, scale * clip, lr, lr)?;
+        }
+        self.done += 1;
+        Ok(out.loss_sum / out.count.max(1) as f64)
+    }
+
+    fn weights(&self) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+        weights_of(&self.master)
+    }
+}
+
+fn weights_of(model: &BertNerPos) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+    model
+        .params
+        .iter()
+        .map(|(n, v)| {
+            Ok((
+                n.to_owned(),
+                v.as_tensor()
+                    .to_device(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ))
+        })
+        .collect()
+}
+
+fn gpu() -> anyhow::Result<Device> {
+    // NERPOS_BENCH_DEVICE=cpu runs the suite's code paths without a GPU (to test the suite itself).
+    if std::env::var("NERPOS_BENCH_DEVICE").is_ok_and(|v| v == "cpu") {
+        return Ok(Device::Cpu);
+    }
+    let dev = Device::new_cuda(0)
+        .context("opening GPU 0 (is this a CUDA build? see launch/build-cuda.sh)")?;
+    nerpos_model::gpu::tune_for_training(&dev)?;
+    Ok(dev)
+}
+
+fn set_tf32(on: bool) {
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+    #[cfg(not(feature = "cuda"))]
+    let _ = on;
+}
+
+fn correctness(
+    data: &Path,
+    steps: usize,
+    batch: usize,
+    shape: ModelShape,
+) -> anyhow::Result<Value> {
+    let corpus = read_corpus(data)?;
+    // No dropout: CPU and GPU draw their masks from different generators.
+    let config = shape_config(shape, corpus.num_labels, corpus.num_pos, false)?;
+    let plan = batches(&corpus, batch, steps, true, 7);
+    let gpu = gpu()?;
+    set_tf32(false);
+    let run = |dev: &Device,
+               bf16: bool,
+               fused: bool,
+               shadow: bool|
+     -> anyhow::Result<(Vec<f64>, Stepper)> {
+        let mut s = Stepper::new(&config, dev, bf16, fused, steps)?;
+        if shadow {
+            s = s.with_plain_shadow()?;
+        }
+        let losses = plan
+            .iter()
+            .map(|b| s.step(b))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((losses, s))
+    };
+    let (cpu_loss, cpu) = run(&Device::Cpu, false, true, false)?;
+    let (gpu_loss, g32) = run(&gpu, false, true, true)?;
+    let (plain_loss, plain) = run(&gpu, false, false, false)?;
+    let (bf_loss, _) = run(&gpu, true, true, false)?;
+
+    let max_rel = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1e-12))
+            .fold(0.0, f64::max)
+    };
+    let weight_diff = |wa: BTreeMap<String, Vec<f32>>,
+                       wb: BTreeMap<String, Vec<f32>>|
+     -> anyhow::Result<(f64, f64)> {
+        let (mut max_abs, mut num, mut den) = (0f64, 0f64, 0f64);
+        for (n, x) in &wa {
+            for (p, q) in x.iter().zip(&wb[n]) {
+                let d = f64::from(p - q);
+                max_abs = max_abs.max(d.abs());
+                num += d * d;
+                den += f64::from(*q) * f64::from(*q);
+            }
+        }
+        Ok((max_abs, (num / den).sqrt()))
+    };
+    let (w_abs, w_rel) = weight_diff(g32.weights()?, cpu.weights()?)?;
+    // Trajectories: fused and composed AdamW each with their own gradients (informative).
+    let (t_abs, t_rel) = weight_diff(g32.weights()?, plain.weights()?)?;
+    // The criterion: the same 30 gradients applied by both.
+    let shadow = match &g32.shadow {
+        Some((m, _)) => weights_of(m)?,
+        None => g32.weights()?,
+    };
+    let (f_abs, _) = weight_diff(g32.weights()?, shadow)?;
+    let loss_rel = max_rel(&gpu_loss, &cpu_loss);
+    let last = steps - 1;
+    let bf16_rel = (bf_loss[last] - gpu_loss[last]).abs() / gpu_loss[last];
+    // GPU vs CPU: different summation orders in every reduction, amplified by 30 Adam steps.
+    let ok_gpu = loss_rel < 1e-3 && w_rel < 1e-3;
+    let ok_fused = f_abs <= 1e-6;
+    let ok_bf16 = bf16_rel < 0.02;
+    Ok(json!({
+        "check": "correctness", "shape": format!("{shape:?}").to_lowercase(), "steps": steps, "batch": batch,
+        "loss_cpu": cpu_loss, "loss_gpu_f32": gpu_loss, "loss_gpu_f32_plain_adamw": plain_loss, "loss_gpu_bf16": bf_loss,
+        "loss_max_rel_diff_gpu_vs_cpu": loss_rel, "weights_max_abs_diff_gpu_vs_cpu": w_abs,
+        "weights_rel_l2_diff_gpu_vs_cpu": w_rel, "weights_max_abs_diff_fused_vs_plain_adamw": f_abs,
+        "bf16_final_loss_rel_diff": bf16_rel,
+        "trajectory_weights_max_abs_diff_fused_vs_plain_adamw": t_abs, "trajectory_weights_rel_l2_diff_fused_vs_plain_adamw": t_rel,
+        "pass_gpu_vs_cpu": ok_gpu, "pass_fused_adamw": ok_fused, "pass_bf16": ok_bf16,
+        "pass": ok_gpu && ok_fused && ok_bf16,
+    }))
+}
+
+/// Model FLOPs of one training step (forward + backward = 3× forward) on a padded batch.
+fn step_flops(c: &ModelConfig, rows: usize, len: usize) -> f64 {
+    let (h, l, i) = (
+        c.bert.hidden_size as f64,
+        c.bert.num_hidden_layers as f64,
+        c.bert.intermediate_size as f64,
+    );
+    let tokens = (rows * len) as f64;
+    let per_token_layer = 2.0 * (4.0 * h * h + 2.0 * h * i);
+    let attention = 2.0 * 2.0 * len as f64 * h;
+    let head = 2.0 * (h + c.head.pos_dim as f64) * c.head.num_labels as f64;
+    3.0 * tokens * (l * (per_token_layer + attention) + head)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn speed(
+    data: &Path,
+    shape: ModelShape,
+    batch: usize,
+    precision: Precision,
+    steps: usize,
+    warmup: usize,
+    grouped: bool,
+    fused: bool,
+    peak_tflops: Option<f64>,
+    dump: Option<&Path>,
+) -> anyhow::Result<Value> {
+    let corpus = read_corpus(data)?;
+    let config = shape_config(shape, corpus.num_labels, corpus.num_pos, true)?;
+    let plan = batches(&corpus, batch, warmup + steps, grouped, 11);
+    if let Some(path) = dump {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for b in &plan {
+            let line = json!({"rows": b.rows, "len": b.len, "input_ids": b.input_ids, "attention_mask": b.attention_mask,
+                "pos_ids": b.pos_ids, "labels": b.labels, "num_labels": corpus.num_labels, "num_pos": corpus.num_pos});
+            writeln!(f, "{line}")?;
+        }
+    }
+    let dev = gpu()?;
+    set_tf32(precision == Precision::Tf32);
+    let mut s = Stepper::new(
+        &config,
+        &dev,
+        precision == Precision::Bf16,
+        fused,
+        warmup + steps,
+    )?;
+    for b in &plan[..warmup] {
+        s.step(b)?;
+    }
+    dev.synchronize()?;
+    nerpos_model::gpu::reset_peak_memory(&dev)?;
+    let t0 = Instant::now();
+    let mut last_loss = 0.0;
+    for b in &plan[warmup..] {
+        last_loss = s.step(b)?;
+    }
+    dev.synchronize()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let timed = &plan[warmup..];
+    let tokens: usize = timed.iter().map(|b| b.tokens).sum();
+    let padded: usize = timed.iter().map(|b| b.rows * b.len).sum();
+    let sentences: usize = timed.iter().map(|b| b.rows).sum();
+    let flops: f64 = timed
+        .iter()
+        .map(|b| step_flops(&config, b.rows, b.len))
+        .sum();
+    let achieved = flops / secs / 1e12;
+    Ok(json!({
+        "check": "speed", "impl": "nerpos", "shape": format!("{shape:?}").to_lowercase(), "batch": batch,
+        "precision": format!("{precision:?}").to_lowercase(), "grouped": grouped, "fused_adamw": fused,
+        "steps": steps, "seconds": secs, "step_ms": 1e3 * secs / steps as f64,
+        "tokens_per_s": tokens as f64 / secs, "padded_tokens_per_s": padded as f64 / secs,
+        "sentences_per_s": sentences as f64 / secs, "model_tflops": achieved,
+        "mfu": peak_tflops.map(|p| achieved / p), "peak_memory_mib": nerpos_model::gpu::peak_memory(&dev)?.map(|b| b as f64 / 1048576.0),
+        "final_loss": last_loss, "params": s.master.params.count(),
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (result, out) = match cli.cmd {
+        Cmd::Correctness {
+            data,
+            steps,
+            batch,
+            shape,
+            out,
+        } => (correctness(&data, steps.max(2), batch, shape)?, out),
+        Cmd::Speed {
+            data,
+            shape,
+            batch,
+            precision,
+            steps,
+            warmup,
+            grouped,
+            unfused_adamw,
+            peak_tflops,
+            dump_batches,
+            out,
+        } => (
+            speed(
+                &data,
+                shape,
+                batch,
+                precision,
+                steps.max(1),
+                warmup,
+                grouped,
+                !unfused_adamw,
+                peak_tflops,
+                dump_batches.as_deref(),
+            )?,
+            out,
+        ),
+    };
+    let text = serde_json::to_string(&result)?;
+    println!("{text}");
+    if let Some(path) = out {
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! The training configuration: a TOML file, `--set key=value` overrides, validation that names the
+//! key, and the resolved configuration written into the run folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every key a run can set. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Dataset folder written by nerpos-prep.
+    pub data: PathBuf,
+    /// Hugging Face checkpoint folder (or a fine-tuned nerpos folder to continue from).
+    pub model: PathBuf,
+    /// Run folder.
+    pub out: PathBuf,
+
+    /// Rows per process per micro-batch (with `batch_tokens`, the most rows).
+    #[serde(default = "d::batch_size")]
+    pub batch_size: usize,
+    /// Alternative to a fixed row count: sub-word tokens (rows × padded length) per process per
+    /// micro-batch; 0 = off.
+    #[serde(default)]
+    pub batch_tokens: usize,
+    /// Micro-batches per optimiser step (gradients are reduced across processes once per step).
+    #[serde(default = "d::one")]
+    pub grad_accum: usize,
+    #[serde(default = "d::lr")]
+    pub lr: f64,
+    /// Learning rate of the new head (POS embedding and classifier); `lr` if unset.
+    #[serde(default)]
+    pub head_lr: Option<f64>,
+    #[serde(default = "d::epochs")]
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (0 = run all epochs); also sets the schedule's length.
+    #[serde(default)]
+    pub max_steps: usize,
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Warm-up in steps; overrides `warmup_ratio` when set.
+    #[serde(default)]
+    pub warmup_steps: Option<usize>,
+    #[serde(default = "d::weight_decay")]
+    pub weight_decay: f64,
+    /// Apply weight decay to biases, LayerNorm weights and embeddings too (off, as is customary).
+    #[serde(default)]
+    pub decay_all: bool,
+    #[serde(default = "d::beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "d::beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "d::eps")]
+    pub adam_eps: f64,
+    /// Clip gradients to this global norm (after the all-reduce); 0 = no clipping.
+    #[serde(default = "d::one_f")]
+    pub max_grad_norm: f64,
+    #[serde(default = "d::seed")]
+    pub seed: u64,
+    /// Dropout of the head (on the concatenated features).
+    #[serde(default = "d::dropout")]
+    pub dropout: f64,
+    /// Overrides the checkpoint's encoder dropout rates (0 turns them off).
+    #[serde(default)]
+    pub encoder_dropout: Option<f64>,
+    /// Width of the POS embedding (the encoder's hidden size if unset).
+    #[serde(default)]
+    pub pos_dim: Option<usize>,
+    #[serde(default = "d::yes")]
+    pub use_pos: bool,
+    /// Probability of replacing a POS id by the unknown id in training.
+    #[serde(default)]
+    pub pos_dropout: f64,
+    /// Evaluate on dev every N optimiser steps (0 = at the end of each epoch).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Stop when dev micro F1 has not improved for this many evaluations (0 = never).
+    #[serde(default)]
+    pub patience: usize,
+    /// Evaluate the best model on test at the end.
+    #[serde(default = "d::yes")]
+    pub test_at_end: bool,
+    /// Group rows of similar length inside large random chunks (less padding); off = plain shuffle.
+    #[serde(default = "d::yes")]
+    pub length_grouping: bool,
+    /// Train on the first N training sentences only (0 = all).
+    #[serde(default)]
+    pub train_sentences: usize,
+    /// Write a resumable checkpoint every N steps (0 = at each evaluation only).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Resumable checkpoints kept (older ones are deleted).
+    #[serde(default = "d::keep")]
+    pub keep_checkpoints: usize,
+    /// Log a metrics line every N steps.
+    #[serde(default = "d::log_every")]
+    pub log_every: usize,
+    #[serde(default = "d::eval_batch")]
+    pub eval_batch_size: usize,
+    /// Gradient bucket size for the all-reduce, in MB.
+    #[serde(default = "d::bucket_mb")]
+    pub bucket_mb: f64,
+    /// `cpu`, or `cuda` (each process takes GPU `LOCAL_RANK`).
+    #[serde(default = "d::device")]
+    pub device: String,
+    /// `f32`; `tf32` (f32 with TF32 matrix products, CUDA only); or `bf16`: mixed precision, with
+    /// forward and backward in bf16 on a copy of the f32 master weights, the loss and the optimiser
+    /// (moments included) in f32.
+    #[serde(default = "d::precision")]
+    pub precision: String,
+    /// Element type of the gradient all-reduce: `f32`, or `bf16` (half the traffic).
+    #[serde(default = "d::precision")]
+    pub allreduce_dtype: String,
+    /// Device AdamW as one fused kernel per parameter (false: composed tensor ops, the reference).
+    #[serde(default = "d::yes")]
+    pub fused_adamw: bool,
+}
+
+/// Defaults.
+mod d {
+    pub fn batch_size() -> usize {
+        32
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn one_f() -> f64 {
+        1.0
+    }
+    pub fn lr() -> f64 {
+        5e-5
+    }
+    pub fn epochs() -> usize {
+        3
+    }
+    pub fn weight_decay() -> f64 {
+        0.01
+    }
+    pub fn beta1() -> f64 {
+        0.9
+    }
+    pub fn beta2() -> f64 {
+        0.999
+    }
+    pub fn eps() -> f64 {
+        1e-8
+    }
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn dropout() -> f64 {
+        0.2
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn keep() -> usize {
+        2
+    }
+    pub fn log_every() -> usize {
+        10
+    }
+    pub fn eval_batch() -> usize {
+        64
+    }
+    pub fn bucket_mb() -> f64 {
+        25.0
+    }
+    pub fn precision() -> String {
+        "f32".into()
+    }
+    pub fn device() -> String {
+        "cpu".into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {msg}", path.display())]
+    Parse { path: PathBuf, msg: String },
+    #[error("--set {arg:?}: {msg}")]
+    Set { arg: String, msg: String },
+    #[error("config key `{key}`: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+/// Parses a `--set` value: TOML syntax (numbers, booleans, quoted strings, arrays), else a bare string.
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+impl TrainConfig {
+    /// Reads `path` (or starts empty) and applies the `key=value` overrides in order.
+    pub fn load(path: Option<&Path>, sets: &[String]) -> Result<TrainConfig, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: p.to_owned(),
+                        msg: e.to_string(),
+                    })?;
+                (table, p.to_owned())
+            }
+            None => (toml::Table::new(), PathBuf::from("(command line)")),
+        };
+        if table.contains_key("grid") {
+            return Err(ConfigError::Parse {
+                path: origin,
+                msg: "has a [grid] table: grids are expanded by launch/train.sh (nerpos-launch), which runs \
+                      nerpos-train once per point"
+                    .into(),
+            });
+        }
+        Self::apply_sets(&mut table, sets)?;
+        let config: TrainConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin,
+                    msg: e.to_string().trim().to_owned(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<(), ConfigError> {
+        for arg in sets {
+            let (key, value) = arg.split_once('=').ok_or_else(|| ConfigError::Set {
+                arg: arg.clone(),
+                msg: "expected key=value".into(),
+            })?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(ConfigError::Set {
+                    arg: arg.clone(),
+                    msg: "empty key".into(),
+                });
+            }
+            table.insert(key.to_owned(), parse_value(value.trim()));
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { key, msg });
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("{} is not a positive learning rate", self.lr));
+        }
+        if let Some(h) = self.head_lr {
+            if !(h > 0.0 && h.is_finite()) {
+                return bad("head_lr", format!("{h} is not a positive learning rate"));
+            }
+        }
+        if self.epochs == 0 && self.max_steps == 0 {
+            return bad(
+                "epochs",
+                "0 epochs and no max_steps: nothing to train".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(
+                "warmup_ratio",
+                format!("{} is not in [0, 1)", self.warmup_ratio),
+            );
+        }
+        for (key, p) in [("dropout", self.dropout), ("pos_dropout", self.pos_dropout)] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(key, format!("{p} is not a probability in [0, 1)"));
+            }
+        }
+        if let Some(p) = self.encoder_dropout {
+            if !(0.0..1.0).contains(&p) {
+                return bad(
+                    "encoder_dropout",
+                    format!("{p} is not a probability in [0, 1)"),
+                );
+            }
+        }
+        if self.weight_decay < 0.0 {
+            return bad("weight_decay", "must not be negative".into());
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            return bad("adam_beta1", "betas must be in [0, 1)".into());
+        }
+        if self.adam_eps <= 0.0 {
+            return bad("adam_eps", "must be positive".into());
+        }
+        if self.max_grad_norm < 0.0 {
+            return bad(
+                "max_grad_norm",
+                "must not be negative (0 turns clipping off)".into(),
+            );
+        }
+        if self.pos_dim == Some(0) {
+            return bad("pos_dim", "must be at least 1".into());
+        }
+        if self.bucket_mb <= 0.0 {
+            return bad("bucket_mb", "must be positive".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must keep at least 1".into());
+        }
+        if !["f32", "tf32", "bf16"].contains(&self.precision.as_str()) {
+            return bad(
+                "precision",
+                format!("{:?} is not one of f32, tf32, bf16", self.precision),
+            );
+        }
+        if !["f32", "bf16"].contains(&self.allreduce_dtype.as_str()) {
+            return bad(
+                "allreduce_dtype",
+                format!("{:?} is not one of f32, bf16", self.allreduce_dtype),
+            );
+        }
+        if self.device != "cpu" && self.device != "cuda" {
+            return bad(
+                "device",
+                format!("{:?} is not `cpu` or `cuda`", self.device),
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (what the run folder's `config.toml` holds).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration serialises")
+    }
+
+    /// Rows of one optimiser step across `world` processes (without a token budget).
+    pub fn global_rows(&self, world: usize) -> usize {
+        self.batch_size * world * self.grad_accum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, sets: &[&str]) -> Result<TrainConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        TrainConfig::load(
+            Some(&p),
+            &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    }
+
+    const BASE: &str = "data = \"d\"\nmodel = \"m\"\nout = \"o\"\n";
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = load(
+            BASE,
+            &[
+                "lr=3e-5",
+                "batch_size=16",
+                "out=runs/x",
+                "use_pos=false",
+                "head_lr=1e-3",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.lr, c.batch_size, c.use_pos, c.head_lr),
+            (3e-5, 16, false, Some(1e-3))
+        );
+        assert_eq!(c.out, PathBuf::from("runs/x"));
+        assert_eq!(c.epochs, 3);
+        let again: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(BASE, &["lrr=1"]).unwrap_err().to_string();
+        assert!(e.contains("lrr"), "{e}");
+        let e = load(BASE, &["lr=fast"]).unwrap_err().to_string();
+        assert!(e.contains("lr"), "{e}");
+        let e = load(BASE, &["dropout=1.5"]).unwrap_err().to_string();
+        assert!(e.contains("`dropout`"), "{e}");
+        let e = load(BASE, &["batch_size=0"]).unwrap_err().to_string();
+        assert!(e.contains("`batch_size`"), "{e}");
+        let e = load(BASE, &["nokeyvalue"]).unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+        let e = load("model = \"m\"\nout = \"o\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data"), "{e}");
+        let e = load(&format!("{BASE}[grid]\nlr = [1e-5]\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[grid]"), "{e}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Training batches: each epoch's order comes from the seed and the epoch alone; optimiser batches of
+//! (processes × rows per process × accumulation) rows are formed from it first and split across
+//! micro-batches and processes afterwards, so the sequence of optimiser batches — and so the model —
+//! does not depend on how many processes train it. A background thread pads the next batches while the
+//! current one trains.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use nerpos_prep::Row;
+
+/// How optimiser batches are sized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batching {
+    pub world: usize,
+    /// Rows per process per micro-batch (the cap when a token budget is set).
+    pub batch_size: usize,
+    /// Tokens (rows × padded length) per process per micro-batch; 0 = rows only.
+    pub batch_tokens: usize,
+    pub grad_accum: usize,
+    pub length_grouping: bool,
+    pub seed: u64,
+}
+
+/// One optimiser step: `micro[m][r]` are the rows of micro-batch m for rank r.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPlan {
+    pub micro: Vec<Vec<Vec<usize>>>,
+}
+
+impl StepPlan {
+    pub fn rows(&self) -> usize {
+        self.micro.iter().flatten().map(Vec::len).sum()
+    }
+}
+
+/// Chunk of optimiser batches within which rows are sorted by length (large, so that batches still
+/// mix sentences from all over the corpus).
+const GROUPING_CHUNK: usize = 50;
+
+fn epoch_rng(seed: u64, epoch: usize, salt: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt)
+}
+
+/// The optimiser steps of `epoch` over rows of the given lengths (in sub-words).
+pub fn plan_epoch(lengths: &[usize], b: &Batching, epoch: usize) -> Vec<StepPlan> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut epoch_rng(b.seed, epoch, 1));
+    let per_step_rows = b.batch_size * b.world * b.grad_accum;
+    let token_budget = b.batch_tokens * b.world * b.grad_accum;
+
+    // Optimiser batches, as row lists.
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let chunk_rows = if b.length_grouping {
+        per_step_rows * GROUPING_CHUNK
+    } else {
+        order.len().max(1)
+    };
+    for chunk in order.chunks(chunk_rows.max(1)) {
+        let mut chunk = chunk.to_vec();
+        if b.length_grouping {
+            chunk.sort_by_key(|&i| lengths[i]);
+        }
+        let mut current: Vec<usize> = Vec::new();
+        let mut longest = 0;
+        for i in chunk {
+            let full_rows = current.len() >= per_step_rows;
+            let full_tokens =
+                token_budget > 0 && (current.len() + 1) * longest.max(lengths[i]) > token_budget;
+            if !current.is_empty() && (full_rows || full_tokens) {
+                batches.push(std::mem::take(&mut current));
+                longest = 0;
+            }
+            longest = longest.max(lengths[i]);
+            current.push(i);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+    }
+    if b.length_grouping {
+        // Long and short batches interleaved over the epoch, not in length order.
+        batches.shuffle(&mut epoch_rng(b.seed, epoch, 2));
+    }
+
+    batches
+        .into_iter()
+        .map(|rows| {
+            let n = rows.len();
+            let slices = b.grad_accum * b.world;
+            // Micro-batch m, rank r gets the (m·W + r)-th of `slices` contiguous, near-equal parts.
+            let part = |k: usize| rows[n * k / slices..n * (k + 1) / slices].to_vec();
+            StepPlan {
+                micro: (0..b.grad_accum)
+                    .map(|m| (0..b.world).map(|r| part(m * b.world + r)).collect())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// A micro-batch of one rank, padded, on the host.
+#[derive(Debug, Clone)]
+pub struct HostBatch {
+    pub rows: usize,
+    pub len: usize,
+    pub input_ids: Vec<u32>,
+    pub attention_mask: Vec<u8>,
+    pub pos_ids: Vec<u32>,
+    /// Flattened (rows × len), -100 where there is no label.
+    pub labels: Vec<i32>,
+    /// Real (non-padding) tokens.
+    pub tokens: usize,
+}
+
+/// Pads `rows` to their longest; POS ids of words are replaced by `pos_unk` with probability
+/// `pos_dropout` (from `rng`).
+pub fn pad_batch(
+    data: &[Row],
+    rows: &[usize],
+    pad_id: u32,
+    pos_pad: u32,
+    pos_unk: u32,
+    pos_dropout: f64,
+    rng: &mut impl Rng,
+) -> HostBatch {
+    let len = rows
+        .iter()
+        .map(|&i| data[i].input_ids.len())
+        .max()
+        .unwrap_or(0);
+    let n = rows.len() * len;
+    let mut b = HostBatch {
+        rows: rows.len(),
+        len,
+        input_ids: vec![pad_id; n],
+        attention_mask: vec![0; n],
+        pos_ids: vec![pos_pad; n],
+        labels: vec![-100; n],
+        tokens: 0,
+    };
+    for (k, &i) in rows.iter().enumerate() {
+        let r = &data[i];
+        let o = k * len;
+        let m = r.input_ids.len();
+        b.input_ids[o..o + m].copy_from_slice(&r.input_ids);
+        b.attention_mask[o..o + m].iter_mut().for_each(|x| *x = 1);
+        b.labels[o..o + m].copy_from_slice(&r.labels);
+        for (p, (&pos, &w)) in r.pos_ids.iter().zip(&r.word_ids).enumerate() {
+            let drop = w >= 0 && pos_dropout > 0.0 && rng.random::<f64>() < pos_dropout;
+            b.pos_ids[o + p] = if drop { pos_unk } else { pos };
+        }
+        b.tokens += m;
+    }
+    b
+}
+
+/// What the loader thread sends: the step's micro-batches for this rank.
+pub struct LoadedStep {
+    pub epoch: usize,
+    /// Index of the step within its epoch.
+    pub index: usize,
+    pub micro: Vec<HostBatch>,
+    /// Rows in the whole optimiser step (all ranks).
+    pub global_rows: usize,
+}
+
+/// Settings of the background loader.
+#[derive(Clone)]
+pub struct LoaderSpec {
+    pub batching: Batching,
+    pub rank: usize,
+    pub epochs: usize,
+    pub pad_id: u32,
+    pub pos_pad: u32,
+    pub pos_unk: u32,
+    pub pos_dropout: f64,
+}
+
+/// Starts the loader at (`epoch`, `step`) and returns the channel it fills (a few steps ahead).
+pub fn start_loader(
+    data: Arc<Vec<Row>>,
+    spec: LoaderSpec,
+    epoch: usize,
+    step: usize,
+) -> Receiver<LoadedStep> {
+    let (tx, rx): (SyncSender<LoadedStep>, _) = sync_channel(3);
+    std::thread::Builder::new()
+        .name("nerpos-loader".into())
+        .spawn(move || {
+            let lengths: Vec<usize> = data.iter().map(|r| r.input_ids.len()).collect();
+            for e in epoch..spec.epochs {
+                let plan = plan_epoch(&lengths, &spec.batching, e);
+                let first = if e == epoch { step } else { 0 };
+                for (index, s) in plan.iter().enumerate().skip(first) {
+                    // POS dropout draws depend on (seed, epoch, step, rank) only: reproducible on resume.
+                    let mut rng = epoch_rng(
+                        spec.batching.seed,
+                        e,
+                        3 ^ ((index as u64) << 20) ^ ((spec.rank as u64) << 48),
+                    );
+                    let micro = s
+                        .micro
+                        .iter()
+                        .map(|ranks| {
+                            pad_batch(
+                                &data,
+                                &ranks[spec.rank],
+                                spec.pad_id,
+                                spec.pos_pad,
+                                spec.pos_unk,
+                                spec.pos_dropout,
+                                &mut rng,
+                            )
+                        })
+                        .collect();
+                    let loaded = LoadedStep {
+                        epoch: e,
+                        index,
+                        micro,
+                        global_rows: s.rows(),
+                    };
+                    if tx.send(loaded).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .expect("the loader thread starts");
+    rx
+}
+
+/// Steps per epoch for `rows` rows (same for every epoch and every rank).
+pub fn steps_per_epoch(lengths: &[usize], b: &Batching) -> usize {
+    plan_epoch(lengths, b, 0).len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batching(world: usize, batch_size: usize, grad_accum: usize) -> Batching {
+        Batching {
+            world,
+            batch_size,
+            batch_tokens: 0,
+            grad_accum,
+            length_grouping: true,
+            seed: 7,
+        }
+    }
+
+    fn lengths(n: usize) -> Vec<usize> {
+        (0..n).map(|i| 5 + (i * 37) % 60).collect()
+    }
+
+    /// The rows of each optimiser step, as a set.
+    fn step_sets(plan: &[StepPlan]) -> Vec<Vec<usize>> {
+        plan.iter()
+            .map(|s| {
+                let mut v: Vec<usize> = s.micro.iter().flatten().flatten().copied().collect();
+                v.sort();
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn optimiser_batches_do_not_depend_on_the_world_size() {
+        let l = lengths(1000);
+        let one = plan_epoch(&l, &batching(1, 16, 1), 0);
+        let two = plan_epoch(&l, &batching(2, 8, 1), 0);
+        let accum = plan_epoch(&l, &batching(1, 8, 2), 0);
+        let four = plan_epoch(&l, &batching(4, 2, 2), 0);
+        assert_eq!(step_sets(&one), step_sets(&two));
+        assert_eq!(step_sets(&one), step_sets(&accum));
+        assert_eq!(step_sets(&one), step_sets(&four));
+        // Every row once per epoch; epochs differ; same epoch, same plan.
+        let mut all: Vec<usize> = step_sets(&one).concat();
+        all.sort();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_ne!(
+            step_sets(&plan_epoch(&l, &batching(1, 16, 1), 1)),
+            step_sets(&one)
+        );
+        assert_eq!(plan_epoch(&l, &batching(2, 8, 1), 0), two);
+    }
+
+    #[test]
+    fn every_rank_gets_a_share_of_every_step() {
+        let plan = plan_epoch(&lengths(101), &batching(3, 4, 2), 0);
+        for s in &plan {
+            assert_eq!(s.micro.len(), 2);
+            assert!(s.micro.iter().all(|m| m.len() == 3));
+        }
+        assert_eq!(plan.iter().map(StepPlan::rows).sum::<usize>(), 101);
+    }
+
+    #[test]
+    fn grouping_pads_less() {
+        let l = lengths(2000);
+        let padding = |grouping: bool| -> usize {
+            let b = Batching {
+                length_grouping: grouping,
+                ..batching(1, 32, 1)
+            };
+            plan_epoch(&l, &b, 0)
+                .iter()
+                .map(|s| {
+                    let rows = &s.micro[0][0];
+                    let max = rows.iter().map(|&i| l[i]).max().unwrap_or(0);
+                    rows.iter().map(|&i| max - l[i]).sum::<usize>()
+                })
+                .sum()
+        };
+        assert!(
+            padding(true) * 5 < padding(false),
+            "{} vs {}",
+            padding(true),
+            padding(false)
+        );
+    }
+
+    #[test]
+    fn token_budget_bounds_padded_tokens() {
+        let l = lengths(500);
+        let b = Batching {
+            batch_tokens: 400,
+            ..batching(2, 1000, 1)
+        };
+        for s in plan_epoch(&l, &b, 0) {
+            let rows: Vec<usize> = s.micro.iter().flatten().flatten().copied().collect();
+            let max = rows.iter().map(|&i| l[i]).max().unwrap();
+            assert!(rows.len() == 1 || rows.len() * max <= 800);
+        }
+    }
+}

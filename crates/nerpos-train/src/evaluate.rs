@@ -1,0 +1,122 @@
+//! Evaluation with nerpos-eval: word-level predictions at each word's first sub-word, the windows of
+//! long sentences re-assembled into whole sentences before scoring, each process scoring its share of
+//! sentences, the counts gathered and added.
+
+use std::ops::Range;
+
+use candle_core::Device;
+use nerpos_dist::Comm;
+use nerpos_eval::{Counts, Mode, Report, Scorer};
+use nerpos_model::{BertNerPos, RowView, predict_rows};
+use nerpos_prep::Row;
+
+/// A split's rows grouped by sentence (rows of a sentence are its windows, in order).
+pub struct EvalData {
+    pub rows: Vec<Row>,
+    pub sentences: Vec<Range<usize>>,
+}
+
+impl EvalData {
+    pub fn new(mut rows: Vec<Row>) -> EvalData {
+        rows.sort_by_key(|r| (r.sentence_index, r.window));
+        let mut sentences = Vec::new();
+        let mut start = 0;
+        for i in 1..=rows.len() {
+            if i == rows.len() || rows[i].sentence_index != rows[start].sentence_index {
+                sentences.push(start..i);
+                start = i;
+            }
+        }
+        EvalData { rows, sentences }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sentences.is_empty()
+    }
+}
+
+/// Settings of an evaluation.
+pub struct EvalSpec<'a> {
+    pub labels: &'a [String],
+    pub batch_rows: usize,
+    pub pad_id: u32,
+    pub pos_pad_id: u32,
+    pub device: &'a Device,
+}
+
+/// Scores `data` with `model`: this rank scores sentences r, r+W, r+2W, …; the counts of all ranks are
+/// gathered and added, so every rank returns the same report.
+pub fn evaluate(
+    model: &BertNerPos,
+    comm: &mut Comm,
+    data: &EvalData,
+    spec: &EvalSpec,
+) -> anyhow::Result<(Report, Counts)> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let mine: Vec<usize> = (rank..data.sentences.len()).step_by(world).collect();
+    let mut rows: Vec<usize> = mine
+        .iter()
+        .flat_map(|&s| data.sentences[s].clone())
+        .collect();
+    rows.sort_by_key(|&i| data.rows[i].input_ids.len());
+    // Per row: its owned words' predicted label ids.
+    let mut predicted: Vec<Vec<u32>> = vec![Vec::new(); data.rows.len()];
+    for batch in rows.chunks(spec.batch_rows.max(1)) {
+        let views: Vec<RowView> = batch
+            .iter()
+            .map(|&i| {
+                let r = &data.rows[i];
+                RowView {
+                    input_ids: &r.input_ids,
+                    pos_ids: &r.pos_ids,
+                    word_ids: &r.word_ids,
+                    owned: r.label_start..r.label_end,
+                }
+            })
+            .collect();
+        for (&i, words) in batch.iter().zip(predict_rows(
+            model,
+            &views,
+            spec.pad_id,
+            spec.pos_pad_id,
+            false,
+            spec.device,
+        )?) {
+            predicted[i] = words.into_iter().map(|w| w.label).collect();
+        }
+    }
+    let mut scorer = Scorer::with_tags(Mode::Default, spec.labels)?;
+    for &s in &mine {
+        let (mut gold, mut pred) = (Vec::new(), Vec::new());
+        for i in data.sentences[s].clone() {
+            gold.extend(gold_labels(&data.rows[i]));
+            pred.extend_from_slice(&predicted[i]);
+        }
+        scorer.add_ids(&gold, &pred)?;
+    }
+    let mine = scorer.counts();
+    let bytes: Vec<u8> = mine.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut total =
+        Counts::from_vec(mine.types.clone(), &vec![0; mine.to_vec().len()]).expect("same layout");
+    for part in comm.all_gather(&bytes)? {
+        let values: Vec<u64> = part
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let counts = Counts::from_vec(mine.types.clone(), &values)
+            .ok_or_else(|| anyhow::anyhow!("a rank sent evaluation counts of another shape"))?;
+        total.merge(&counts);
+    }
+    Ok((Report::new(&total), total))
+}
+
+/// The gold label ids of a row's owned words (at each word's first sub-word).
+fn gold_labels(r: &Row) -> Vec<u32> {
+    let owned = r.label_start as i32..r.label_end as i32;
+    r.word_ids
+        .iter()
+        .enumerate()
+        .filter(|&(p, &w)| owned.contains(&w) && (p == 0 || r.word_ids[p - 1] != w))
+        .map(|(p, _)| r.labels[p].max(0) as u32)
+        .collect()
+}

@@ -1,0 +1,17 @@
+//! `nerpos-train`: the data-parallel trainer of the BERT+POS tagger.
+//!
+//! One process per device. The sequence of optimiser batches depends only on the seed (not on the
+//! number of processes); gradients are summed across processes in buckets and the loss is normalised by
+//! the global count of labelled sub-words, so W processes with batch b train the model one process
+//! with batch W·b trains. Runs write `config.toml`, `metrics.jsonl`, `eval/`, `best/`, `last/`,
+//! resumable `checkpoints/`, `summary.json` and `curves.svg` into their folder.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod evaluate;
+pub mod optim;
+pub mod run;
+
+pub use config::TrainConfig;
+pub use run::{EXIT_INTERRUPTED, Outcome, run};

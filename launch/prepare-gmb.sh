@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepares the GMB corpus for the default configs: fetches the all-MiniLM-L6-v2 checkpoint (data/models),
+# builds nerpos-prep (release) and writes datasets/gmb-minilm. Skips the work already done (a dataset
+# with a manifest is kept; --force redoes it). launch/train.sh calls it when a config needs it.
+# Usage: launch/prepare-gmb.sh [--force]   (corpus: data/ner_dataset.csv, ../shared/data/ner_dataset.csv,
+#        or NERPOS_GMB_CSV=/path/to/ner_dataset.csv)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=datasets/gmb-minilm
+
+data/fetch-minilm.sh
+if [[ ${1:-} != --force && -f $out/manifest.json ]]; then
+  echo "dataset present: $out"
+  exit 0
+fi
+
+csv=${NERPOS_GMB_CSV:-}
+for candidate in data/ner_dataset.csv ../shared/data/ner_dataset.csv; do
+  [[ -z $csv && -f $candidate ]] && csv=$candidate
+done
+if [[ -z $csv ]]; then
+  cat >&2 <<'MSG'
+error: no GMB corpus found. Download "Annotated Corpus for Named Entity Recognition" (ner_dataset.csv)
+from Kaggle (abhinavwalia95/entity-annotated-corpus) and put ner_dataset.csv in data/, or set
+NERPOS_GMB_CSV=/path/to/ner_dataset.csv. See data/README.md.
+MSG
+  exit 1
+fi
+
+cargo build --release -j2 -p nerpos-prep
+target/release/nerpos-prep --format gmb --input "$csv" --tokenizer data/models/all-MiniLM-L6-v2 \
+  --out "$out" --force
+echo "dataset written to $out (inspect: target/release/nerpos-prep inspect $out)"

@@ -1,0 +1,154 @@
+"""PyTorch reference training run for docs/results.md: the same dataset rows (read from the
+nerpos-prep Parquet shards), model (Hugging Face BertModel + POS embedding + dropout + linear, from
+model_reference.py), optimiser (AdamW, no decay on biases/LayerNorm/embeddings), linear warm-up/decay
+schedule, gradient clipping, loss (cross-entropy over first sub-words, mean over the batch's labelled
+positions) and evaluation (seqeval micro F1 on the dev split, windows re-assembled into sentences) as
+a nerpos-train config. Batch order and dropout masks are PyTorch's own.
+
+  train_reference.py --data DIR --model DIR --train-sentences N --batch-size 32 --epochs 3 --lr 1e-4
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import pyarrow.parquet as pq
+import torch
+from seqeval.metrics import f1_score
+from transformers import BertModel, get_linear_schedule_with_warmup
+
+sys.path.insert(0, os.path.dirname(__file__))
+from model_reference import BertNerPos  # noqa: E402
+
+
+def read_split(data, manifest, split):
+    rows = []
+    for shard in manifest["splits"][split]["shards"]:
+        t = pq.read_table(os.path.join(data, shard["file"]),
+                          columns=["sentence_index", "window", "input_ids", "labels", "pos_ids", "word_ids",
+                                   "label_start", "label_end"]).to_pylist()
+        rows.extend(t)
+    return rows
+
+
+def pad(batch, pad_id):
+    n = max(len(r["input_ids"]) for r in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    pos = torch.zeros((len(batch), n), dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    for i, r in enumerate(batch):
+        k = len(r["input_ids"])
+        ids[i, :k] = torch.tensor(r["input_ids"])
+        mask[i, :k] = 1
+        pos[i, :k] = torch.tensor(r["pos_ids"])
+        labels[i, :k] = torch.tensor(r["labels"])
+    return ids, mask, pos, labels
+
+
+def evaluate(model, rows, labels, pad_id, batch_size=64):
+    model.eval()
+    gold, pred = {}, {}
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i:i + batch_size]
+            ids, mask, pos, _ = pad(batch, pad_id)
+            logits = model(ids, mask, pos)
+            best = logits.argmax(-1)
+            for b, r in enumerate(batch):
+                words = r["word_ids"]
+                for p, w in enumerate(words):
+                    first = p == 0 or words[p - 1] != w
+                    if w < 0 or not first or not (r["label_start"] <= w < r["label_end"]):
+                        continue
+                    key = (r["sentence_index"], w)
+                    gold[key] = labels[r["labels"][p]]
+                    pred[key] = labels[int(best[b, p])]
+    sentences = {}
+    for (s, w) in sorted(gold):
+        sentences.setdefault(s, []).append((gold[(s, w)], pred[(s, w)]))
+    y_true = [[g for g, _ in v] for v in sentences.values()]
+    y_pred = [[p for _, p in v] for v in sentences.values()]
+    model.train()
+    return f1_score(y_true, y_pred)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--train-sentences", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup-ratio", type=float, default=0.1)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (timing runs)")
+    ap.add_argument("--no-eval", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+
+    manifest = json.load(open(os.path.join(args.data, "manifest.json")))
+    labels = manifest["labels"]
+    pad_id = manifest["tokenizer"]["pad_token_id"]
+    train = read_split(args.data, manifest, "train")
+    if args.train_sentences:
+        keep = sorted({r["sentence_index"] for r in train})[:args.train_sentences]
+        last = keep[-1]
+        train = [r for r in train if r["sentence_index"] <= last]
+    dev = read_split(args.data, manifest, "dev")
+
+    bert = BertModel.from_pretrained(args.model)
+    model = BertNerPos(bert, len(manifest["pos"]), bert.config.hidden_size, len(labels), args.dropout)
+    no_decay = lambda n: n.endswith(".bias") or "LayerNorm" in n or "embeddings" in n or n.startswith("pos_embedding")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.lr)
+    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    total = steps_per_epoch * args.epochs
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(args.warmup_ratio * total), total)
+    model.train()
+    started = time.time()
+    history = []
+    g = torch.Generator().manual_seed(args.seed)
+    done, timed_rows, timed_seconds = 0, 0, 0.0
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(train), generator=g).tolist()
+        for s in range(steps_per_epoch):
+            if args.max_steps and done >= args.max_steps:
+                break
+            t0 = time.perf_counter()
+            batch = [train[i] for i in order[s * args.batch_size:(s + 1) * args.batch_size]]
+            ids, mask, pos, lab = pad(batch, pad_id)
+            logits = model(ids, mask, pos)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(labels)), lab.reshape(-1), ignore_index=-100)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            done += 1
+            if done > 5:  # after warm-up of the allocator and the thread pool
+                timed_rows += len(batch)
+                timed_seconds += time.perf_counter() - t0
+        if args.no_eval:
+            continue
+        f1 = evaluate(model, dev, labels, pad_id)
+        history.append(f1)
+        print(json.dumps({"epoch": epoch + 1, "dev_f1": f1, "seconds": round(time.time() - started, 1)}), flush=True)
+    print(json.dumps({"best_dev_f1": max(history) if history else None, "train_rows": len(train),
+                      "steps": done, "seconds": round(time.time() - started, 1),
+                      "sentences_per_s": timed_rows / timed_seconds if timed_seconds else None}))
+
+
+if __name__ == "__main__":
+    main()
