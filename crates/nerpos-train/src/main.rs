@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
-    let span = tracing::info_span!("rank", r = rank.as_str());
+    let span = tracing::info_span!("rank", r = %rank);
     let _enter = span.enter();
     match run(Cli::parse()) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
