@@ -31,6 +31,8 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 export CUDA_COMPUTE_CAP=$cap
+# candle-kernels compiles its kernels with cudaforge, which uses half the cores unless told.
+export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 out=${out:-$CARGO_TARGET_DIR/bin}
 python=${PYTHON:-python3}

@@ -167,7 +167,9 @@ impl Scorer {
         s
     }
 
-    /// A scorer with `labels` interned first, in order (e.g. a model's label vocabulary).
+    /// A scorer with `labels` interned (e.g. a model's label vocabulary), so that every process gives
+    /// them the same ids. The ids are the scorer's, not the labels' positions (`O` is always interned
+    /// first): look them up with [`Scorer::tag_id`] before [`Scorer::add_ids`].
     pub fn with_tags<S: AsRef<str>>(mode: Mode, labels: &[S]) -> Result<Scorer, ScoreError> {
         let mut s = Scorer::new(mode);
         for l in labels {
