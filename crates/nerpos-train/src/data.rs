@@ -117,6 +117,25 @@ pub struct HostBatch {
     pub tokens: usize,
 }
 
+impl HostBatch {
+    /// The batch as model inputs and targets on `dev`.
+    pub fn to_device(
+        &self,
+        dev: &candle_core::Device,
+    ) -> nerpos_model::Result<(nerpos_model::Inputs, nerpos_model::Targets)> {
+        let shape = (self.rows, self.len);
+        let inputs = nerpos_model::Inputs {
+            input_ids: candle_core::Tensor::from_vec(self.input_ids.clone(), shape, dev)?,
+            attention_mask: candle_core::Tensor::from_vec(self.attention_mask.clone(), shape, dev)?,
+            pos_ids: candle_core::Tensor::from_vec(self.pos_ids.clone(), shape, dev)?,
+        };
+        Ok((
+            inputs,
+            nerpos_model::Targets::from_labels(&self.labels, dev)?,
+        ))
+    }
+}
+
 /// Pads `rows` to their longest; POS ids of words are replaced by `pos_unk` with probability
 /// `pos_dropout` (from `rng`).
 pub fn pad_batch(

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use nerpos_dist::{Comm, Rendezvous, Timeouts, all_reduce_bucketed};
 use nerpos_eval::Report;
-use nerpos_model::{BertNerPos, Carried, DropoutRng, HeadConfig, Inputs, NerposMeta, Targets};
+use nerpos_model::{BertNerPos, Carried, DropoutRng, HeadConfig, NerposMeta};
 use nerpos_prep::{Columns, Dataset, Part, Row, Split};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -520,13 +520,7 @@ pub fn run(
             if hb.rows == 0 {
                 continue;
             }
-            let shape = (hb.rows, hb.len);
-            let inputs = Inputs {
-                input_ids: Tensor::from_vec(hb.input_ids.clone(), shape, &dev)?,
-                attention_mask: Tensor::from_vec(hb.attention_mask.clone(), shape, &dev)?,
-                pos_ids: Tensor::from_vec(hb.pos_ids.clone(), shape, &dev)?,
-            };
-            let targets = Targets::from_labels(&hb.labels, &dev)?;
+            let (inputs, targets) = hb.to_device(&dev)?;
             let seed = DropoutRng::step_seed(
                 cfg.seed,
                 (state.step * cfg.grad_accum + k) as u64,

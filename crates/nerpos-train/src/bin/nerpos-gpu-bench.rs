@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
-use nerpos_model::{BertNerPos, HeadConfig, Inputs, ModelConfig, Targets};
+use nerpos_model::{BertNerPos, HeadConfig, ModelConfig};
 use nerpos_prep::{Columns, Dataset, Part, Row, Split};
 use nerpos_train::data::{HostBatch, pad_batch};
 use nerpos_train::optim::{AdamW, AdamWConfig, lr_factor};
@@ -198,6 +198,15 @@ fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> 
         .collect()
 }
 
+/// The optimiser settings of every bench run (the trainer's defaults).
+const ADAM: AdamWConfig = AdamWConfig {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weight_decay: 0.01,
+    decay_all: false,
+};
+
 /// A training loop reduced to its step: master f32 weights, optional bf16 compute copy, AdamW.
 struct Stepper {
     master: BertNerPos,
@@ -226,14 +235,7 @@ impl Stepper {
         } else {
             None
         };
-        let adam = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            decay_all: false,
-        };
-        let mut optimizer = AdamW::new(master.params.iter(), adam)?;
+        let mut optimizer = AdamW::new(master.params.iter(), ADAM)?;
         optimizer.fused = fused;
         Ok(Stepper {
             master,
@@ -248,14 +250,7 @@ impl Stepper {
     fn with_plain_shadow(mut self) -> anyhow::Result<Stepper> {
         let copy = BertNerPos::new(self.master.config.clone(), self.master.device())?;
         copy.copy_from(&self.master)?;
-        let adam = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            decay_all: false,
-        };
-        let opt = AdamW::new_composed(copy.params.iter(), adam)?;
+        let opt = AdamW::new_composed(copy.params.iter(), ADAM)?;
         self.shadow = Some((copy, opt));
         Ok(self)
     }
@@ -263,13 +258,7 @@ impl Stepper {
     /// One optimiser step on `hb`; returns the mean loss.
     fn step(&mut self, hb: &HostBatch) -> anyhow::Result<f64> {
         let dev = self.master.device().clone();
-        let shape = (hb.rows, hb.len);
-        let inputs = Inputs {
-            input_ids: Tensor::from_vec(hb.input_ids.clone(), shape, &dev)?,
-            attention_mask: Tensor::from_vec(hb.attention_mask.clone(), shape, &dev)?,
-            pos_ids: Tensor::from_vec(hb.pos_ids.clone(), shape, &dev)?,
-        };
-        let targets = Targets::from_labels(&hb.labels, &dev)?;
+        let (inputs, targets) = hb.to_device(&dev)?;
         if let Some(c) = &self.compute {
             c.copy_from(&self.master)?;
         }
