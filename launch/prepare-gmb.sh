@@ -2,6 +2,9 @@
 # Prepares the GMB corpus for the default configs: fetches the all-MiniLM-L6-v2 checkpoint (data/models),
 # builds nerpos-prep (release) and writes datasets/gmb-minilm. Skips the work already done (a dataset
 # with a manifest is kept; --force redoes it). launch/train.sh calls it when a config needs it.
+# NERPOS_PREP=/path/to/nerpos-prep uses that binary instead of building one (launch/train.sh passes the
+# one it just built: building nerpos-prep on its own unifies dependency features differently and would
+# recompile much of the dependency tree a second time).
 # Usage: launch/prepare-gmb.sh [--force]   (corpus: data/ner_dataset.csv, ../shared/data/ner_dataset.csv,
 #        or NERPOS_GMB_CSV=/path/to/ner_dataset.csv)
 set -euo pipefail
@@ -28,7 +31,11 @@ MSG
   exit 1
 fi
 
-cargo build --release -j2 -p nerpos-prep
-target/release/nerpos-prep --format gmb --input "$csv" --tokenizer data/models/all-MiniLM-L6-v2 \
+prep=${NERPOS_PREP:-}
+if [[ -z $prep ]]; then
+  cargo build --release -j2 -p nerpos-prep
+  prep=target/release/nerpos-prep
+fi
+"$prep" --format gmb --input "$csv" --tokenizer data/models/all-MiniLM-L6-v2 \
   --out "$out" --force
 echo "dataset written to $out (inspect: target/release/nerpos-prep inspect $out)"

@@ -41,6 +41,7 @@ if [[ -z $gpus ]]; then
 fi
 
 # Build: the launcher (CPU), and the trainer for the device the run uses.
+release=${CARGO_TARGET_DIR:-$root/target}/release
 cargo build --release -j2 -p nerpos-launch -p nerpos-train -p nerpos-prep
 if [[ $gpus -gt 0 && $sub != collect ]]; then
   launch/build-cuda.sh
@@ -49,7 +50,7 @@ fi
 
 # The default configs train on datasets/gmb-minilm with MiniLM: prepare them when missing.
 if [[ -n $config ]] && grep -Eq '^[[:space:]]*data[[:space:]]*=[[:space:]]*"datasets/gmb-minilm"' "$config"; then
-  launch/prepare-gmb.sh
+  NERPOS_PREP=$release/nerpos-prep launch/prepare-gmb.sh
 fi
 
-exec target/release/nerpos-launch "$sub" "${args[@]}"
+exec "$release/nerpos-launch" "$sub" "${args[@]}"
