@@ -8,13 +8,22 @@
 #   launch/gpu-check.sh [options]         run it from a checkout (target/cuda/bin, datasets/gmb-minilm)
 #
 # options: --out DIR (results; default ./gpu-check-results)   --quick (fewer steps, batch 32 only)
-#          --only correctness|nccl|speed (repeatable)          --no-torch (skip the PyTorch reference)
-#          --data DIR (a nerpos-prep dataset)
+#          --only correctness|nccl|speed|train (repeatable)    --no-torch (skip the PyTorch reference)
+#          --data DIR (a nerpos-prep dataset)                  --model DIR (checkpoint for `train`)
+#          --epochs N (train; default 3)                       --train-precisions "f32 bf16" (train)
+# `train` runs whole nerpos-train jobs (one GPU, full train split, batch 32, dev each epoch, test at the
+# end) and the PyTorch reference training (tests/reference/train_reference.py) on the same data and
+# settings. It runs when a checkpoint is there (checkout: data/models/all-MiniLM-L6-v2 or --model; a
+# bundle: its model/). Its bundle holds the checkpoint in f16 (MiniLM: 45 MB instead of 91 MB, to fit a
+# 64 MiB transfer), so it is packed alone: --bundle DIR --only train. Both trainers load those same
+# f16-rounded weights into f32 masters.
+# NERPOS_CHECK_DEVICE=cpu runs the train step on the CPU (to try this script without a GPU, with a
+# stand-in nvidia-smi on PATH).
 # Results: OUT/results.jsonl (one JSON object per measurement), OUT/table.md (the table), OUT/logs/.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-bundle="" out="" quick=0 torch=1 data="" only=()
+bundle="" out="" quick=0 torch=1 data="" model="" epochs=3 train_precisions="f32 bf16" only=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --bundle) bundle=$2; shift ;;
@@ -22,8 +31,11 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --no-torch) torch=0 ;;
     --data) data=$2; shift ;;
+    --model) model=$2; shift ;;
+    --epochs) epochs=$2; shift ;;
+    --train-precisions) train_precisions=$2; shift ;;
     --only) only+=("$2"); shift ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -31,19 +43,55 @@ done
 
 # ---- where things are: a bundle (bin/ beside this script) or a checkout (launch/ inside it)
 if [[ -d $here/bin ]]; then
-  bin=$here/bin bench=$here/bench data=${data:-$here/data/gmb}
+  bin=$here/bin bench=$here/bench reference=$here/reference data=${data:-$here/data/gmb}
+  model=${model:-$here/model}
+  # A bundle runs the steps it was packed for.
+  if [[ ${#only[@]} -eq 0 ]]; then
+    if [[ -d $here/model ]]; then only=(train); else only=(correctness nccl speed); fi
+  fi
 else
   root=$(cd "$here/.." && pwd)
-  bin=$root/target/cuda/bin bench=$root/tests/bench data=${data:-$root/datasets/gmb-minilm}
+  bin=$root/target/cuda/bin bench=$root/tests/bench reference=$root/tests/reference
+  data=${data:-$root/datasets/gmb-minilm} model=${model:-$root/data/models/all-MiniLM-L6-v2}
 fi
+want() { [[ ${#only[@]} -eq 0 ]] || [[ " ${only[*]} " == *" $1 "* ]]; }
 
 if [[ -n $bundle ]]; then
-  [[ -x $bin/nerpos-gpu-bench.bin ]] || { echo "error: no CUDA binaries in $bin: run launch/build-cuda.sh first" >&2; exit 1; }
   command -v xz >/dev/null || { echo "error: --bundle needs xz (apt-get install xz-utils)" >&2; exit 1; }
   [[ -f $data/manifest.json ]] || { echo "error: no prepared dataset at $data (launch/quickstart.sh prepares one, or --data DIR)" >&2; exit 1; }
   tmp="$bundle.tmp.$$"
   rm -rf "$tmp" && mkdir -p "$tmp/bin" "$tmp/bench" "$tmp/data/gmb"
-  for b in nerpos-gpu-bench nerpos-dist-check; do
+  bins=(nerpos-gpu-bench nerpos-dist-check)
+  if [[ " ${only[*]} " == *" train "* ]]; then
+    # The train step alone: the trainer, the reference scripts and the checkpoint in f16.
+    [[ ${#only[@]} -eq 1 ]] || { echo "error: pack --only train alone (the f16 checkpoint fills the transfer)" >&2; exit 1; }
+    [[ -f $model/config.json ]] || { echo "error: no checkpoint at $model (data/fetch-minilm.sh, or --model DIR)" >&2; exit 1; }
+    bins=(nerpos-train)
+    py=${PYTHON:-python3}
+    [[ -x $here/../.venv-ref/bin/python ]] && py=$here/../.venv-ref/bin/python
+    mkdir -p "$tmp/model" "$tmp/reference"
+    cp "$model"/*.json "$model"/*.txt "$tmp/model/" 2>/dev/null
+    "$py" - "$model/model.safetensors" "$tmp/model/model.safetensors" <<'PY' || { rm -rf "$tmp"; exit 1; }
+import sys
+import torch
+from safetensors.torch import load_file, save_file
+w = load_file(sys.argv[1])
+big = max(float(t.abs().max()) for t in w.values() if t.is_floating_point())
+if big > 60000:
+    sys.exit(f"error: a weight of {big} does not fit f16: this checkpoint cannot travel in f16")
+save_file({k: (t.half() if t.is_floating_point() else t).contiguous() for k, t in w.items()}, sys.argv[2],
+          metadata={"format": "pt"})
+PY
+    xz -T0 -6 "$tmp/model/model.safetensors"  # f16 weights: 45 MB, 41 MB compressed
+    cp "$reference/train_reference.py" "$reference/model_reference.py" "$tmp/reference/"
+    # seqeval (the reference's scorer) is not in GPU images; it is published as a source archive only.
+    "$py" -m pip wheel -q --no-deps -w "$tmp/wheels" seqeval==1.2.2 ||
+      { rm -rf "$tmp"; echo "error: could not build a seqeval wheel" >&2; exit 1; }
+  else
+    cp "$bench/gpu_torch.py" "$tmp/bench/"
+  fi
+  for b in "${bins[@]}"; do
+    [[ -x $bin/$b.bin ]] || { rm -rf "$tmp"; echo "error: no $bin/$b.bin: run launch/build-cuda.sh first" >&2; exit 1; }
     # Stripped (no debug line tables) and xz-compressed: candle's PTX and kernels make each binary
     # 40-55 MB, 4-7 MB compressed. The suite unpacks them on first run.
     strip -o "$tmp/bin/$b.bin" "$bin/$b.bin" 2>/dev/null || cp "$bin/$b.bin" "$tmp/bin/$b.bin"
@@ -52,7 +100,6 @@ if [[ -n $bundle ]]; then
   done
   cp "$bin/cuda-env.sh" "$tmp/bin/"
   cp "$here/gpu-check.sh" "$tmp/"
-  cp "$bench/gpu_torch.py" "$tmp/bench/"
   cp -r "$data"/. "$tmp/data/gmb/"
   rm -rf "$bundle" && mv "$tmp" "$bundle"
   size=$(du -sm "$bundle" | cut -f1)
@@ -61,20 +108,20 @@ if [[ -n $bundle ]]; then
   exit 0
 fi
 
-# A bundle's binaries travel compressed: unpack them (xz, else Python's lzma).
-for packed in "$bin"/*.bin.xz; do
+# A bundle's binaries (and checkpoint) travel compressed: unpack them (xz, else Python's lzma).
+for packed in "$bin"/*.bin.xz "$model"/*.safetensors.xz; do
   [[ -e $packed ]] || continue
   unpacked=${packed%.xz}
-  [[ -x $unpacked ]] && continue
+  [[ -e $unpacked ]] && continue
   if command -v xz >/dev/null; then
     xz -dkc "$packed" >"$unpacked.tmp"
   else
     "${PYTHON:-python3}" -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$packed" "$unpacked.tmp"
   fi
-  chmod +x "$unpacked.tmp" && mv "$unpacked.tmp" "$unpacked"
+  [[ $packed == *.bin.xz ]] && chmod +x "$unpacked.tmp"
+  mv "$unpacked.tmp" "$unpacked"
 done
 
-want() { [[ ${#only[@]} -eq 0 ]] || [[ " ${only[*]} " == *" $1 "* ]]; }
 out=${out:-$PWD/gpu-check-results}
 mkdir -p "$out/logs"
 results=$out/results.jsonl
@@ -107,7 +154,8 @@ run() {
   echo "== $name" >&2
   timeout "$limit" "$@" >"$log" 2>&1
   local rc=$?
-  grep -E '^\{' "$log" >>"$results"
+  # (steps whose JSON lines are not measurements set no_results=1 and summarise their own)
+  [[ ${no_results:-0} == 1 ]] || grep -E '^\{' "$log" >>"$results"
   if [[ $rc -ne 0 ]]; then
     failures=$((failures + 1))
     echo "{\"check\": \"failed\", \"step\": \"$name\", \"exit\": $rc, \"tail\": $(tail -5 "$log" | "$python" -c 'import json,sys; print(json.dumps(sys.stdin.read()))' 2>/dev/null || echo '""')}" >>"$results"
@@ -153,6 +201,75 @@ if want speed; then
       rm -f "$batches"
     done
   done
+fi
+
+if want train && [[ -f $model/config.json ]]; then
+  # Whole training jobs: nerpos-train on one GPU, then the PyTorch reference on the same data, model and
+  # settings (its batch order and dropout masks are its own, so F1 agrees to seed noise, not to rounding).
+  work=${TMPDIR:-/tmp}/nerpos-gpu-train
+  rm -rf "$work" && mkdir -p "$work"
+  for p in $train_precisions; do
+    run_dir=$work/nerpos-$p
+    cat >"$out/logs/train-nerpos-$p.toml" <<TOML
+data = "$data"
+model = "$model"
+out = "$run_dir"
+device = "${NERPOS_CHECK_DEVICE:-cuda}"
+precision = "$p"
+batch_size = 32
+epochs = $epochs
+lr = 1e-4
+warmup_ratio = 0.1
+weight_decay = 0.01
+max_grad_norm = 1.0
+dropout = 0.2
+seed = 42
+TOML
+    no_results=1 run "train-nerpos-$p" 900 "$bin/nerpos-train" --config "$out/logs/train-nerpos-$p.toml"
+    mkdir -p "$out/logs/train-nerpos-$p"
+    cp "$run_dir"/summary.json "$run_dir"/metrics.jsonl "$run_dir"/config.toml "$run_dir"/curves.svg "$out/logs/train-nerpos-$p/" 2>/dev/null
+    cp -r "$run_dir"/eval "$out/logs/train-nerpos-$p/" 2>/dev/null
+    "$python" - "$run_dir" "$p" "$epochs" >>"$results" <<'PY'
+import json, os, sys
+run, precision, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if not os.path.exists(os.path.join(run, "summary.json")):
+    sys.exit(0)
+s = json.load(open(os.path.join(run, "summary.json")))
+m = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if l.strip()]
+m = [r for r in m if "step_s" in r]
+# Each log line holds the mean step time and the rate over the steps since the previous line. The
+# first interval holds the one-time start-up (kernel loading, NVRTC, cuBLAS): reported apart, and left
+# out of the rate, as the reference leaves out its first 5 steps.
+intervals, prev = [], 0
+for r in m:
+    n = r["step"] - prev
+    prev = r["step"]
+    intervals.append((r["step_s"] * n, r["sentences_per_s"] * r["step_s"] * n))
+train_s = sum(t for t, _ in intervals)
+steady = intervals[1:] or intervals
+print(json.dumps({"check": "train", "impl": "nerpos", "precision": precision, "epochs": epochs,
+                  "steps": s["steps"], "best_dev_f1": s["best_dev_f1"], "test_f1": s["test_f1"],
+                  "wall_s": s["wall_s"], "train_step_s": train_s, "first_interval_s": intervals[0][0],
+                  "sentences_per_s": sum(n for _, n in steady) / sum(t for t, _ in steady)}))
+PY
+    if [[ $torch == 1 && -d $here/wheels ]] && ! "$python" -c 'import seqeval' 2>/dev/null; then
+      "$python" -m pip install -q --no-index --no-deps --target "$work/site" "$here"/wheels/*.whl &&
+        export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    if [[ $torch == 1 ]] && "$python" -c 'import seqeval, pyarrow' 2>/dev/null; then
+      no_results=1 run "train-torch-$p" 900 "$python" "$reference/train_reference.py" --data "$data" --model "$model" \
+        --batch-size 32 --epochs "$epochs" --lr 1e-4 --device "${NERPOS_CHECK_DEVICE:-cuda}" --precision "$p" --threads 8
+      tail -1 "$out/logs/train-torch-$p.log" | "$python" -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print(json.dumps({"check": "train", "impl": "pytorch", "precision": r["precision"], "epochs": int(sys.argv[1]),
+                  "steps": r["steps"], "best_dev_f1": r["best_dev_f1"], "test_f1": None, "wall_s": r["seconds"],
+                  "train_step_s": r["train_step_seconds"], "sentences_per_s": r["sentences_per_s"]}))' "$epochs" >>"$results" 2>/dev/null
+    elif [[ $torch == 1 ]]; then
+      echo "note: python3 lacks seqeval or pyarrow: the PyTorch training reference is skipped" >&2
+    fi
+  done
+  rm -rf "$work"
 fi
 
 # ---- the table
@@ -207,6 +324,18 @@ if speed:
         mfu = f"{100*r['mfu']:.1f} %" if r.get("mfu") is not None else ""
         mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") is not None else ""
         out.append(f"| {r['shape']} | {r['batch']} | {r['precision']} | {impl} | {r['tokens_per_s']:,.0f} | {r['sentences_per_s']:,.0f} | {r['step_ms']:.1f} | {mem} | {mfu} | {ratio} |")
+if len(out) == 2:  # no check rows (a train-only run): no empty table
+    out = out[:1]
+train = [r for r in rows if r.get("check") == "train"]
+if train:
+    out.append("\n| whole training run (one GPU, batch 32) | impl | epochs | steps | best dev F1 | test F1 | wall s | in steps s | first 10 steps s | sentences/s | ours/PyTorch |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in train:
+        ref = next((q for q in train if q["impl"] == "pytorch" and q["precision"] == r["precision"]), None)
+        ratio = f"{r['sentences_per_s'] / ref['sentences_per_s']:.2f}×" if r["impl"] == "nerpos" and ref else ""
+        f = lambda v: f"{v:.4f}" if v is not None else "—"
+        out.append(f"| {r['precision']} | {r['impl']} | {r['epochs']} | {r['steps']} | {f(r['best_dev_f1'])} | {f(r['test_f1'])} | "
+                   f"{r['wall_s']:.0f} | {r['train_step_s']:.0f} | {f(r.get('first_interval_s'))[:5]} | {r['sentences_per_s']:,.0f} | {ratio} |")
 text = "\n".join(out) + "\n"
 print(text)
 open(sys.argv[2], "w").write(text)

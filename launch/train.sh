@@ -42,7 +42,9 @@ fi
 
 # Build: the launcher (CPU), and the trainer for the device the run uses.
 release=${CARGO_TARGET_DIR:-$root/target}/release
-cargo build --release -j2 -p nerpos-launch -p nerpos-train -p nerpos-prep
+# Only the three binaries a run needs (not nerpos-train's GPU benchmark): a cold release build is most of
+# a first run's time on a small machine.
+cargo build --release -j2 --bin nerpos-launch --bin nerpos-train --bin nerpos-prep
 if [[ $gpus -gt 0 && $sub != collect ]]; then
   launch/build-cuda.sh
   export NERPOS_TRAIN=$root/target/cuda/bin/nerpos-train

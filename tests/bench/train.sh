@@ -8,8 +8,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 steps=${1:-40}
-launch/prepare-gmb.sh >&2
-cargo build --release -j2 -p nerpos-train -p nerpos-launch >&2
+# The same build as launch/train.sh's (one feature set: no second rebuild of the dependencies).
+cargo build --release -j2 --bin nerpos-launch --bin nerpos-train --bin nerpos-prep >&2
+NERPOS_PREP=target/release/nerpos-prep launch/prepare-gmb.sh >&2
 python=$(tests/reference/setup-venv.sh requirements-model.txt)
 out=runs/bench-train
 rm -rf "$out" && mkdir -p "$out"

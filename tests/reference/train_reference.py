@@ -6,6 +6,7 @@ positions) and evaluation (seqeval micro F1 on the dev split, windows re-assembl
 a nerpos-train config. Batch order and dropout masks are PyTorch's own.
 
   train_reference.py --data DIR --model DIR --train-sentences N --batch-size 32 --epochs 3 --lr 1e-4
+                     [--device cuda] [--precision bf16]   (GPU: launch/gpu-check.sh's `train` step)
 """
 
 import argparse
@@ -49,15 +50,15 @@ def pad(batch, pad_id):
     return ids, mask, pos, labels
 
 
-def evaluate(model, rows, labels, pad_id, batch_size=64):
+def evaluate(model, rows, labels, pad_id, device, batch_size=64):
     model.eval()
     gold, pred = {}, {}
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = rows[i:i + batch_size]
             ids, mask, pos, _ = pad(batch, pad_id)
-            logits = model(ids, mask, pos)
-            best = logits.argmax(-1)
+            logits = model(ids.to(device), mask.to(device), pos.to(device))
+            best = logits.argmax(-1).cpu()
             for b, r in enumerate(batch):
                 words = r["word_ids"]
                 for p, w in enumerate(words):
@@ -91,7 +92,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (timing runs)")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"],
+                    help="bf16: autocast (weights, optimiser and loss in f32), as nerpos-train's bf16")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    cuda = device.type == "cuda"
+    if cuda:
+        # PyTorch's default bf16 attention on Hopper (cuDNN SDPA) plans anew for every sequence length:
+        # 130-320 ms a step on variable-length batches (docs/gpu.md). Flash / memory-efficient instead.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
@@ -105,8 +117,9 @@ def main():
         train = [r for r in train if r["sentence_index"] <= last]
     dev = read_split(args.data, manifest, "dev")
 
-    bert = BertModel.from_pretrained(args.model)
-    model = BertNerPos(bert, len(manifest["pos"]), bert.config.hidden_size, len(labels), args.dropout)
+    # .float(): a checkpoint stored in f16/bf16 is trained from f32 master weights, as nerpos-train does.
+    bert = BertModel.from_pretrained(args.model).float()
+    model = BertNerPos(bert, len(manifest["pos"]), bert.config.hidden_size, len(labels), args.dropout).to(device)
     no_decay = lambda n: n.endswith(".bias") or "LayerNorm" in n or "embeddings" in n or n.startswith("pos_embedding")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": args.weight_decay},
@@ -128,25 +141,33 @@ def main():
                 break
             t0 = time.perf_counter()
             batch = [train[i] for i in order[s * args.batch_size:(s + 1) * args.batch_size]]
-            ids, mask, pos, lab = pad(batch, pad_id)
-            logits = model(ids, mask, pos)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(labels)), lab.reshape(-1), ignore_index=-100)
+            ids, mask, pos, lab = (t.to(device, non_blocking=True) for t in pad(batch, pad_id))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                logits = model(ids, mask, pos)
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, len(labels)), lab.reshape(-1),
+                                                     ignore_index=-100)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
+            if cuda:
+                torch.cuda.synchronize()  # the step's time, not its launch's
             done += 1
             if done > 5:  # after warm-up of the allocator and the thread pool
                 timed_rows += len(batch)
                 timed_seconds += time.perf_counter() - t0
         if args.no_eval:
             continue
-        f1 = evaluate(model, dev, labels, pad_id)
+        f1 = evaluate(model, dev, labels, pad_id, device)
         history.append(f1)
-        print(json.dumps({"epoch": epoch + 1, "dev_f1": f1, "seconds": round(time.time() - started, 1)}), flush=True)
+        # Progress on stderr: stdout holds one JSON result line.
+        print(json.dumps({"epoch": epoch + 1, "dev_f1": f1, "seconds": round(time.time() - started, 1)}),
+              file=sys.stderr, flush=True)
     print(json.dumps({"best_dev_f1": max(history) if history else None, "train_rows": len(train),
                       "steps": done, "seconds": round(time.time() - started, 1),
+                      "train_step_seconds": round(timed_seconds, 2), "device": args.device,
+                      "precision": args.precision,
                       "sentences_per_s": timed_rows / timed_seconds if timed_seconds else None}))
 
 

@@ -86,6 +86,10 @@ pub struct TrainConfig {
     /// Train on the first N training sentences only (0 = all).
     #[serde(default)]
     pub train_sentences: usize,
+    /// Evaluate on the first N dev and N test sentences only (0 = all): quicker evaluations for short
+    /// CPU runs, at the price of a noisier F1.
+    #[serde(default)]
+    pub eval_sentences: usize,
     /// Write a resumable checkpoint every N steps (0 = at each evaluation only).
     #[serde(default)]
     pub checkpoint_every: usize,

@@ -181,6 +181,20 @@ fn read_split(ds: &Dataset, split: Split) -> anyhow::Result<Vec<Row>> {
     Ok(ds.read_all(split, Part::WHOLE, Columns::Model)?)
 }
 
+/// Keeps the rows of the first `n` sentences (by sentence index; every window of a long sentence stays
+/// with it); 0 keeps all.
+fn first_sentences(rows: &mut Vec<Row>, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let mut ids: Vec<u32> = rows.iter().map(|r| r.sentence_index).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if let Some(&last) = ids.get(n - 1) {
+        rows.retain(|r| r.sentence_index <= last);
+    }
+}
+
 fn setup(cfg: TrainConfig, resume: Option<&Path>) -> anyhow::Result<Setup> {
     let rdv = Rendezvous::from_env()?;
     let dev = device(&cfg, &rdv)?;
@@ -317,19 +331,16 @@ fn setup(cfg: TrainConfig, resume: Option<&Path>) -> anyhow::Result<Setup> {
     check_same_weights(&mut comm, &model, "at the start")?;
 
     let mut train = read_split(&ds, Split::Train)?;
-    if cfg.train_sentences > 0 {
-        let mut ids: Vec<u32> = train.iter().map(|r| r.sentence_index).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if let Some(&last) = ids.get(cfg.train_sentences.saturating_sub(1)) {
-            train.retain(|r| r.sentence_index <= last);
-        }
-    }
+    first_sentences(&mut train, cfg.train_sentences);
     if train.is_empty() {
         bail!("{}: the training split is empty", cfg.data.display());
     }
-    let dev_data = EvalData::new(read_split(&ds, Split::Dev)?);
-    let test_data = EvalData::new(read_split(&ds, Split::Test)?);
+    let mut dev_rows = read_split(&ds, Split::Dev)?;
+    first_sentences(&mut dev_rows, cfg.eval_sentences);
+    let mut test_rows = read_split(&ds, Split::Test)?;
+    first_sentences(&mut test_rows, cfg.eval_sentences);
+    let dev_data = EvalData::new(dev_rows);
+    let test_data = EvalData::new(test_rows);
     Ok(Setup {
         cfg,
         run,
@@ -897,5 +908,40 @@ impl Curves {
         let mut v: Vec<(f64, f64)> = points.into_iter().map(|(s, f)| (s as f64, f)).collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(sentence_index: u32, window: u16) -> Row {
+        Row {
+            sentence_index,
+            window,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn first_sentences_keeps_whole_sentences_in_any_order() {
+        // Shuffled, with sentence 1 split into two windows.
+        let mut rows = vec![
+            row(4, 0),
+            row(1, 1),
+            row(0, 0),
+            row(2, 0),
+            row(1, 0),
+            row(3, 0),
+        ];
+        first_sentences(&mut rows, 2);
+        let kept: Vec<(u32, u16)> = rows.iter().map(|r| (r.sentence_index, r.window)).collect();
+        assert_eq!(kept, vec![(1, 1), (0, 0), (1, 0)]);
+
+        let mut all = vec![row(0, 0), row(1, 0)];
+        first_sentences(&mut all, 0);
+        assert_eq!(all.len(), 2);
+        first_sentences(&mut all, 5);
+        assert_eq!(all.len(), 2);
     }
 }
