@@ -168,14 +168,19 @@ impl Scorer {
     }
 
     /// A scorer with `labels` interned (e.g. a model's label vocabulary), so that every process gives
-    /// them the same ids. The ids are the scorer's, not the labels' positions (`O` is always interned
-    /// first): look them up with [`Scorer::tag_id`] before [`Scorer::add_ids`].
-    pub fn with_tags<S: AsRef<str>>(mode: Mode, labels: &[S]) -> Result<Scorer, ScoreError> {
+    /// them the same ids, and the scorer's tag id of each label index. The ids are the scorer's, not
+    /// the labels' positions (`O` is always interned first): label indices go through the returned map
+    /// before [`Scorer::add_ids`] — passed directly, every tag is scored as its neighbour.
+    pub fn with_tags<S: AsRef<str>>(
+        mode: Mode,
+        labels: &[S],
+    ) -> Result<(Scorer, Vec<u32>), ScoreError> {
         let mut s = Scorer::new(mode);
-        for l in labels {
-            s.tag_id(l.as_ref())?;
-        }
-        Ok(s)
+        let ids = labels
+            .iter()
+            .map(|l| s.tag_id(l.as_ref()))
+            .collect::<Result<Vec<u32>, _>>()?;
+        Ok((s, ids))
     }
 
     pub fn mode(&self) -> Mode {
@@ -490,5 +495,40 @@ mod tests {
         let mut twice = c.clone();
         twice.merge(&c);
         assert_eq!(twice.tp[id("PER")], 2);
+    }
+
+    /// Scoring label indices through `Scorer::with_tags`'s map is scoring the label strings (`O` is not first in a
+    /// sorted vocabulary, which is what broke the direct use of indices).
+    #[test]
+    fn label_indices_score_as_their_strings() {
+        let labels: Vec<String> = ["B-geo", "B-per", "I-geo", "I-per", "O"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let gold = [[0u32, 2, 4, 1, 3, 4], [4, 4, 0, 4, 1, 4]];
+        let pred = [[0u32, 4, 4, 1, 3, 4], [4, 4, 0, 4, 4, 4]];
+        let (mut by_index, ids) = Scorer::with_tags(Mode::Default, &labels).unwrap();
+        let mut by_string = Scorer::new(Mode::Default);
+        for (g, p) in gold.iter().zip(&pred) {
+            let map = |v: &[u32]| v.iter().map(|&l| ids[l as usize]).collect::<Vec<_>>();
+            by_index.add_ids(&map(g), &map(p)).unwrap();
+            let names = |v: &[u32]| {
+                v.iter()
+                    .map(|&l| labels[l as usize].as_str())
+                    .collect::<Vec<_>>()
+            };
+            by_string.add(&names(g), &names(p)).unwrap();
+        }
+        let (a, b) = (
+            crate::Report::new(&by_index.counts()),
+            crate::Report::new(&by_string.counts()),
+        );
+        assert_eq!(a.micro.f1, b.micro.f1);
+        // 3 gold entities (geo, per, geo, per → 4), predicted 3, 2 correct.
+        assert!(
+            (a.micro.precision - 2.0 / 3.0).abs() < 1e-12,
+            "{}",
+            a.to_seqeval_string(4)
+        );
     }
 }

@@ -125,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // With gold tags, the seqeval report of this run.
     if sentences.iter().all(|s| s.gold.is_some()) {
-        let mut scorer = Scorer::with_tags(Mode::Default, labels)?;
+        let (mut scorer, _) = Scorer::with_tags(Mode::Default, labels)?;
         for (s, p) in sentences.iter().zip(&preds) {
             let gold: Vec<&str> = s
                 .gold

@@ -85,7 +85,7 @@ pub fn evaluate(
             predicted[i] = words.into_iter().map(|w| w.label).collect();
         }
     }
-    let (mut scorer, ids) = scorer_for(spec.labels)?;
+    let (mut scorer, ids) = Scorer::with_tags(Mode::Default, spec.labels)?;
     for &s in &mine {
         let (mut gold, mut pred) = (Vec::new(), Vec::new());
         for i in data.sentences[s].clone() {
@@ -114,18 +114,6 @@ pub fn evaluate(
     Ok((Report::new(&total), total))
 }
 
-/// A scorer for a label vocabulary and the scorer's tag id of each label index. The scorer numbers
-/// tags its own way (it interns `O` first), so label indices must go through this map: passing them
-/// as tag ids scored every tag as its neighbour in the vocabulary (and `O` as an entity type).
-pub fn scorer_for(labels: &[String]) -> anyhow::Result<(Scorer, Vec<u32>)> {
-    let mut scorer = Scorer::new(Mode::Default);
-    let ids = labels
-        .iter()
-        .map(|l| scorer.tag_id(l))
-        .collect::<Result<Vec<u32>, _>>()?;
-    Ok((scorer, ids))
-}
-
 /// The gold label ids of a row's owned words (at each word's first sub-word).
 fn gold_labels(r: &Row) -> Vec<u32> {
     let owned = r.label_start as i32..r.label_end as i32;
@@ -135,44 +123,4 @@ fn gold_labels(r: &Row) -> Vec<u32> {
         .filter(|&(p, &w)| owned.contains(&w) && (p == 0 || r.word_ids[p - 1] != w))
         .map(|(p, _)| r.labels[p].max(0) as u32)
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Scoring label indices through `scorer_for` is scoring the label strings (`O` is not first in a
-    /// sorted vocabulary, which is what broke the direct use of indices).
-    #[test]
-    fn label_indices_score_as_their_strings() {
-        let labels: Vec<String> = ["B-geo", "B-per", "I-geo", "I-per", "O"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let gold = [[0u32, 2, 4, 1, 3, 4], [4, 4, 0, 4, 1, 4]];
-        let pred = [[0u32, 4, 4, 1, 3, 4], [4, 4, 0, 4, 4, 4]];
-        let (mut by_index, ids) = scorer_for(&labels).unwrap();
-        let mut by_string = Scorer::new(Mode::Default);
-        for (g, p) in gold.iter().zip(&pred) {
-            let map = |v: &[u32]| v.iter().map(|&l| ids[l as usize]).collect::<Vec<_>>();
-            by_index.add_ids(&map(g), &map(p)).unwrap();
-            let names = |v: &[u32]| {
-                v.iter()
-                    .map(|&l| labels[l as usize].as_str())
-                    .collect::<Vec<_>>()
-            };
-            by_string.add(&names(g), &names(p)).unwrap();
-        }
-        let (a, b) = (
-            Report::new(&by_index.counts()),
-            Report::new(&by_string.counts()),
-        );
-        assert_eq!(a.micro.f1, b.micro.f1);
-        // 3 gold entities (geo, per, geo, per → 4), predicted 3, 2 correct.
-        assert!(
-            (a.micro.precision - 2.0 / 3.0).abs() < 1e-12,
-            "{}",
-            a.to_seqeval_string(4)
-        );
-    }
 }
