@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-cargo build --release -j2 -p nerpos-dist >&2
+cargo build --release -j2 -p nerpos-dist-check >&2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for w in 2 4; do

@@ -25,8 +25,12 @@ pub use entities::Scheme;
 /// in order. What a tagger's output is read as.
 pub fn entities(tags: &[&str]) -> Vec<(String, usize, usize)> {
     let mut scorer = Scorer::new(Mode::Default);
-    let ids: Vec<u32> = tags.iter().map(|t| scorer.tag_id(t).unwrap_or(0)).collect();
+    let outside = scorer.tag_id("O").expect("O is valid in default mode");
+    let ids: Vec<TagId> = tags
+        .iter()
+        .map(|t| scorer.tag_id(t).unwrap_or(outside))
+        .collect();
     scorer.sentence_entities(&ids)
 }
 pub use report::{Report, Scores};
-pub use score::{Counts, Mode, ScoreError, Scorer};
+pub use score::{Counts, Mode, ScoreError, Scorer, TagId};

@@ -114,6 +114,18 @@ impl Counts {
     }
 }
 
+/// A tag as a scorer knows it: handed out by [`Scorer::tag_id`] and [`Scorer::with_tags`] and only
+/// meaningful to the scorer that made it. A separate type so that a model's label *indices* cannot be
+/// passed where tag ids are meant (the two differ: the scorer interns `O` first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TagId(u32);
+
+impl TagId {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// Accumulates entities of gold and predicted sentences.
 ///
 /// Tags are interned: a scorer made [`with_tags`](Scorer::with_tags) from a fixed label list gives
@@ -121,7 +133,7 @@ impl Counts {
 #[derive(Debug, Clone)]
 pub struct Scorer {
     mode: Mode,
-    tag_ids: HashMap<String, u32>,
+    tag_ids: HashMap<String, TagId>,
     tags: Vec<TagInfo>,
     tag_names: Vec<String>,
     type_ids: HashMap<String, u32>,
@@ -135,8 +147,8 @@ pub struct Scorer {
     pred: Vec<Entity>,
     correct_tokens: u64,
     total_tokens: u64,
-    gold_ids: Vec<u32>,
-    pred_ids: Vec<u32>,
+    gold_ids: Vec<TagId>,
+    pred_ids: Vec<TagId>,
 }
 
 impl Scorer {
@@ -163,7 +175,7 @@ impl Scorer {
             pred_ids: Vec::new(),
         };
         let o = s.tag_id("O").expect("O is valid in every mode");
-        s.outside = s.tags[o as usize].clone();
+        s.outside = s.tags[o.index()].clone();
         s
     }
 
@@ -174,12 +186,12 @@ impl Scorer {
     pub fn with_tags<S: AsRef<str>>(
         mode: Mode,
         labels: &[S],
-    ) -> Result<(Scorer, Vec<u32>), ScoreError> {
+    ) -> Result<(Scorer, Vec<TagId>), ScoreError> {
         let mut s = Scorer::new(mode);
         let ids = labels
             .iter()
             .map(|l| s.tag_id(l.as_ref()))
-            .collect::<Result<Vec<u32>, _>>()?;
+            .collect::<Result<Vec<TagId>, _>>()?;
         Ok((s, ids))
     }
 
@@ -203,7 +215,7 @@ impl Scorer {
     }
 
     /// The id of a tag, interning it on first sight.
-    pub fn tag_id(&mut self, tag: &str) -> Result<u32, ScoreError> {
+    pub fn tag_id(&mut self, tag: &str) -> Result<TagId, ScoreError> {
         if let Some(&id) = self.tag_ids.get(tag) {
             return Ok(id);
         }
@@ -230,7 +242,7 @@ impl Scorer {
                 })
             }
         };
-        let id = self.tags.len() as u32;
+        let id = TagId(self.tags.len() as u32);
         self.tags.push(TagInfo { default, strict });
         self.tag_names.push(tag.to_owned());
         self.tag_ids.insert(tag.to_owned(), id);
@@ -260,7 +272,7 @@ impl Scorer {
     }
 
     /// Adds one sentence given as tag ids (from [`Scorer::tag_id`] or [`Scorer::with_tags`]).
-    pub fn add_ids(&mut self, gold: &[u32], pred: &[u32]) -> Result<(), ScoreError> {
+    pub fn add_ids(&mut self, gold: &[TagId], pred: &[TagId]) -> Result<(), ScoreError> {
         if gold.len() != pred.len() {
             return Err(ScoreError::Length {
                 gold: gold.len(),
@@ -274,21 +286,21 @@ impl Scorer {
                 let tags = &self.tags;
                 let outside = self.outside.default;
                 self.gold_chunker.sentence(
-                    gold.iter().map(|&i| tags[i as usize].default),
+                    gold.iter().map(|&i| tags[i.index()].default),
                     outside,
                     &mut self.gold,
                 );
                 self.pred_chunker.sentence(
-                    pred.iter().map(|&i| tags[i as usize].default),
+                    pred.iter().map(|&i| tags[i.index()].default),
                     outside,
                     &mut self.pred,
                 );
             }
             Mode::Strict(scheme) => {
-                let strict = |ids: &[u32]| -> Vec<StrictTag> {
+                let strict = |ids: &[TagId]| -> Vec<StrictTag> {
                     ids.iter()
                         .map(|&i| {
-                            self.tags[i as usize]
+                            self.tags[i.index()]
                                 .strict
                                 .expect("strict tags are interned in strict mode")
                         })
@@ -306,11 +318,11 @@ impl Scorer {
 
     /// The entities of one sentence of tag ids under this scorer's rules (default mode), without
     /// adding them to the counts: (type, first, last) with positions within the sentence.
-    pub fn sentence_entities(&self, ids: &[u32]) -> Vec<(String, usize, usize)> {
+    pub fn sentence_entities(&self, ids: &[TagId]) -> Vec<(String, usize, usize)> {
         let mut chunker = DefaultChunker::default();
         let mut out = Vec::new();
         chunker.sentence(
-            ids.iter().map(|&i| self.tags[i as usize].default),
+            ids.iter().map(|&i| self.tags[i.index()].default),
             self.outside.default,
             &mut out,
         );

@@ -6,52 +6,32 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use nerpos_run::{RunDir, Status};
 
 use crate::config::toml_value;
 use crate::grid::{Point, Sweep, point_dir};
 
-/// Why a point has no result (yet).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaunchRecord {
-    pub status: String,
-    pub message: String,
-}
-
 #[derive(Debug, Clone)]
 pub struct Row {
     pub point: Point,
-    pub status: String,
+    pub status: Status,
     pub dev_f1: Option<f64>,
     pub test_f1: Option<f64>,
-    pub steps: Option<u64>,
+    pub steps: Option<usize>,
     pub wall_s: Option<f64>,
 }
 
-fn row(sweep_dir: &Path, point: &Point) -> Row {
-    let dir = point_dir(sweep_dir, point);
-    let summary: Option<serde_json::Value> = std::fs::read_to_string(dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let record: Option<LaunchRecord> = std::fs::read_to_string(dir.join("launch.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let status = match (&summary, &record) {
-        (Some(s), _) => s["status"].as_str().unwrap_or("finished").to_owned(),
-        (None, Some(r)) => r.status.clone(),
-        (None, None) if dir.join("checkpoints").is_dir() => "interrupted".into(),
-        (None, None) if dir.is_dir() => "running".into(),
-        _ => "pending".into(),
-    };
-    let get = |k: &str| summary.as_ref().and_then(|s| s[k].as_f64());
-    Row {
+fn row(sweep_dir: &Path, point: &Point) -> anyhow::Result<Row> {
+    let run = RunDir::new(point_dir(sweep_dir, point));
+    let summary = run.read_summary()?;
+    Ok(Row {
         point: point.clone(),
-        status,
-        dev_f1: get("best_dev_f1"),
-        test_f1: get("test_f1"),
-        steps: summary.as_ref().and_then(|s| s["steps"].as_u64()),
-        wall_s: get("wall_s"),
-    }
+        status: run.status()?,
+        dev_f1: summary.as_ref().and_then(|s| s.best_dev_f1),
+        test_f1: summary.as_ref().and_then(|s| s.test_f1),
+        steps: summary.as_ref().map(|s| s.steps),
+        wall_s: summary.as_ref().map(|s| s.wall_s),
+    })
 }
 
 fn fmt(v: Option<f64>, digits: usize) -> String {
@@ -61,7 +41,11 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// Reads every point's outcome and writes `results.csv`, `results.md`, `best.toml` and `results.svg`.
 pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
     let sweep = Sweep::read(sweep_dir)?;
-    let mut rows: Vec<Row> = sweep.points.iter().map(|p| row(sweep_dir, p)).collect();
+    let mut rows: Vec<Row> = sweep
+        .points
+        .iter()
+        .map(|p| row(sweep_dir, p))
+        .collect::<anyhow::Result<_>>()?;
     rows.sort_by(|a, b| {
         b.dev_f1
             .unwrap_or(f64::NEG_INFINITY)
@@ -114,7 +98,8 @@ pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
             r.status
         );
     }
-    let write = |name: &str, text: &str| write_atomic(&sweep_dir.join(name), text);
+    let write =
+        |name: &str, text: &str| nerpos_run::write_atomic(&sweep_dir.join(name), text.as_bytes());
     write("results.csv", &csv)?;
     write("results.md", &md)?;
     if let Some(best) = rows.iter().find(|r| r.dev_f1.is_some()) {
@@ -174,19 +159,4 @@ pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
         .collect();
     write("results.svg", &nerpos_plot::scatter_svg(&panels))?;
     Ok(rows)
-}
-
-/// Writes `text` to `path` through a temporary file in the same folder and a rename: readers (and
-/// array tasks writing the same file at once) never see a half-written file.
-pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

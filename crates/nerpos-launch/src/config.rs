@@ -1,47 +1,6 @@
-//! The little the launcher reads of a training configuration: its `out` folder and its `[grid]`. (The
-//! launcher does not link the trainer; nerpos-train validates everything else.)
-
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, bail};
-
-/// Parses a `--set` value as nerpos-train does: TOML syntax, else a bare string.
-pub fn parse_value(raw: &str) -> toml::Value {
-    match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
-        Err(_) => toml::Value::String(raw.to_owned()),
-    }
-}
-
-/// A configuration file with `--set` overrides applied.
-pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<toml::Table> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{}: not TOML", path.display()))?;
-    for s in sets {
-        let Some((k, v)) = s.split_once('=') else {
-            bail!("--set {s:?}: expected key=value");
-        };
-        table.insert(k.trim().to_owned(), parse_value(v.trim()));
-    }
-    Ok(table)
-}
-
-/// The run (or sweep) folder of a configuration.
-pub fn out_dir(table: &toml::Table, origin: &Path) -> anyhow::Result<PathBuf> {
-    match table.get("out") {
-        Some(toml::Value::String(s)) => Ok(PathBuf::from(s)),
-        Some(other) => bail!(
-            "{}: `out` must be a path string, not {other}",
-            origin.display()
-        ),
-        None => bail!("{}: no `out` (the run folder)", origin.display()),
-    }
-}
+//! How the launcher writes configuration values (grid point ids, tables). Reading a configuration
+//! with its `--set` overrides is `nerpos_run::config`'s; the launcher reads only `out` and `[grid]`
+//! of it (it does not link the trainer, which validates everything else).
 
 /// Renders a value as it would appear after `key = ` in TOML.
 pub fn toml_value(v: &toml::Value) -> String {

@@ -4,18 +4,24 @@ mod collect;
 mod config;
 mod grid;
 mod procs;
+mod sweep;
 
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use nerpos_run::config::ConfigTable;
+use nerpos_run::progress::Bar;
+use nerpos_run::{EXIT_INTERRUPTED, RunDir};
 
-use crate::grid::{Point, Sweep, expand, point_config, point_dir};
+use crate::grid::point_dir;
 use crate::procs::{Ended, Launch, detect_gpus, free_port, launch, trainer_path};
+use crate::sweep::{prepare_sweep, run_grid, write_point_config};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +35,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct Procs {
+pub struct Procs {
     /// GPUs to use on this node, one process each (default: all GPUs `nvidia-smi` lists; 0 = CPU).
     #[arg(long)]
     gpus: Option<usize>,
@@ -106,6 +112,28 @@ enum Cmd {
     },
     /// Write results.csv, results.md, best.toml and results.svg of a sweep folder.
     Collect { sweep: PathBuf },
+    /// Print a run folder's status (pending, running, interrupted, finished, failed).
+    Status {
+        run_dir: PathBuf,
+        /// Print what a job script should do instead: `done`, `resume` or `start`.
+        #[arg(long, conflicts_with = "json")]
+        next: bool,
+        /// Print the status, the next action and the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a key's value of a configuration with its overrides (strings without quotes; nothing if
+    /// the key is absent), for scripts.
+    ConfigValue {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(long)]
+        key: String,
+    },
+    /// Print the number of GPUs this process can use (`CUDA_VISIBLE_DEVICES`, else `nvidia-smi -L`).
+    Gpus,
 }
 
 fn main() -> ExitCode {
@@ -141,7 +169,7 @@ fn plan(p: &Procs, gpu_ids: Option<Vec<usize>>) -> anyhow::Result<(usize, Option
     }
 }
 
-fn make_launch(
+pub fn make_launch(
     p: &Procs,
     args: Vec<String>,
     log_dir: PathBuf,
@@ -177,8 +205,90 @@ fn make_launch(
         gpus,
         log_dir,
         echo,
+        // The bar is drawn only where a person watches: a terminal, one run at a time.
+        bar: (echo && std::io::stderr().is_terminal()).then(Bar::hidden),
         grace: Duration::from_secs(p.grace),
     })
+}
+
+/// `train`: one run (or, for a configuration with a `[grid]`, its sweep).
+fn train(
+    config: Option<PathBuf>,
+    sets: Vec<String>,
+    resume: Option<PathBuf>,
+    procs: Procs,
+    stop: &AtomicBool,
+) -> anyhow::Result<u8> {
+    let (args, run_dir) = match (&resume, &config) {
+        (Some(dir), _) => (
+            vec!["--resume".to_string(), dir.display().to_string()],
+            dir.clone(),
+        ),
+        (None, Some(cfg)) => {
+            let table = ConfigTable::load(Some(cfg), &sets)?;
+            if table.grid().is_some() {
+                eprintln!(
+                    "{} has a [grid]: running its sweep (as `launch/train.sh grid --config {}` does)",
+                    cfg.display(),
+                    cfg.display()
+                );
+                return run_grid(cfg, &sets, None, None, &procs, stop);
+            }
+            (
+                vec!["--config".to_string(), cfg.display().to_string()],
+                table.out_dir()?,
+            )
+        }
+        (None, None) => bail!("give --config or --resume"),
+    };
+    let mut args = args;
+    args.extend(sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]));
+    let run = RunDir::new(run_dir);
+    let l = make_launch(&procs, args, run.logs(), None, true)?;
+    eprintln!(
+        "starting {} {} process(es) on node {} of {} (world size {}); logs in {}",
+        l.nproc,
+        if l.gpus.is_some() { "GPU" } else { "CPU" },
+        l.node_rank,
+        l.nnodes,
+        l.nproc * l.nnodes,
+        l.log_dir.display()
+    );
+    match launch(&l, stop)? {
+        Ended::Finished => {
+            eprintln!("run folder: {}", run.path().display());
+            Ok(0)
+        }
+        Ended::Interrupted => {
+            eprintln!(
+                "interrupted; resume with: launch/train.sh --resume {}",
+                run.path().display()
+            );
+            Ok(EXIT_INTERRUPTED)
+        }
+    }
+}
+
+/// `status`: what scripts ask of a run folder.
+fn status(run_dir: PathBuf, next: bool, json: bool) -> anyhow::Result<u8> {
+    let run = RunDir::new(run_dir);
+    let status = run.status()?;
+    if next {
+        println!("{}", run.next()?.as_str());
+    } else if json {
+        let v = serde_json::json!({
+            "run_dir": run.path(),
+            "status": status,
+            "next": run.next()?.as_str(),
+            "checkpoint": run.checkpoints().last(),
+            "message": run.read_record()?.map(|r| r.message),
+            "summary": run.read_summary()?,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{status}");
+    }
+    Ok(0)
 }
 
 fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
@@ -188,45 +298,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
             sets,
             resume,
             procs,
-        } => {
-            let (args, run_dir) = match (&resume, &config) {
-                (Some(dir), _) => {
-                    let mut a = vec!["--resume".to_string(), dir.display().to_string()];
-                    a.extend(sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]));
-                    (a, dir.clone())
-                }
-                (None, Some(cfg)) => {
-                    let table = config::load(cfg, &sets)?;
-                    let mut a = vec!["--config".to_string(), cfg.display().to_string()];
-                    a.extend(sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]));
-                    (a, config::out_dir(&table, cfg)?)
-                }
-                (None, None) => bail!("give --config or --resume"),
-            };
-            let l = make_launch(&procs, args, run_dir.join("logs"), None, true)?;
-            eprintln!(
-                "starting {} {} process(es) on node {} of {} (world size {}); logs in {}",
-                l.nproc,
-                if l.gpus.is_some() { "GPU" } else { "CPU" },
-                l.node_rank,
-                l.nnodes,
-                l.nproc * l.nnodes,
-                l.log_dir.display()
-            );
-            match launch(&l, stop)? {
-                Ended::Finished => {
-                    eprintln!("run folder: {}", run_dir.display());
-                    Ok(0)
-                }
-                Ended::Interrupted => {
-                    eprintln!(
-                        "interrupted; resume with: launch/train.sh --resume {}",
-                        run_dir.display()
-                    );
-                    Ok(procs::EXIT_INTERRUPTED as u8)
-                }
-            }
-        }
+        } => train(config, sets, resume, procs, stop),
         Cmd::Grid {
             config,
             sets,
@@ -245,7 +317,9 @@ fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
         Cmd::RunDir { config, sets } => {
             println!(
                 "{}",
-                config::out_dir(&config::load(&config, &sets)?, &config)?.display()
+                ConfigTable::load(Some(&config), &sets)?
+                    .out_dir()?
+                    .display()
             );
             Ok(0)
         }
@@ -278,181 +352,20 @@ fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
             eprintln!("{} point(s); results in {}", rows.len(), sweep.display());
             Ok(0)
         }
-    }
-}
-
-/// Expands the grid, writes `sweep.json`, returns (sweep folder, points, base table).
-fn prepare_sweep(
-    config: &Path,
-    sets: &[String],
-    sample: Option<(usize, u64)>,
-) -> anyhow::Result<(PathBuf, Vec<Point>, toml::Table)> {
-    let base = config::load(config, sets)?;
-    let Some(toml::Value::Table(g)) = base.get("grid") else {
-        bail!(
-            "{}: no [grid] table (a single run is `launch/train.sh --config ...`)",
-            config.display()
-        );
-    };
-    let points = expand(g, sample)?;
-    let sweep_dir = config::out_dir(&base, config)?;
-    std::fs::create_dir_all(sweep_dir.join("points"))
-        .with_context(|| format!("creating {}", sweep_dir.display()))?;
-    let mut keys: Vec<String> = g.keys().cloned().collect();
-    keys.sort();
-    let sweep = Sweep {
-        base_config: config.to_owned(),
-        keys,
-        points: points.clone(),
-    };
-    collect::write_atomic(
-        &sweep_dir.join("sweep.json"),
-        &(serde_json::to_string_pretty(&sweep)? + "\n"),
-    )?;
-    Ok((sweep_dir, points, base))
-}
-
-fn write_point_config(
-    sweep_dir: &Path,
-    base: &toml::Table,
-    point: &Point,
-) -> anyhow::Result<PathBuf> {
-    let path = sweep_dir.join("points").join(format!("{}.toml", point.id));
-    let text = format!(
-        "# grid point {}: {}\n{}",
-        point.id,
-        point.describe(),
-        toml::to_string_pretty(&point_config(base, point, sweep_dir))?
-    );
-    collect::write_atomic(&path, &text)?;
-    Ok(path)
-}
-
-fn run_grid(
-    config: &Path,
-    sets: &[String],
-    gpus_per_run: Option<usize>,
-    sample: Option<(usize, u64)>,
-    procs: &Procs,
-    stop: &AtomicBool,
-) -> anyhow::Result<u8> {
-    let (sweep_dir, points, base) = prepare_sweep(config, sets, sample)?;
-    let gpus = procs.gpus.unwrap_or_else(detect_gpus);
-    // GPU slots: disjoint sets of `gpus_per_run` GPUs; on CPU a single slot.
-    let slots: Vec<Option<Vec<usize>>> = match (gpus, gpus_per_run) {
-        (0, _) => vec![None],
-        (n, Some(k)) if k > 0 && k <= n => (0..n / k)
-            .map(|s| Some((s * k..(s + 1) * k).collect()))
-            .collect(),
-        (n, Some(k)) => bail!("--gpus-per-run {k} does not fit in {n} GPU(s)"),
-        (n, None) => vec![Some((0..n).collect())],
-    };
-    let todo: Vec<&Point> = points
-        .iter()
-        .filter(|p| {
-            let done = point_dir(&sweep_dir, p).join("summary.json").is_file();
-            if done {
-                eprintln!("{}: finished earlier, skipped ({})", p.id, p.describe());
+        Cmd::Status {
+            run_dir,
+            next,
+            json,
+        } => status(run_dir, next, json),
+        Cmd::ConfigValue { config, sets, key } => {
+            if let Some(v) = ConfigTable::load(Some(&config), &sets)?.get_str(&key) {
+                println!("{v}");
             }
-            !done
-        })
-        .collect();
-    eprintln!(
-        "{} point(s), {} to run, {} at a time",
-        points.len(),
-        todo.len(),
-        slots.len()
-    );
-    let queue = std::sync::Mutex::new(todo.into_iter());
-    let failures = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for slot in &slots {
-            scope.spawn(|| {
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Some(point) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else {
-                        return;
-                    };
-                    if let Err(e) = run_point(
-                        &sweep_dir,
-                        &base,
-                        point,
-                        procs,
-                        slot.clone(),
-                        slots.len() == 1,
-                        stop,
-                    ) {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("{}: {e:#}", point.id);
-                    }
-                }
-            });
+            Ok(0)
         }
-    });
-    let rows = collect::collect(&sweep_dir)?;
-    print!("{}", std::fs::read_to_string(sweep_dir.join("results.md"))?);
-    eprintln!("results: {}", sweep_dir.join("results.md").display());
-    if stop.load(Ordering::Relaxed) {
-        return Ok(procs::EXIT_INTERRUPTED as u8);
-    }
-    let failed = failures.load(Ordering::Relaxed);
-    if failed > 0 {
-        bail!(
-            "{failed} of {} point(s) failed (see their launch.json and logs)",
-            rows.len()
-        );
-    }
-    Ok(0)
-}
-
-fn run_point(
-    sweep_dir: &Path,
-    base: &toml::Table,
-    point: &Point,
-    procs: &Procs,
-    gpus: Option<Vec<usize>>,
-    echo: bool,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    let dir = point_dir(sweep_dir, point);
-    let cfg = write_point_config(sweep_dir, base, point)?;
-    let resume = dir.join("checkpoints").is_dir() && dir.join("config.toml").is_file();
-    let args = if resume {
-        vec!["--resume".to_string(), dir.display().to_string()]
-    } else {
-        vec!["--config".to_string(), cfg.display().to_string()]
-    };
-    eprintln!(
-        "{}: {} {}",
-        point.id,
-        if resume { "resuming" } else { "starting" },
-        point.describe()
-    );
-    std::fs::create_dir_all(&dir)?;
-    let record = |status: &str, message: String| -> anyhow::Result<()> {
-        let r = collect::LaunchRecord {
-            status: status.into(),
-            message,
-        };
-        collect::write_atomic(
-            &dir.join("launch.json"),
-            &(serde_json::to_string_pretty(&r)? + "\n"),
-        )?;
-        Ok(())
-    };
-    let _ = std::fs::remove_file(dir.join("launch.json"));
-    let l = make_launch(procs, args, dir.join("logs"), gpus, echo)?;
-    match launch(&l, stop) {
-        Ok(Ended::Finished) => Ok(()),
-        Ok(Ended::Interrupted) => record(
-            "interrupted",
-            "stopped by a signal; the sweep resumes it when re-run".into(),
-        ),
-        Err(e) => {
-            record("failed", format!("{e:#}"))?;
-            Err(e)
+        Cmd::Gpus => {
+            println!("{}", detect_gpus());
+            Ok(0)
         }
     }
 }

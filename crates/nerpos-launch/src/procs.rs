@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// Exit code of nerpos-train after a signal-triggered checkpoint.
-pub const EXIT_INTERRUPTED: i32 = 75;
+use nerpos_run::progress::{Bar, PIPE_ENV, Progress};
+use nerpos_run::{EXIT_INTERRUPTED, LAUNCHER_LOGS_ENV};
+
 const TAIL_LINES: usize = 20;
 
 /// One run's processes on this node.
@@ -35,6 +36,8 @@ pub struct Launch {
     pub log_dir: PathBuf,
     /// Echo the ranks' output to the terminal.
     pub echo: bool,
+    /// The progress bar rank 0's progress lines drive (hidden when stderr is not a terminal).
+    pub bar: Option<Bar>,
     /// How long stopped ranks get to write their checkpoint before being killed.
     pub grace: Duration,
 }
@@ -61,32 +64,57 @@ fn signal(child: &Child, sig: i32) {
     }
 }
 
-/// Copies a child's stream line by line to its log file, the terminal and the tail buffer.
-fn pump(
-    stream: impl std::io::Read + Send + 'static,
+/// Where a child's stream goes.
+struct Pump {
     rank: usize,
     log: Arc<Mutex<File>>,
     tail: Arc<Mutex<VecDeque<String>>>,
     echo: bool,
     to_stdout: bool,
-) -> std::thread::JoinHandle<()> {
+    /// The launcher's progress bar: lines are printed above it.
+    bar: Option<Bar>,
+    /// rank 0's stdout: its progress lines drive the bar instead of being printed.
+    progress: bool,
+}
+
+impl Pump {
+    fn line(&self, line: String) {
+        if let Some(bar) = self.bar.as_ref().filter(|_| self.progress) {
+            if let Some(p) = Progress::from_line(&line) {
+                bar.update(&p);
+                return;
+            }
+        }
+        if let Ok(mut f) = self.log.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+        if self.echo {
+            let text = format!("[rank {}] {line}", self.rank);
+            let print = || {
+                if self.to_stdout {
+                    println!("{text}");
+                } else {
+                    eprintln!("{text}");
+                }
+            };
+            match &self.bar {
+                Some(bar) => bar.suspend(print),
+                None => print(),
+            }
+        }
+        let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+}
+
+/// Copies a child's stream line by line to its log file, the terminal and the tail buffer.
+fn pump(stream: impl std::io::Read + Send + 'static, p: Pump) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if let Ok(mut f) = log.lock() {
-                let _ = writeln!(f, "{line}");
-            }
-            if echo {
-                if to_stdout {
-                    println!("[rank {rank}] {line}");
-                } else {
-                    eprintln!("[rank {rank}] {line}");
-                }
-            }
-            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-            if t.len() == TAIL_LINES {
-                t.pop_front();
-            }
-            t.push_back(line);
+            p.line(line);
         }
     })
 }
@@ -110,9 +138,14 @@ fn start(l: &Launch, local: usize) -> anyhow::Result<Rank> {
         .env("LOCAL_WORLD_SIZE", l.nproc.to_string())
         .env("MASTER_ADDR", &l.master_addr)
         .env("MASTER_PORT", l.master_port.to_string())
+        .env(LAUNCHER_LOGS_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let bar = l.bar.clone().filter(|_| l.echo);
+    if rank == 0 && bar.is_some() {
+        cmd.env(PIPE_ENV, "1");
+    }
     if let Some(gpus) = &l.gpus {
         cmd.env(
             "CUDA_VISIBLE_DEVICES",
@@ -134,23 +167,18 @@ fn start(l: &Launch, local: usize) -> anyhow::Result<Rank> {
         .spawn()
         .with_context(|| format!("starting {}", l.trainer.display()))?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let target = |to_stdout: bool| Pump {
+        rank,
+        log: log.clone(),
+        tail: tail.clone(),
+        echo: l.echo,
+        to_stdout,
+        bar: bar.clone(),
+        progress: to_stdout && rank == 0,
+    };
     let pumps = vec![
-        pump(
-            child.stdout.take().expect("piped"),
-            rank,
-            log.clone(),
-            tail.clone(),
-            l.echo,
-            true,
-        ),
-        pump(
-            child.stderr.take().expect("piped"),
-            rank,
-            log,
-            tail.clone(),
-            l.echo,
-            false,
-        ),
+        pump(child.stdout.take().expect("piped"), target(true)),
+        pump(child.stderr.take().expect("piped"), target(false)),
     ];
     Ok(Rank {
         rank,
@@ -185,7 +213,7 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
                 let code = status.code().unwrap_or(-1);
                 r.exit = Some(code);
                 let expected = code == 0
-                    || (code == EXIT_INTERRUPTED
+                    || (code == i32::from(EXIT_INTERRUPTED)
                         && (stopping.is_some() || stop.load(Ordering::Relaxed)));
                 if !expected && failed.is_none() {
                     failed = Some((r.rank, code));
@@ -224,6 +252,9 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
             let _ = p.join();
         }
     }
+    if let Some(bar) = &l.bar {
+        bar.finish();
+    }
     if let Some((rank, code)) = failed {
         let r = ranks
             .iter()
@@ -242,14 +273,23 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
             tail.join("\n")
         );
     }
-    if stopping.is_some() || ranks.iter().any(|r| r.exit == Some(EXIT_INTERRUPTED)) {
+    if stopping.is_some()
+        || ranks
+            .iter()
+            .any(|r| r.exit == Some(i32::from(EXIT_INTERRUPTED)))
+    {
         return Ok(Ended::Interrupted);
     }
     Ok(Ended::Finished)
 }
 
-/// GPUs on this machine (`nvidia-smi -L`), 0 when there is none or no driver.
+/// GPUs this process may use: the entries of `CUDA_VISIBLE_DEVICES` when it is set (as CUDA counts
+/// them), else the GPUs `nvidia-smi -L` lists; 0 without a driver. (`launch/train.sh` counts the same
+/// way before anything is built.)
 pub fn detect_gpus() -> usize {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return v.split(',').filter(|d| !d.trim().is_empty()).count();
+    }
     Command::new("nvidia-smi")
         .arg("-L")
         .output()

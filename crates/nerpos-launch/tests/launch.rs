@@ -25,7 +25,7 @@ case "$FAKE_MODE" in
     trap 'echo checkpoint > "$out/ckpt-$RANK"; exit 75' TERM; while true; do sleep 0.1; done;;
   *)
     lr=$(sed -n 's/^lr *= *\(.*\)/\1/p' "$cfg" 2>/dev/null)
-    if [ "$RANK" = 0 ]; then printf '{"status":"finished","best_dev_f1":%s,"test_f1":0.5,"steps":3,"wall_s":1}\n' "${lr:-0.5}" > "$out/summary.json"; fi
+    if [ "$RANK" = 0 ]; then printf '{"status":"finished","steps":3,"epochs":1,"world_size":%s,"best_dev_f1":%s,"best_step":3,"test_f1":0.5,"wall_s":1,"weights_sha256":"x"}\n' "$WORLD_SIZE" "${lr:-0.5}" > "$out/summary.json"; fi
     cp "$cfg" "$out/config.toml" 2>/dev/null || true
     exit 0;;
 esac

@@ -47,16 +47,23 @@ pub struct NerposMeta {
     pub max_len: usize,
     /// Head dropout used in training.
     pub dropout: f64,
-    /// `first` or `all`: which sub-words carried labels in training.
-    #[serde(default = "first")]
-    pub label_subwords: String,
+    /// Which sub-words carried labels in training.
+    #[serde(default)]
+    pub label_subwords: LabelSubwords,
     /// SHA-256 of the tokenizer files, as `nerpos_prep::fingerprint` computes it.
     #[serde(default)]
     pub tokenizer_fingerprint: Option<String>,
 }
 
-fn first() -> String {
-    "first".into()
+/// Which sub-words of a word carry its label in training (`nerpos.json`: `first` or `all`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelSubwords {
+    /// The word's first sub-word (predictions are read there too).
+    #[default]
+    First,
+    /// Every sub-word of the word.
+    All,
 }
 
 impl NerposMeta {
@@ -328,18 +335,7 @@ impl BertNerPos {
         meta: &NerposMeta,
         carried: &Carried,
     ) -> Result<()> {
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
-        let name = dir
-            .file_name()
-            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.partial-"))
-            .tempdir_in(&parent)
-            .map_err(|e| ModelError::io(&parent, e))?;
+        let tmp = nerpos_run::staging_dir(dir)?;
 
         let config_src = source.join("config.json");
         std::fs::copy(&config_src, tmp.path().join("config.json"))
@@ -357,15 +353,7 @@ impl BertNerPos {
         std::fs::write(tmp.path().join(NERPOS_JSON), json)
             .map_err(|e| ModelError::io(tmp.path(), e))?;
 
-        let staged = tmp.keep();
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
-        }
-        std::fs::rename(&staged, dir).map_err(|e| ModelError::io(dir, e))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-        }
+        nerpos_run::publish_dir(tmp, dir)?;
         Ok(())
     }
 }

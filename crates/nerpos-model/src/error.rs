@@ -23,6 +23,9 @@ pub enum ModelError {
     Cuda(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Writing a folder in place (staging, renaming).
+    #[error(transparent)]
+    Files(#[from] nerpos_run::RunError),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -18,7 +18,7 @@ pub mod params;
 pub mod predict;
 pub mod train;
 
-pub use checkpoint::{Carried, NerposMeta};
+pub use checkpoint::{Carried, LabelSubwords, NerposMeta};
 pub use config::{BertConfig, HeadConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use layers::{DropoutRng, Mode};

@@ -6,11 +6,10 @@ use anyhow::{Context, bail};
 use candle_core::Device;
 use clap::Parser;
 use nerpos_eval::{Mode, Report, Scorer};
-use nerpos_predict::{
-    InputFormat, OutputFormat, Tagger, read_input, write_atomic, write_npy, write_predictions,
-};
+use nerpos_predict::{InputFormat, OutputFormat, Tagger, read_input, write_npy, write_predictions};
 use nerpos_prep::corpus::ConllColumns;
 use nerpos_prep::encoding::TextEncoding;
+use nerpos_run::atomic::write_atomic_with;
 
 /// Tag a CoNLL or GMB file (words and POS tags) or plain text (one sentence per line) with a
 /// fine-tuned BERT+POS model folder; write CoNLL or JSON Lines.
@@ -112,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(secs, words_per_sec = words as f64 / secs, "tagged");
     let labels = &tagger.meta.labels;
-    write_atomic(&cli.out, |w| {
+    write_atomic_with(&cli.out, |w| {
         write_predictions(w, cli.output_format, &sentences, &preds, labels)
     })?;
     if let Some(path) = &cli.logits {
@@ -121,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .flatten()
             .flat_map(|p| p.logits.clone().unwrap_or_default())
             .collect();
-        write_atomic(path, |w| write_npy(w, &data, words, labels.len()))?;
+        write_atomic_with(path, |w| write_npy(w, &data, words, labels.len()))?;
     }
     // With gold tags, the seqeval report of this run.
     if sentences.iter().all(|s| s.gold.is_some()) {

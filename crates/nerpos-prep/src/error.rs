@@ -26,6 +26,10 @@ pub enum PrepError {
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
 
+    /// Writing the output folder in place (staging, renaming).
+    #[error(transparent)]
+    Output(#[from] nerpos_run::RunError),
+
     /// A command-line option or option combination that cannot work.
     #[error("{0}")]
     Options(String),

@@ -93,7 +93,6 @@ fn bar(show: bool, len: usize, what: &str) -> ProgressBar {
 pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     let started = Instant::now();
     check_options(opts)?;
-    let out_parent = output_parent(&opts.out)?;
     if opts.out.exists() && !opts.force {
         return Err(PrepError::Options(format!(
             "{} already exists (pass --force to replace it)",
@@ -184,15 +183,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         label_subwords: opts.label_subwords,
         continuation: continuation_labels(&label_vocab),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.partial-",
-            opts.out
-                .file_name()
-                .map_or("out".into(), |n| n.to_string_lossy())
-        ))
-        .tempdir_in(&out_parent)
-        .map_err(|e| PrepError::io(&out_parent, e))?;
+    let tmp = nerpos_run::staging_dir(&opts.out)?;
 
     let align_bar = bar(opts.progress, corpus.sentences.len(), "align");
     let ctx = AlignContext {
@@ -318,7 +309,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     let manifest_path = tmp.path().join(manifest::MANIFEST);
     std::fs::write(&manifest_path, manifest.to_json())
         .map_err(|e| PrepError::io(&manifest_path, e))?;
-    publish(tmp, &opts.out)?;
+    nerpos_run::publish_dir(tmp, &opts.out)?;
     info!(
         out = %opts.out.display(),
         secs = started.elapsed().as_secs_f32(),
@@ -513,15 +504,6 @@ fn check_options(opts: &PrepareOptions) -> Result<()> {
     Ok(())
 }
 
-fn output_parent(out: &Path) -> Result<PathBuf> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| PrepError::io(&parent, e))?;
-    Ok(parent)
-}
-
 fn absolute(p: &Path) -> String {
     std::fs::canonicalize(p)
         .unwrap_or_else(|_| p.to_owned())
@@ -596,37 +578,4 @@ fn check_sample(
         ids
     })?;
     Ok(sample.len())
-}
-
-/// Moves the finished temporary directory to `out`, replacing an existing output (with `--force`) only
-/// after the new one is complete.
-fn publish(tmp: tempfile::TempDir, out: &Path) -> Result<()> {
-    let tmp_path = tmp.keep();
-    let moved = swap_into_place(&tmp_path, out);
-    if moved.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp_path);
-    }
-    moved
-}
-
-fn swap_into_place(tmp_path: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = out.with_file_name(format!(
-            ".{}.old-{}",
-            out.file_name()
-                .map_or("out".into(), |n| n.to_string_lossy()),
-            std::process::id()
-        ));
-        std::fs::rename(out, &old).map_err(|e| PrepError::io(out, e))?;
-        std::fs::rename(tmp_path, out).map_err(|e| PrepError::io(out, e))?;
-        let removed = if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
-        };
-        removed.map_err(|e| PrepError::io(&old, e))?;
-    } else {
-        std::fs::rename(tmp_path, out).map_err(|e| PrepError::io(out, e))?;
-    }
-    Ok(())
 }

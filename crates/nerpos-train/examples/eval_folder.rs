@@ -27,11 +27,11 @@ fn main() -> anyhow::Result<()> {
     let ds = Dataset::open(data_dir)?;
     let data = EvalData::new(ds.read_all(split, Part::WHOLE, Columns::Model)?);
     let spec = EvalSpec {
-        labels: &meta.labels,
+        labels: meta.labels.clone(),
         batch_rows: 64,
         pad_id: ds.manifest.tokenizer.pad_token_id,
         pos_pad_id: meta.pos_pad_id,
-        device: &dev,
+        device: dev.clone(),
     };
     let (report, _) = evaluate(&model, &mut Comm::Single, &data, &spec)?;
     println!(

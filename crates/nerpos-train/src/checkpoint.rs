@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use candle_core::Tensor;
+use nerpos_run::RunDir;
 use serde::{Deserialize, Serialize};
 
-pub const CHECKPOINTS: &str = "checkpoints";
-const STATE: &str = "state.json";
 const WEIGHTS: &str = "weights.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 
@@ -32,11 +31,6 @@ pub struct LoopState {
     pub pos: Vec<String>,
 }
 
-/// A checkpoint folder's path for `step`.
-pub fn folder(run: &Path, step: usize) -> PathBuf {
-    run.join(CHECKPOINTS).join(format!("step-{step:08}"))
-}
-
 fn save_tensors(path: &Path, tensors: BTreeMap<String, Tensor>) -> anyhow::Result<()> {
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
     candle_core::safetensors::save(&map, path)
@@ -45,52 +39,28 @@ fn save_tensors(path: &Path, tensors: BTreeMap<String, Tensor>) -> anyhow::Resul
 
 /// Writes a checkpoint for `state` and keeps the newest `keep`.
 pub fn save(
-    run: &Path,
+    run: &RunDir,
     state: &LoopState,
     weights: BTreeMap<String, Tensor>,
     optimizer: BTreeMap<String, Tensor>,
     keep: usize,
 ) -> anyhow::Result<PathBuf> {
-    let root = run.join(CHECKPOINTS);
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempdir_in(&root)?;
+    let dest = run.checkpoint(state.step);
+    let tmp = nerpos_run::staging_dir(&dest)?;
     save_tensors(&tmp.path().join(WEIGHTS), weights)?;
     save_tensors(&tmp.path().join(OPTIMIZER), optimizer)?;
-    std::fs::write(
-        tmp.path().join(STATE),
-        serde_json::to_string_pretty(state)? + "\n",
+    // The state file goes last: its presence marks a checkpoint complete.
+    nerpos_run::write_atomic(
+        &RunDir::checkpoint_state(tmp.path()),
+        (serde_json::to_string_pretty(state)? + "\n").as_bytes(),
     )?;
-    let dest = folder(run, state.step);
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest)?;
-    }
-    std::fs::rename(tmp.keep(), &dest).with_context(|| format!("writing {}", dest.display()))?;
-    let mut all = list(run)?;
+    nerpos_run::publish_dir(tmp, &dest)?;
+    let mut all = run.checkpoints();
     while all.len() > keep {
         let old = all.remove(0);
         std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     }
     Ok(dest)
-}
-
-/// Complete checkpoints of a run, oldest first.
-pub fn list(run: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let root = run.join(CHECKPOINTS);
-    if !root.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                && p.join(STATE).is_file()
-        })
-        .collect();
-    out.sort();
-    Ok(out)
 }
 
 /// A checkpoint read back.
@@ -102,17 +72,19 @@ pub struct Loaded {
 }
 
 /// The newest checkpoint of `run`.
-pub fn load_latest(run: &Path) -> anyhow::Result<Loaded> {
-    let Some(dir) = list(run)?.pop() else {
+pub fn load_latest(run: &RunDir) -> anyhow::Result<Loaded> {
+    let Some(dir) = run.checkpoints().pop() else {
         bail!(
-            "{}: no checkpoint to resume from (expected {CHECKPOINTS}/step-*/)",
-            run.display()
+            "{}: no checkpoint to resume from (expected {}/step-*/)",
+            run.path().display(),
+            run.checkpoints_dir().display()
         );
     };
-    let text = std::fs::read_to_string(dir.join(STATE))
-        .with_context(|| format!("reading {}", dir.join(STATE).display()))?;
+    let state_file = RunDir::checkpoint_state(&dir);
+    let text = std::fs::read_to_string(&state_file)
+        .with_context(|| format!("reading {}", state_file.display()))?;
     let state: LoopState = serde_json::from_str(&text)
-        .with_context(|| format!("{}: malformed", dir.join(STATE).display()))?;
+        .with_context(|| format!("{}: malformed", state_file.display()))?;
     let weights = candle_core::safetensors::load(dir.join(WEIGHTS), &candle_core::Device::Cpu)
         .with_context(|| format!("reading {}", dir.join(WEIGHTS).display()))?;
     Ok(Loaded {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nerpos_run::config::ConfigTable;
 use serde::{Deserialize, Serialize};
 
 /// Every key a run can set. Unknown keys are errors.
@@ -105,19 +106,59 @@ pub struct TrainConfig {
     #[serde(default = "d::bucket_mb")]
     pub bucket_mb: f64,
     /// `cpu`, or `cuda` (each process takes GPU `LOCAL_RANK`).
-    #[serde(default = "d::device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceKind,
     /// `f32`; `tf32` (f32 with TF32 matrix products, CUDA only); or `bf16`: mixed precision, with
     /// forward and backward in bf16 on a copy of the f32 master weights, the loss and the optimiser
     /// (moments included) in f32.
-    #[serde(default = "d::precision")]
-    pub precision: String,
+    #[serde(default)]
+    pub precision: Precision,
     /// Element type of the gradient all-reduce: `f32`, or `bf16` (half the traffic).
-    #[serde(default = "d::precision")]
-    pub allreduce_dtype: String,
+    #[serde(default)]
+    pub allreduce_dtype: ReduceDtype,
     /// Device AdamW as one fused kernel per parameter (false: composed tensor ops, the reference).
     #[serde(default = "d::yes")]
     pub fused_adamw: bool,
+}
+
+/// Where a process computes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    /// GPU `LOCAL_RANK` of the process (CUDA builds).
+    Cuda,
+}
+
+/// The arithmetic of forward and backward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// f32 with TF32 matrix products (CUDA only).
+    Tf32,
+    /// Mixed precision: a bf16 compute copy of the f32 master weights.
+    Bf16,
+}
+
+/// Element type of the gradient all-reduce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl ReduceDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ReduceDtype::F32 => candle_core::DType::F32,
+            ReduceDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 /// Defaults.
@@ -170,69 +211,33 @@ mod d {
     pub fn bucket_mb() -> f64 {
         25.0
     }
-    pub fn precision() -> String {
-        "f32".into()
-    }
-    pub fn device() -> String {
-        "cpu".into()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading the file or applying `--set`.
+    #[error(transparent)]
+    Read(#[from] nerpos_run::RunError),
     #[error("{}: {msg}", path.display())]
     Parse { path: PathBuf, msg: String },
-    #[error("--set {arg:?}: {msg}")]
-    Set { arg: String, msg: String },
     #[error("config key `{key}`: {msg}")]
     Invalid { key: &'static str, msg: String },
-}
-
-/// Parses a `--set` value: TOML syntax (numbers, booleans, quoted strings, arrays), else a bare string.
-fn parse_value(raw: &str) -> toml::Value {
-    let doc = format!("v = {raw}");
-    match doc.parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
-        Err(_) => toml::Value::String(raw.to_owned()),
-    }
 }
 
 impl TrainConfig {
     /// Reads `path` (or starts empty) and applies the `key=value` overrides in order.
     pub fn load(path: Option<&Path>, sets: &[String]) -> Result<TrainConfig, ConfigError> {
-        let (mut table, origin) = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
-                    path: p.to_owned(),
-                    source,
-                })?;
-                let table = text
-                    .parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
-                        path: p.to_owned(),
-                        msg: e.to_string(),
-                    })?;
-                (table, p.to_owned())
-            }
-            None => (toml::Table::new(), PathBuf::from("(command line)")),
-        };
+        let ConfigTable { table, origin } = ConfigTable::load(path, sets)?;
         if table.contains_key("grid") {
             return Err(ConfigError::Parse {
-                path: origin,
-                msg: "has a [grid] table: grids are expanded by launch/train.sh (nerpos-launch), which runs \
-                      nerpos-train once per point"
-                    .into(),
+                path: origin.clone(),
+                msg: format!(
+                    "has a [grid] table: a grid runs one training per point; start it with \
+                     `launch/train.sh grid --config {}`",
+                    origin.display()
+                ),
             });
         }
-        Self::apply_sets(&mut table, sets)?;
         let config: TrainConfig =
             table
                 .try_into()
@@ -242,24 +247,6 @@ impl TrainConfig {
                 })?;
         config.validate()?;
         Ok(config)
-    }
-
-    fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<(), ConfigError> {
-        for arg in sets {
-            let (key, value) = arg.split_once('=').ok_or_else(|| ConfigError::Set {
-                arg: arg.clone(),
-                msg: "expected key=value".into(),
-            })?;
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(ConfigError::Set {
-                    arg: arg.clone(),
-                    msg: "empty key".into(),
-                });
-            }
-            table.insert(key.to_owned(), parse_value(value.trim()));
-        }
-        Ok(())
     }
 
     /// Checks values that parse but cannot work.
@@ -327,24 +314,6 @@ impl TrainConfig {
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints", "must keep at least 1".into());
-        }
-        if !["f32", "tf32", "bf16"].contains(&self.precision.as_str()) {
-            return bad(
-                "precision",
-                format!("{:?} is not one of f32, tf32, bf16", self.precision),
-            );
-        }
-        if !["f32", "bf16"].contains(&self.allreduce_dtype.as_str()) {
-            return bad(
-                "allreduce_dtype",
-                format!("{:?} is not one of f32, bf16", self.allreduce_dtype),
-            );
-        }
-        if self.device != "cpu" && self.device != "cuda" {
-            return bad(
-                "device",
-                format!("{:?} is not `cpu` or `cuda`", self.device),
-            );
         }
         Ok(())
     }

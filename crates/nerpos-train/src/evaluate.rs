@@ -36,12 +36,12 @@ impl EvalData {
 }
 
 /// Settings of an evaluation.
-pub struct EvalSpec<'a> {
-    pub labels: &'a [String],
+pub struct EvalSpec {
+    pub labels: Vec<String>,
     pub batch_rows: usize,
     pub pad_id: u32,
     pub pos_pad_id: u32,
-    pub device: &'a Device,
+    pub device: Device,
 }
 
 /// Scores `data` with `model`: this rank scores sentences r, r+W, r+2W, …; the counts of all ranks are
@@ -80,12 +80,12 @@ pub fn evaluate(
             spec.pad_id,
             spec.pos_pad_id,
             false,
-            spec.device,
+            &spec.device,
         )?) {
             predicted[i] = words.into_iter().map(|w| w.label).collect();
         }
     }
-    let (mut scorer, ids) = Scorer::with_tags(Mode::Default, spec.labels)?;
+    let (mut scorer, ids) = Scorer::with_tags(Mode::Default, &spec.labels)?;
     for &s in &mine {
         let (mut gold, mut pred) = (Vec::new(), Vec::new());
         for i in data.sentences[s].clone() {

@@ -11,7 +11,13 @@ pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod optim;
+pub mod output;
+pub mod report;
 pub mod run;
+pub mod setup;
+pub mod trainer;
 
 pub use config::TrainConfig;
-pub use run::{EXIT_INTERRUPTED, Outcome, run};
+pub use output::Output;
+pub use run::{Outcome, run};
+pub use trainer::{StepSettings, StepStats, Trainer};

@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -6,7 +5,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
-use nerpos_train::{EXIT_INTERRUPTED, Outcome, TrainConfig};
+use nerpos_run::EXIT_INTERRUPTED;
+use nerpos_train::{Outcome, Output, TrainConfig};
 
 /// Train the BERT+POS tagger: one process per device (CPU or one GPU); start several with
 /// launch/train.sh, torchrun-style variables or srun.
@@ -41,31 +41,23 @@ fn main() -> ExitCode {
             )
         };
     }
-    let rank = std::env::var("RANK")
+    let rank: usize = std::env::var("RANK")
         .or_else(|_| std::env::var("SLURM_PROCID"))
-        .unwrap_or_else(|_| "0".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NERPOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-    let span = tracing::info_span!("rank", r = %rank);
-    let _enter = span.enter();
-    match run(Cli::parse()) {
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let output = Output::init(rank);
+    match run(Cli::parse(), output.clone()) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
-        Ok(Outcome::Interrupted) => ExitCode::from(EXIT_INTERRUPTED as u8),
+        Ok(Outcome::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
         Err(e) => {
-            eprintln!("error (rank {rank}): {e:#}");
+            output.error(&format!("error (rank {rank}): {e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<Outcome> {
+fn run(cli: Cli, output: Output) -> anyhow::Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -80,10 +72,5 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         (None, None) => unreachable!("clap requires --config or --resume"),
     };
     let cfg = TrainConfig::load(Some(&config_path), &cli.sets)?;
-    nerpos_train::run(
-        cfg,
-        cli.resume.as_deref(),
-        stop,
-        std::io::stderr().is_terminal(),
-    )
+    nerpos_train::run(cfg, cli.resume.as_deref(), stop, output)
 }

@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
+use nerpos_dist::Comm;
 use nerpos_model::{BertNerPos, HeadConfig, ModelConfig};
 use nerpos_prep::{Columns, Dataset, Part, Row, Split};
+use nerpos_train::config::ReduceDtype;
 use nerpos_train::data::{HostBatch, pad_batch};
 use nerpos_train::optim::{AdamW, AdamWConfig, lr_factor};
+use nerpos_train::{StepSettings, Trainer};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -198,20 +201,34 @@ fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> 
         .collect()
 }
 
-/// The optimiser settings of every bench run (the trainer's defaults).
-const ADAM: AdamWConfig = AdamWConfig {
-    beta1: 0.9,
-    beta2: 0.999,
-    eps: 1e-8,
-    weight_decay: 0.01,
-    decay_all: false,
-};
+/// The step settings of every bench run: the trainer's defaults.
+fn settings(precision: Precision, fused: bool) -> StepSettings {
+    StepSettings {
+        seed: 1234,
+        grad_accum: 1,
+        max_grad_norm: 1.0,
+        precision: match precision {
+            Precision::F32 => nerpos_train::config::Precision::F32,
+            Precision::Tf32 => nerpos_train::config::Precision::Tf32,
+            Precision::Bf16 => nerpos_train::config::Precision::Bf16,
+        },
+        reduce_dtype: ReduceDtype::F32,
+        bucket_bytes: 25_000_000,
+        adamw: AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decay_all: false,
+        },
+        fused_adamw: fused,
+    }
+}
 
-/// A training loop reduced to its step: master f32 weights, optional bf16 compute copy, AdamW.
+/// The trainer's step (one process) on a randomly initialised model, with the schedule of a
+/// `total`-step run.
 struct Stepper {
-    master: BertNerPos,
-    compute: Option<BertNerPos>,
-    optimizer: AdamW,
+    trainer: Trainer,
     /// A second copy of the weights updated by the composed (unfused) AdamW with exactly the same
     /// gradients: how far the fused update drifts from the plain one, without the feedback through
     /// later gradients that makes two whole trajectories differ more.
@@ -224,23 +241,14 @@ impl Stepper {
     fn new(
         config: &ModelConfig,
         device: &Device,
-        bf16: bool,
+        precision: Precision,
         fused: bool,
         total: usize,
     ) -> anyhow::Result<Stepper> {
         let master = BertNerPos::new(config.clone(), device)?;
         random_init(&master, 1234)?;
-        let compute = if bf16 {
-            Some(BertNerPos::with_dtype(config.clone(), device, DType::BF16)?)
-        } else {
-            None
-        };
-        let mut optimizer = AdamW::new(master.params.iter(), ADAM)?;
-        optimizer.fused = fused;
         Ok(Stepper {
-            master,
-            compute,
-            optimizer,
+            trainer: Trainer::new(master, Comm::Single, settings(precision, fused))?,
             shadow: None,
             total,
             done: 0,
@@ -248,41 +256,37 @@ impl Stepper {
     }
 
     fn with_plain_shadow(mut self) -> anyhow::Result<Stepper> {
-        let copy = BertNerPos::new(self.master.config.clone(), self.master.device())?;
-        copy.copy_from(&self.master)?;
-        let opt = AdamW::new_composed(copy.params.iter(), ADAM)?;
+        let master = &self.trainer.model;
+        let copy = BertNerPos::new(master.config.clone(), master.device())?;
+        copy.copy_from(master)?;
+        let opt = AdamW::new_composed(copy.params.iter(), settings(Precision::F32, false).adamw)?;
         self.shadow = Some((copy, opt));
         Ok(self)
     }
 
     /// One optimiser step on `hb`; returns the mean loss.
     fn step(&mut self, hb: &HostBatch) -> anyhow::Result<f64> {
-        let dev = self.master.device().clone();
-        let (inputs, targets) = hb.to_device(&dev)?;
-        if let Some(c) = &self.compute {
-            c.copy_from(&self.master)?;
-        }
-        let model = self.compute.as_ref().unwrap_or(&self.master);
-        let out = model.forward_backward(&inputs, &targets, None)?;
-        let grads: BTreeMap<String, Tensor> = out
-            .grads
-            .into_iter()
-            .map(|(n, g)| Ok((n, g.to_dtype(DType::F32)?)))
-            .collect::<anyhow::Result<_>>()?;
-        let scale = 1.0 / out.count.max(1) as f64;
-        let norm = AdamW::squared_norm(&grads)?.sqrt() * scale;
-        let clip = (1.0 / (norm + 1e-6)).min(1.0);
         let lr = 1e-4 * lr_factor(self.done, self.total / 10, self.total);
-        self.optimizer.step(&grads, scale * clip, lr, lr)?;
-        if let Some((_, opt)) = &mut self.shadow {
-            opt.step(&grads, scale * clip, lr, lr)?;
-        }
+        let shadow = &mut self.shadow;
+        let stats = self.trainer.step_observed(
+            std::slice::from_ref(hb),
+            self.done,
+            lr,
+            lr,
+            false,
+            |grads, scale| {
+                if let Some((_, opt)) = shadow {
+                    opt.step(grads, scale, lr, lr)?;
+                }
+                Ok(())
+            },
+        )?;
         self.done += 1;
-        Ok(out.loss_sum / out.count.max(1) as f64)
+        Ok(stats.loss)
     }
 
     fn weights(&self) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-        weights_of(&self.master)
+        weights_of(&self.trainer.model)
     }
 }
 
@@ -337,7 +341,12 @@ fn correctness(
                fused: bool,
                shadow: bool|
      -> anyhow::Result<(Vec<f64>, Stepper)> {
-        let mut s = Stepper::new(&config, dev, bf16, fused, steps)?;
+        let precision = if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        let mut s = Stepper::new(&config, dev, precision, fused, steps)?;
         if shadow {
             s = s.with_plain_shadow()?;
         }
@@ -442,13 +451,7 @@ fn speed(
     }
     let dev = gpu()?;
     set_tf32(precision == Precision::Tf32);
-    let mut s = Stepper::new(
-        &config,
-        &dev,
-        precision == Precision::Bf16,
-        fused,
-        warmup + steps,
-    )?;
+    let mut s = Stepper::new(&config, &dev, precision, fused, warmup + steps)?;
     for b in &plan[..warmup] {
         s.step(b)?;
     }
@@ -477,7 +480,7 @@ fn speed(
         "tokens_per_s": tokens as f64 / secs, "padded_tokens_per_s": padded as f64 / secs,
         "sentences_per_s": sentences as f64 / secs, "model_tflops": achieved,
         "mfu": peak_tflops.map(|p| achieved / p), "peak_memory_mib": nerpos_model::gpu::peak_memory(&dev)?.map(|b| b as f64 / 1048576.0),
-        "final_loss": last_loss, "params": s.master.params.count(),
+        "final_loss": last_loss, "params": s.trainer.model.params.count(),
     }))
 }
 

@@ -1,0 +1,183 @@
+//! Running a sweep on this node: expand the grid, write each point's configuration, run the points
+//! (several at once on disjoint GPU sets), skip finished ones, resume interrupted ones, collect.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use nerpos_run::config::ConfigTable;
+use nerpos_run::{EXIT_INTERRUPTED, Next, RunDir, Status};
+
+use crate::grid::{Point, Sweep, expand, point_config, point_dir};
+use crate::procs::{Ended, detect_gpus, launch};
+use crate::{Procs, collect, make_launch};
+
+/// Expands the grid, writes `sweep.json`, returns (sweep folder, points, base table).
+pub fn prepare_sweep(
+    config: &Path,
+    sets: &[String],
+    sample: Option<(usize, u64)>,
+) -> anyhow::Result<(PathBuf, Vec<Point>, toml::Table)> {
+    let base = ConfigTable::load(Some(config), sets)?;
+    let Some(g) = base.grid() else {
+        bail!(
+            "{}: no [grid] table (a single run is `launch/train.sh --config ...`)",
+            config.display()
+        );
+    };
+    let points = expand(g, sample)?;
+    let sweep_dir = base.out_dir()?;
+    std::fs::create_dir_all(sweep_dir.join("points"))
+        .with_context(|| format!("creating {}", sweep_dir.display()))?;
+    let mut keys: Vec<String> = g.keys().cloned().collect();
+    keys.sort();
+    let sweep = Sweep {
+        base_config: config.to_owned(),
+        keys,
+        points: points.clone(),
+    };
+    nerpos_run::write_atomic(
+        &sweep_dir.join("sweep.json"),
+        (serde_json::to_string_pretty(&sweep)? + "\n").as_bytes(),
+    )?;
+    Ok((sweep_dir, points, base.table))
+}
+
+pub fn write_point_config(
+    sweep_dir: &Path,
+    base: &toml::Table,
+    point: &Point,
+) -> anyhow::Result<PathBuf> {
+    let path = sweep_dir.join("points").join(format!("{}.toml", point.id));
+    let text = format!(
+        "# grid point {}: {}\n{}",
+        point.id,
+        point.describe(),
+        toml::to_string_pretty(&point_config(base, point, sweep_dir))?
+    );
+    nerpos_run::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+pub fn run_grid(
+    config: &Path,
+    sets: &[String],
+    gpus_per_run: Option<usize>,
+    sample: Option<(usize, u64)>,
+    procs: &Procs,
+    stop: &AtomicBool,
+) -> anyhow::Result<u8> {
+    let (sweep_dir, points, base) = prepare_sweep(config, sets, sample)?;
+    let gpus = procs.gpus.unwrap_or_else(detect_gpus);
+    // GPU slots: disjoint sets of `gpus_per_run` GPUs; on CPU a single slot.
+    let slots: Vec<Option<Vec<usize>>> = match (gpus, gpus_per_run) {
+        (0, _) => vec![None],
+        (n, Some(k)) if k > 0 && k <= n => (0..n / k)
+            .map(|s| Some((s * k..(s + 1) * k).collect()))
+            .collect(),
+        (n, Some(k)) => bail!("--gpus-per-run {k} does not fit in {n} GPU(s)"),
+        (n, None) => vec![Some((0..n).collect())],
+    };
+    let todo: Vec<&Point> = points
+        .iter()
+        .filter(|p| {
+            let done = RunDir::new(point_dir(&sweep_dir, p))
+                .next()
+                .is_ok_and(|n| n == Next::Done);
+            if done {
+                eprintln!("{}: finished earlier, skipped ({})", p.id, p.describe());
+            }
+            !done
+        })
+        .collect();
+    eprintln!(
+        "{} point(s), {} to run, {} at a time",
+        points.len(),
+        todo.len(),
+        slots.len()
+    );
+    let queue = std::sync::Mutex::new(todo.into_iter());
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for slot in &slots {
+            scope.spawn(|| {
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some(point) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+                        return;
+                    };
+                    if let Err(e) = run_point(
+                        &sweep_dir,
+                        &base,
+                        point,
+                        procs,
+                        slot.clone(),
+                        slots.len() == 1,
+                        stop,
+                    ) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("{}: {e:#}", point.id);
+                    }
+                }
+            });
+        }
+    });
+    let rows = collect::collect(&sweep_dir)?;
+    print!("{}", std::fs::read_to_string(sweep_dir.join("results.md"))?);
+    eprintln!("results: {}", sweep_dir.join("results.md").display());
+    if stop.load(Ordering::Relaxed) {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!(
+            "{failed} of {} point(s) failed (see their status.json and logs)",
+            rows.len()
+        );
+    }
+    Ok(0)
+}
+
+fn run_point(
+    sweep_dir: &Path,
+    base: &toml::Table,
+    point: &Point,
+    procs: &Procs,
+    gpus: Option<Vec<usize>>,
+    echo: bool,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let run = RunDir::new(point_dir(sweep_dir, point));
+    let cfg = write_point_config(sweep_dir, base, point)?;
+    let resume = run.next()? == Next::Resume;
+    let args = if resume {
+        vec!["--resume".to_string(), run.path().display().to_string()]
+    } else {
+        vec!["--config".to_string(), cfg.display().to_string()]
+    };
+    eprintln!(
+        "{}: {} {}",
+        point.id,
+        if resume { "resuming" } else { "starting" },
+        point.describe()
+    );
+    std::fs::create_dir_all(run.path())
+        .with_context(|| format!("creating {}", run.path().display()))?;
+    let l = make_launch(procs, args, run.logs(), gpus, echo)?;
+    match launch(&l, stop) {
+        Ok(Ended::Finished) => Ok(()),
+        Ok(Ended::Interrupted) => Ok(run.record(
+            Status::Interrupted,
+            "stopped by a signal; the sweep resumes it when re-run",
+        )?),
+        Err(e) => {
+            // The trainer records its own failures; this covers a process that died without a word.
+            if run.status()? != Status::Failed {
+                run.record(Status::Failed, format!("{e:#}"))?;
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Everything a run needs before its first step: the process's place in the job, its device and
+//! communicator, the dataset, the model (a pretrained checkpoint, a fine-tuned folder, or the newest
+//! checkpoint of the run being resumed), the same weights on every rank, the data splits, and the
+//! schedule.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use candle_core::Device;
+use nerpos_dist::{Comm, Rendezvous, Timeouts};
+use nerpos_model::{BertNerPos, Carried, HeadConfig, LabelSubwords, NerposMeta};
+use nerpos_prep::{Columns, Dataset, Manifest, Part, Row, Split};
+use nerpos_run::RunDir;
+use tracing::{info, warn};
+
+use crate::checkpoint::{self, LoopState};
+#[cfg(feature = "cuda")]
+use crate::config::Precision;
+use crate::config::{DeviceKind, TrainConfig};
+use crate::data::{Batching, steps_per_epoch};
+use crate::evaluate::EvalData;
+use crate::optim::{AdamWConfig, lr_factor};
+use crate::trainer::{StepSettings, Trainer};
+
+/// The run's length and learning-rate schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub per_epoch: usize,
+    pub total: usize,
+    pub epochs: usize,
+    pub warmup: usize,
+}
+
+impl Schedule {
+    fn new(cfg: &TrainConfig, per_epoch: usize) -> Schedule {
+        let total = if cfg.max_steps > 0 {
+            cfg.max_steps
+        } else {
+            cfg.epochs * per_epoch
+        };
+        let epochs = if cfg.max_steps > 0 {
+            total.div_ceil(per_epoch)
+        } else {
+            cfg.epochs
+        };
+        let warmup = cfg
+            .warmup_steps
+            .unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize);
+        Schedule {
+            per_epoch,
+            total,
+            epochs,
+            warmup,
+        }
+    }
+
+    /// The multiplier of the base learning rates at step `step` (0-based).
+    pub fn lr_factor(&self, step: usize) -> f64 {
+        lr_factor(step, self.warmup, self.total)
+    }
+}
+
+/// A run, set up.
+pub struct Job {
+    pub cfg: TrainConfig,
+    pub run: RunDir,
+    pub trainer: Trainer,
+    pub carried: Carried,
+    pub meta: NerposMeta,
+    pub train: Arc<Vec<Row>>,
+    pub dev: EvalData,
+    pub test: EvalData,
+    pub pad_id: u32,
+    pub state: LoopState,
+    pub schedule: Schedule,
+}
+
+pub fn device(cfg: &TrainConfig, local_rank: usize) -> anyhow::Result<Device> {
+    match cfg.device {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => {
+            let dev = Device::new_cuda(local_rank).with_context(|| {
+                format!("opening GPU {local_rank} (LOCAL_RANK); built with the cuda feature?")
+            })?;
+            nerpos_model::gpu::tune_for_training(&dev)?;
+            // TF32 matrix products for f32 runs (cuBLAS's reduced-precision f32 mode).
+            #[cfg(feature = "cuda")]
+            candle_core::cuda_backend::set_gemm_reduced_precision_f32(
+                cfg.precision == Precision::Tf32,
+            );
+            Ok(dev)
+        }
+    }
+}
+
+fn communicator(rdv: &Rendezvous, dev: &Device) -> anyhow::Result<Comm> {
+    let t = Timeouts::from_env()?;
+    match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) if rdv.world_size > 1 => Ok(Comm::nccl(rdv, t, cuda.cuda_stream())?),
+        _ => Ok(Comm::cpu(rdv, t)?),
+    }
+}
+
+/// The model to train: a fine-tuned folder to continue from, or a pretrained encoder with a new head.
+fn load_model(
+    cfg: &TrainConfig,
+    m: &Manifest,
+    dev: &Device,
+) -> anyhow::Result<(BertNerPos, Carried)> {
+    let fine_tuned = cfg
+        .model
+        .join(nerpos_model::checkpoint::NERPOS_JSON)
+        .is_file();
+    if fine_tuned {
+        let (model, meta) =
+            BertNerPos::load_with_dropout(&cfg.model, dev, cfg.encoder_dropout, Some(cfg.dropout))?;
+        if meta.labels != m.labels || meta.pos != m.pos {
+            bail!(
+                "{} was fine-tuned with other labels or POS tags than {} has; continue training only on \
+                 data with the same vocabularies",
+                cfg.model.display(),
+                cfg.data.display()
+            );
+        }
+        return Ok((model, Carried::default()));
+    }
+    let (bert, _) = nerpos_model::BertConfig::read(&cfg.model)?;
+    let head = HeadConfig {
+        num_labels: m.labels.len(),
+        num_pos: m.pos.len(),
+        pos_dim: cfg.pos_dim.unwrap_or(bert.hidden_size),
+        use_pos: cfg.use_pos,
+        dropout: cfg.dropout,
+    };
+    Ok(BertNerPos::from_pretrained(
+        &cfg.model,
+        head,
+        cfg.encoder_dropout,
+        cfg.seed,
+        dev,
+    )?)
+}
+
+fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
+    NerposMeta {
+        format_version: nerpos_model::checkpoint::FORMAT_VERSION,
+        created_by: format!("nerpos-train {}", env!("CARGO_PKG_VERSION")),
+        labels: m.labels.clone(),
+        pos: m.pos.clone(),
+        pos_pad_id: m.pos_pad_id,
+        pos_unk_id: m.pos_unk_id,
+        pos_dim: model.config.head.pos_dim,
+        use_pos: model.config.head.use_pos,
+        max_len: m.options.max_len,
+        dropout: cfg.dropout,
+        label_subwords: match m.options.label_subwords {
+            nerpos_prep::manifest::LabelSubwords::First => LabelSubwords::First,
+            nerpos_prep::manifest::LabelSubwords::All => LabelSubwords::All,
+        },
+        tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
+    }
+}
+
+/// Keeps the rows of the first `n` sentences (by sentence index; every window of a long sentence stays
+/// with it); 0 keeps all.
+pub(crate) fn first_sentences(rows: &mut Vec<Row>, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let mut ids: Vec<u32> = rows.iter().map(|r| r.sentence_index).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if let Some(&last) = ids.get(n - 1) {
+        rows.retain(|r| r.sentence_index <= last);
+    }
+}
+
+fn read_split(ds: &Dataset, split: Split, first: usize) -> anyhow::Result<Vec<Row>> {
+    let mut rows = ds.read_all(split, Part::WHOLE, Columns::Model)?;
+    first_sentences(&mut rows, first);
+    Ok(rows)
+}
+
+fn check_tokenizer(cfg: &TrainConfig, m: &Manifest) -> anyhow::Result<()> {
+    let (_, model_fp) = nerpos_prep::fingerprint(&cfg.model)?;
+    if model_fp != m.tokenizer.fingerprint {
+        bail!(
+            "{} was prepared with another tokenizer ({}) than {}'s ({model_fp}); prepare the data with \
+             nerpos-prep --tokenizer {}",
+            cfg.data.display(),
+            m.tokenizer.fingerprint,
+            cfg.model.display(),
+            cfg.model.display()
+        );
+    }
+    Ok(())
+}
+
+/// The loop's starting point: the newest checkpoint's (weights set into `model`) on resume, else 0.
+/// Returns it with the optimiser state file to load.
+fn starting_point(
+    run: &RunDir,
+    resume: bool,
+    m: &Manifest,
+    model: &BertNerPos,
+    rank: usize,
+    world: usize,
+) -> anyhow::Result<(LoopState, Option<std::path::PathBuf>)> {
+    let fresh = LoopState {
+        step: 0,
+        epoch: 0,
+        index_in_epoch: 0,
+        adam_steps: 0,
+        best_dev_f1: None,
+        best_step: None,
+        evals_since_best: 0,
+        world_size: world,
+        labels: m.labels.clone(),
+        pos: m.pos.clone(),
+    };
+    if !resume {
+        if rank == 0 && run.config().exists() && !run.checkpoints().is_empty() {
+            bail!(
+                "{} already holds a run; resume it with --resume {}, or set another `out`",
+                run.path().display(),
+                run.path().display()
+            );
+        }
+        return Ok((fresh, None));
+    }
+    let loaded = checkpoint::load_latest(run)?;
+    if loaded.state.labels != m.labels || loaded.state.pos != m.pos {
+        bail!(
+            "{}: the checkpoint's labels or POS tags differ from the dataset's",
+            loaded.dir.display(),
+        );
+    }
+    if loaded.state.world_size != world {
+        warn!(
+            saved = loaded.state.world_size,
+            now = world,
+            "resuming with another number of processes: the optimiser batches stay the same only if \
+             batch_size × processes is unchanged"
+        );
+    }
+    for (name, var) in model.params.iter() {
+        let w = loaded
+            .weights
+            .get(name)
+            .with_context(|| format!("{}: no weights for {name}", loaded.dir.display()))?;
+        var.set(&w.to_device(model.device())?)?;
+    }
+    info!(checkpoint = %loaded.dir.display(), step = loaded.state.step, "resuming");
+    let state = LoopState {
+        world_size: world,
+        ..loaded.state
+    };
+    Ok((state, Some(loaded.optimizer)))
+}
+
+impl Job {
+    /// Sets up the run `cfg` describes (or resumes the one in `resume`).
+    pub fn setup(cfg: TrainConfig, resume: Option<&Path>, rdv: &Rendezvous) -> anyhow::Result<Job> {
+        let dev = device(&cfg, rdv.local_rank)?;
+        let comm = communicator(rdv, &dev)?;
+        let (rank, world) = (comm.rank(), comm.world_size());
+        info!(rank, world, launch = ?rdv.mode, device = ?dev, "process joined");
+
+        let ds = Dataset::open(&cfg.data)?;
+        if rank == 0 {
+            ds.verify()?;
+        }
+        let m = &ds.manifest;
+        check_tokenizer(&cfg, m)?;
+        let (model, carried) = load_model(&cfg, m, &dev)?;
+        let meta = meta_of(&cfg, m, &model);
+        let run = RunDir::new(resume.map_or_else(|| cfg.out.clone(), Path::to_owned));
+        let (state, optimizer_state) =
+            starting_point(&run, resume.is_some(), m, &model, rank, world)?;
+
+        let settings = StepSettings {
+            seed: cfg.seed,
+            grad_accum: cfg.grad_accum,
+            max_grad_norm: cfg.max_grad_norm,
+            precision: cfg.precision,
+            reduce_dtype: cfg.allreduce_dtype,
+            bucket_bytes: (cfg.bucket_mb * 1e6) as usize,
+            adamw: AdamWConfig {
+                beta1: cfg.adam_beta1,
+                beta2: cfg.adam_beta2,
+                eps: cfg.adam_eps,
+                weight_decay: cfg.weight_decay,
+                decay_all: cfg.decay_all,
+            },
+            fused_adamw: cfg.fused_adamw,
+        };
+        let mut trainer = Trainer::new(model, comm, settings)?;
+        if let Some(p) = &optimizer_state {
+            trainer.optimizer.load_state(p, state.adam_steps)?;
+        }
+        // Rank 0's weights everywhere (identical already when every rank loaded the same files with
+        // the same seed; the broadcast makes it so even if the files differ between nodes).
+        for (_, var) in trainer.model.params.iter() {
+            trainer.comm.broadcast_tensor(var.as_tensor(), 0)?;
+        }
+        trainer.check_same_weights("at the start")?;
+
+        let train = read_split(&ds, Split::Train, cfg.train_sentences)?;
+        if train.is_empty() {
+            bail!("{}: the training split is empty", cfg.data.display());
+        }
+        let dev_data = EvalData::new(read_split(&ds, Split::Dev, cfg.eval_sentences)?);
+        let test_data = EvalData::new(read_split(&ds, Split::Test, cfg.eval_sentences)?);
+        let lengths: Vec<usize> = train.iter().map(|r| r.input_ids.len()).collect();
+        let schedule = Schedule::new(&cfg, steps_per_epoch(&lengths, &batching(&cfg, world)));
+        info!(
+            train_rows = train.len(),
+            steps_per_epoch = schedule.per_epoch,
+            total_steps = schedule.total,
+            warmup = schedule.warmup,
+            "schedule"
+        );
+        Ok(Job {
+            pad_id: m.tokenizer.pad_token_id,
+            cfg,
+            run,
+            trainer,
+            carried,
+            meta,
+            train: Arc::new(train),
+            dev: dev_data,
+            test: test_data,
+            state,
+            schedule,
+        })
+    }
+}
+
+/// How the configuration cuts the data into optimiser steps for `world` processes.
+pub fn batching(cfg: &TrainConfig, world: usize) -> Batching {
+    Batching {
+        world,
+        batch_size: cfg.batch_size,
+        batch_tokens: cfg.batch_tokens,
+        grad_accum: cfg.grad_accum,
+        length_grouping: cfg.length_grouping,
+        seed: cfg.seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(sentence_index: u32, window: u16) -> Row {
+        Row {
+            sentence_index,
+            window,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn first_sentences_keeps_whole_sentences_in_any_order() {
+        // Shuffled, with sentence 1 split into two windows.
+        let mut rows = vec![
+            row(4, 0),
+            row(1, 1),
+            row(0, 0),
+            row(2, 0),
+            row(1, 0),
+            row(3, 0),
+        ];
+        first_sentences(&mut rows, 2);
+        let kept: Vec<(u32, u16)> = rows.iter().map(|r| (r.sentence_index, r.window)).collect();
+        assert_eq!(kept, vec![(1, 1), (0, 0), (1, 0)]);
+
+        let mut all = vec![row(0, 0), row(1, 0)];
+        first_sentences(&mut all, 0);
+        assert_eq!(all.len(), 2);
+        first_sentences(&mut all, 5);
+        assert_eq!(all.len(), 2);
+    }
+}
