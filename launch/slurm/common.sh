@@ -27,25 +27,27 @@ done
 export RAYON_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${RAYON_NUM_THREADS:-1}}
 
 # train_step RUN_DIR CONFIG JOB_TO_REQUEUE: one data-parallel run, one srun task per GPU (or CPU
-# process). Resumes from RUN_DIR's checkpoint after a requeue; on USR1 (the time limit or a preemption
-# is near) every rank checkpoints and exits 75, and the job is requeued to continue.
+# process). What to do with the run folder (nothing, resume, start) and whether it stopped to be
+# requeued are nerpos-launch's answers (`status`), not this script's: on USR1 (the time limit or a
+# preemption is near) every rank checkpoints and the run is recorded as interrupted; the job is then
+# requeued to continue from the checkpoint.
 train_step() {
-  local run_dir=$1 cfg=$2 requeue=$3 args
-  if [[ -f $run_dir/summary.json ]]; then
-    echo "$run_dir: finished earlier"
-    return 0
-  fi
-  if compgen -G "$run_dir/checkpoints/step-*" >/dev/null; then
-    echo "$run_dir: resuming from its checkpoint (restart ${SLURM_RESTART_COUNT:-0})"
-    args=(--resume "$run_dir")
-  else
-    args=(--config "$cfg")
-  fi
+  local run_dir=$1 cfg=$2 requeue=$3 args next
+  next=$("$launcher" status --next "$run_dir") || return 1
+  case $next in
+    done)
+      echo "$run_dir: finished earlier"
+      return 0 ;;
+    resume)
+      echo "$run_dir: resuming from its checkpoint (restart ${SLURM_RESTART_COUNT:-0})"
+      args=(--resume "$run_dir") ;;
+    *) args=(--config "$cfg") ;;
+  esac
   args+=("${sets[@]}" --set "device=$NERPOS_DEVICE")
   echo "job ${SLURM_JOB_ID:-?}: ${SLURM_NTASKS:-1} task(s) on ${SLURM_JOB_NODELIST:-?}, device $NERPOS_DEVICE, run $run_dir"
   srun --kill-on-bad-exit=1 "$bin/nerpos-train" "${args[@]}"
   local rc=$?
-  if [[ $rc -eq 75 ]]; then
+  if [[ $rc -ne 0 && $("$launcher" status "$run_dir") == interrupted ]]; then
     echo "checkpointed before the time limit; requeueing $requeue"
     scontrol requeue "$requeue"
     return 0

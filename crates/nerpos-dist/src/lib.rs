@@ -70,16 +70,6 @@ impl DistError {
     }
 }
 
-/// Which collective backend to use for tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// The TCP ring (tensors on the CPU).
-    Cpu,
-    /// NCCL (tensors on a CUDA device), with the TCP ring for small host values.
-    #[cfg(feature = "nccl")]
-    Nccl,
-}
-
 /// One process's communicator.
 pub enum Comm {
     /// World size 1: every collective is the identity.

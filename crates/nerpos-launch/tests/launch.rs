@@ -253,3 +253,45 @@ fn grid_runs_every_point_once_and_collects_results() {
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "4");
 }
+
+/// `train` with a grid configuration runs its sweep; `status` answers what scripts ask of a run folder.
+#[test]
+fn train_on_a_grid_runs_the_sweep_and_status_reads_run_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = setup(tmp.path());
+    let sweep = tmp.path().join("sweep");
+    let cfg = tmp.path().join("grid.toml");
+    std::fs::write(
+        &cfg,
+        format!("out = {:?}\nlr = 1.0\n[grid]\nlr = [0.25, 0.75]\n", sweep),
+    )
+    .unwrap();
+    let args = ["train", "--config", cfg.to_str().unwrap(), "--gpus", "0"];
+    let o = launcher(&fake, "ok", &[&args[..], &["--nproc", "1"]].concat())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("has a [grid]"), "{}", text(&o));
+    let md = std::fs::read_to_string(sweep.join("results.md")).unwrap();
+    assert_eq!(md.lines().count(), 4, "{md}");
+
+    let status = |dir: &Path, flag: Option<&str>| -> String {
+        let mut c = launcher(&fake, "ok", &["status"]);
+        c.args(flag).arg(dir);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let point = std::fs::read_dir(sweep.join("points"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    assert_eq!(status(&point, None), "finished");
+    assert_eq!(status(&point, Some("--next")), "done");
+    let json: serde_json::Value = serde_json::from_str(&status(&point, Some("--json"))).unwrap();
+    assert_eq!(json["summary"]["steps"], 3);
+    let empty = tmp.path().join("nothing-yet");
+    assert_eq!(status(&empty, None), "pending");
+    assert_eq!(status(&empty, Some("--next")), "start");
+}

@@ -17,12 +17,6 @@ pub enum Mode<'a> {
     Train(&'a mut DropoutRng),
 }
 
-impl Mode<'_> {
-    pub fn is_train(&self) -> bool {
-        matches!(self, Mode::Train(_))
-    }
-}
-
 /// The source of dropout masks for one training step. Seeding it from (seed, step, rank) makes every
 /// step's masks reproducible without saving generator state (what resuming relies on).
 pub struct DropoutRng {

@@ -1,7 +1,7 @@
 //! `BertNerPos`: BERT encoder → contextual embeddings (B,T,H); POS ids → dense embedding (B,T,P);
 //! concatenate → dropout → linear to the NER labels.
 
-use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -199,10 +199,5 @@ impl BertNerPos {
     /// The predicted label of every position of (B, T) logits.
     pub fn predict(logits: &Tensor) -> Result<Vec<Vec<u32>>> {
         Ok(logits.argmax(D::Minus1)?.to_vec2::<u32>()?)
-    }
-
-    /// Row `b` of a (B, T, C) logits tensor as host floats (for probabilities and `--logits`).
-    pub fn row_logits(logits: &Tensor, b: usize) -> Result<Vec<Vec<f32>>> {
-        Ok(logits.i(b)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 }

@@ -552,14 +552,6 @@ pub fn masked_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f64) -> candle_core::R
     ((p * dp.broadcast_sub(&dot)?)? * scale)?.to_dtype(dtype)
 }
 
-/// GELU (exact) without autograd.
-pub fn gelu_fwd_t(x: &Tensor) -> candle_core::Result<Tensor> {
-    if is_fused(x) {
-        return x.contiguous()?.apply_op1_no_bwd(&GeluErf);
-    }
-    x.gelu_erf()
-}
-
 /// GELU backward: dy · (Φ(x) + x·φ(x)).
 pub fn gelu_bwd_t(x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
     if is_fused(x) {

@@ -5,33 +5,22 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use nerpos_model::{BertNerPos, Mode};
 
-fn reference_python(test: &str) -> Option<PathBuf> {
-    let python = nerpos_testdata::repo_root().join(".venv-ref/bin/python");
-    let ok = python.is_file()
-        && Command::new(&python)
-            .args(["-c", "import torch, transformers"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "SKIPPED {test}: no Python with torch and transformers at {} (run tests/reference/setup-venv.sh requirements-model.txt)",
-            python.display()
-        );
-    }
-    ok.then_some(python)
-}
-
 #[test]
 fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
     let name = "minilm_matches_pytorch_and_saved_folder_loads_in_transformers";
-    let (Some(minilm), Some(python)) = (nerpos_testdata::minilm(name), reference_python(name))
-    else {
+    let (Some(minilm), Some(python)) = (
+        nerpos_testdata::minilm(name),
+        nerpos_testdata::reference_python(
+            name,
+            &["torch", "transformers"],
+            "requirements-model.txt",
+        ),
+    ) else {
         return;
     };
     let script = nerpos_testdata::repo_root().join("tests/reference/model_reference.py");

@@ -146,14 +146,6 @@ impl Splits {
             Split::Test => &self.test,
         }
     }
-
-    pub fn get_mut(&mut self, split: Split) -> &mut SplitInfo {
-        match split {
-            Split::Train => &mut self.train,
-            Split::Dev => &mut self.dev,
-            Split::Test => &mut self.test,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

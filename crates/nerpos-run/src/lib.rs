@@ -36,12 +36,10 @@ pub const LAUNCHER_LOGS_ENV: &str = "NERPOS_LAUNCHER_LOGS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (The I/O error is part of the message, not a separate cause: chained error reports would
+    /// print it twice.)
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// A file that exists but does not hold what it should.
     #[error("{}: {msg}", path.display())]
     Malformed { path: PathBuf, msg: String },
@@ -50,10 +48,10 @@ pub enum RunError {
 }
 
 impl RunError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> RunError {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> RunError {
         RunError::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 

@@ -1,8 +1,51 @@
 //! Where tests find the data that is too large to commit: the GMB corpus beside the project
-//! (`../shared/data/ner_dataset.csv`, or `data/ner_dataset.csv`) and checkpoints fetched by
-//! `data/fetch-minilm.sh`. Tests that need them call these and skip, saying why, when they are absent.
+//! (`../shared/data/ner_dataset.csv`, or `data/ner_dataset.csv`), checkpoints fetched by
+//! `data/fetch-minilm.sh` and the reference Python environment. Tests that need them call these and
+//! skip, saying why, when they are absent — and every skip is recorded (see [`skip`]), so that
+//! `tests/run.sh` lists them at the end instead of counting them as passed.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
+/// The file `tests/run.sh` collects skipped tests in (one `test<TAB>reason` line each).
+pub const SKIP_LOG_ENV: &str = "NERPOS_SKIP_LOG";
+
+/// Records that `test` did not run and why: on stderr (shown by `cargo test -- --nocapture`) and in
+/// the file named by `$NERPOS_SKIP_LOG`, which cargo's output capture does not swallow.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}\t{reason}");
+        }
+    }
+}
+
+/// The reference Python environment (`.venv-ref`, made by `tests/reference/setup-venv.sh`) if it can
+/// import `modules`; `None` (recorded as a skip of `test`) otherwise.
+pub fn reference_python(test: &str, modules: &[&str], requirements: &str) -> Option<PathBuf> {
+    let python = repo_root().join(".venv-ref/bin/python");
+    let ok = python.is_file()
+        && std::process::Command::new(&python)
+            .args(["-c", &format!("import {}", modules.join(", "))])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(
+            test,
+            &format!(
+                "no Python with {} at {} (run tests/reference/setup-venv.sh {requirements})",
+                modules.join(", "),
+                python.display()
+            ),
+        );
+    }
+    ok.then_some(python)
+}
 
 /// The repository root (this crate lives in `crates/nerpos-testdata`).
 pub fn repo_root() -> PathBuf {
@@ -26,9 +69,10 @@ pub fn gmb_csv(test: &str) -> Option<PathBuf> {
         ]);
     let found = candidates.into_iter().find(|p| p.is_file());
     if found.is_none() {
-        eprintln!(
-            "SKIPPED {test}: the GMB corpus is absent (looked for $NERPOS_GMB_CSV, data/ner_dataset.csv \
-             and ../shared/data/ner_dataset.csv; see data/README.md)"
+        skip(
+            test,
+            "the GMB corpus is absent (looked for $NERPOS_GMB_CSV, data/ner_dataset.csv and \
+             ../shared/data/ner_dataset.csv; see data/README.md)",
         );
     }
     found
@@ -43,9 +87,12 @@ pub fn minilm(test: &str) -> Option<PathBuf> {
     if dir.join("model.safetensors").is_file() && dir.join("tokenizer.json").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED {test}: no MiniLM checkpoint at {} (run data/fetch-minilm.sh)",
-            dir.display()
+        skip(
+            test,
+            &format!(
+                "no MiniLM checkpoint at {} (run data/fetch-minilm.sh)",
+                dir.display()
+            ),
         );
         None
     }

@@ -322,11 +322,6 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the configuration serialises")
     }
-
-    /// Rows of one optimiser step across `world` processes (without a token budget).
-    pub fn global_rows(&self, world: usize) -> usize {
-        self.batch_size * world * self.grad_accum
-    }
 }
 
 #[cfg(test)]
@@ -388,5 +383,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[grid]"), "{e}");
+    }
+
+    #[test]
+    fn closed_settings_are_enums_whose_errors_name_the_key() {
+        let c = load(
+            BASE,
+            &["device=cuda", "precision=bf16", "allreduce_dtype=bf16"],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.device, c.precision, c.allreduce_dtype),
+            (DeviceKind::Cuda, Precision::Bf16, ReduceDtype::Bf16)
+        );
+        assert_eq!(load(BASE, &[]).unwrap().precision, Precision::F32);
+        for (set, key) in [
+            ("device=gpu", "device"),
+            ("precision=fp16", "precision"),
+            ("allreduce_dtype=f16", "allreduce_dtype"),
+        ] {
+            let e = load(BASE, &[set]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("expected"), "{set}: {e}");
+        }
     }
 }

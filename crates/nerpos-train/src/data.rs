@@ -184,8 +184,6 @@ pub struct LoadedStep {
     /// Index of the step within its epoch.
     pub index: usize,
     pub micro: Vec<HostBatch>,
-    /// Rows in the whole optimiser step (all ranks).
-    pub global_rows: usize,
 }
 
 /// Settings of the background loader.
@@ -241,7 +239,6 @@ pub fn start_loader(
                         epoch: e,
                         index,
                         micro,
-                        global_rows: s.rows(),
                     };
                     if tx.send(loaded).is_err() {
                         return;

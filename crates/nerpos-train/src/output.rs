@@ -60,9 +60,13 @@ impl Output {
             bar: Bar::hidden(),
             file: Arc::default(),
         };
+        // NERPOS_LOG (tracing's filter syntax) overrides the per-rank default; empty means unset.
         let filter = || {
-            EnvFilter::try_from_env("NERPOS_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(if rank == 0 { "info" } else { "warn" }))
+            std::env::var("NERPOS_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .and_then(|v| EnvFilter::try_new(v).ok())
+                .unwrap_or_else(|| EnvFilter::new(if rank == 0 { "info" } else { "warn" }))
         };
         let terminal = tracing_subscriber::fmt::layer()
             .with_writer(BarWriter {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -228,4 +229,135 @@ fn refuses_a_dataset_of_another_tokenizer_and_bad_config() {
         "learning_rate=1e-3",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("learning_rate"));
+}
+
+/// The run's TensorBoard scalars, read back by TensorBoard's own event reader (and by ours): the
+/// training curves of every log interval and dev F1 (micro and per type) of every evaluation, equal
+/// to what metrics.jsonl and the eval reports hold.
+#[test]
+fn tensorboard_reads_the_runs_scalars() {
+    let name = "tensorboard_reads_the_runs_scalars";
+    let f = fixture(200);
+    let run = f.dir.path().join("tb");
+    ok(&train(&[
+        "--config",
+        config(
+            &f,
+            &run,
+            "max_steps = 12\neval_every = 6\nlog_every = 4\ntest_at_end = false",
+        )
+        .to_str()
+        .unwrap(),
+    ]));
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(run.join("tb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let ours = nerpos_run::tensorboard::read_scalars(&files[0]).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let losses: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        losses.iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![4, 8, 12]
+    );
+    let tb_loss: Vec<(u64, f64)> = ours
+        .iter()
+        .filter(|(_, t, _)| t == "train/loss")
+        .map(|(s, _, v)| (*s, f64::from(*v)))
+        .collect();
+    assert_eq!(tb_loss.len(), 3);
+    for ((s1, a), (s2, b)) in losses.iter().zip(&tb_loss) {
+        assert_eq!(s1, s2);
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    let dev = |step: u64| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(format!("eval/step-{step:08}-dev.json"))).unwrap(),
+        )
+        .unwrap();
+        v["micro"]["f1"].as_f64().unwrap()
+    };
+    let tb_f1: Vec<(u64, f32)> = ours
+        .iter()
+        .filter(|(_, t, _)| t == "dev/f1_micro")
+        .map(|(s, _, v)| (*s, *v))
+        .collect();
+    assert_eq!(
+        tb_f1,
+        vec![(6, dev(6) as f32), (12, dev(12) as f32)],
+        "dev F1 in TensorBoard"
+    );
+    assert!(ours.iter().any(|(_, t, _)| t == "dev/f1_per"));
+
+    let Some(python) =
+        nerpos_testdata::reference_python(name, &["tensorboard"], "requirements-model.txt")
+    else {
+        return;
+    };
+    let script = nerpos_testdata::repo_root().join("tests/reference/read_tensorboard.py");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .arg(run.join("tb"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: std::collections::BTreeMap<String, Vec<(u64, f32)>> =
+        serde_json::from_slice(&o.stdout).unwrap();
+    let mut mine: std::collections::BTreeMap<String, Vec<(u64, f32)>> = Default::default();
+    for (s, t, v) in ours {
+        mine.entry(t).or_default().push((s, v));
+    }
+    assert_eq!(theirs, mine, "TensorBoard's reader and ours disagree");
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/tokens_per_s",
+        "dev/f1_micro",
+    ] {
+        assert!(theirs.contains_key(tag), "TensorBoard lists no {tag}");
+    }
+}
+
+/// Rank 0 logs at info, the other ranks at warn: each line once; log files carry no colour codes.
+#[test]
+fn only_rank_0_logs_progress() {
+    let f = fixture(200);
+    let run = f.dir.path().join("two");
+    let cfg = config(
+        &f,
+        &run,
+        "max_steps = 4\neval_every = 4\ntest_at_end = false\nlog_every = 2",
+    );
+    // NERPOS_LOG empty: the default levels (the tests' helper asks for info everywhere).
+    let children = spawn_ranks(
+        2,
+        &["--config", cfg.to_str().unwrap()],
+        &[("NERPOS_LOG", "")],
+    );
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outputs {
+        ok(o);
+    }
+    let err = |r: usize| String::from_utf8_lossy(&outputs[r].stderr).into_owned();
+    assert_eq!(err(0).matches(" train ").count(), 2, "{}", err(0));
+    assert!(
+        !err(1).contains(" INFO "),
+        "rank 1 logged info lines:\n{}",
+        err(1)
+    );
+    let log0 = std::fs::read_to_string(run.join("logs/rank-0.log")).unwrap();
+    assert!(
+        log0.contains("dev @ step 4") && log0.contains(" train "),
+        "{log0}"
+    );
+    assert!(!log0.contains('\u{1b}'), "colour codes in the log file");
+    assert!(run.join("logs/rank-1.log").is_file());
 }
