@@ -1,12 +1,11 @@
-//! The BERT encoder as Hugging Face's `BertModel` computes it (post-LayerNorm layers, absolute
-//! positions), with dropout where it applies it. Parameter names are Hugging Face's.
+//! The BERT encoder's parameters as Hugging Face's `BertModel` names and shapes them (post-LayerNorm
+//! layers, absolute positions), with the dropout rates it applies. The computation is `train`'s.
 
-use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Embedding, Linear};
 
 use crate::config::{Activation, BertConfig};
 use crate::error::Result;
-use crate::layers::{LayerNorm, Mode, attention_probs, dropout, gelu_erf};
+use crate::layers::LayerNorm;
 use crate::params::Params;
 
 fn linear(p: &mut Params, name: &str, inp: usize, out: usize) -> Result<Linear> {
@@ -47,19 +46,6 @@ impl BertEmbeddings {
             norm: layer_norm(p, "embeddings.LayerNorm", h, c.layer_norm_eps)?,
             dropout: c.hidden_dropout_prob,
         })
-    }
-
-    /// Word + position + token type 0, normalised, dropped out.
-    pub fn forward(&self, input_ids: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let (_, t) = input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, t as u32, input_ids.device())?;
-        let types = Tensor::zeros(1, DType::U32, input_ids.device())?;
-        let x = self
-            .word
-            .forward(input_ids)?
-            .broadcast_add(&self.position.forward(&positions)?)?
-            .broadcast_add(&self.token_type.forward(&types)?)?;
-        dropout(&self.norm.forward(&x)?, self.dropout, mode)
     }
 }
 
@@ -104,34 +90,6 @@ impl BertLayer {
             attention_dropout: c.attention_probs_dropout_prob,
         })
     }
-
-    /// One layer; `mask_bias` is (B, T): 0 on real tokens, a large negative number on padding.
-    pub fn forward(&self, x: &Tensor, mask_bias: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let heads = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = heads(self.query.forward(x)?)?;
-        let k = heads(self.key.forward(x)?)?;
-        let v = heads(self.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = attention_probs(&scores, mask_bias, 1.0 / (self.head_dim as f64).sqrt())?;
-        let probs = dropout(&probs, self.attention_dropout, mode)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let attended = dropout(&self.attn_out.forward(&context)?, self.hidden_dropout, mode)?;
-        let x = self.attn_norm.forward(&(attended + x)?)?;
-
-        let inner = self.intermediate.forward(&x)?;
-        let inner = match self.activation {
-            Activation::GeluErf => gelu_erf(&inner)?,
-            Activation::GeluTanh => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
-        };
-        let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, mode)?;
-        Ok(self.out_norm.forward(&(out + x)?)?)
-    }
 }
 
 pub struct BertEncoder {
@@ -148,29 +106,4 @@ impl BertEncoder {
                 .collect::<Result<_>>()?,
         })
     }
-
-    /// Contextual embeddings (B, T, H) of `input_ids` (B, T) with `attention_mask` (B, T) of 1/0.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(input_ids, mode)?;
-        // Hugging Face's extended mask: (1 - mask) * the dtype's minimum, added to attention scores.
-        let mask = attention_mask.to_dtype(x.dtype())?;
-        let bias = ((mask.ones_like()? - mask)? * f32::MIN as f64)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &bias, mode)?;
-        }
-        Ok(x)
-    }
-}
-
-/// The concatenation of the encoder output and the POS embedding along the last dimension.
-pub fn concat_features(encoded: &Tensor, pos: Option<&Tensor>) -> Result<Tensor> {
-    Ok(match pos {
-        Some(p) => Tensor::cat(&[encoded, p], D::Minus1)?,
-        None => encoded.clone(),
-    })
 }

@@ -1,7 +1,7 @@
-//! Fused CPU kernels for the hand-written training pass, each one pass over memory where the tensor-op
-//! version takes three to five: bias + dropout + residual, bias + GELU, softmax + dropout, the query/
-//! key/value head split with its bias, and the embedding gradient. Each has the same computation in
-//! tensor ops for other devices (`on_cpu` decides).
+//! Fused CPU kernels for the training pass, each one pass over memory where the tensor-op version
+//! takes three to five: bias + dropout + residual, bias + GELU, dropout with the bias gradient, and the
+//! embedding gradient (attention has its own module). Each has the same computation in tensor ops for
+//! other devices (`on_cpu` decides).
 //!
 //! Dropout masks are bytes (keep = 1), drawn four per 64-bit random number.
 
@@ -20,7 +20,10 @@ pub fn on_cpu(t: &Tensor) -> bool {
 }
 
 /// Runs `f` on the contiguous host data of `t` (which must be a contiguous CPU tensor of type `T`).
-fn read<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+pub(crate) fn read<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
@@ -220,198 +223,6 @@ pub fn gelu_colsum(u: &Tensor, dg: &Tensor) -> Result<(Tensor, Tensor)> {
         db.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
     }
     Ok((cpu_tensor(du, (n, i_dim))?, cpu_tensor(db, i_dim)?))
-}
-
-/// Attention probabilities P = softmax(scores·scale + bias) and Pd = dropout(P), for scores
-/// (B, heads, T, T) and bias (B, T).
-pub fn softmax_dropout(
-    scores: &Tensor,
-    bias: &Tensor,
-    scale: f64,
-    mask: Option<&Mask>,
-) -> Result<(Tensor, Tensor)> {
-    if !on_cpu(scores) {
-        let p = crate::ops::masked_softmax_fwd(scores, bias, scale)?;
-        let pd = apply(&p, mask)?;
-        return Ok((p, pd));
-    }
-    let dims = scores.dims4()?;
-    let t = dims.3;
-    let per_batch = dims.1 * t * t;
-    let keep_scale = mask.map_or(1.0, Mask::scale);
-    let mut p = vec![0f32; scores.elem_count()];
-    let mut pd = vec![0f32; scores.elem_count()];
-    read::<f32, _>(scores, |s| {
-        read::<f32, _>(bias, |bias| {
-            let mut run = |m: Option<&[u8]>| {
-                p.par_chunks_mut(per_batch)
-                    .zip(pd.par_chunks_mut(per_batch))
-                    .enumerate()
-                    .for_each(|(bi, (pb, pdb))| {
-                        let bias = &bias[bi * t..(bi + 1) * t];
-                        let sb = &s[bi * per_batch..(bi + 1) * per_batch];
-                        for (r, (pr, pdr)) in pb.chunks_mut(t).zip(pdb.chunks_mut(t)).enumerate() {
-                            crate::ops::softmax_row(
-                                &sb[r * t..(r + 1) * t],
-                                bias,
-                                scale as f32,
-                                pr,
-                            );
-                            match m {
-                                Some(m) => {
-                                    let mr =
-                                        &m[bi * per_batch + r * t..bi * per_batch + (r + 1) * t];
-                                    for ((o, &v), &k) in pdr.iter_mut().zip(pr.iter()).zip(mr) {
-                                        *o = v * f32::from(k) * keep_scale;
-                                    }
-                                }
-                                None => pdr.copy_from_slice(pr),
-                            }
-                        }
-                    });
-            };
-            match mask {
-                Some(mk) => read::<u8, _>(&mk.tensor, |m| run(Some(m))),
-                None => {
-                    run(None);
-                    Ok(())
-                }
-            }
-        })
-    })???;
-    Ok((
-        cpu_tensor(p, scores.shape())?,
-        cpu_tensor(pd, scores.shape())?,
-    ))
-}
-
-/// d(scores) from P, the dropout mask and d(Pd).
-pub fn softmax_dropout_bwd(
-    p: &Tensor,
-    mask: Option<&Mask>,
-    dpd: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
-    if !on_cpu(p) {
-        let dp = apply(dpd, mask)?;
-        return Ok(crate::ops::masked_softmax_bwd(p, &dp, scale)?);
-    }
-    let t = *p.dims().last().unwrap_or(&1);
-    let keep_scale = mask.map_or(1.0, Mask::scale);
-    let mut ds = vec![0f32; p.elem_count()];
-    read::<f32, _>(p, |pv| {
-        read::<f32, _>(dpd, |g| {
-            let mut run = |m: Option<&[u8]>| {
-                let rows = (TASK / t).max(1);
-                ds.par_chunks_mut(rows * t).enumerate().for_each(|(c, dc)| {
-                    let off = c * rows * t;
-                    for (r, dr) in dc.chunks_mut(t).enumerate() {
-                        let o = off + r * t;
-                        let (pr, gr) = (&pv[o..o + t], &g[o..o + t]);
-                        let keep = |i: usize| m.map_or(1.0, |m| f32::from(m[o + i]) * keep_scale);
-                        let dot: f32 = (0..t).map(|i| pr[i] * gr[i] * keep(i)).sum();
-                        for i in 0..t {
-                            dr[i] = scale as f32 * pr[i] * (gr[i] * keep(i) - dot);
-                        }
-                    }
-                });
-            };
-            match mask {
-                Some(mk) => read::<u8, _>(&mk.tensor, |m| run(Some(m))),
-                None => {
-                    run(None);
-                    Ok(())
-                }
-            }
-        })
-    })???;
-    cpu_tensor(ds, p.shape())
-}
-
-/// Splits y (B·T, 3H) — the fused query/key/value projection before its bias — into q, k, v as
-/// (B, heads, T, dh), adding the bias on the way.
-pub fn qkv_heads(
-    y: &Tensor,
-    bias: &Tensor,
-    b: usize,
-    t: usize,
-    heads: usize,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let three_h = bias.dim(0)?;
-    let h = three_h / 3;
-    let dh = h / heads;
-    if !on_cpu(y) {
-        let y = y.broadcast_add(bias)?;
-        let part = |k: usize| -> Result<Tensor> {
-            Ok(y.narrow(1, k * h, h)?
-                .reshape((b, t, heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        return Ok((part(0)?, part(1)?, part(2)?));
-    }
-    let n = b * heads * t * dh;
-    let mut out = vec![0f32; 3 * n];
-    read::<f32, _>(y, |y| {
-        read::<f32, _>(bias, |bs| {
-            // Output order: [which][batch][head][position][dim]; each task fills one (which, batch).
-            out.par_chunks_mut(heads * t * dh)
-                .enumerate()
-                .for_each(|(task, oc)| {
-                    let (which, bi) = (task / b, task % b);
-                    for hd in 0..heads {
-                        for pos in 0..t {
-                            let src = &y[(bi * t + pos) * three_h + which * h + hd * dh..][..dh];
-                            let bb = &bs[which * h + hd * dh..][..dh];
-                            let dst = &mut oc[(hd * t + pos) * dh..][..dh];
-                            for k in 0..dh {
-                                dst[k] = src[k] + bb[k];
-                            }
-                        }
-                    }
-                });
-        })
-    })??;
-    let all = cpu_tensor(out, (3, b, heads, t, dh))?;
-    Ok((all.get(0)?, all.get(1)?, all.get(2)?))
-}
-
-/// The inverse of [`qkv_heads`] for gradients: dq, dk, dv (B, heads, T, dh) into (B·T, 3H), and its
-/// column sums (the bias gradient).
-pub fn qkv_merge(dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (b, heads, t, dh) = dq.dims4()?;
-    let h = heads * dh;
-    if !on_cpu(dq) {
-        let merge = |x: &Tensor| -> Result<Tensor> {
-            Ok(x.transpose(1, 2)?.contiguous()?.reshape((b * t, h))?)
-        };
-        let y = Tensor::cat(&[merge(dq)?, merge(dk)?, merge(dv)?], 1)?;
-        let db = y.sum(0)?;
-        return Ok((y, db));
-    }
-    let mut y = vec![0f32; b * t * 3 * h];
-    read::<f32, _>(dq, |q| {
-        read::<f32, _>(dk, |k| {
-            read::<f32, _>(dv, |v| {
-                y.par_chunks_mut(t * 3 * h)
-                    .enumerate()
-                    .for_each(|(bi, yb)| {
-                        for (which, src) in [q, k, v].iter().enumerate() {
-                            for hd in 0..heads {
-                                for pos in 0..t {
-                                    let s = &src[((bi * heads + hd) * t + pos) * dh..][..dh];
-                                    yb[pos * 3 * h + which * h + hd * dh..][..dh]
-                                        .copy_from_slice(s);
-                                }
-                            }
-                        }
-                    });
-            })
-        })
-    })???;
-    let y = cpu_tensor(y, (b * t, 3 * h))?;
-    let db = crate::ops::column_sum(&y)?;
-    Ok((y, db))
 }
 
 /// The gradient of an embedding table (rows × dim) from the gradients `d` (N, dim) of the rows `ids`

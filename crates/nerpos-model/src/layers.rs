@@ -1,21 +1,14 @@
-//! The building blocks that candle-nn either lacks or provides only without a backward pass.
+//! Dropout's random masks and the parameter holders candle-nn lacks.
 //!
-//! candle-nn's `LayerNorm` takes a fused path on contiguous input whose op has no backward, so
-//! gradients silently stop at every LayerNorm; its `softmax_last_dim` is forward-only too. The versions
-//! here are written with differentiable tensor ops. candle's CPU random generator cannot be seeded, so
-//! dropout masks come from our own seeded generator (on CUDA, from the device's seeded generator).
+//! candle's CPU random generator cannot be seeded, so dropout masks come from our own seeded generator
+//! (on CUDA, from the device's seeded generator): every step's masks follow from (seed, step, rank),
+//! which is what resuming relies on.
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 
 use crate::error::Result;
-
-/// Whether a forward pass trains (dropout applied, masks from `DropoutRng`) or evaluates.
-pub enum Mode<'a> {
-    Eval,
-    Train(&'a mut DropoutRng),
-}
 
 /// The source of dropout masks for one training step. Seeding it from (seed, step, rank) makes every
 /// step's masks reproducible without saving generator state (what resuming relies on).
@@ -43,6 +36,11 @@ impl DropoutRng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// `n` keep-mask bytes (1 = keep, with probability 1−p) from the host stream.
+    pub(crate) fn keep_bytes(&mut self, n: usize, p: f64) -> Vec<u8> {
+        crate::kernels::keep_bytes(&mut self.host, n, p)
     }
 
     /// A keep-mask for `like` in the kernels' form: bytes on the CPU, a scaled f32 mask elsewhere.
@@ -82,15 +80,7 @@ impl DropoutRng {
     }
 }
 
-/// Dropout with rate `p` in training, the identity in evaluation.
-pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
-    match mode {
-        Mode::Train(rng) if p > 0.0 => Ok((x * rng.mask(x, p)?)?),
-        _ => Ok(x.clone()),
-    }
-}
-
-/// LayerNorm over the last dimension, from differentiable ops.
+/// A LayerNorm's parameters (the computation is `ops::layer_norm_fwd` / `layer_norm_bwd`).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     pub(crate) weight: Tensor,
@@ -102,58 +92,4 @@ impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> LayerNorm {
         LayerNorm { weight, bias, eps }
     }
-}
-
-impl Module for LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if fused(x) {
-            return crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps);
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
-    }
-}
-
-/// Whether the fused CPU kernels of [`crate::ops`] apply.
-pub fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
-
-/// Attention probabilities: softmax(scores·scale + bias) over the last dimension, for scores
-/// (B, heads, T, T) and a mask bias (B, T).
-pub fn attention_probs(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    if fused(scores) {
-        return Ok(crate::ops::masked_softmax(scores, bias, scale)?);
-    }
-    softmax(&(scores * scale)?.broadcast_add(&bias.unsqueeze(1)?.unsqueeze(1)?)?)
-}
-
-/// GELU with the exact normal CDF (Hugging Face's `gelu`).
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
-        return Ok(crate::ops::gelu_erf(x)?);
-    }
-    Ok(x.gelu_erf()?)
-}
-
-/// Softmax over the last dimension, from differentiable ops (the maximum is subtracted for stability;
-/// it cancels, so it needs no gradient).
-pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
-}
-
-/// log-softmax over the last dimension.
-pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&lse)?)
 }

@@ -1,10 +1,14 @@
 //! `nerpos-model`: the BERT+POS token classifier in candle.
 //!
-//! BERT encoder (as Hugging Face's `BertModel`) → contextual embeddings (B,T,H); POS ids → dense
-//! embedding (B,T,P); concatenate → dropout → linear to the labels. Trainable: every parameter gets a
-//! gradient (LayerNorm and softmax are built from differentiable ops), dropout is real and seeded.
-//! Loads Hugging Face checkpoint folders; saves fine-tuned folders whose encoder Hugging Face loads.
+//! BERT encoder (as Hugging Face's `BertModel`) → contextual embeddings; POS ids → dense embedding;
+//! concatenate → dropout → linear to the labels. One implementation, on packed batches ([`batch`]: no
+//! padding anywhere): forward, and backward written out ([`train`]), with fused CPU kernels
+//! ([`kernels`], [`ops`], [`attention`]) and tensor-op versions of each for other devices. Dropout is
+//! real and seeded. Loads Hugging Face checkpoint folders; saves fine-tuned folders whose encoder
+//! Hugging Face loads.
 
+pub mod attention;
+pub mod batch;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
@@ -16,13 +20,15 @@ pub mod model;
 pub mod ops;
 pub mod params;
 pub mod predict;
+pub mod profile;
 pub mod train;
 
+pub use batch::{Inputs, PackedBatch, RowSpans, Targets};
 pub use checkpoint::{Carried, LabelSubwords, NerposMeta};
 pub use config::{BertConfig, HeadConfig, ModelConfig};
 pub use error::{ModelError, Result};
-pub use layers::{DropoutRng, Mode};
-pub use model::{BertNerPos, Inputs, Targets};
+pub use layers::DropoutRng;
+pub use model::BertNerPos;
 pub use params::Params;
 pub use predict::{RowView, WordPrediction, predict_rows};
 pub use train::StepOutput;

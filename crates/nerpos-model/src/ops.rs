@@ -1,11 +1,9 @@
-//! Fused CPU kernels with their own backward pass: LayerNorm, masked softmax and GELU.
-//!
-//! Written with candle's elementary ops, each of these is 5–10 graph nodes; in the backward pass candle
-//! materialises a gradient per node (plus a zero tensor to accumulate it into), which made a MiniLM
-//! training step 4× slower than its forward pass. As custom ops they are one node each, computed row by
-//! row in parallel. On other devices the composite versions in `layers` are used.
+//! Row-wise CPU kernels and their generic counterparts: LayerNorm forward and backward, column sums,
+//! the exact GELU and softmax on slices (vectorised), and the masked softmax of the padded attention
+//! path. Written with candle's elementary ops each of these is 5–10 passes over memory; here one,
+//! row by row in parallel. On other devices and dtypes the same formulas run in tensor ops (in f32).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -70,27 +68,6 @@ impl CustomOp3 for LayerNormOp {
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let h = w.dim(0)?;
-        let rows = x.elem_count() / h;
-        let packed = x.contiguous()?.apply_op3_no_bwd(
-            &w.contiguous()?,
-            &grad.contiguous()?,
-            &LayerNormBwd { eps: self.eps },
-        )?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows, 1)?.reshape(h)?;
-        let db = packed.narrow(0, rows + 1, 1)?.reshape(h)?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
 }
 
 /// Gradients of LayerNorm packed in one (rows + 2, H) tensor: dx, then dweight, then dbias.
@@ -153,118 +130,6 @@ impl CustomOp3 for LayerNormBwd {
         }
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
     }
-}
-
-/// LayerNorm over the last dimension (CPU f32: fused with its backward).
-pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(w, b, LayerNormOp { eps: eps as f32 })
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Masked, scaled softmax for attention scores.
-
-struct MaskedSoftmax {
-    scale: f32,
-}
-
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "nerpos-masked-softmax"
-    }
-
-    /// `scores` (B, heads, T, T) and `bias` (B, T): softmax over the last dimension of
-    /// scores·scale + bias.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (scores, bias) = (slice(s1, l1, "scores")?, slice(s2, l2, "bias")?);
-        let dims = l1.shape().dims();
-        let (t, per_batch) = (dims[dims.len() - 1], dims[1..].iter().product::<usize>());
-        let mut y = vec![0f32; scores.len()];
-        y.par_chunks_mut(per_batch)
-            .zip(scores.par_chunks(per_batch))
-            .enumerate()
-            .for_each(|(b, (yb, sb))| {
-                let bias = &bias[b * t..(b + 1) * t];
-                for (yr, sr) in yb.chunks_mut(t).zip(sb.chunks(t)) {
-                    let mut max = f32::NEG_INFINITY;
-                    for i in 0..t {
-                        yr[i] = sr[i] * self.scale + bias[i];
-                        max = max.max(yr[i]);
-                    }
-                    let mut sum = 0f32;
-                    for v in yr.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
-                    yr.iter_mut().for_each(|v| *v *= inv);
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _scores: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
-        Ok((Some(d), None))
-    }
-}
-
-/// d(scores) = scale · y ⊙ (g − Σ y⊙g), row by row.
-struct SoftmaxBwd {
-    scale: f32,
-}
-
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "nerpos-masked-softmax-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, g) = (slice(s1, l1, "softmax output")?, slice(s2, l2, "grad")?);
-        let t = *l1.shape().dims().last().unwrap_or(&1);
-        let mut d = vec![0f32; y.len()];
-        let chunk = rows_per_task(y.len() / t, t) * t;
-        d.par_chunks_mut(chunk)
-            .zip(y.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .for_each(|(dc, (yc, gc))| {
-                for ((dr, yr), gr) in dc.chunks_mut(t).zip(yc.chunks(t)).zip(gc.chunks(t)) {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for i in 0..t {
-                        dr[i] = self.scale * yr[i] * (gr[i] - dot);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(d), l1.shape().clone()))
-    }
-}
-
-/// softmax(scores·scale + bias) over the last dimension; `scores` (B, heads, T, T), `bias` (B, T) with
-/// 0 on tokens and a large negative number on padding. CPU f32, fused with its backward.
-pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    scores.contiguous()?.apply_op2(
-        &bias.contiguous()?,
-        MaskedSoftmax {
-            scale: scale as f32,
-        },
-    )
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -362,83 +227,22 @@ pub(crate) fn gelu_bwd_slice(x: &[f32], g: &[f32], d: &mut [f32]) {
 }
 
 #[inline(always)]
-fn softmax_row_kernel(s: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
-    let mut max = f32::NEG_INFINITY;
-    for ((o, &v), &b) in out.iter_mut().zip(s).zip(bias) {
-        *o = v * scale + b;
-        max = max.max(*o);
-    }
+fn softmax_kernel(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
-    for o in out.iter_mut() {
-        *o = exp_neg(*o - max);
-        sum += *o;
+    for v in row.iter_mut() {
+        *v = exp_neg(*v - max);
+        sum += *v;
     }
     let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
-dispatch!(softmax_row_dispatch, softmax_row_kernel, (s: &[f32], bias: &[f32], scale: f32, out: &mut [f32]));
+dispatch!(softmax_dispatch, softmax_kernel, (row: &mut [f32]));
 
-/// softmax(s·scale + bias) of one row into `out` (padding, with a huge negative bias, gets ~1e-38).
-pub(crate) fn softmax_row(s: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
-    softmax_row_dispatch(s, bias, scale, out)
-}
-
-const ELEMENTS_PER_TASK: usize = 16_384;
-
-struct GeluErf;
-
-impl CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "nerpos-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "gelu input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(x.par_chunks(ELEMENTS_PER_TASK))
-            .for_each(|(yc, xc)| gelu_fwd(xc, yc));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            x.contiguous()?
-                .apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBwd)?,
-        ))
-    }
-}
-
-struct GeluErfBwd;
-
-impl CustomOp2 for GeluErfBwd {
-    fn name(&self) -> &'static str {
-        "nerpos-gelu-erf-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (slice(s1, l1, "gelu input")?, slice(s2, l2, "grad")?);
-        let mut d = vec![0f32; x.len()];
-        d.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(
-                x.par_chunks(ELEMENTS_PER_TASK)
-                    .zip(g.par_chunks(ELEMENTS_PER_TASK)),
-            )
-            .for_each(|(dc, (xc, gc))| gelu_bwd(xc, gc, dc));
-        Ok((CpuStorage::F32(d), l1.shape().clone()))
-    }
-}
-
-/// x·Φ(x) with the normal CDF (CPU f32, fused with its backward).
-pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(GeluErf)
+/// Softmax of one row, in place (vectorised where the CPU allows).
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    softmax_dispatch(row)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -515,20 +319,13 @@ pub fn layer_norm_bwd(
     ))
 }
 
-/// Attention probabilities without autograd: softmax(scores·scale + bias), bias (B, T).
+/// Attention probabilities of padded scores (B, heads, T, T): softmax(scores·scale + bias) with bias
+/// (B, T) 0 on tokens and a large negative number on padding; in f32, returned in the scores' dtype.
 pub fn masked_softmax_fwd(
     scores: &Tensor,
     bias: &Tensor,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    if is_fused(scores) {
-        return scores.contiguous()?.apply_op2_no_bwd(
-            &bias.contiguous()?,
-            &MaskedSoftmax {
-                scale: scale as f32,
-            },
-        );
-    }
     let z = (f32(scores)? * scale)?.broadcast_add(&f32(bias)?.unsqueeze(1)?.unsqueeze(1)?)?;
     let max = z.max_keepdim(candle_core::D::Minus1)?;
     let e = z.broadcast_sub(&max)?.exp()?;
@@ -538,27 +335,14 @@ pub fn masked_softmax_fwd(
 
 /// d(scores) from the probabilities `p` and their gradient `dp`.
 pub fn masked_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    if is_fused(p) {
-        return p.contiguous()?.apply_op2_no_bwd(
-            &dp.contiguous()?,
-            &SoftmaxBwd {
-                scale: scale as f32,
-            },
-        );
-    }
     let dtype = p.dtype();
     let (p, dp) = (f32(p)?, f32(dp)?);
     let dot = (&p * &dp)?.sum_keepdim(candle_core::D::Minus1)?;
     ((p * dp.broadcast_sub(&dot)?)? * scale)?.to_dtype(dtype)
 }
 
-/// GELU backward: dy · (Φ(x) + x·φ(x)).
+/// GELU backward: dy · (Φ(x) + x·φ(x)) (the generic path; the CPU kernel is `gelu_bwd_slice`).
 pub fn gelu_bwd_t(x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
-    if is_fused(x) {
-        return x
-            .contiguous()?
-            .apply_op2_no_bwd(&dy.contiguous()?, &GeluErfBwd);
-    }
     let cdf = ((x * SQRT_HALF as f64)?.erf()? + 1.0)? * 0.5;
     let pdf = ((x.sqr()? * -0.5)?.exp()? * INV_SQRT_2PI as f64)?;
     dy * (cdf? + (x * pdf)?)?

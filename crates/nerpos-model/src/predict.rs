@@ -5,8 +5,9 @@ use std::ops::Range;
 
 use candle_core::Device;
 
+use crate::batch::PackedBatch;
 use crate::error::Result;
-use crate::model::{BertNerPos, Inputs};
+use crate::model::BertNerPos;
 
 /// One row (window) of sub-words, as a dataset or a tokenized input holds it.
 pub struct RowView<'a> {
@@ -30,49 +31,67 @@ pub struct WordPrediction {
     pub logits: Option<Vec<f32>>,
 }
 
-/// Runs the model (evaluation mode) on `rows`, padded to their longest, and returns the owned words'
-/// predictions of each row, in word order.
+impl RowView<'_> {
+    /// Positions (within the row) of the first sub-word of each word the row owns, with the word.
+    fn first_subwords(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        self.word_ids.iter().enumerate().filter_map(|(p, &w)| {
+            let first = p == 0 || self.word_ids[p - 1] != w;
+            (w >= 0 && first && self.owned.contains(&(w as u32))).then_some((p, w as u32))
+        })
+    }
+}
+
+/// Runs the model (evaluation mode) on `rows`, packed (no padding; the head runs only on each owned
+/// word's first sub-word), and returns the owned words' predictions of each row, in word order.
 pub fn predict_rows(
     model: &BertNerPos,
     rows: &[RowView],
-    pad_id: u32,
-    pos_pad_id: u32,
     keep_logits: bool,
     device: &Device,
 ) -> Result<Vec<Vec<WordPrediction>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let len = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
-    let pairs: Vec<(&[u32], &[u32])> = rows.iter().map(|r| (r.input_ids, r.pos_ids)).collect();
-    let inputs = Inputs::from_rows(&pairs, len, pad_id, pos_pad_id, device)?;
+    let mut batch = PackedBatch::new();
+    let mut words: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let firsts: Vec<(usize, u32)> = row.first_subwords().collect();
+        batch.push_row(
+            row.input_ids,
+            row.pos_ids,
+            firsts.iter().map(|&(p, _)| (p, None)),
+        );
+        words.push(firsts.into_iter().map(|(_, w)| w).collect());
+    }
+    let (inputs, _) = batch.to_device(device)?;
     let logits = model
         .eval_logits(&inputs)?
+        .to_dtype(candle_core::DType::F32)?
         .to_device(&Device::Cpu)?
         .to_vec2::<f32>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        let mut words = Vec::new();
-        for (p, &w) in row.word_ids.iter().enumerate() {
-            let first = p == 0 || row.word_ids[p - 1] != w;
-            if w < 0 || !first || !row.owned.contains(&(w as u32)) {
-                continue;
-            }
-            let z = &logits[r * len + p];
-            let (label, &max) = z
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .expect("at least one label");
-            let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
-            words.push(WordPrediction {
-                word: w as u32,
-                label: label as u32,
-                prob: 1.0 / sum,
-                logits: keep_logits.then(|| z.clone()),
-            });
-        }
-        out.push(words);
+    let mut at = logits.into_iter();
+    Ok(words
+        .into_iter()
+        .map(|ws| {
+            ws.into_iter()
+                .zip(at.by_ref())
+                .map(|(word, z)| prediction(word, z, keep_logits))
+                .collect()
+        })
+        .collect())
+}
+
+fn prediction(word: u32, z: Vec<f32>, keep_logits: bool) -> WordPrediction {
+    let (label, &max) = z
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .expect("at least one label");
+    let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
+    WordPrediction {
+        word,
+        label: label as u32,
+        prob: 1.0 / sum,
+        logits: keep_logits.then_some(z),
     }
-    Ok(out)
 }

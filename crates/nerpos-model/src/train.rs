@@ -1,24 +1,26 @@
-//! The training step written out: forward keeping what backward needs, then backward layer by layer,
-//! without candle's autograd.
+//! The model's one implementation: the forward pass on a packed batch, keeping what backward needs,
+//! and the backward pass written out layer by layer (no autograd graph).
 //!
-//! candle's backward allocates a zero tensor and adds into it for every gradient of every graph node;
-//! on a MiniLM step that made backward three times slower than forward. Written by hand, backward costs
-//! what the math costs (about two forwards), and gradients come out one layer at a time, from the head
-//! down — a caller can start reducing a layer's gradients while the layers below are still being
-//! differentiated. `tests/parity.rs` checks every gradient against PyTorch, and against candle's own
-//! autograd on the same model.
+//! Everything runs on the real tokens `[N, H]`; attention within each row ([`crate::attention`]); the
+//! head (POS embedding, concatenation, dropout, classifier) and the loss on the head positions `[M]`
+//! only. Backward costs what the math costs (about two forwards), and hands out gradients one layer at
+//! a time, from the head down — a caller can start reducing a layer's gradients while the layers below
+//! are still being differentiated. `tests/parity.rs` checks logits and every gradient against PyTorch,
+//! and against an autograd oracle kept under `tests/`.
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::attention::{self, AttentionCache, Heads};
+use crate::batch::{Inputs, Targets};
+use crate::config::Activation;
 use crate::error::{ModelError, Result};
 use crate::kernels::{self, Mask};
 use crate::layers::DropoutRng;
-use crate::model::{
-    BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, Inputs, POS_EMBEDDING, Targets,
-};
+use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, POS_EMBEDDING};
 use crate::ops::{self, column_sum};
+use crate::profile::timed;
 
 /// The result of a training step on one batch.
 pub struct StepOutput {
@@ -34,21 +36,14 @@ fn d(x: &Tensor) -> Tensor {
     x.detach()
 }
 
-/// y = x·wᵀ + b for x (N, in).
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(x.matmul(&d(w).t()?)?.broadcast_add(&d(b))?)
-}
-
-/// (dx, dw, db) of y = x·wᵀ + b.
-fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let dx = dy.matmul(&d(w))?;
-    let dw = dy.t()?.matmul(x)?;
-    Ok((dx, dw, column_sum(dy)?))
+/// y = x·wᵀ (+ b) for x (N, in).
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(timed("matmul", || x.matmul(&d(w).t()?))?)
 }
 
 fn draw(rng: &mut Option<&mut DropoutRng>, like: &Tensor, p: f64) -> Result<Option<Mask>> {
     match rng {
-        Some(rng) if p > 0.0 => Ok(Some(rng.keep_mask(like, p)?)),
+        Some(rng) if p > 0.0 => Ok(Some(timed("dropout masks", || rng.keep_mask(like, p))?)),
         _ => Ok(None),
     }
 }
@@ -61,20 +56,14 @@ struct Forward {
     features_dropped: Tensor,
     head_mask: Option<Mask>,
     logits: Tensor,
-    ids: Tensor,
-    pos_ids: Tensor,
 }
 
 /// What a layer's backward pass needs from its forward pass.
 struct LayerCache {
     x: Tensor,
     w_qkv: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    probs: Tensor,
-    probs_mask: Option<Mask>,
-    probs_dropped: Tensor,
+    qkv: Tensor,
+    attention: AttentionCache,
     context: Tensor,
     attn_mask: Option<Mask>,
     ln1_in: Tensor,
@@ -85,7 +74,192 @@ struct LayerCache {
     ln2_in: Tensor,
 }
 
+/// A layer's parameters as plain tensors (query, key and value fused into one projection).
+struct LayerWeights {
+    w_qkv: Tensor,
+    b_qkv: Tensor,
+}
+
 impl BertNerPos {
+    fn embed(&self, inputs: &Inputs) -> Result<Tensor> {
+        let emb = &self.encoder.embeddings;
+        let _t = crate::profile::scope("embeddings");
+        let word = d(emb.word.embeddings()).index_select(&inputs.input_ids, 0)?;
+        let pos = d(emb.position.embeddings()).index_select(&inputs.positions, 0)?;
+        let type_row = d(emb.token_type.embeddings()).narrow(0, 0, 1)?;
+        Ok((word + pos)?.broadcast_add(&type_row)?)
+    }
+
+    fn layer_weights(layer: &crate::bert::BertLayer) -> Result<LayerWeights> {
+        // One projection for query, key and value: a (N, 3H) product instead of three (N, H) ones.
+        Ok(LayerWeights {
+            w_qkv: Tensor::cat(
+                &[
+                    d(layer.query.weight()),
+                    d(layer.key.weight()),
+                    d(layer.value.weight()),
+                ],
+                0,
+            )?,
+            b_qkv: Tensor::cat(
+                &[
+                    d(bias_of(&layer.query)?),
+                    d(bias_of(&layer.key)?),
+                    d(bias_of(&layer.value)?),
+                ],
+                0,
+            )?,
+        })
+    }
+
+    /// One encoder layer forward; the cache when `keep`.
+    fn layer_forward(
+        &self,
+        layer: &crate::bert::BertLayer,
+        x: Tensor,
+        inputs: &Inputs,
+        rng: &mut Option<&mut DropoutRng>,
+        keep: bool,
+    ) -> Result<(Tensor, Option<LayerCache>)> {
+        let LayerWeights { w_qkv, b_qkv } = Self::layer_weights(layer)?;
+        let qkv = matmul_t(&x, &w_qkv)?;
+        let qkv = timed("bias", || qkv.broadcast_add(&b_qkv))?;
+        let shape = Heads {
+            heads: layer.heads,
+            head_dim: layer.head_dim,
+        };
+        let (context, attention) = timed("attention", || {
+            attention::forward(
+                &qkv,
+                &inputs.rows,
+                shape,
+                layer.attention_dropout,
+                rng.as_deref_mut(),
+                keep,
+            )
+        })?;
+        let attended = matmul_t(&context, layer.attn_out.weight())?;
+        let attn_mask = draw(rng, &attended, layer.hidden_dropout)?;
+        let ln1_in = timed("bias+dropout+residual", || {
+            kernels::bias_dropout_residual(
+                &attended,
+                &d(bias_of(&layer.attn_out)?),
+                attn_mask.as_ref(),
+                &x,
+            )
+        })?;
+        let h1 = timed("layer norm", || {
+            ops::layer_norm_fwd(
+                &ln1_in,
+                &d(&layer.attn_norm.weight),
+                &d(&layer.attn_norm.bias),
+                layer.attn_norm.eps,
+            )
+        })?;
+        let raw = matmul_t(&h1, layer.intermediate.weight())?;
+        let (inter, gelu) = timed("bias+GELU", || {
+            activation_fwd(layer.activation, &raw, &d(bias_of(&layer.intermediate)?))
+        })?;
+        let out = matmul_t(&gelu, layer.output.weight())?;
+        let out_mask = draw(rng, &out, layer.hidden_dropout)?;
+        let ln2_in = timed("bias+dropout+residual", || {
+            kernels::bias_dropout_residual(
+                &out,
+                &d(bias_of(&layer.output)?),
+                out_mask.as_ref(),
+                &h1,
+            )
+        })?;
+        let next = timed("layer norm", || {
+            ops::layer_norm_fwd(
+                &ln2_in,
+                &d(&layer.out_norm.weight),
+                &d(&layer.out_norm.bias),
+                layer.out_norm.eps,
+            )
+        })?;
+        let Some(attention) = attention else {
+            return Ok((next, None));
+        };
+        let cache = LayerCache {
+            x,
+            w_qkv,
+            qkv,
+            attention,
+            context,
+            attn_mask,
+            ln1_in,
+            h1,
+            inter,
+            gelu,
+            out_mask,
+            ln2_in,
+        };
+        Ok((next, Some(cache)))
+    }
+
+    /// The forward pass: logits at the head positions and (with `keep`) everything backward needs.
+    fn run_forward(
+        &self,
+        inputs: &Inputs,
+        mut rng: Option<&mut DropoutRng>,
+        keep: bool,
+    ) -> Result<Forward> {
+        let c = &self.config;
+        let emb = &self.encoder.embeddings;
+        let summed = self.embed(inputs)?;
+        let normed = timed("layer norm", || {
+            ops::layer_norm_fwd(
+                &summed,
+                &d(&emb.norm.weight),
+                &d(&emb.norm.bias),
+                emb.norm.eps,
+            )
+        })?;
+        let emb_mask = draw(&mut rng, &normed, emb.dropout)?;
+        let mut x = kernels::masked(&normed, emb_mask.as_ref())?;
+
+        let mut caches = Vec::with_capacity(self.encoder.layers.len());
+        for layer in &self.encoder.layers {
+            let (next, cache) = self.layer_forward(layer, x, inputs, &mut rng, keep)?;
+            caches.extend(cache);
+            x = next;
+        }
+
+        // The head, on the head positions only.
+        let _t = crate::profile::scope("head");
+        let at_head = x.index_select(&inputs.head, 0)?;
+        let features = match &self.pos_embedding {
+            Some(e) => Tensor::cat(
+                &[
+                    &at_head,
+                    &d(e.embeddings()).index_select(&inputs.head_pos_ids, 0)?,
+                ],
+                1,
+            )?,
+            None => at_head,
+        };
+        let head_mask = draw(&mut rng, &features, c.head.dropout)?;
+        let features_dropped = kernels::masked(&features, head_mask.as_ref())?;
+        let logits = features_dropped
+            .matmul(&d(self.classifier.weight()).t()?)?
+            .broadcast_add(&d(bias_of(&self.classifier)?))?;
+        Ok(Forward {
+            summed,
+            emb_mask,
+            caches,
+            features_dropped,
+            head_mask,
+            logits,
+        })
+    }
+
+    /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
+    /// a backward pass.
+    pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
+        Ok(self.run_forward(inputs, None, false)?.logits)
+    }
+
     /// Forward and backward on one batch: dropout from `rng` when given (training), none otherwise.
     pub fn forward_backward(
         &self,
@@ -114,341 +288,214 @@ impl BertNerPos {
 
     /// As [`forward_backward`](Self::forward_backward), handing each gradient to `sink` as soon as it
     /// is computed: the head's first, then layer by layer down to the embeddings.
-    /// The forward pass: logits, and (with `keep`) everything backward needs.
-    fn run_forward(
-        &self,
-        inputs: &Inputs,
-        mut rng: Option<&mut DropoutRng>,
-        keep: bool,
-    ) -> Result<Forward> {
-        let c = &self.config;
-        let (b, t) = inputs.input_ids.dims2()?;
-        let n = b * t;
-        let h = c.bert.hidden_size;
-        let emb = &self.encoder.embeddings;
-
-        // ---- forward: embeddings
-        let ids = inputs.input_ids.flatten_all()?;
-        let word = d(emb.word.embeddings()).index_select(&ids, 0)?;
-        let pos_rows = d(emb.position.embeddings()).narrow(0, 0, t)?;
-        let type_row = d(emb.token_type.embeddings()).narrow(0, 0, 1)?;
-        let summed = word
-            .reshape((b, t, h))?
-            .broadcast_add(&pos_rows)?
-            .broadcast_add(&type_row)?
-            .reshape((n, h))?;
-        let normed = ops::layer_norm_fwd(
-            &summed,
-            &d(&emb.norm.weight),
-            &d(&emb.norm.bias),
-            emb.norm.eps,
-        )?;
-        let emb_mask = draw(&mut rng, &normed, emb.dropout)?;
-        let mut x = kernels::masked(&normed, emb_mask.as_ref())?;
-
-        let mask = inputs.attention_mask.to_dtype(DType::F32)?;
-        let bias = ((mask.ones_like()? - &mask)? * f32::MIN as f64)?;
-
-        // ---- forward: layers
-        let mut caches = Vec::with_capacity(self.encoder.layers.len());
-        for layer in &self.encoder.layers {
-            let (nh, dh) = (layer.heads, layer.head_dim);
-            // One projection for query, key and value: a (N, 3H) product instead of three (N, H) ones.
-            let w_qkv = Tensor::cat(
-                &[
-                    d(layer.query.weight()),
-                    d(layer.key.weight()),
-                    d(layer.value.weight()),
-                ],
-                0,
-            )?;
-            let b_qkv = Tensor::cat(
-                &[
-                    d(bias_of(&layer.query)?),
-                    d(bias_of(&layer.key)?),
-                    d(bias_of(&layer.value)?),
-                ],
-                0,
-            )?;
-            let (q, k, v) = kernels::qkv_heads(&x.matmul(&w_qkv.t()?)?, &b_qkv, b, t, nh)?;
-            let scale = 1.0 / (dh as f64).sqrt();
-            let scores = q.matmul(&k.t()?)?;
-            let probs_mask = draw(&mut rng, &scores, layer.attention_dropout)?;
-            let (probs, probs_dropped) =
-                kernels::softmax_dropout(&scores, &bias, scale, probs_mask.as_ref())?;
-            let context = probs_dropped
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((n, h))?;
-            let attended = context.matmul(&d(layer.attn_out.weight()).t()?)?;
-            let attn_mask = draw(&mut rng, &attended, layer.hidden_dropout)?;
-            let ln1_in = kernels::bias_dropout_residual(
-                &attended,
-                &d(bias_of(&layer.attn_out)?),
-                attn_mask.as_ref(),
-                &x,
-            )?;
-            let h1 = ops::layer_norm_fwd(
-                &ln1_in,
-                &d(&layer.attn_norm.weight),
-                &d(&layer.attn_norm.bias),
-                layer.attn_norm.eps,
-            )?;
-            let raw = h1.matmul(&d(layer.intermediate.weight()).t()?)?;
-            let (inter, gelu) = match layer.activation {
-                crate::config::Activation::GeluErf => {
-                    kernels::bias_gelu(&raw, &d(bias_of(&layer.intermediate)?))?
-                }
-                crate::config::Activation::GeluTanh => {
-                    let u = raw.broadcast_add(&d(bias_of(&layer.intermediate)?))?;
-                    let g = u.gelu()?;
-                    (u, g)
-                }
-                crate::config::Activation::Relu => {
-                    let u = raw.broadcast_add(&d(bias_of(&layer.intermediate)?))?;
-                    let g = u.relu()?;
-                    (u, g)
-                }
-            };
-            let out = gelu.matmul(&d(layer.output.weight()).t()?)?;
-            let out_mask = draw(&mut rng, &out, layer.hidden_dropout)?;
-            let ln2_in = kernels::bias_dropout_residual(
-                &out,
-                &d(bias_of(&layer.output)?),
-                out_mask.as_ref(),
-                &h1,
-            )?;
-            let next = ops::layer_norm_fwd(
-                &ln2_in,
-                &d(&layer.out_norm.weight),
-                &d(&layer.out_norm.bias),
-                layer.out_norm.eps,
-            )?;
-            if keep {
-                caches.push(LayerCache {
-                    x,
-                    w_qkv,
-                    q,
-                    k,
-                    v,
-                    probs,
-                    probs_mask,
-                    probs_dropped,
-                    context,
-                    attn_mask,
-                    ln1_in,
-                    h1,
-                    inter,
-                    gelu,
-                    out_mask,
-                    ln2_in,
-                });
-            }
-            x = next;
-        }
-
-        // ---- forward: head
-        let pos_ids = inputs.pos_ids.flatten_all()?;
-        let features = match &self.pos_embedding {
-            Some(e) => Tensor::cat(&[&x, &d(e.embeddings()).index_select(&pos_ids, 0)?], 1)?,
-            None => x.clone(),
-        };
-        let head_mask = draw(&mut rng, &features, c.head.dropout)?;
-        let features_dropped = kernels::masked(&features, head_mask.as_ref())?;
-        let logits = linear(
-            &features_dropped,
-            self.classifier.weight(),
-            bias_of(&self.classifier)?,
-        )?;
-
-        Ok(Forward {
-            summed,
-            emb_mask,
-            caches,
-            features_dropped,
-            head_mask,
-            logits,
-            ids,
-            pos_ids,
-        })
-    }
-
-    /// Logits (B·T, labels) in evaluation mode (no dropout), keeping nothing for a backward pass.
-    pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
-        Ok(self.run_forward(inputs, None, false)?.logits)
-    }
-
     pub fn forward_backward_with(
         &self,
         inputs: &Inputs,
         targets: &Targets,
-        mut rng: Option<&mut DropoutRng>,
+        rng: Option<&mut DropoutRng>,
         mut sink: impl FnMut(&str, Tensor) -> Result<()>,
     ) -> Result<(f64, usize)> {
-        let (b, t) = inputs.input_ids.dims2()?;
+        let fwd = self.run_forward(inputs, rng, true)?;
+        let (loss_sum, dlogits) = timed("loss", || cross_entropy(&fwd.logits, targets))?;
+        let dx = self.head_backward(inputs, &fwd, &dlogits, &mut sink)?;
+        let mut dx = dx;
+        for (i, (layer, cache)) in self.encoder.layers.iter().zip(fwd.caches).enumerate().rev() {
+            dx = self.layer_backward(i, layer, cache, inputs, &dx, &mut sink)?;
+        }
+        self.embeddings_backward(inputs, &fwd.summed, fwd.emb_mask.as_ref(), &dx, &mut sink)?;
+        Ok((loss_sum, targets.count))
+    }
+
+    /// The head's gradients; returns d(encoder output) `[N, H]` (zero off the head positions).
+    fn head_backward(
+        &self,
+        inputs: &Inputs,
+        fwd: &Forward,
+        dlogits: &Tensor,
+        sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let _t = crate::profile::scope("head");
         let h = self.config.bert.hidden_size;
-        let dev = inputs.input_ids.device().clone();
-        let emb = &self.encoder.embeddings;
-        let Forward {
-            summed,
-            emb_mask,
-            caches,
-            features_dropped,
-            head_mask,
-            logits,
-            ids,
-            pos_ids,
-        } = self.run_forward(inputs, rng.take(), true)?;
-
-        // ---- loss and its gradient (on the host: a few thousand rows of a few dozen labels)
-        let (loss_sum, dlogits) = cross_entropy(&logits, targets, &dev)?;
-
-        // ---- backward: head
-        let (dfeat, dwc, dbc) = linear_bwd(&features_dropped, self.classifier.weight(), &dlogits)?;
-        sink(CLASSIFIER_WEIGHT, dwc)?;
-        sink(CLASSIFIER_BIAS, dbc)?;
-        let dfeat = kernels::masked(&dfeat, head_mask.as_ref())?;
-        let mut dx = dfeat.narrow(1, 0, h)?.contiguous()?;
+        let w = self.classifier.weight();
+        sink(
+            CLASSIFIER_WEIGHT,
+            dlogits.t()?.matmul(&fwd.features_dropped)?,
+        )?;
+        sink(CLASSIFIER_BIAS, column_sum(dlogits)?)?;
+        let dfeat = kernels::masked(&dlogits.matmul(&d(w))?, fwd.head_mask.as_ref())?;
         if let Some(e) = &self.pos_embedding {
             let (rows, dim) = e.embeddings().dims2()?;
             let dpos = dfeat.narrow(1, h, dim)?.contiguous()?;
             sink(
                 POS_EMBEDDING,
-                kernels::embedding_grad(&pos_ids, &dpos, rows)?,
+                kernels::embedding_grad(&inputs.head_pos_ids, &dpos, rows)?,
             )?;
         }
+        let dhead = dfeat.narrow(1, 0, h)?.contiguous()?;
+        // Head positions are distinct: summing into zeros places each row.
+        kernels::embedding_grad(&inputs.head, &dhead, inputs.rows.tokens())
+    }
 
-        // ---- backward: layers, top down
-        for (i, (layer, cache)) in self.encoder.layers.iter().zip(caches).enumerate().rev() {
-            let pre = format!("encoder.layer.{i}");
-            let (nh, dh) = (layer.heads, layer.head_dim);
-            let (dz2, dw, db) = ops::layer_norm_bwd(
+    /// One layer's backward: its gradients to `sink`, d(layer input) returned.
+    fn layer_backward(
+        &self,
+        i: usize,
+        layer: &crate::bert::BertLayer,
+        cache: LayerCache,
+        inputs: &Inputs,
+        dx: &Tensor,
+        sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let pre = format!("encoder.layer.{i}");
+        let h = self.config.bert.hidden_size;
+        let (dz2, dw, db) = timed("layer norm", || {
+            ops::layer_norm_bwd(
                 &cache.ln2_in,
                 &d(&layer.out_norm.weight),
-                &dx,
+                dx,
                 layer.out_norm.eps,
-            )?;
-            sink(&format!("{pre}.output.LayerNorm.weight"), dw)?;
-            sink(&format!("{pre}.output.LayerNorm.bias"), db)?;
-            let (dout, db) = kernels::dropout_colsum(&dz2, cache.out_mask.as_ref())?;
-            sink(&format!("{pre}.output.dense.bias"), db)?;
-            sink(
-                &format!("{pre}.output.dense.weight"),
-                dout.t()?.matmul(&cache.gelu)?,
-            )?;
-            let dgelu = dout.matmul(&d(layer.output.weight()))?;
-            let (dinter, db) = match layer.activation {
-                crate::config::Activation::GeluErf => kernels::gelu_colsum(&cache.inter, &dgelu)?,
-                crate::config::Activation::GeluTanh => {
-                    let g = gelu_tanh_bwd(&cache.inter, &dgelu)?;
-                    let db = column_sum(&g)?;
-                    (g, db)
-                }
-                crate::config::Activation::Relu => {
-                    let g = (dgelu * cache.inter.gt(0.0)?.to_dtype(DType::F32)?)?;
-                    let db = column_sum(&g)?;
-                    (g, db)
-                }
-            };
-            sink(&format!("{pre}.intermediate.dense.bias"), db)?;
-            sink(
-                &format!("{pre}.intermediate.dense.weight"),
-                dinter.t()?.matmul(&cache.h1)?,
-            )?;
-            let dh1 = (dinter.matmul(&d(layer.intermediate.weight()))? + dz2)?;
-            let (dz1, dw, db) = ops::layer_norm_bwd(
+            )
+        })?;
+        sink(&format!("{pre}.output.LayerNorm.weight"), dw)?;
+        sink(&format!("{pre}.output.LayerNorm.bias"), db)?;
+        let (dout, db) = timed("bias+dropout+residual", || {
+            kernels::dropout_colsum(&dz2, cache.out_mask.as_ref())
+        })?;
+        sink(&format!("{pre}.output.dense.bias"), db)?;
+        sink(
+            &format!("{pre}.output.dense.weight"),
+            timed("matmul", || dout.t()?.matmul(&cache.gelu))?,
+        )?;
+        let dgelu = timed("matmul", || dout.matmul(&d(layer.output.weight())))?;
+        let (dinter, db) = timed("bias+GELU", || {
+            activation_bwd(layer.activation, &cache.inter, &dgelu)
+        })?;
+        sink(&format!("{pre}.intermediate.dense.bias"), db)?;
+        sink(
+            &format!("{pre}.intermediate.dense.weight"),
+            timed("matmul", || dinter.t()?.matmul(&cache.h1))?,
+        )?;
+        let dh1 = timed("matmul", || {
+            dinter.matmul(&d(layer.intermediate.weight()))? + &dz2
+        })?;
+        let (dz1, dw, db) = timed("layer norm", || {
+            ops::layer_norm_bwd(
                 &cache.ln1_in,
                 &d(&layer.attn_norm.weight),
                 &dh1,
                 layer.attn_norm.eps,
-            )?;
-            sink(&format!("{pre}.attention.output.LayerNorm.weight"), dw)?;
-            sink(&format!("{pre}.attention.output.LayerNorm.bias"), db)?;
-            let (dattended, db) = kernels::dropout_colsum(&dz1, cache.attn_mask.as_ref())?;
-            sink(&format!("{pre}.attention.output.dense.bias"), db)?;
+            )
+        })?;
+        sink(&format!("{pre}.attention.output.LayerNorm.weight"), dw)?;
+        sink(&format!("{pre}.attention.output.LayerNorm.bias"), db)?;
+        let (dattended, db) = timed("bias+dropout+residual", || {
+            kernels::dropout_colsum(&dz1, cache.attn_mask.as_ref())
+        })?;
+        sink(&format!("{pre}.attention.output.dense.bias"), db)?;
+        sink(
+            &format!("{pre}.attention.output.dense.weight"),
+            timed("matmul", || dattended.t()?.matmul(&cache.context))?,
+        )?;
+        let dcontext = timed("matmul", || dattended.matmul(&d(layer.attn_out.weight())))?;
+        let shape = Heads {
+            heads: layer.heads,
+            head_dim: layer.head_dim,
+        };
+        let dqkv = timed("attention", || {
+            attention::backward(&dcontext, &cache.qkv, &inputs.rows, shape, &cache.attention)
+        })?;
+        let db_qkv = timed("bias", || column_sum(&dqkv))?;
+        let dw_qkv = timed("matmul", || dqkv.t()?.matmul(&cache.x))?;
+        for (j, name) in ["query", "key", "value"].iter().enumerate() {
             sink(
-                &format!("{pre}.attention.output.dense.weight"),
-                dattended.t()?.matmul(&cache.context)?,
+                &format!("{pre}.attention.self.{name}.weight"),
+                dw_qkv.narrow(0, j * h, h)?,
             )?;
-            let dcontext = dattended.matmul(&d(layer.attn_out.weight()))?;
-            let dcontext = dcontext
-                .reshape((b, t, nh, dh))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let dprobs_dropped = dcontext.matmul(&cache.v.t()?)?;
-            let dv = cache.probs_dropped.t()?.matmul(&dcontext)?;
-            let dscores = kernels::softmax_dropout_bwd(
-                &cache.probs,
-                cache.probs_mask.as_ref(),
-                &dprobs_dropped,
-                1.0 / (dh as f64).sqrt(),
+            sink(
+                &format!("{pre}.attention.self.{name}.bias"),
+                db_qkv.narrow(0, j * h, h)?,
             )?;
-            let dq = dscores.matmul(&cache.k)?;
-            let dk = dscores.t()?.matmul(&cache.q)?;
-            let (dqkv, db_qkv) = kernels::qkv_merge(&dq, &dk, &dv)?;
-            let dw_qkv = dqkv.t()?.matmul(&cache.x)?;
-            for (j, name) in ["query", "key", "value"].iter().enumerate() {
-                sink(
-                    &format!("{pre}.attention.self.{name}.weight"),
-                    dw_qkv.narrow(0, j * h, h)?,
-                )?;
-                sink(
-                    &format!("{pre}.attention.self.{name}.bias"),
-                    db_qkv.narrow(0, j * h, h)?,
-                )?;
-            }
-            dx = (dqkv.matmul(&cache.w_qkv)? + dz1)?;
         }
+        Ok(timed("matmul", || dqkv.matmul(&cache.w_qkv)? + dz1)?)
+    }
 
-        // ---- backward: embeddings
-        let dnormed = kernels::masked(&dx, emb_mask.as_ref())?;
-        let (dsummed, dw, db) =
-            ops::layer_norm_bwd(&summed, &d(&emb.norm.weight), &dnormed, emb.norm.eps)?;
+    /// The embeddings' gradients from d(embedding output).
+    fn embeddings_backward(
+        &self,
+        inputs: &Inputs,
+        summed: &Tensor,
+        emb_mask: Option<&Mask>,
+        dx: &Tensor,
+        sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let emb = &self.encoder.embeddings;
+        let dnormed = kernels::masked(dx, emb_mask)?;
+        let (dsummed, dw, db) = timed("layer norm", || {
+            ops::layer_norm_bwd(summed, &d(&emb.norm.weight), &dnormed, emb.norm.eps)
+        })?;
         sink("embeddings.LayerNorm.weight", dw)?;
         sink("embeddings.LayerNorm.bias", db)?;
+        let _t = crate::profile::scope("embedding gradients");
         let dsummed = dsummed.contiguous()?;
-        let (vocab, _) = emb.word.embeddings().dims2()?;
+        let (vocab, h) = emb.word.embeddings().dims2()?;
         sink(
             "embeddings.word_embeddings.weight",
-            kernels::embedding_grad(&ids, &dsummed, vocab)?,
+            kernels::embedding_grad(&inputs.input_ids, &dsummed, vocab)?,
         )?;
         let (max_pos, _) = emb.position.embeddings().dims2()?;
-        let dpos = dsummed
-            .reshape((b, t, h))?
-            .to_dtype(DType::F32)?
-            .sum(0)?
-            .to_dtype(dsummed.dtype())?;
-        let dpos = if max_pos > t {
-            Tensor::cat(
-                &[&dpos, &Tensor::zeros((max_pos - t, h), dpos.dtype(), &dev)?],
-                0,
-            )?
-        } else {
-            dpos
-        };
-        sink("embeddings.position_embeddings.weight", dpos)?;
+        sink(
+            "embeddings.position_embeddings.weight",
+            kernels::embedding_grad(&inputs.positions, &dsummed, max_pos)?,
+        )?;
         let (types, _) = emb.token_type.embeddings().dims2()?;
         let dtype0 = column_sum(&dsummed)?.unsqueeze(0)?;
         let dtypes = if types > 1 {
-            Tensor::cat(
-                &[
-                    &dtype0,
-                    &Tensor::zeros((types - 1, h), dtype0.dtype(), &dev)?,
-                ],
-                0,
-            )?
+            let rest = Tensor::zeros((types - 1, h), dtype0.dtype(), dtype0.device())?;
+            Tensor::cat(&[&dtype0, &rest], 0)?
         } else {
             dtype0
         };
-        sink("embeddings.token_type_embeddings.weight", dtypes)?;
-        Ok((loss_sum, targets.count))
+        sink("embeddings.token_type_embeddings.weight", dtypes)
     }
 }
 
 fn bias_of(l: &candle_nn::Linear) -> Result<&Tensor> {
     l.bias()
         .ok_or_else(|| ModelError::Config("a linear layer without bias".into()))
+}
+
+/// (u, act(u)) for u = y + bias.
+fn activation_fwd(a: Activation, y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
+    match a {
+        Activation::GeluErf => kernels::bias_gelu(y, bias),
+        Activation::GeluTanh => {
+            let u = y.broadcast_add(bias)?;
+            let g = u.gelu()?;
+            Ok((u, g))
+        }
+        Activation::Relu => {
+            let u = y.broadcast_add(bias)?;
+            let g = u.relu()?;
+            Ok((u, g))
+        }
+    }
+}
+
+/// (du, dbias) from d(act(u)).
+fn activation_bwd(a: Activation, u: &Tensor, dg: &Tensor) -> Result<(Tensor, Tensor)> {
+    match a {
+        Activation::GeluErf => kernels::gelu_colsum(u, dg),
+        Activation::GeluTanh => {
+            let g = gelu_tanh_bwd(u, dg)?;
+            let db = column_sum(&g)?;
+            Ok((g, db))
+        }
+        Activation::Relu => {
+            let g = (dg * u.gt(0.0)?.to_dtype(dg.dtype())?)?;
+            let db = column_sum(&g)?;
+            Ok((g, db))
+        }
+    }
 }
 
 /// Derivative of the tanh-approximated GELU.
@@ -462,36 +509,32 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     Ok((dy * grad)?)
 }
 
-/// Summed cross-entropy over the labelled rows of logits (N, C), and d(loss)/d(logits).
-fn cross_entropy(logits: &Tensor, targets: &Targets, dev: &Device) -> Result<(f64, Tensor)> {
-    let (n, classes) = logits.dims2()?;
-    let mut grad = vec![0f32; n * classes];
-    if targets.count == 0 {
-        return Ok((
-            0.0,
-            Tensor::from_vec(grad, (n, classes), dev)?.to_dtype(logits.dtype())?,
-        ));
+/// Summed cross-entropy of logits `[M, C]` against `targets`, and d(loss)/d(logits), computed on the
+/// host in f32 (a few thousand rows of a few dozen labels) and handed back in the logits' dtype.
+fn cross_entropy(logits: &Tensor, targets: &Targets) -> Result<(f64, Tensor)> {
+    let (m, classes) = logits.dims2()?;
+    let dev: Device = logits.device().clone();
+    if m == 0 {
+        return Ok((0.0, Tensor::zeros((0, classes), logits.dtype(), &dev)?));
     }
     let rows = logits
-        .index_select(&targets.positions, 0)?
         .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
         .to_vec2::<f32>()?;
-    let positions = targets.positions.to_vec1::<u32>()?;
-    let labels = targets.labels.to_vec1::<u32>()?;
+    let labels = targets.labels.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
+    let mut grad = vec![0f32; m * classes];
     let mut loss = 0f64;
-    for ((row, &p), &label) in rows.iter().zip(&positions).zip(&labels) {
+    for ((row, &label), out) in rows.iter().zip(&labels).zip(grad.chunks_mut(classes)) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
         loss += sum.ln() - (row[label as usize] - max) as f64;
-        let out = &mut grad[p as usize * classes..(p as usize + 1) * classes];
         for (o, &z) in out.iter_mut().zip(row) {
             *o = (((z - max) as f64).exp() / sum) as f32;
         }
         out[label as usize] -= 1.0;
     }
-    // The loss is computed in f32 whatever the compute dtype; its gradient goes back in that dtype.
     Ok((
         loss,
-        Tensor::from_vec(grad, (n, classes), dev)?.to_dtype(logits.dtype())?,
+        Tensor::from_vec(grad, (m, classes), &dev)?.to_dtype(logits.dtype())?,
     ))
 }

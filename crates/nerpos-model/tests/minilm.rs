@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use nerpos_model::{BertNerPos, Mode};
+use nerpos_model::BertNerPos;
 
 #[test]
 fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
@@ -64,8 +64,9 @@ fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
     }
     let (again, meta_again) = BertNerPos::load(&saved, &Device::Cpu).unwrap();
     assert_eq!(meta_again, meta);
-    let ours = model.forward(&reference.inputs, &mut Mode::Eval).unwrap();
-    let reloaded = again.forward(&reference.inputs, &mut Mode::Eval).unwrap();
+    let (inputs, _) = reference.packed(false).to_device(&Device::Cpu).unwrap();
+    let ours = model.eval_logits(&inputs).unwrap();
+    let reloaded = again.eval_logits(&inputs).unwrap();
     assert_eq!(common::rel_error(&reloaded, &ours), 0.0);
 
     // 3. Saved by us, read by transformers' BertModel.from_pretrained plus the head: same logits.
@@ -87,7 +88,34 @@ fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
         out.as_os_str(),
     ]);
     let hf = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    let e = common::rel_error(&ours, &hf["logits"]);
+    let e = common::rel_error(&ours, &reference.at_real_tokens(&hf["logits"]));
     eprintln!("saved folder through BertModel.from_pretrained: logits max relative error {e:.2e}");
     assert!(e <= 1e-4, "{e}");
+}
+
+/// On the real checkpoint: the packed pass equals the padded autograd oracle (logits and gradients)
+/// on a batch of rows of different lengths, and a row's logits do not depend on the rows packed
+/// with it. Needs only the checkpoint.
+#[test]
+fn minilm_packed_equals_padded_and_rows_are_independent() {
+    let name = "minilm_packed_equals_padded_and_rows_are_independent";
+    let Some(minilm) = nerpos_testdata::minilm(name) else {
+        return;
+    };
+    let head = nerpos_model::HeadConfig {
+        num_labels: 17,
+        num_pos: 44,
+        pos_dim: 384,
+        use_pos: true,
+        dropout: 0.0,
+    };
+    let (model, _) =
+        BertNerPos::from_pretrained(&minilm, head, Some(0.0), 3, &Device::Cpu).unwrap();
+    let reference = common::synthetic_reference(&[23, 7, 41, 16], 30_000, 44, 17);
+    let (e_logits, e_grad) = common::packed_vs_oracle(&model, &reference);
+    eprintln!("MiniLM packed vs padded: logits {e_logits:.2e}, gradients {e_grad:.2e}");
+    assert!(e_logits <= 1e-5 && e_grad <= 1e-5, "{e_logits} {e_grad}");
+    let d = common::composition_difference(&model, &reference.packed(false));
+    eprintln!("MiniLM row alone vs packed: max |logit difference| {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
 }

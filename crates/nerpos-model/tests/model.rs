@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use nerpos_model::{BertNerPos, DropoutRng, HeadConfig, Mode, NerposMeta};
+use nerpos_model::{BertNerPos, DropoutRng, HeadConfig, NerposMeta, PackedBatch};
+use rand::SeedableRng;
 
 fn tiny_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model")
@@ -20,11 +21,37 @@ fn head() -> HeadConfig {
     }
 }
 
-fn inputs(dev: &Device) -> nerpos_model::Inputs {
+/// Two rows (12 and 8 sub-words); the head on every token, labelled `i % 7` except every fifth.
+fn batch() -> PackedBatch {
     let ids: Vec<u32> = (0..2 * 12).map(|i| (i * 7 % 97 + 3) as u32).collect();
     let pos: Vec<u32> = (0..2 * 12).map(|i| (i % 8 + 2) as u32).collect();
-    let rows = [(&ids[..12], &pos[..12]), (&ids[12..20], &pos[12..20])];
-    nerpos_model::Inputs::from_rows(&rows, 12, 0, 0, dev).unwrap()
+    let mut b = PackedBatch::new();
+    for (span, at) in [(0..12, 0), (12..20, 12)] {
+        let labelled = span
+            .clone()
+            .filter(|i| i % 5 != 0)
+            .map(|i| (i - at, Some((i % 7) as u32)));
+        b.push_row(&ids[span.clone()], &pos[span], labelled);
+    }
+    b
+}
+
+fn inputs(dev: &Device) -> nerpos_model::Inputs {
+    batch().to_device(dev).unwrap().0
+}
+
+fn targets(dev: &Device) -> nerpos_model::Targets {
+    batch().to_device(dev).unwrap().1.unwrap()
+}
+
+/// Evaluation logits of the batch, flattened.
+fn eval(m: &BertNerPos, x: &nerpos_model::Inputs) -> Vec<f32> {
+    m.eval_logits(x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 /// Copies the tiny fixture's folder, letting `edit` change its weights.
@@ -177,39 +204,34 @@ fn weight_problems_are_errors_listing_the_keys() {
 fn dropout_is_real_in_training_and_absent_in_evaluation() {
     let dev = Device::Cpu;
     let (model, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
-    let x = inputs(&dev);
-    let eval = |m: &BertNerPos| {
-        m.forward(&x, &mut Mode::Eval)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let train = |seed: u64| {
-        let mut rng = DropoutRng::new(seed, &dev).unwrap();
+    let (x, y) = (inputs(&dev), targets(&dev));
+    // Training loss with the masks of a seed; without a generator (evaluation) no dropout.
+    let train = |seed: Option<u64>| {
+        let mut rng = seed.map(|s| DropoutRng::new(s, &dev).unwrap());
         model
-            .forward(&x, &mut Mode::Train(&mut rng))
+            .forward_backward(&x, &y, rng.as_mut())
             .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+            .loss_sum
     };
-    assert_eq!(eval(&model), eval(&model));
-    assert_eq!(train(1), train(1), "a seed fixes the masks");
-    assert_ne!(train(1), train(2));
-    assert_ne!(train(1), eval(&model));
+    assert_eq!(eval(&model, &x), eval(&model, &x));
+    assert_eq!(train(Some(1)), train(Some(1)), "a seed fixes the masks");
+    assert_ne!(train(Some(1)), train(Some(2)));
+    assert_ne!(train(Some(1)), train(None));
 
     // The mask zeroes the expected fraction and scales the rest by 1/(1-p).
     let ones = Tensor::ones((200, 500), candle_core::DType::F32, &dev).unwrap();
-    let mut rng = DropoutRng::new(3, &dev).unwrap();
-    let y = nerpos_model::layers::dropout(&ones, 0.2, &mut Mode::Train(&mut rng)).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+    let bytes = nerpos_model::kernels::keep_bytes(&mut rng, 100_000, 0.2);
+    let mask = nerpos_model::kernels::Mask {
+        tensor: Tensor::from_vec(bytes, (200, 500), &dev).unwrap(),
+        p: 0.2,
+    };
+    let y = nerpos_model::kernels::masked(&ones, Some(&mask)).unwrap();
     let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let zero = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
     assert!((zero - 0.2).abs() < 0.005, "zeroed fraction {zero}");
     assert!(v.iter().all(|&x| x == 0.0 || (x - 1.25).abs() < 1e-6));
-    let same = nerpos_model::layers::dropout(&ones, 0.2, &mut Mode::Eval).unwrap();
+    let same = nerpos_model::kernels::masked(&ones, None).unwrap();
     assert_eq!(
         same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         vec![1.0; 100_000]
@@ -236,8 +258,8 @@ fn no_pos_ablation_from_the_same_code() {
         m.config.bert.hidden_dropout_prob, 0.0,
         "encoder_dropout overrides the checkpoint"
     );
-    let logits = m.forward(&inputs(&Device::Cpu), &mut Mode::Eval).unwrap();
-    assert_eq!(logits.dims(), [2, 12, 7]);
+    let logits = m.eval_logits(&inputs(&Device::Cpu)).unwrap();
+    assert_eq!(logits.dims(), [batch().head.len(), 7]);
 }
 
 #[test]
@@ -256,21 +278,7 @@ fn save_and_load_give_identical_outputs() {
     let (again, meta2) = BertNerPos::load(&out, &dev).unwrap();
     assert_eq!(meta2, meta);
     let x = inputs(&dev);
-    let a = model
-        .forward(&x, &mut Mode::Eval)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = again
-        .forward(&x, &mut Mode::Eval)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_eq!(a, b);
+    assert_eq!(eval(&model, &x), eval(&again, &x));
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -291,11 +299,7 @@ fn bf16_compute_copy_tracks_the_f32_model() {
         BertNerPos::with_dtype(master.config.clone(), &dev, candle_core::DType::BF16).unwrap();
     half.copy_from(&master).unwrap();
     assert_eq!(half.dtype(), candle_core::DType::BF16);
-    let x = inputs(&dev);
-    let labels: Vec<i32> = (0..24)
-        .map(|i| if i % 5 == 0 { -100 } else { i % 7 })
-        .collect();
-    let targets = nerpos_model::Targets::from_labels(&labels, &dev).unwrap();
+    let (x, targets) = (inputs(&dev), targets(&dev));
     let full = master.forward_backward(&x, &targets, None).unwrap();
     let low = half.forward_backward(&x, &targets, None).unwrap();
     assert_eq!(full.count, low.count);

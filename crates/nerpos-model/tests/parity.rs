@@ -18,3 +18,18 @@ fn tiny_model_matches_pytorch() {
     common::compare(&model, &reference, 1e-4);
     common::compare_manual(&model, &reference, 1e-4);
 }
+
+/// The packed pass (no padding anywhere) equals the padded autograd oracle on the fixture's padded
+/// batch, and a row's logits do not depend on the rows packed with it.
+#[test]
+fn packed_equals_padded_and_rows_are_independent() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let (model, _) = BertNerPos::load(&dir.join("model"), &Device::Cpu).unwrap();
+    let reference = common::read_reference(&dir.join("expected.safetensors"));
+    let (e_logits, e_grad) = common::packed_vs_oracle(&model, &reference);
+    eprintln!("packed vs padded: logits {e_logits:.2e}, gradients {e_grad:.2e}");
+    assert!(e_logits <= 1e-5 && e_grad <= 1e-5, "{e_logits} {e_grad}");
+    let d = common::composition_difference(&model, &reference.packed(false));
+    eprintln!("a row alone vs packed with others: max |logit difference| {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
+}

@@ -221,14 +221,7 @@ impl Tagger {
                     }
                 })
                 .collect();
-            let preds = predict_rows(
-                &self.model,
-                &views,
-                self.tokenizer.pad_id,
-                self.meta.pos_pad_id,
-                keep_logits,
-                &self.device,
-            )?;
+            let preds = predict_rows(&self.model, &views, keep_logits, &self.device)?;
             for (&k, words) in batch.iter().zip(preds) {
                 let s = rows[k].0;
                 for p in words {

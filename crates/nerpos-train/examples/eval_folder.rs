@@ -29,8 +29,6 @@ fn main() -> anyhow::Result<()> {
     let spec = EvalSpec {
         labels: meta.labels.clone(),
         batch_rows: 64,
-        pad_id: ds.manifest.tokenizer.pad_token_id,
-        pos_pad_id: meta.pos_pad_id,
         device: dev.clone(),
     };
     let (report, _) = evaluate(&model, &mut Comm::Single, &data, &spec)?;

@@ -20,8 +20,8 @@ pub struct TrainConfig {
     /// Rows per process per micro-batch (with `batch_tokens`, the most rows).
     #[serde(default = "d::batch_size")]
     pub batch_size: usize,
-    /// Alternative to a fixed row count: sub-word tokens (rows × padded length) per process per
-    /// micro-batch; 0 = off.
+    /// Alternative to a fixed row count: real sub-word tokens per process per micro-batch (batches
+    /// are packed, so this is what a step computes on); 0 = off.
     #[serde(default)]
     pub batch_tokens: usize,
     /// Micro-batches per optimiser step (gradients are reduced across processes once per step).
@@ -81,8 +81,9 @@ pub struct TrainConfig {
     /// Evaluate the best model on test at the end.
     #[serde(default = "d::yes")]
     pub test_at_end: bool,
-    /// Group rows of similar length inside large random chunks (less padding); off = plain shuffle.
-    #[serde(default = "d::yes")]
+    /// Group rows of similar length inside large random chunks. Batches are packed (no padding), so
+    /// this buys little speed and can cost accuracy; off (the default) = plain shuffle.
+    #[serde(default)]
     pub length_grouping: bool,
     /// Train on the first N training sentences only (0 = all).
     #[serde(default)]

@@ -38,9 +38,8 @@ impl EvalData {
 /// Settings of an evaluation.
 pub struct EvalSpec {
     pub labels: Vec<String>,
+    /// Rows per packed batch.
     pub batch_rows: usize,
-    pub pad_id: u32,
-    pub pos_pad_id: u32,
     pub device: Device,
 }
 
@@ -54,11 +53,10 @@ pub fn evaluate(
 ) -> anyhow::Result<(Report, Counts)> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let mine: Vec<usize> = (rank..data.sentences.len()).step_by(world).collect();
-    let mut rows: Vec<usize> = mine
+    let rows: Vec<usize> = mine
         .iter()
         .flat_map(|&s| data.sentences[s].clone())
         .collect();
-    rows.sort_by_key(|&i| data.rows[i].input_ids.len());
     // Per row: its owned words' predicted label ids.
     let mut predicted: Vec<Vec<u32>> = vec![Vec::new(); data.rows.len()];
     for batch in rows.chunks(spec.batch_rows.max(1)) {
@@ -74,14 +72,10 @@ pub fn evaluate(
                 }
             })
             .collect();
-        for (&i, words) in batch.iter().zip(predict_rows(
-            model,
-            &views,
-            spec.pad_id,
-            spec.pos_pad_id,
-            false,
-            &spec.device,
-        )?) {
+        for (&i, words) in batch
+            .iter()
+            .zip(predict_rows(model, &views, false, &spec.device)?)
+        {
             predicted[i] = words.into_iter().map(|w| w.label).collect();
         }
     }

@@ -38,6 +38,9 @@ pub fn run(
     output: Output,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
+    if std::env::var("NERPOS_PROFILE").is_ok_and(|v| v == "1") {
+        nerpos_model::profile::enable();
+    }
     let rdv = Rendezvous::from_env()?;
     let run = RunDir::new(resume.map_or_else(|| cfg.out.clone(), Path::to_owned));
     // Under the launcher, it keeps the log files (from this process's output).
@@ -74,8 +77,6 @@ impl Job {
         EvalSpec {
             labels: self.meta.labels.clone(),
             batch_rows: self.cfg.eval_batch_size,
-            pad_id: self.pad_id,
-            pos_pad_id: self.meta.pos_pad_id,
             device: self.trainer.device().clone(),
         }
     }
@@ -87,8 +88,6 @@ impl Job {
                 batching: batching(&self.cfg, self.trainer.world_size()),
                 rank: self.trainer.rank(),
                 epochs: self.schedule.epochs,
-                pad_id: self.pad_id,
-                pos_pad: self.meta.pos_pad_id,
                 pos_unk: self.meta.pos_unk_id,
                 pos_dropout: self.cfg.pos_dropout,
             },
@@ -113,6 +112,8 @@ impl Job {
             output,
         )?;
         let mut best: Option<Vec<Tensor>> = None;
+        // Step time (data wait included) and steps, for the profile.
+        let mut stepped = (0.0f64, 0usize);
         let loader = self.loader();
         let mut wait_started = Instant::now();
         while self.state.step < s.total {
@@ -138,6 +139,8 @@ impl Job {
                 data_wait_s,
             };
             report.step(&point, &stats)?;
+            stepped = (stepped.0 + point.step_s, stepped.1 + 1);
+            nerpos_model::profile::add("step: data wait", data_wait_s);
 
             let end_of_epoch = self.state.index_in_epoch == 0;
             let every = self.cfg.eval_every;
@@ -174,8 +177,30 @@ impl Job {
             wait_started = Instant::now();
         }
         drop(loader);
+        self.write_profile(stepped)?;
         self.finish(&mut report, best, started)?;
         Ok(Outcome::Finished)
+    }
+
+    /// With `NERPOS_PROFILE=1`: where the steps' time went, in `profile.json` and the log (rank 0).
+    fn write_profile(&self, (step_s, steps): (f64, usize)) -> anyhow::Result<()> {
+        if !nerpos_model::profile::enabled() || self.trainer.rank() != 0 {
+            return Ok(());
+        }
+        let phases: Vec<serde_json::Value> = nerpos_model::profile::totals()
+            .into_iter()
+            .map(|(name, secs, n)| serde_json::json!({"phase": name, "seconds": secs, "count": n}))
+            .collect();
+        let v = serde_json::json!({"steps": steps, "step_seconds": step_s, "phases": phases});
+        nerpos_run::write_atomic(
+            &self.run.path().join("profile.json"),
+            (serde_json::to_string_pretty(&v)? + "\n").as_bytes(),
+        )?;
+        info!(
+            "where {steps} steps' {step_s:.2} s went:\n{}",
+            nerpos_model::profile::table(step_s)
+        );
+        Ok(())
     }
 
     /// Moves the loop's position past the step just taken.

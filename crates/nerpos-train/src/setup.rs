@@ -71,7 +71,6 @@ pub struct Job {
     pub train: Arc<Vec<Row>>,
     pub dev: EvalData,
     pub test: EvalData,
-    pub pad_id: u32,
     pub state: LoopState,
     pub schedule: Schedule,
 }
@@ -323,7 +322,6 @@ impl Job {
             "schedule"
         );
         Ok(Job {
-            pad_id: m.tokenizer.pad_token_id,
             cfg,
             run,
             trainer,

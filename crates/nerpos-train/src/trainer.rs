@@ -13,16 +13,16 @@ use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use nerpos_dist::{Comm, all_reduce_bucketed};
 use nerpos_eval::Report;
-use nerpos_model::{BertNerPos, DropoutRng};
+use nerpos_model::{BertNerPos, DropoutRng, profile};
 use nerpos_run::RunDir;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
-use crate::data::HostBatch;
 use crate::evaluate::{EvalData, EvalSpec, evaluate};
 use crate::optim::{AdamW, AdamWConfig};
+use nerpos_model::PackedBatch;
 
 /// What a step needs beyond the model.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ impl Trainer {
     /// `lr` (encoder) and `head_lr` (POS embedding and classifier). `stop` is this rank's wish to stop.
     pub fn step(
         &mut self,
-        micro: &[HostBatch],
+        micro: &[PackedBatch],
         step: usize,
         lr: f64,
         head_lr: f64,
@@ -119,7 +119,7 @@ impl Trainer {
     /// multiplies them by, before the update (the GPU checks feed a second optimiser the same ones).
     pub fn step_observed(
         &mut self,
-        micro: &[HostBatch],
+        micro: &[PackedBatch],
         step: usize,
         lr: f64,
         head_lr: f64,
@@ -128,7 +128,7 @@ impl Trainer {
     ) -> anyhow::Result<StepStats> {
         let local = self.forward_backward(micro, step)?;
         let t_reduce = Instant::now();
-        let grads = self.all_reduce(local.grads)?;
+        let grads = profile::timed("step: all-reduce", || self.all_reduce(local.grads))?;
         let mut scalars = [
             local.loss_sum,
             local.count,
@@ -143,14 +143,18 @@ impl Trainer {
         let mut grad_norm = 0.0;
         if count > 0.0 {
             let scale = 1.0 / count;
-            grad_norm = AdamW::squared_norm(&grads)?.sqrt() * scale;
+            grad_norm = profile::timed("step: gradient norm", || AdamW::squared_norm(&grads))?
+                .sqrt()
+                * scale;
             let clip = if self.settings.max_grad_norm > 0.0 {
                 (self.settings.max_grad_norm / (grad_norm + 1e-6)).min(1.0)
             } else {
                 1.0
             };
             observe(&grads, scale * clip)?;
-            self.optimizer.step(&grads, scale * clip, lr, head_lr)?;
+            profile::timed("step: AdamW", || {
+                self.optimizer.step(&grads, scale * clip, lr, head_lr)
+            })?;
         }
         Ok(StepStats {
             loss: if count > 0.0 { loss_sum / count } else { 0.0 },
@@ -164,25 +168,31 @@ impl Trainer {
     }
 
     /// Forward and backward of this rank's micro-batches; gradients summed in f32.
-    fn forward_backward(&self, micro: &[HostBatch], step: usize) -> anyhow::Result<LocalStep> {
+    fn forward_backward(&self, micro: &[PackedBatch], step: usize) -> anyhow::Result<LocalStep> {
         let mut out = LocalStep::default();
         if let Some(half) = &self.compute {
             half.copy_from(&self.model)?;
         }
         let stepper = self.compute.as_ref().unwrap_or(&self.model);
         let rank = self.rank() as u64;
-        for (k, hb) in micro.iter().enumerate() {
-            if hb.rows == 0 {
+        for (k, batch) in micro.iter().enumerate() {
+            out.tokens += batch.tokens() as f64;
+            out.rows += batch.rows() as f64;
+            let (inputs, targets) = batch.to_device(self.device())?;
+            let Some(targets) = targets else {
+                // Rows without a single label: nothing to learn from them.
                 continue;
-            }
-            let (inputs, targets) = hb.to_device(self.device())?;
+            };
             let seed = DropoutRng::step_seed(
                 self.settings.seed,
                 (step * self.settings.grad_accum + k) as u64,
                 rank,
             );
             let mut rng = DropoutRng::new(seed, self.device())?;
-            let result = stepper.forward_backward(&inputs, &targets, Some(&mut rng))?;
+            let result = profile::timed("step: forward+backward", || {
+                stepper.forward_backward(&inputs, &targets, Some(&mut rng))
+            })?;
+            let _acc = profile::scope("step: gradient accumulation");
             for (name, g) in result.grads {
                 let g = match out.grads.remove(&name) {
                     Some(acc) => (acc.to_dtype(DType::F32)? + g.to_dtype(DType::F32)?)?,
@@ -192,8 +202,6 @@ impl Trainer {
             }
             out.loss_sum += result.loss_sum;
             out.count += result.count as f64;
-            out.tokens += hb.tokens as f64;
-            out.rows += hb.rows as f64;
         }
         // A rank with no rows this step still takes part in the reduction, with zeros.
         for (name, var) in self.model.params.iter() {

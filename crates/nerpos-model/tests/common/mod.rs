@@ -1,13 +1,21 @@
 //! Shared by the parity tests: reading a reference batch and comparing tensors.
 
+#![allow(dead_code)] // each test binary uses part of this module
+
 use std::collections::HashMap;
 use std::path::Path;
 
+pub mod oracle;
+
 use candle_core::{DType, Device, Tensor};
-use nerpos_model::{BertNerPos, Inputs, Mode, Targets};
+use nerpos_model::{BertNerPos, PackedBatch};
 
 pub struct Reference {
-    pub inputs: Inputs,
+    /// The padded batch as PyTorch ran it: ids, attention mask (u8), POS ids, all (B, T).
+    pub ids: Tensor,
+    pub mask: Tensor,
+    pub pos: Tensor,
+    /// (B·T) labels, −100 where there is none.
     pub labels: Vec<i32>,
     pub tensors: HashMap<String, Tensor>,
 }
@@ -15,11 +23,6 @@ pub struct Reference {
 pub fn read_reference(path: &Path) -> Reference {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let u32s = |k: &str| tensors[k].to_dtype(DType::U32).unwrap();
-    let inputs = Inputs {
-        input_ids: u32s("input_ids"),
-        attention_mask: tensors["attention_mask"].to_dtype(DType::U8).unwrap(),
-        pos_ids: u32s("pos_ids"),
-    };
     let labels: Vec<i32> = tensors["labels"]
         .flatten_all()
         .unwrap()
@@ -29,9 +32,67 @@ pub fn read_reference(path: &Path) -> Reference {
         .map(|l| l as i32)
         .collect();
     Reference {
-        inputs,
+        ids: u32s("input_ids"),
+        mask: tensors["attention_mask"].to_dtype(DType::U8).unwrap(),
+        pos: u32s("pos_ids"),
         labels,
         tensors,
+    }
+}
+
+impl Reference {
+    /// (row, length) of each padded row.
+    fn lengths(&self) -> Vec<usize> {
+        self.mask
+            .to_vec2::<u8>()
+            .unwrap()
+            .iter()
+            .map(|r| r.iter().filter(|&&m| m == 1).count())
+            .collect()
+    }
+
+    /// The batch packed; the head on every real token (`labelled` false) or on the labelled ones,
+    /// with their labels.
+    pub fn packed(&self, labelled: bool) -> PackedBatch {
+        let ids = self.ids.to_vec2::<u32>().unwrap();
+        let pos = self.pos.to_vec2::<u32>().unwrap();
+        let t = ids[0].len();
+        let mut b = PackedBatch::new();
+        for (r, len) in self.lengths().into_iter().enumerate() {
+            let labels = &self.labels[r * t..r * t + len];
+            let head: Vec<(usize, Option<u32>)> = if labelled {
+                labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| **l >= 0)
+                    .map(|(p, &l)| (p, Some(l as u32)))
+                    .collect()
+            } else {
+                (0..len).map(|p| (p, None)).collect()
+            };
+            b.push_row(&ids[r][..len], &pos[r][..len], head);
+        }
+        b
+    }
+
+    /// PyTorch's logits at the real tokens, packed: (N, C).
+    pub fn real_logits(&self) -> Tensor {
+        self.at_real_tokens(&self.tensors["logits"])
+    }
+
+    /// The real tokens' rows of a padded (B, T, C) tensor, packed: (N, C).
+    pub fn at_real_tokens(&self, logits: &Tensor) -> Tensor {
+        let (_, t, c) = logits.dims3().unwrap();
+        let flat = logits.reshape(((), c)).unwrap();
+        let idx: Vec<u32> = self
+            .lengths()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(r, len)| (0..len).map(move |p| (r * t + p) as u32))
+            .collect();
+        let n = idx.len();
+        flat.index_select(&Tensor::from_vec(idx, n, &Device::Cpu).unwrap(), 0)
+            .unwrap()
     }
 }
 
@@ -59,13 +120,13 @@ pub fn rel_error(ours: &Tensor, theirs: &Tensor) -> f64 {
     diff / scale
 }
 
-/// Runs the model on the reference batch (dropout off) and compares logits, loss and every gradient
-/// with `tolerance`; returns the worst relative errors (logits, loss, gradients).
+/// Runs the autograd oracle on the reference batch (dropout off) and compares logits, loss and every
+/// gradient with `tolerance`; returns the worst relative errors (logits, loss, gradients).
 pub fn compare(model: &BertNerPos, r: &Reference, tolerance: f64) -> (f64, f64, f64) {
-    let logits = model.forward(&r.inputs, &mut Mode::Eval).unwrap();
+    let logits = oracle::logits(model, &r.ids, &r.mask, &r.pos);
     let e_logits = rel_error(&logits, &r.tensors["logits"]);
-    let targets = Targets::from_labels(&r.labels, &Device::Cpu).unwrap();
-    let (loss, count) = BertNerPos::loss(&logits, &targets).unwrap();
+    let loss = oracle::loss(&logits, &r.labels);
+    let count = r.labels.iter().filter(|&&l| l >= 0).count();
     assert_eq!(
         count as f64,
         r.tensors["count"]
@@ -138,14 +199,18 @@ pub fn compare(model: &BertNerPos, r: &Reference, tolerance: f64) -> (f64, f64, 
     (e_logits, e_loss, e_grad)
 }
 
-/// The hand-written training pass (`forward_backward`) on the reference batch: loss and every
-/// gradient within `tolerance` of the reference; returns the worst gradient error.
+/// The model's own pass on the reference batch packed: logits at every real token, then loss and
+/// every gradient (`forward_backward`, head on the labelled tokens) within `tolerance` of the
+/// reference; returns the worst gradient error.
 pub fn compare_manual(model: &BertNerPos, r: &Reference, tolerance: f64) -> f64 {
-    let logits = model.eval_logits(&r.inputs).unwrap();
-    let e_logits = rel_error(&logits, &r.tensors["logits"].flatten_to(1).unwrap());
+    let (inputs, _) = r.packed(false).to_device(&Device::Cpu).unwrap();
+    let logits = model.eval_logits(&inputs).unwrap();
+    let e_logits = rel_error(&logits, &r.real_logits());
     assert!(e_logits <= tolerance, "eval logits {e_logits}");
-    let targets = Targets::from_labels(&r.labels, &Device::Cpu).unwrap();
-    let out = model.forward_backward(&r.inputs, &targets, None).unwrap();
+    let (inputs, targets) = r.packed(true).to_device(&Device::Cpu).unwrap();
+    let out = model
+        .forward_backward(&inputs, &targets.unwrap(), None)
+        .unwrap();
     let theirs = r.tensors["loss_sum"]
         .to_dtype(DType::F64)
         .unwrap()
@@ -183,4 +248,91 @@ pub fn compare_manual(model: &BertNerPos, r: &Reference, tolerance: f64) -> f64 
     assert!(worst.0 <= tolerance, "gradient of {}: {}", worst.1, worst.0);
     assert_eq!(out.grads.len(), model.params.len());
     worst.0
+}
+
+/// The packed pass against the padded autograd oracle on the same batch and weights (dropout off):
+/// logits at every real token and every gradient, worst relative errors (logits, gradients).
+pub fn packed_vs_oracle(model: &BertNerPos, r: &Reference) -> (f64, f64) {
+    let padded = oracle::logits(model, &r.ids, &r.mask, &r.pos);
+    let (inputs, _) = r.packed(false).to_device(&Device::Cpu).unwrap();
+    let packed = model.eval_logits(&inputs).unwrap();
+    let e_logits = rel_error(&packed, &r.at_real_tokens(&padded));
+    let grads = oracle::loss(&padded, &r.labels).backward().unwrap();
+    let (inputs, targets) = r.packed(true).to_device(&Device::Cpu).unwrap();
+    let out = model
+        .forward_backward(&inputs, &targets.unwrap(), None)
+        .unwrap();
+    let mut e_grad: f64 = 0.0;
+    for (name, var) in model.params.iter() {
+        let theirs = grads.get(var.as_tensor()).unwrap();
+        // The key bias's exact gradient is zero (see `compare`); both sides hold rounding noise.
+        if !name.ends_with("attention.self.key.bias") {
+            e_grad = e_grad.max(rel_error(&out.grads[name], theirs));
+        }
+    }
+    (e_logits, e_grad)
+}
+
+/// Each row's logits alone equal its logits packed with the other rows; returns the largest
+/// difference.
+pub fn composition_difference(model: &BertNerPos, all: &PackedBatch) -> f32 {
+    let (inputs, _) = all.to_device(&Device::Cpu).unwrap();
+    let together = model
+        .eval_logits(&inputs)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut worst = 0f32;
+    let mut at = 0;
+    for r in 0..all.rows() {
+        let (s, e) = (all.cu_seqlens[r] as usize, all.cu_seqlens[r + 1] as usize);
+        let mut alone = PackedBatch::new();
+        alone.push_row(
+            &all.input_ids[s..e],
+            &all.pos_ids[s..e],
+            (0..e - s).map(|p| (p, None)),
+        );
+        let (x, _) = alone.to_device(&Device::Cpu).unwrap();
+        let own = model.eval_logits(&x).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in own.iter().zip(&together[at..at + (e - s)]) {
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        at += e - s;
+    }
+    worst
+}
+
+/// A padded batch of rows of the given lengths with seeded ids, POS ids and labels (every third
+/// position unlabelled), as `read_reference` gives (without PyTorch's outputs).
+pub fn synthetic_reference(lengths: &[usize], vocab: u32, num_pos: u32, labels: u32) -> Reference {
+    let (b, t) = (lengths.len(), *lengths.iter().max().unwrap());
+    let mut x = 0x9E37_79B9u64;
+    let mut next = |n: u32| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % u64::from(n)) as u32
+    };
+    let (mut ids, mut mask, mut pos) = (vec![0u32; b * t], vec![0u8; b * t], vec![0u32; b * t]);
+    let mut lab = vec![-100i32; b * t];
+    for (r, &len) in lengths.iter().enumerate() {
+        for p in 0..len {
+            ids[r * t + p] = 1000 + next(vocab - 1000);
+            mask[r * t + p] = 1;
+            pos[r * t + p] = 2 + next(num_pos - 2);
+            if p % 3 != 0 {
+                lab[r * t + p] = next(labels) as i32;
+            }
+        }
+    }
+    let dev = Device::Cpu;
+    Reference {
+        ids: Tensor::from_vec(ids, (b, t), &dev).unwrap(),
+        mask: Tensor::from_vec(mask, (b, t), &dev).unwrap(),
+        pos: Tensor::from_vec(pos, (b, t), &dev).unwrap(),
+        labels: lab,
+        tensors: HashMap::new(),
+    }
 }

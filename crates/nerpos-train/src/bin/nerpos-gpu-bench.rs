@@ -15,10 +15,11 @@ use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
 use nerpos_dist::Comm;
+use nerpos_model::PackedBatch;
 use nerpos_model::{BertNerPos, HeadConfig, ModelConfig};
 use nerpos_prep::{Columns, Dataset, Part, Row, Split};
 use nerpos_train::config::ReduceDtype;
-use nerpos_train::data::{HostBatch, pad_batch};
+use nerpos_train::data::pack_batch;
 use nerpos_train::optim::{AdamW, AdamWConfig, lr_factor};
 use nerpos_train::{StepSettings, Trainer};
 use rand::SeedableRng;
@@ -175,7 +176,7 @@ fn read_corpus(dir: &Path) -> anyhow::Result<Corpus> {
 }
 
 /// `count` batches of `batch` training sentences: shuffled (seeded), optionally grouped by length.
-fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> Vec<HostBatch> {
+fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> Vec<PackedBatch> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = Vec::new();
     while order.len() < batch * count {
@@ -197,7 +198,7 @@ fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> 
         out = order.chunks(batch).map(<[usize]>::to_vec).collect();
     }
     out.iter()
-        .map(|rows| pad_batch(&c.rows, rows, c.pad_id, c.pos_pad, c.pos_unk, 0.0, &mut rng))
+        .map(|rows| pack_batch(&c.rows, rows, c.pos_unk, 0.0, &mut rng))
         .collect()
 }
 
@@ -265,7 +266,7 @@ impl Stepper {
     }
 
     /// One optimiser step on `hb`; returns the mean loss.
-    fn step(&mut self, hb: &HostBatch) -> anyhow::Result<f64> {
+    fn step(&mut self, hb: &PackedBatch) -> anyhow::Result<f64> {
         let lr = 1e-4 * lr_factor(self.done, self.total / 10, self.total);
         let shadow = &mut self.shadow;
         let stats = self.trainer.step_observed(
@@ -409,18 +410,46 @@ fn correctness(
     }))
 }
 
-/// Model FLOPs of one training step (forward + backward = 3× forward) on a padded batch.
-fn step_flops(c: &ModelConfig, rows: usize, len: usize) -> f64 {
+/// Model FLOPs of one training step (forward + backward = 3× forward) on a packed batch: the real
+/// tokens' linear layers, each row's attention over itself, the head on the labelled positions.
+fn step_flops(c: &ModelConfig, b: &PackedBatch) -> f64 {
     let (h, l, i) = (
         c.bert.hidden_size as f64,
         c.bert.num_hidden_layers as f64,
         c.bert.intermediate_size as f64,
     );
-    let tokens = (rows * len) as f64;
+    let tokens = b.tokens() as f64;
     let per_token_layer = 2.0 * (4.0 * h * h + 2.0 * h * i);
-    let attention = 2.0 * 2.0 * len as f64 * h;
+    let attention: f64 = b
+        .lengths()
+        .iter()
+        .map(|&len| 2.0 * 2.0 * (len * len) as f64 * h)
+        .sum();
     let head = 2.0 * (h + c.head.pos_dim as f64) * c.head.num_labels as f64;
-    3.0 * tokens * (l * (per_token_layer + attention) + head)
+    3.0 * (l * (tokens * per_token_layer + attention) + b.head.len() as f64 * head)
+}
+
+/// A packed batch as the padded batch PyTorch's reference (tests/bench/gpu_torch.py) reads.
+fn padded_json(b: &PackedBatch, c: &Corpus) -> Value {
+    let len = b.lengths().into_iter().max().unwrap_or(0);
+    let n = b.rows() * len;
+    let (mut ids, mut mask) = (vec![c.pad_id; n], vec![0u8; n]);
+    let (mut pos, mut labels) = (vec![c.pos_pad; n], vec![-100i64; n]);
+    let starts = &b.cu_seqlens;
+    let mut head = b.head.iter().zip(&b.labels).peekable();
+    for r in 0..b.rows() {
+        let (s, e) = (starts[r] as usize, starts[r + 1] as usize);
+        for (k, t) in (s..e).enumerate() {
+            ids[r * len + k] = b.input_ids[t];
+            mask[r * len + k] = 1;
+            pos[r * len + k] = b.pos_ids[t];
+            if let Some((_, &l)) = head.next_if(|(p, _)| **p as usize == t) {
+                labels[r * len + k] = i64::from(l);
+            }
+        }
+    }
+    json!({"rows": b.rows(), "len": len, "input_ids": ids, "attention_mask": mask, "pos_ids": pos,
+        "labels": labels, "num_labels": c.num_labels, "num_pos": c.num_pos})
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -444,9 +473,7 @@ fn speed(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         );
         for b in &plan {
-            let line = json!({"rows": b.rows, "len": b.len, "input_ids": b.input_ids, "attention_mask": b.attention_mask,
-                "pos_ids": b.pos_ids, "labels": b.labels, "num_labels": corpus.num_labels, "num_pos": corpus.num_pos});
-            writeln!(f, "{line}")?;
+            writeln!(f, "{}", padded_json(b, &corpus))?;
         }
     }
     let dev = gpu()?;
@@ -465,13 +492,14 @@ fn speed(
     dev.synchronize()?;
     let secs = t0.elapsed().as_secs_f64();
     let timed = &plan[warmup..];
-    let tokens: usize = timed.iter().map(|b| b.tokens).sum();
-    let padded: usize = timed.iter().map(|b| b.rows * b.len).sum();
-    let sentences: usize = timed.iter().map(|b| b.rows).sum();
-    let flops: f64 = timed
+    let tokens: usize = timed.iter().map(PackedBatch::tokens).sum();
+    // What the same batches would be padded to their longest row (PyTorch's reference computes that).
+    let padded: usize = timed
         .iter()
-        .map(|b| step_flops(&config, b.rows, b.len))
+        .map(|b| b.rows() * b.lengths().into_iter().max().unwrap_or(0))
         .sum();
+    let sentences: usize = timed.iter().map(PackedBatch::rows).sum();
+    let flops: f64 = timed.iter().map(|b| step_flops(&config, b)).sum();
     let achieved = flops / secs / 1e12;
     Ok(json!({
         "check": "speed", "impl": "nerpos", "shape": format!("{shape:?}").to_lowercase(), "batch": batch,

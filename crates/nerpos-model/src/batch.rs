@@ -1,0 +1,196 @@
+//! The packed layout every stage shares: a micro-batch is its rows' sub-word tokens concatenated
+//! (`[N]`, no padding), where each row starts (`cu_seqlens`, `[B+1]`), and the positions the head runs
+//! on (`head`, `[M]`: the labelled positions in training, each word's first sub-word in prediction).
+//! Embeddings, every linear layer, LayerNorm, GELU and dropout run on `[N, H]`; attention runs within
+//! each row; the head and the loss run on the `M` head positions only. The layout is the same on every
+//! device: the host batch here, its tensors in [`Inputs`] and [`Targets`].
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{ModelError, Result};
+
+/// A packed micro-batch on the host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PackedBatch {
+    /// Sub-word ids of all rows, concatenated: `[N]`.
+    pub input_ids: Vec<u32>,
+    /// POS ids, aligned with `input_ids`: `[N]`.
+    pub pos_ids: Vec<u32>,
+    /// Row boundaries: row `r` is `cu_seqlens[r]..cu_seqlens[r + 1]`; `[B+1]`, starting at 0.
+    pub cu_seqlens: Vec<u32>,
+    /// Flat positions (into `[N]`) where logits are computed, ascending: `[M]`.
+    pub head: Vec<u32>,
+    /// The label of each head position (training); empty for prediction.
+    pub labels: Vec<u32>,
+}
+
+impl PackedBatch {
+    pub fn new() -> PackedBatch {
+        PackedBatch {
+            cu_seqlens: vec![0],
+            ..PackedBatch::default()
+        }
+    }
+
+    /// Appends a row: its ids and POS ids, and its head positions (within the row) with their labels
+    /// (`None` for prediction).
+    pub fn push_row(
+        &mut self,
+        ids: &[u32],
+        pos: &[u32],
+        head: impl IntoIterator<Item = (usize, Option<u32>)>,
+    ) {
+        if self.cu_seqlens.is_empty() {
+            self.cu_seqlens.push(0);
+        }
+        let start = self.input_ids.len();
+        self.input_ids.extend_from_slice(ids);
+        self.pos_ids
+            .extend_from_slice(&pos[..ids.len().min(pos.len())]);
+        self.pos_ids.resize(self.input_ids.len(), 0);
+        for (p, label) in head {
+            self.head.push((start + p) as u32);
+            if let Some(l) = label {
+                self.labels.push(l);
+            }
+        }
+        self.cu_seqlens.push(self.input_ids.len() as u32);
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.cu_seqlens.len().saturating_sub(1)
+    }
+
+    /// Real sub-word tokens (`N`).
+    pub fn tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// Each row's length.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.cu_seqlens
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .collect()
+    }
+
+    /// The position of each token within its row (what the position embedding looks up).
+    pub fn positions(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.tokens());
+        for w in self.cu_seqlens.windows(2) {
+            out.extend(0..w[1] - w[0]);
+        }
+        out
+    }
+
+    /// The batch's tensors on `device`, and its targets when it carries labels.
+    pub fn to_device(&self, device: &Device) -> Result<(Inputs, Option<Targets>)> {
+        if !self.labels.is_empty() && self.labels.len() != self.head.len() {
+            return Err(ModelError::Config(format!(
+                "a packed batch has {} labels for {} head positions",
+                self.labels.len(),
+                self.head.len()
+            )));
+        }
+        let head_pos: Vec<u32> = self
+            .head
+            .iter()
+            .map(|&p| self.pos_ids[p as usize])
+            .collect();
+        let inputs = Inputs {
+            input_ids: Tensor::from_vec(self.input_ids.clone(), self.tokens(), device)?,
+            positions: Tensor::from_vec(self.positions(), self.tokens(), device)?,
+            rows: RowSpans::new(self.lengths()),
+            head: Tensor::from_vec(self.head.clone(), self.head.len(), device)?,
+            head_pos_ids: Tensor::from_vec(head_pos, self.head.len(), device)?,
+        };
+        let targets = (!self.labels.is_empty())
+            .then(|| {
+                Ok::<_, ModelError>(Targets {
+                    labels: Tensor::from_vec(self.labels.clone(), self.labels.len(), device)?,
+                    count: self.labels.len(),
+                })
+            })
+            .transpose()?;
+        Ok((inputs, targets))
+    }
+}
+
+/// Where each row of a packed batch lies in `[N]` (host data: the CPU kernels walk it; other devices
+/// build index tensors from it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowSpans {
+    /// Start of each row, and the total at the end: `[B+1]`.
+    pub starts: Vec<usize>,
+}
+
+impl RowSpans {
+    pub fn new(lengths: Vec<usize>) -> RowSpans {
+        let mut starts = Vec::with_capacity(lengths.len() + 1);
+        let mut at = 0;
+        starts.push(0);
+        for l in lengths {
+            at += l;
+            starts.push(at);
+        }
+        RowSpans { starts }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn tokens(&self) -> usize {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    pub fn len(&self, r: usize) -> usize {
+        self.starts[r + 1] - self.starts[r]
+    }
+
+    pub fn longest(&self) -> usize {
+        (0..self.rows()).map(|r| self.len(r)).max().unwrap_or(0)
+    }
+}
+
+/// A packed batch's inputs on the model's device.
+pub struct Inputs {
+    /// `[N]` u32 sub-word ids.
+    pub input_ids: Tensor,
+    /// `[N]` u32 position of each token within its row.
+    pub positions: Tensor,
+    pub rows: RowSpans,
+    /// `[M]` u32 flat positions the head runs on.
+    pub head: Tensor,
+    /// `[M]` u32 POS ids at the head positions (ignored by a model without POS).
+    pub head_pos_ids: Tensor,
+}
+
+/// The labels of a packed batch's head positions.
+pub struct Targets {
+    /// `[M]` u32.
+    pub labels: Tensor,
+    pub count: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_concatenate_with_their_head_positions() {
+        let mut b = PackedBatch::new();
+        b.push_row(&[1, 5, 6, 2], &[0, 3, 4, 0], [(1, Some(7)), (2, Some(8))]);
+        b.push_row(&[1, 9, 2], &[0, 5, 0], [(1, Some(3))]);
+        assert_eq!(b.cu_seqlens, vec![0, 4, 7]);
+        assert_eq!(b.head, vec![1, 2, 5]);
+        assert_eq!(b.labels, vec![7, 8, 3]);
+        assert_eq!(b.positions(), vec![0, 1, 2, 3, 0, 1, 2]);
+        assert_eq!((b.rows(), b.tokens()), (2, 7));
+        let (inputs, targets) = b.to_device(&Device::Cpu).unwrap();
+        assert_eq!(inputs.head_pos_ids.to_vec1::<u32>().unwrap(), vec![3, 4, 5]);
+        assert_eq!(inputs.rows.longest(), 4);
+        assert_eq!(targets.unwrap().count, 3);
+    }
+}
