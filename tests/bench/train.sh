@@ -1,52 +1,96 @@
 #!/usr/bin/env bash
-# Training throughput on the CPU: nerpos-train (1 process × 32 rows, 2 processes × 16 rows: the same
-# global batch) against the PyTorch reference (tests/reference/train_reference.py, 1 process × 32 rows),
-# MiniLM on GMB, STEPS optimiser steps each, no evaluation; the first 5 steps of each are not timed.
-# Prints a table (and writes runs/bench-train/results.json).
+# Training and evaluation throughput on the CPU, nerpos against the PyTorch reference at its best, in one
+# run: MiniLM on the first 3,000 GMB training sentences, STEPS optimiser steps of 32 sentences each, no
+# evaluation during training, the first 5 steps not timed (tests/reference/train_reference.py, torch CPU,
+# 2 threads, SDPA attention). Rows:
+#   PyTorch 1 × 32, random batches; PyTorch 1 × 32, Hugging Face's group_by_length order (the row to
+#   beat); nerpos-train 1 × 32 packed, random batches (the default) and length-grouped; nerpos-train
+#   2 processes × 16 (the same global batch).
+# Then evaluation (forward only) on the whole dev split: PyTorch's no_grad forward on length-sorted
+# batches of 64 against nerpos's evaluation of the model the 1 × 32 run saved. The 1 × 32 packed run is
+# profiled (NERPOS_PROFILE=1): where its step time goes. Prints the tables; writes
+# runs/bench-train/results.json.
 # Usage: tests/bench/train.sh [STEPS]   (default 40)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 steps=${1:-40}
-# The same build as launch/train.sh's (one feature set: no second rebuild of the dependencies).
+# The same build as launch/train.sh's (one feature set: no second rebuild of the dependencies), plus the
+# evaluation example.
 cargo build --release -j2 --bin nerpos-launch --bin nerpos-train --bin nerpos-prep >&2
+cargo build --release -j2 -p nerpos-train --example eval_folder >&2
 NERPOS_PREP=target/release/nerpos-prep launch/prepare-gmb.sh >&2
 python=$(tests/reference/setup-venv.sh requirements-model.txt)
 out=runs/bench-train
 rm -rf "$out" && mkdir -p "$out"
 common=(--set train_sentences=3000 --set "max_steps=$steps" --set eval_every=1000000 --set test_at_end=false
-        --set log_every=1 --set lr=1e-4 --set warmup_ratio=0.1)
+        --set eval_sentences=1 --set log_every=1 --set lr=1e-4 --set warmup_ratio=0.1)
+ref=(tests/reference/train_reference.py --data datasets/gmb-minilm --model data/models/all-MiniLM-L6-v2
+     --train-sentences 3000 --batch-size 32 --epochs 1 --max-steps "$steps" --no-eval --threads 2)
 
-ours() { # NAME NPROC BATCH GROUPING
-  target/release/nerpos-launch train --config configs/gmb-minilm-3k.toml --gpus 0 --nproc "$2" \
-    --set "out=$out/$1" --set "batch_size=$3" --set "length_grouping=$4" "${common[@]}" >"$out/$1.log" 2>&1
+ours() { # NAME NPROC BATCH GROUPING [ENV...]
+  local name=$1 nproc=$2 batch=$3 grouping=$4
+  shift 4
+  env "$@" target/release/nerpos-launch train --config configs/gmb-minilm-3k.toml --gpus 0 --nproc "$nproc" \
+    --set "out=$out/$name" --set "batch_size=$batch" --set "length_grouping=$grouping" "${common[@]}" \
+    >"$out/$name.log" 2>&1
 }
-echo "PyTorch reference, 1 process × 32 ..." >&2
-"$python" tests/reference/train_reference.py --data datasets/gmb-minilm --model data/models/all-MiniLM-L6-v2 \
-  --train-sentences 3000 --batch-size 32 --epochs 1 --max-steps "$steps" --no-eval --threads 2 \
-  >"$out/pytorch.json" 2>"$out/pytorch.log"
-for run in "1x32-random 1 32 false" "1x32-grouped 1 32 true" "2x16-grouped 2 16 true"; do
+echo "PyTorch reference, 1 × 32, random batches ..." >&2
+"$python" "${ref[@]}" >"$out/pytorch-random.json" 2>"$out/pytorch-random.log"
+echo "PyTorch reference, 1 × 32, group_by_length ..." >&2
+"$python" "${ref[@]}" --group-by-length >"$out/pytorch-grouped.json" 2>"$out/pytorch-grouped.log"
+echo "nerpos-train 1 × 32 packed, random (profiled) ..." >&2
+ours 1x32 1 32 false NERPOS_PROFILE=1
+for run in "1x32-grouped 1 32 true" "2x16 2 16 false"; do
   set -- $run
   echo "nerpos-train $1 ..." >&2
   ours "$@"
 done
+echo "evaluation speed: PyTorch, then nerpos ..." >&2
+"$python" tests/reference/train_reference.py --data datasets/gmb-minilm --model data/models/all-MiniLM-L6-v2 \
+  --eval-speed --threads 2 >"$out/pytorch-eval.json" 2>"$out/pytorch-eval.log"
+RAYON_NUM_THREADS=2 target/release/examples/eval_folder "$out/1x32/last" datasets/gmb-minilm dev \
+  >"$out/nerpos-eval.json" 2>"$out/nerpos-eval.log"
+
 "$python" - "$out" <<'PY'
 import json, sys, statistics as st
 out = sys.argv[1]
-ref = json.loads(open(f"{out}/pytorch.json").read().strip().splitlines()[-1])
-rows = [("PyTorch reference (1 × 32, random batches)", ref["sentences_per_s"], None, None, None)]
-for name, label in [("1x32-random", "nerpos-train 1 × 32, random batches"), ("1x32-grouped", "nerpos-train 1 × 32, length-grouped"),
-                    ("2x16-grouped", "nerpos-train 2 × 16, length-grouped")]:
+last = lambda p: json.loads(open(p).read().strip().splitlines()[-1])
+rows = []
+for name, label in [("pytorch-random", "PyTorch 1 × 32, random batches"),
+                    ("pytorch-grouped", "PyTorch 1 × 32, group_by_length (HF Trainer)")]:
+    r = last(f"{out}/{name}.json")
+    rows.append((label, r["sentences_per_s"], r["tokens_per_s"], None, None, None))
+for name, label in [("1x32", "nerpos-train 1 × 32, packed, random batches (default)"),
+                    ("1x32-grouped", "nerpos-train 1 × 32, packed, length-grouped"),
+                    ("2x16", "nerpos-train 2 × 16, packed, random batches")]:
     lines = [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl")][5:]
     step = sum(l["step_s"] for l in lines)
     sps = sum(l["sentences_per_s"] * l["step_s"] for l in lines) / step
-    rows.append((label, sps, st.median(l["step_s"] for l in lines), sum(l["allreduce_s"] for l in lines) / step,
-                 sum(l["data_wait_s"] for l in lines) / step))
-print("| run | sentences/s | vs PyTorch | step s (median) | all-reduce share | data-wait share |")
-print("|---|---:|---:|---:|---:|---:|")
-for label, sps, step, ar, dw in rows:
-    f = lambda v, fmt: "" if v is None else fmt.format(v)
-    print(f"| {label} | {sps:.1f} | {sps / rows[0][1]:.2f}× | {f(step, '{:.3f}')} | {f(ar, '{:.1%}')} | {f(dw, '{:.1%}')} |")
-json.dump([dict(zip(["run", "sentences_per_s", "step_s_median", "allreduce_share", "data_wait_share"], r)) for r in rows],
+    tps = sum(l["tokens_per_s"] * l["step_s"] for l in lines) / step
+    rows.append((label, sps, tps, st.median(l["step_s"] for l in lines),
+                 sum(l["allreduce_s"] for l in lines) / step, sum(l["data_wait_s"] for l in lines) / step))
+best = rows[1][1]
+f = lambda v, fmt: "" if v is None else fmt.format(v)
+print("Training (sentences/s and real tokens/s; ratio against PyTorch with group_by_length):\n")
+print("| run | sentences/s | real tokens/s | vs PyTorch grouped | step s (median) | all-reduce share | data-wait share |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for label, sps, tps, step, ar, dw in rows:
+    print(f"| {label} | {sps:.1f} | {tps:.0f} | {sps / best:.2f}× | {f(step, '{:.3f}')} | {f(ar, '{:.1%}')} | {f(dw, '{:.1%}')} |")
+pe, ne = last(f"{out}/pytorch-eval.json"), last(f"{out}/nerpos-eval.json")
+print("\nEvaluation, forward only, whole dev split (%d sentences):\n" % ne["eval_sentences"])
+print("| implementation | sentences/s | ratio |")
+print("|---|---:|---:|")
+print(f"| PyTorch, no_grad, length-sorted batches of 64 | {pe['eval_sentences_per_s']:.1f} | 1.00× |")
+print(f"| nerpos (packed batches of 64 rows) | {ne['eval_sentences_per_s']:.1f} | {ne['eval_sentences_per_s'] / pe['eval_sentences_per_s']:.2f}× |")
+prof = json.load(open(f"{out}/1x32/profile.json"))
+print(f"\nWhere the 1 × 32 packed run's step time goes ({prof['steps']} steps, {prof['step_seconds']:.2f} s, all steps):\n")
+print("| phase | seconds per step | share |")
+print("|---|---:|---:|")
+for p in prof["phases"]:
+    print(f"| {p['phase']} | {p['seconds'] / prof['steps']:.4f} | {p['seconds'] / prof['step_seconds']:.1%} |")
+json.dump({"training": [dict(zip(["run", "sentences_per_s", "tokens_per_s", "step_s_median", "allreduce_share",
+                                  "data_wait_share"], r)) for r in rows],
+           "evaluation": {"pytorch": pe, "nerpos": ne}, "profile": prof},
           open(f"{out}/results.json", "w"), indent=1)
 PY

@@ -50,9 +50,26 @@ def pad(batch, pad_id):
     return ids, mask, pos, labels
 
 
-def evaluate(model, rows, labels, pad_id, device, batch_size=64):
+def length_grouped_indices(lengths, batch_size, generator, mega=50):
+    """Hugging Face Trainer's `group_by_length` order (trainer_pt_utils.get_length_grouped_indices):
+    a random permutation cut into megabatches of 50 batches, each sorted by length (longest first), the
+    megabatch holding the longest row moved to the front; batches are consecutive slices of it."""
+    indices = torch.randperm(len(lengths), generator=generator).tolist()
+    size = mega * batch_size
+    megabatches = [sorted(indices[i:i + size], key=lambda j: lengths[j], reverse=True)
+                   for i in range(0, len(indices), size)]
+    longest = max(range(len(megabatches)), key=lambda k: lengths[megabatches[k][0]])
+    megabatches[0][0], megabatches[longest][0] = megabatches[longest][0], megabatches[0][0]
+    return [i for mb in megabatches for i in mb]
+
+
+def evaluate(model, rows, labels, pad_id, device, batch_size=64, sort=False):
+    """seqeval micro F1 of `rows`; `sort` batches rows of similar length together (what a careful user
+    does for inference: less padding)."""
     model.eval()
     gold, pred = {}, {}
+    if sort:
+        rows = sorted(rows, key=lambda r: len(r["input_ids"]))
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = rows[i:i + batch_size]
@@ -92,6 +109,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (timing runs)")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="Hugging Face Trainer's group_by_length batch order (LengthGroupedSampler)")
+    ap.add_argument("--eval-speed", action="store_true",
+                    help="only time evaluation (forward, no_grad, length-sorted batches of 64) on the dev split")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"],
                     help="bf16: autocast (weights, optimiser and loss in f32), as nerpos-train's bf16")
@@ -129,13 +150,26 @@ def main():
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = steps_per_epoch * args.epochs
     sched = get_linear_schedule_with_warmup(opt, math.ceil(args.warmup_ratio * total), total)
+    if args.eval_speed:
+        for _ in range(2):  # warm-up: the thread pool and the allocator
+            evaluate(model, dev[:128], labels, pad_id, device, sort=True)
+        t0 = time.perf_counter()
+        f1 = evaluate(model, dev, labels, pad_id, device, sort=True)
+        secs = time.perf_counter() - t0
+        sentences = len({r["sentence_index"] for r in dev})
+        print(json.dumps({"eval_sentences": sentences, "eval_seconds": round(secs, 3),
+                          "eval_sentences_per_s": sentences / secs, "dev_f1": f1}))
+        return
     model.train()
     started = time.time()
     history = []
     g = torch.Generator().manual_seed(args.seed)
-    done, timed_rows, timed_seconds = 0, 0, 0.0
+    done, timed_rows, timed_tokens, timed_seconds = 0, 0, 0, 0.0
     for epoch in range(args.epochs):
-        order = torch.randperm(len(train), generator=g).tolist()
+        if args.group_by_length:
+            order = length_grouped_indices([len(r["input_ids"]) for r in train], args.batch_size, g)
+        else:
+            order = torch.randperm(len(train), generator=g).tolist()
         for s in range(steps_per_epoch):
             if args.max_steps and done >= args.max_steps:
                 break
@@ -156,6 +190,7 @@ def main():
             done += 1
             if done > 5:  # after warm-up of the allocator and the thread pool
                 timed_rows += len(batch)
+                timed_tokens += int(mask.sum())
                 timed_seconds += time.perf_counter() - t0
         if args.no_eval:
             continue
@@ -168,7 +203,8 @@ def main():
                       "steps": done, "seconds": round(time.time() - started, 1),
                       "train_step_seconds": round(timed_seconds, 2), "device": args.device,
                       "precision": args.precision,
-                      "sentences_per_s": timed_rows / timed_seconds if timed_seconds else None}))
+                      "sentences_per_s": timed_rows / timed_seconds if timed_seconds else None,
+                      "tokens_per_s": timed_tokens / timed_seconds if timed_seconds else None}))
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ fn cpu_backward(
                                 *d *= f32::from(mv) * keep_scale;
                             }
                         }
-                        let dot: f32 = dz_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                        let dot = crate::ops::dot16(dz_row, p_row);
                         for (d, &pv) in dz_row.iter_mut().zip(p_row) {
                             *d = pv * (*d - dot);
                         }

@@ -71,7 +71,25 @@ pub fn keep_bytes(rng: &mut impl RngCore, n: usize, p: f64) -> Vec<u8> {
 
 /// x ⊙ mask (scaled), or x without a mask.
 pub fn masked(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
-    apply(x, mask)
+    match mask {
+        Some(m) if on_cpu(x) && m.tensor.dtype() == DType::U8 => {
+            let scale = m.scale();
+            let mut out = vec![0f32; x.elem_count()];
+            read::<f32, _>(x, |x| {
+                read::<u8, _>(&m.tensor, |m| {
+                    out.par_chunks_mut(TASK)
+                        .zip(x.par_chunks(TASK).zip(m.par_chunks(TASK)))
+                        .for_each(|(o, (x, m))| {
+                            for ((o, &x), &k) in o.iter_mut().zip(x).zip(m) {
+                                *o = x * f32::from(k) * scale;
+                            }
+                        });
+                })
+            })??;
+            cpu_tensor(out, x.shape())
+        }
+        _ => apply(x, mask),
+    }
 }
 
 /// Applies an optional mask to a tensor (the generic path).
@@ -83,6 +101,11 @@ fn apply(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
         }
         Some(m) => (x * &m.tensor)?,
     })
+}
+
+/// Rows of width `h` per parallel task: enough work per task to amortise scheduling.
+fn task_rows(h: usize) -> usize {
+    (TASK / h.max(1)).max(1)
 }
 
 /// z = dropout(y + bias) + residual, for y and residual (N, H).
@@ -97,18 +120,31 @@ pub fn bias_dropout_residual(
     }
     let h = bias.dim(0)?;
     let scale = mask.map_or(1.0, Mask::scale);
+    let chunk = task_rows(h) * h;
     let mut z = vec![0f32; y.elem_count()];
     read::<f32, _>(y, |y| {
         read::<f32, _>(bias, |b| {
             read::<f32, _>(residual, |r| {
                 let mut body = |m: Option<&[u8]>| {
-                    let chunk = (TASK / h).max(1) * h;
                     z.par_chunks_mut(chunk).enumerate().for_each(|(c, zc)| {
-                        let off = c * chunk;
-                        for (i, o) in zc.iter_mut().enumerate() {
-                            let j = off + i;
-                            let keep = m.map_or(1.0, |m| f32::from(m[j]) * scale);
-                            *o = (y[j] + b[j % h]) * keep + r[j];
+                        let at = c * chunk;
+                        for (k, zr) in zc.chunks_mut(h).enumerate() {
+                            let row = at + k * h..at + (k + 1) * h;
+                            let (yr, rr) = (&y[row.clone()], &r[row.clone()]);
+                            match m {
+                                Some(m) => {
+                                    let mr = &m[row];
+                                    for i in 0..h {
+                                        let keep = f32::from(mr[i]) * scale;
+                                        zr[i] = (yr[i] + b[i]) * keep + rr[i];
+                                    }
+                                }
+                                None => {
+                                    for i in 0..h {
+                                        zr[i] = yr[i] + b[i] + rr[i];
+                                    }
+                                }
+                            }
                         }
                     });
                 };
@@ -134,20 +170,33 @@ pub fn dropout_colsum(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tenso
         return Ok((dy, db));
     }
     let scale = mask.map_or(1.0, Mask::scale);
+    let chunk = task_rows(h) * h;
     let mut dy = vec![0f32; n * h];
-    let rows = (TASK / h).max(1);
     let partials: Vec<Vec<f32>> = read::<f32, _>(dz, |g| {
         let mut run = |m: Option<&[u8]>| -> Vec<Vec<f32>> {
-            dy.par_chunks_mut(rows * h)
+            dy.par_chunks_mut(chunk)
                 .enumerate()
                 .map(|(c, dc)| {
                     let mut acc = vec![0f32; h];
-                    let off = c * rows * h;
-                    for (i, o) in dc.iter_mut().enumerate() {
-                        let j = off + i;
-                        let keep = m.map_or(1.0, |m| f32::from(m[j]) * scale);
-                        *o = g[j] * keep;
-                        acc[i % h] += *o;
+                    let at = c * chunk;
+                    for (k, dr) in dc.chunks_mut(h).enumerate() {
+                        let row = at + k * h..at + (k + 1) * h;
+                        let gr = &g[row.clone()];
+                        match m {
+                            Some(m) => {
+                                let mr = &m[row];
+                                for i in 0..h {
+                                    dr[i] = gr[i] * f32::from(mr[i]) * scale;
+                                    acc[i] += dr[i];
+                                }
+                            }
+                            None => {
+                                for i in 0..h {
+                                    dr[i] = gr[i];
+                                    acc[i] += gr[i];
+                                }
+                            }
+                        }
                     }
                     acc
                 })
@@ -183,8 +232,10 @@ pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
                 .zip(g.par_chunks_mut(chunk))
                 .zip(y.par_chunks(chunk))
                 .for_each(|((uc, gc), yc)| {
-                    for (k, (o, &v)) in uc.iter_mut().zip(yc).enumerate() {
-                        *o = v + b[k % i_dim];
+                    for (ur, yr) in uc.chunks_mut(i_dim).zip(yc.chunks(i_dim)) {
+                        for ((o, &v), &bv) in ur.iter_mut().zip(yr).zip(b) {
+                            *o = v + bv;
+                        }
                     }
                     crate::ops::gelu_slice(uc, gc);
                 });

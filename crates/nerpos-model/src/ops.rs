@@ -19,6 +19,64 @@ fn rows_per_task(rows: usize, width: usize) -> usize {
     (16_384 / width.max(1)).clamp(1, rows.max(1))
 }
 
+/// Runs `f` compiled for AVX-512 when the CPU has it (the kernels are the same code; the compiler
+/// vectorises them wider), else for the baseline.
+macro_rules! dispatch {
+    ($name:ident, $kernel:ident, ($($arg:ident : $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn wide($($arg: $ty),*) {
+                    $kernel($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU was just found to support every feature `wide` is compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
+
+/// Σ x with 16 running sums: the compiler vectorises it (one running sum is a chain of dependent
+/// additions it may not reorder).
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ a·b, vectorised as [`sum16`].
+#[inline(always)]
+pub(crate) fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 // ---------------------------------------------------------------------------------------------------
 // LayerNorm
 
@@ -26,13 +84,58 @@ struct LayerNormOp {
     eps: f32,
 }
 
-/// Per row: mean and 1/std.
-fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
+/// `centered` = x − mean(x); returns 1/std (two passes, as PyTorch: no cancellation).
+#[inline(always)]
+fn center(x: &[f32], centered: &mut [f32], eps: f32) -> f32 {
+    let n = x.len() as f32;
+    let mean = sum16(x) / n;
+    for (c, &v) in centered.iter_mut().zip(x) {
+        *c = v - mean;
+    }
+    1.0 / (dot16(centered, centered) / n + eps).sqrt()
 }
+
+#[inline(always)]
+fn ln_fwd_kernel(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps: f32) {
+    let h = w.len();
+    for (yr, xr) in y.chunks_mut(h).zip(x.chunks(h)) {
+        let rstd = center(xr, yr, eps);
+        for i in 0..h {
+            yr[i] = yr[i] * rstd * w[i] + b[i];
+        }
+    }
+}
+
+/// Rows of dx, and the rows' contributions to dweight (`acc[..h]`) and dbias (`acc[h..]`).
+#[inline(always)]
+fn ln_bwd_kernel(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    acc: &mut [f32],
+    xhat: &mut [f32],
+    eps: f32,
+) {
+    let h = w.len();
+    let n = h as f32;
+    for ((dxr, xr), gr) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+        let rstd = center(xr, xhat, eps);
+        for i in 0..h {
+            xhat[i] *= rstd;
+            dxr[i] = gr[i] * w[i];
+        }
+        let (m1, m2) = (sum16(dxr) / n, dot16(dxr, xhat) / n);
+        for i in 0..h {
+            dxr[i] = rstd * (dxr[i] - m1 - xhat[i] * m2);
+            acc[i] += gr[i] * xhat[i];
+            acc[h + i] += gr[i];
+        }
+    }
+}
+
+dispatch!(ln_fwd, ln_fwd_kernel, (x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps: f32));
+dispatch!(ln_bwd, ln_bwd_kernel, (x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], acc: &mut [f32], xhat: &mut [f32], eps: f32));
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
@@ -58,14 +161,7 @@ impl CustomOp3 for LayerNormOp {
         let chunk = rows_per_task(x.len() / h, h) * h;
         y.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    for i in 0..h {
-                        yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
-            });
+            .for_each(|(yc, xc)| ln_fwd(xc, w, b, yc, self.eps));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 }
@@ -106,22 +202,7 @@ impl CustomOp3 for LayerNormBwd {
             .map(|(dxc, (xc, gc))| {
                 let mut acc = vec![0f32; 2 * h];
                 let mut xhat = vec![0f32; h];
-                for ((dxr, xr), gr) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut m1, mut m2) = (0f32, 0f32);
-                    for i in 0..h {
-                        xhat[i] = (xr[i] - mean) * rstd;
-                        let dxhat = gr[i] * w[i];
-                        m1 += dxhat;
-                        m2 += dxhat * xhat[i];
-                        acc[i] += gr[i] * xhat[i];
-                        acc[h + i] += gr[i];
-                    }
-                    let (m1, m2) = (m1 / h as f32, m2 / h as f32);
-                    for i in 0..h {
-                        dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
-                    }
-                }
+                ln_bwd(xc, w, gc, dxc, &mut acc, &mut xhat, self.eps);
                 acc
             })
             .collect();
@@ -189,30 +270,6 @@ fn gelu_bwd_kernel(x: &[f32], g: &[f32], d: &mut [f32]) {
     }
 }
 
-/// Runs `f` compiled for AVX-512 when the CPU has it (the kernels are the same code; the compiler
-/// vectorises them wider), else for the baseline.
-macro_rules! dispatch {
-    ($name:ident, $kernel:ident, ($($arg:ident : $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                fn wide($($arg: $ty),*) {
-                    $kernel($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU was just found to support every feature `wide` is compiled for.
-                    return unsafe { wide($($arg),*) };
-                }
-            }
-            $kernel($($arg),*)
-        }
-    };
-}
-
 dispatch!(gelu_fwd, gelu_fwd_kernel, (x: &[f32], y: &mut [f32]));
 dispatch!(gelu_bwd, gelu_bwd_kernel, (x: &[f32], g: &[f32], d: &mut [f32]));
 
@@ -229,12 +286,10 @@ pub(crate) fn gelu_bwd_slice(x: &[f32], g: &[f32], d: &mut [f32]) {
 #[inline(always)]
 fn softmax_kernel(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
     for v in row.iter_mut() {
         *v = exp_neg(*v - max);
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sum16(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 

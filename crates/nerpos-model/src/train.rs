@@ -38,12 +38,14 @@ fn d(x: &Tensor) -> Tensor {
 
 /// y = x·wᵀ (+ b) for x (N, in).
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(timed("matmul", || x.matmul(&d(w).t()?))?)
+    Ok(timed("fwd/bwd: matmul", || x.matmul(&d(w).t()?))?)
 }
 
 fn draw(rng: &mut Option<&mut DropoutRng>, like: &Tensor, p: f64) -> Result<Option<Mask>> {
     match rng {
-        Some(rng) if p > 0.0 => Ok(Some(timed("dropout masks", || rng.keep_mask(like, p))?)),
+        Some(rng) if p > 0.0 => Ok(Some(timed("fwd/bwd: dropout masks", || {
+            rng.keep_mask(like, p)
+        })?)),
         _ => Ok(None),
     }
 }
@@ -83,7 +85,7 @@ struct LayerWeights {
 impl BertNerPos {
     fn embed(&self, inputs: &Inputs) -> Result<Tensor> {
         let emb = &self.encoder.embeddings;
-        let _t = crate::profile::scope("embeddings");
+        let _t = crate::profile::scope("fwd/bwd: embeddings");
         let word = d(emb.word.embeddings()).index_select(&inputs.input_ids, 0)?;
         let pos = d(emb.position.embeddings()).index_select(&inputs.positions, 0)?;
         let type_row = d(emb.token_type.embeddings()).narrow(0, 0, 1)?;
@@ -123,12 +125,12 @@ impl BertNerPos {
     ) -> Result<(Tensor, Option<LayerCache>)> {
         let LayerWeights { w_qkv, b_qkv } = Self::layer_weights(layer)?;
         let qkv = matmul_t(&x, &w_qkv)?;
-        let qkv = timed("bias", || qkv.broadcast_add(&b_qkv))?;
+        let qkv = timed("fwd/bwd: bias", || qkv.broadcast_add(&b_qkv))?;
         let shape = Heads {
             heads: layer.heads,
             head_dim: layer.head_dim,
         };
-        let (context, attention) = timed("attention", || {
+        let (context, attention) = timed("fwd/bwd: attention", || {
             attention::forward(
                 &qkv,
                 &inputs.rows,
@@ -140,7 +142,7 @@ impl BertNerPos {
         })?;
         let attended = matmul_t(&context, layer.attn_out.weight())?;
         let attn_mask = draw(rng, &attended, layer.hidden_dropout)?;
-        let ln1_in = timed("bias+dropout+residual", || {
+        let ln1_in = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::bias_dropout_residual(
                 &attended,
                 &d(bias_of(&layer.attn_out)?),
@@ -148,7 +150,7 @@ impl BertNerPos {
                 &x,
             )
         })?;
-        let h1 = timed("layer norm", || {
+        let h1 = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_fwd(
                 &ln1_in,
                 &d(&layer.attn_norm.weight),
@@ -157,12 +159,12 @@ impl BertNerPos {
             )
         })?;
         let raw = matmul_t(&h1, layer.intermediate.weight())?;
-        let (inter, gelu) = timed("bias+GELU", || {
+        let (inter, gelu) = timed("fwd/bwd: bias+GELU", || {
             activation_fwd(layer.activation, &raw, &d(bias_of(&layer.intermediate)?))
         })?;
         let out = matmul_t(&gelu, layer.output.weight())?;
         let out_mask = draw(rng, &out, layer.hidden_dropout)?;
-        let ln2_in = timed("bias+dropout+residual", || {
+        let ln2_in = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::bias_dropout_residual(
                 &out,
                 &d(bias_of(&layer.output)?),
@@ -170,7 +172,7 @@ impl BertNerPos {
                 &h1,
             )
         })?;
-        let next = timed("layer norm", || {
+        let next = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_fwd(
                 &ln2_in,
                 &d(&layer.out_norm.weight),
@@ -208,7 +210,7 @@ impl BertNerPos {
         let c = &self.config;
         let emb = &self.encoder.embeddings;
         let summed = self.embed(inputs)?;
-        let normed = timed("layer norm", || {
+        let normed = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_fwd(
                 &summed,
                 &d(&emb.norm.weight),
@@ -227,7 +229,7 @@ impl BertNerPos {
         }
 
         // The head, on the head positions only.
-        let _t = crate::profile::scope("head");
+        let _t = crate::profile::scope("fwd/bwd: head");
         let at_head = x.index_select(&inputs.head, 0)?;
         let features = match &self.pos_embedding {
             Some(e) => Tensor::cat(
@@ -296,7 +298,7 @@ impl BertNerPos {
         mut sink: impl FnMut(&str, Tensor) -> Result<()>,
     ) -> Result<(f64, usize)> {
         let fwd = self.run_forward(inputs, rng, true)?;
-        let (loss_sum, dlogits) = timed("loss", || cross_entropy(&fwd.logits, targets))?;
+        let (loss_sum, dlogits) = timed("fwd/bwd: loss", || cross_entropy(&fwd.logits, targets))?;
         let dx = self.head_backward(inputs, &fwd, &dlogits, &mut sink)?;
         let mut dx = dx;
         for (i, (layer, cache)) in self.encoder.layers.iter().zip(fwd.caches).enumerate().rev() {
@@ -314,7 +316,7 @@ impl BertNerPos {
         dlogits: &Tensor,
         sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        let _t = crate::profile::scope("head");
+        let _t = crate::profile::scope("fwd/bwd: head");
         let h = self.config.bert.hidden_size;
         let w = self.classifier.weight();
         sink(
@@ -348,7 +350,7 @@ impl BertNerPos {
     ) -> Result<Tensor> {
         let pre = format!("encoder.layer.{i}");
         let h = self.config.bert.hidden_size;
-        let (dz2, dw, db) = timed("layer norm", || {
+        let (dz2, dw, db) = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_bwd(
                 &cache.ln2_in,
                 &d(&layer.out_norm.weight),
@@ -358,27 +360,27 @@ impl BertNerPos {
         })?;
         sink(&format!("{pre}.output.LayerNorm.weight"), dw)?;
         sink(&format!("{pre}.output.LayerNorm.bias"), db)?;
-        let (dout, db) = timed("bias+dropout+residual", || {
+        let (dout, db) = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::dropout_colsum(&dz2, cache.out_mask.as_ref())
         })?;
         sink(&format!("{pre}.output.dense.bias"), db)?;
         sink(
             &format!("{pre}.output.dense.weight"),
-            timed("matmul", || dout.t()?.matmul(&cache.gelu))?,
+            timed("fwd/bwd: matmul", || dout.t()?.matmul(&cache.gelu))?,
         )?;
-        let dgelu = timed("matmul", || dout.matmul(&d(layer.output.weight())))?;
-        let (dinter, db) = timed("bias+GELU", || {
+        let dgelu = timed("fwd/bwd: matmul", || dout.matmul(&d(layer.output.weight())))?;
+        let (dinter, db) = timed("fwd/bwd: bias+GELU", || {
             activation_bwd(layer.activation, &cache.inter, &dgelu)
         })?;
         sink(&format!("{pre}.intermediate.dense.bias"), db)?;
         sink(
             &format!("{pre}.intermediate.dense.weight"),
-            timed("matmul", || dinter.t()?.matmul(&cache.h1))?,
+            timed("fwd/bwd: matmul", || dinter.t()?.matmul(&cache.h1))?,
         )?;
-        let dh1 = timed("matmul", || {
+        let dh1 = timed("fwd/bwd: matmul", || {
             dinter.matmul(&d(layer.intermediate.weight()))? + &dz2
         })?;
-        let (dz1, dw, db) = timed("layer norm", || {
+        let (dz1, dw, db) = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_bwd(
                 &cache.ln1_in,
                 &d(&layer.attn_norm.weight),
@@ -388,24 +390,26 @@ impl BertNerPos {
         })?;
         sink(&format!("{pre}.attention.output.LayerNorm.weight"), dw)?;
         sink(&format!("{pre}.attention.output.LayerNorm.bias"), db)?;
-        let (dattended, db) = timed("bias+dropout+residual", || {
+        let (dattended, db) = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::dropout_colsum(&dz1, cache.attn_mask.as_ref())
         })?;
         sink(&format!("{pre}.attention.output.dense.bias"), db)?;
         sink(
             &format!("{pre}.attention.output.dense.weight"),
-            timed("matmul", || dattended.t()?.matmul(&cache.context))?,
+            timed("fwd/bwd: matmul", || dattended.t()?.matmul(&cache.context))?,
         )?;
-        let dcontext = timed("matmul", || dattended.matmul(&d(layer.attn_out.weight())))?;
+        let dcontext = timed("fwd/bwd: matmul", || {
+            dattended.matmul(&d(layer.attn_out.weight()))
+        })?;
         let shape = Heads {
             heads: layer.heads,
             head_dim: layer.head_dim,
         };
-        let dqkv = timed("attention", || {
+        let dqkv = timed("fwd/bwd: attention", || {
             attention::backward(&dcontext, &cache.qkv, &inputs.rows, shape, &cache.attention)
         })?;
-        let db_qkv = timed("bias", || column_sum(&dqkv))?;
-        let dw_qkv = timed("matmul", || dqkv.t()?.matmul(&cache.x))?;
+        let db_qkv = timed("fwd/bwd: bias", || column_sum(&dqkv))?;
+        let dw_qkv = timed("fwd/bwd: matmul", || dqkv.t()?.matmul(&cache.x))?;
         for (j, name) in ["query", "key", "value"].iter().enumerate() {
             sink(
                 &format!("{pre}.attention.self.{name}.weight"),
@@ -416,7 +420,9 @@ impl BertNerPos {
                 db_qkv.narrow(0, j * h, h)?,
             )?;
         }
-        Ok(timed("matmul", || dqkv.matmul(&cache.w_qkv)? + dz1)?)
+        Ok(timed("fwd/bwd: matmul", || {
+            dqkv.matmul(&cache.w_qkv)? + dz1
+        })?)
     }
 
     /// The embeddings' gradients from d(embedding output).
@@ -430,12 +436,12 @@ impl BertNerPos {
     ) -> Result<()> {
         let emb = &self.encoder.embeddings;
         let dnormed = kernels::masked(dx, emb_mask)?;
-        let (dsummed, dw, db) = timed("layer norm", || {
+        let (dsummed, dw, db) = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_bwd(summed, &d(&emb.norm.weight), &dnormed, emb.norm.eps)
         })?;
         sink("embeddings.LayerNorm.weight", dw)?;
         sink("embeddings.LayerNorm.bias", db)?;
-        let _t = crate::profile::scope("embedding gradients");
+        let _t = crate::profile::scope("fwd/bwd: embedding gradients");
         let dsummed = dsummed.contiguous()?;
         let (vocab, h) = emb.word.embeddings().dims2()?;
         sink(

@@ -189,7 +189,7 @@ impl Trainer {
                 rank,
             );
             let mut rng = DropoutRng::new(seed, self.device())?;
-            let result = profile::timed("step: forward+backward", || {
+            let result = profile::timed("step: forward+backward (all fwd/bwd: rows)", || {
                 stepper.forward_backward(&inputs, &targets, Some(&mut rng))
             })?;
             let _acc = profile::scope("step: gradient accumulation");
