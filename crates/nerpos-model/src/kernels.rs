@@ -191,9 +191,9 @@ pub fn dropout_colsum(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tenso
                                 }
                             }
                             None => {
-                                for i in 0..h {
-                                    dr[i] = gr[i];
-                                    acc[i] += gr[i];
+                                dr.copy_from_slice(gr);
+                                for (a, &v) in acc.iter_mut().zip(gr) {
+                                    *a += v;
                                 }
                             }
                         }
