@@ -302,3 +302,33 @@ pub fn embedding_grad(ids: &Tensor, d: &Tensor, rows: usize) -> Result<Tensor> {
     })??;
     cpu_tensor(out, (rows, dim))
 }
+
+/// The gradient of an embedding table as the rows that were looked up: the distinct `ids` (sorted)
+/// and, for each, the sum of the gradients `d` (N, dim) of its look-ups.
+pub fn embedding_grad_rows(ids: &Tensor, d: &Tensor) -> Result<(Vec<u32>, Tensor)> {
+    let dim = d.dim(1)?;
+    let all = ids.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
+    let mut distinct = all.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let at: Vec<u32> = all
+        .iter()
+        .map(|id| distinct.binary_search(id).unwrap_or_default() as u32)
+        .collect();
+    if !on_cpu(d) {
+        let at = Tensor::from_vec(at, all.len(), d.device())?;
+        let zeros = Tensor::zeros((distinct.len(), dim), d.dtype(), d.device())?;
+        return Ok((distinct, zeros.index_add(&at, &d.contiguous()?, 0)?));
+    }
+    let mut out = vec![0f32; distinct.len() * dim];
+    read::<f32, _>(d, |d| {
+        for (i, &row) in at.iter().enumerate() {
+            let dst = &mut out[row as usize * dim..][..dim];
+            dst.iter_mut()
+                .zip(&d[i * dim..][..dim])
+                .for_each(|(a, v)| *a += v);
+        }
+    })?;
+    let rows = distinct.len();
+    Ok((distinct, cpu_tensor(out, (rows, dim))?))
+}

@@ -15,6 +15,8 @@ use crate::params::Params;
 
 /// Names of the new head's parameters.
 pub const POS_EMBEDDING: &str = "pos_embedding.weight";
+/// The word-embedding table, whose gradient is given as rows ([`crate::Grad::Rows`]).
+pub const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 pub const CLASSIFIER_WEIGHT: &str = "classifier.weight";
 pub const CLASSIFIER_BIAS: &str = "classifier.bias";
 

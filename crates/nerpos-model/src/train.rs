@@ -16,9 +16,12 @@ use crate::attention::{self, AttentionCache, Heads};
 use crate::batch::{Inputs, Targets};
 use crate::config::Activation;
 use crate::error::{ModelError, Result};
+use crate::grad::Grad;
 use crate::kernels::{self, Mask};
 use crate::layers::DropoutRng;
-use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, POS_EMBEDDING};
+use crate::model::{
+    BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, POS_EMBEDDING, WORD_EMBEDDINGS,
+};
 use crate::ops::{self, column_sum};
 use crate::profile::timed;
 
@@ -28,8 +31,9 @@ pub struct StepOutput {
     pub loss_sum: f64,
     /// Number of labelled positions.
     pub count: usize,
-    /// The gradient of `loss_sum` for every parameter, by name (the parameters' order).
-    pub grads: BTreeMap<String, Tensor>,
+    /// The gradient of `loss_sum` for every parameter, by name (the parameters' order); the word
+    /// embeddings' as the rows the batch used.
+    pub grads: BTreeMap<String, Grad>,
 }
 
 fn d(x: &Tensor) -> Tensor {
@@ -115,6 +119,9 @@ impl BertNerPos {
     }
 
     /// One encoder layer forward; the cache when `keep`.
+    ///
+    /// `only_head`: the last layer — everything after attention runs on the head positions only
+    /// (the other tokens' outputs would feed nothing; they still serve as keys and values).
     fn layer_forward(
         &self,
         layer: &crate::bert::BertLayer,
@@ -122,6 +129,7 @@ impl BertNerPos {
         inputs: &Inputs,
         rng: &mut Option<&mut DropoutRng>,
         keep: bool,
+        only_head: bool,
     ) -> Result<(Tensor, Option<LayerCache>)> {
         let LayerWeights { w_qkv, b_qkv } = Self::layer_weights(layer)?;
         let qkv = matmul_t(&x, &w_qkv)?;
@@ -140,6 +148,15 @@ impl BertNerPos {
                 keep,
             )
         })?;
+        let (context, residual) = if only_head {
+            let _t = crate::profile::scope("fwd/bwd: head");
+            (
+                context.index_select(&inputs.head, 0)?,
+                x.index_select(&inputs.head, 0)?,
+            )
+        } else {
+            (context, x.clone())
+        };
         let attended = matmul_t(&context, layer.attn_out.weight())?;
         let attn_mask = draw(rng, &attended, layer.hidden_dropout)?;
         let ln1_in = timed("fwd/bwd: bias+dropout+residual", || {
@@ -147,7 +164,7 @@ impl BertNerPos {
                 &attended,
                 &d(bias_of(&layer.attn_out)?),
                 attn_mask.as_ref(),
-                &x,
+                &residual,
             )
         })?;
         let h1 = timed("fwd/bwd: layer norm", || {
@@ -222,15 +239,21 @@ impl BertNerPos {
         let mut x = kernels::masked(&normed, emb_mask.as_ref())?;
 
         let mut caches = Vec::with_capacity(self.encoder.layers.len());
-        for layer in &self.encoder.layers {
-            let (next, cache) = self.layer_forward(layer, x, inputs, &mut rng, keep)?;
+        let last = self.encoder.layers.len().checked_sub(1);
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
+            let only_head = Some(i) == last;
+            let (next, cache) = self.layer_forward(layer, x, inputs, &mut rng, keep, only_head)?;
             caches.extend(cache);
             x = next;
         }
 
-        // The head, on the head positions only.
+        // The head, on the head positions only (the last layer's output is there already).
         let _t = crate::profile::scope("fwd/bwd: head");
-        let at_head = x.index_select(&inputs.head, 0)?;
+        let at_head = if last.is_some() {
+            x
+        } else {
+            x.index_select(&inputs.head, 0)?
+        };
         let features = match &self.pos_embedding {
             Some(e) => Tensor::cat(
                 &[
@@ -295,50 +318,57 @@ impl BertNerPos {
         inputs: &Inputs,
         targets: &Targets,
         rng: Option<&mut DropoutRng>,
-        mut sink: impl FnMut(&str, Tensor) -> Result<()>,
+        mut sink: impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<(f64, usize)> {
         let fwd = self.run_forward(inputs, rng, true)?;
         let (loss_sum, dlogits) = timed("fwd/bwd: loss", || cross_entropy(&fwd.logits, targets))?;
         let dx = self.head_backward(inputs, &fwd, &dlogits, &mut sink)?;
         let mut dx = dx;
+        let last = self.encoder.layers.len().saturating_sub(1);
         for (i, (layer, cache)) in self.encoder.layers.iter().zip(fwd.caches).enumerate().rev() {
-            dx = self.layer_backward(i, layer, cache, inputs, &dx, &mut sink)?;
+            dx = self.layer_backward(i, layer, cache, inputs, &dx, i == last, &mut sink)?;
         }
         self.embeddings_backward(inputs, &fwd.summed, fwd.emb_mask.as_ref(), &dx, &mut sink)?;
         Ok((loss_sum, targets.count))
     }
 
-    /// The head's gradients; returns d(encoder output) `[N, H]` (zero off the head positions).
+    /// The head's gradients; returns d(encoder output): `[M, H]`, the last layer's rows (`[N, H]`,
+    /// zero off the head positions, without layers).
     fn head_backward(
         &self,
         inputs: &Inputs,
         fwd: &Forward,
         dlogits: &Tensor,
-        sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
+        sink: &mut impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<Tensor> {
         let _t = crate::profile::scope("fwd/bwd: head");
         let h = self.config.bert.hidden_size;
         let w = self.classifier.weight();
         sink(
             CLASSIFIER_WEIGHT,
-            dlogits.t()?.matmul(&fwd.features_dropped)?,
+            Grad::Dense(dlogits.t()?.matmul(&fwd.features_dropped)?),
         )?;
-        sink(CLASSIFIER_BIAS, column_sum(dlogits)?)?;
+        sink(CLASSIFIER_BIAS, Grad::Dense(column_sum(dlogits)?))?;
         let dfeat = kernels::masked(&dlogits.matmul(&d(w))?, fwd.head_mask.as_ref())?;
         if let Some(e) = &self.pos_embedding {
             let (rows, dim) = e.embeddings().dims2()?;
             let dpos = dfeat.narrow(1, h, dim)?.contiguous()?;
             sink(
                 POS_EMBEDDING,
-                kernels::embedding_grad(&inputs.head_pos_ids, &dpos, rows)?,
+                Grad::Dense(kernels::embedding_grad(&inputs.head_pos_ids, &dpos, rows)?),
             )?;
         }
         let dhead = dfeat.narrow(1, 0, h)?.contiguous()?;
+        if !self.encoder.layers.is_empty() {
+            // The last layer's output is the head positions' rows.
+            return Ok(dhead);
+        }
         // Head positions are distinct: summing into zeros places each row.
         kernels::embedding_grad(&inputs.head, &dhead, inputs.rows.tokens())
     }
 
     /// One layer's backward: its gradients to `sink`, d(layer input) returned.
+    #[allow(clippy::too_many_arguments)]
     fn layer_backward(
         &self,
         i: usize,
@@ -346,7 +376,8 @@ impl BertNerPos {
         cache: LayerCache,
         inputs: &Inputs,
         dx: &Tensor,
-        sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
+        only_head: bool,
+        sink: &mut impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<Tensor> {
         let pre = format!("encoder.layer.{i}");
         let h = self.config.bert.hidden_size;
@@ -358,24 +389,24 @@ impl BertNerPos {
                 layer.out_norm.eps,
             )
         })?;
-        sink(&format!("{pre}.output.LayerNorm.weight"), dw)?;
-        sink(&format!("{pre}.output.LayerNorm.bias"), db)?;
+        sink(&format!("{pre}.output.LayerNorm.weight"), Grad::Dense(dw))?;
+        sink(&format!("{pre}.output.LayerNorm.bias"), Grad::Dense(db))?;
         let (dout, db) = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::dropout_colsum(&dz2, cache.out_mask.as_ref())
         })?;
-        sink(&format!("{pre}.output.dense.bias"), db)?;
+        sink(&format!("{pre}.output.dense.bias"), Grad::Dense(db))?;
         sink(
             &format!("{pre}.output.dense.weight"),
-            timed("fwd/bwd: matmul", || dout.t()?.matmul(&cache.gelu))?,
+            Grad::Dense(timed("fwd/bwd: matmul", || dout.t()?.matmul(&cache.gelu))?),
         )?;
         let dgelu = timed("fwd/bwd: matmul", || dout.matmul(&d(layer.output.weight())))?;
         let (dinter, db) = timed("fwd/bwd: bias+GELU", || {
             activation_bwd(layer.activation, &cache.inter, &dgelu)
         })?;
-        sink(&format!("{pre}.intermediate.dense.bias"), db)?;
+        sink(&format!("{pre}.intermediate.dense.bias"), Grad::Dense(db))?;
         sink(
             &format!("{pre}.intermediate.dense.weight"),
-            timed("fwd/bwd: matmul", || dinter.t()?.matmul(&cache.h1))?,
+            Grad::Dense(timed("fwd/bwd: matmul", || dinter.t()?.matmul(&cache.h1))?),
         )?;
         let dh1 = timed("fwd/bwd: matmul", || {
             dinter.matmul(&d(layer.intermediate.weight()))? + &dz2
@@ -388,19 +419,41 @@ impl BertNerPos {
                 layer.attn_norm.eps,
             )
         })?;
-        sink(&format!("{pre}.attention.output.LayerNorm.weight"), dw)?;
-        sink(&format!("{pre}.attention.output.LayerNorm.bias"), db)?;
+        sink(
+            &format!("{pre}.attention.output.LayerNorm.weight"),
+            Grad::Dense(dw),
+        )?;
+        sink(
+            &format!("{pre}.attention.output.LayerNorm.bias"),
+            Grad::Dense(db),
+        )?;
         let (dattended, db) = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::dropout_colsum(&dz1, cache.attn_mask.as_ref())
         })?;
-        sink(&format!("{pre}.attention.output.dense.bias"), db)?;
+        sink(
+            &format!("{pre}.attention.output.dense.bias"),
+            Grad::Dense(db),
+        )?;
         sink(
             &format!("{pre}.attention.output.dense.weight"),
-            timed("fwd/bwd: matmul", || dattended.t()?.matmul(&cache.context))?,
+            Grad::Dense(timed("fwd/bwd: matmul", || {
+                dattended.t()?.matmul(&cache.context)
+            })?),
         )?;
         let dcontext = timed("fwd/bwd: matmul", || {
             dattended.matmul(&d(layer.attn_out.weight()))
         })?;
+        // The last layer ran on the head positions after attention: back to all tokens.
+        let n = inputs.rows.tokens();
+        let (dcontext, dz1) = if only_head {
+            let _t = crate::profile::scope("fwd/bwd: head");
+            (
+                kernels::embedding_grad(&inputs.head, &dcontext, n)?,
+                kernels::embedding_grad(&inputs.head, &dz1, n)?,
+            )
+        } else {
+            (dcontext, dz1)
+        };
         let shape = Heads {
             heads: layer.heads,
             head_dim: layer.head_dim,
@@ -413,11 +466,11 @@ impl BertNerPos {
         for (j, name) in ["query", "key", "value"].iter().enumerate() {
             sink(
                 &format!("{pre}.attention.self.{name}.weight"),
-                dw_qkv.narrow(0, j * h, h)?,
+                Grad::Dense(dw_qkv.narrow(0, j * h, h)?),
             )?;
             sink(
                 &format!("{pre}.attention.self.{name}.bias"),
-                db_qkv.narrow(0, j * h, h)?,
+                Grad::Dense(db_qkv.narrow(0, j * h, h)?),
             )?;
         }
         Ok(timed("fwd/bwd: matmul", || {
@@ -432,26 +485,35 @@ impl BertNerPos {
         summed: &Tensor,
         emb_mask: Option<&Mask>,
         dx: &Tensor,
-        sink: &mut impl FnMut(&str, Tensor) -> Result<()>,
+        sink: &mut impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<()> {
         let emb = &self.encoder.embeddings;
         let dnormed = kernels::masked(dx, emb_mask)?;
         let (dsummed, dw, db) = timed("fwd/bwd: layer norm", || {
             ops::layer_norm_bwd(summed, &d(&emb.norm.weight), &dnormed, emb.norm.eps)
         })?;
-        sink("embeddings.LayerNorm.weight", dw)?;
-        sink("embeddings.LayerNorm.bias", db)?;
+        sink("embeddings.LayerNorm.weight", Grad::Dense(dw))?;
+        sink("embeddings.LayerNorm.bias", Grad::Dense(db))?;
         let _t = crate::profile::scope("fwd/bwd: embedding gradients");
         let dsummed = dsummed.contiguous()?;
         let (vocab, h) = emb.word.embeddings().dims2()?;
+        let (ids, values) = kernels::embedding_grad_rows(&inputs.input_ids, &dsummed)?;
         sink(
-            "embeddings.word_embeddings.weight",
-            kernels::embedding_grad(&inputs.input_ids, &dsummed, vocab)?,
+            WORD_EMBEDDINGS,
+            Grad::Rows {
+                ids,
+                values,
+                rows: vocab,
+            },
         )?;
         let (max_pos, _) = emb.position.embeddings().dims2()?;
         sink(
             "embeddings.position_embeddings.weight",
-            kernels::embedding_grad(&inputs.positions, &dsummed, max_pos)?,
+            Grad::Dense(kernels::embedding_grad(
+                &inputs.positions,
+                &dsummed,
+                max_pos,
+            )?),
         )?;
         let (types, _) = emb.token_type.embeddings().dims2()?;
         let dtype0 = column_sum(&dsummed)?.unsqueeze(0)?;
@@ -461,7 +523,10 @@ impl BertNerPos {
         } else {
             dtype0
         };
-        sink("embeddings.token_type_embeddings.weight", dtypes)
+        sink(
+            "embeddings.token_type_embeddings.weight",
+            Grad::Dense(dtypes),
+        )
     }
 }
 

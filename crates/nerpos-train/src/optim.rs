@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
+use nerpos_model::Grad;
 use rayon::prelude::*;
 
 /// Hugging Face's `get_linear_schedule_with_warmup`: the multiplier of the base learning rate at
@@ -76,7 +77,7 @@ pub struct AdamW {
 /// One parameter's update, fused, in place on the CPU.
 struct FusedStep<'a> {
     state: &'a ParamState,
-    grad: &'a Tensor,
+    grad: &'a Grad,
     /// Multiplies the raw gradient: 1/count and the clipping factor.
     grad_scale: f32,
     lr: f32,
@@ -105,18 +106,28 @@ impl InplaceOp1 for FusedStep<'_> {
             );
         };
         let p = &mut p[a..b];
-        let g = self.grad.contiguous()?;
-        let (gs, gl) = g.storage_and_layout();
-        let Storage::Cpu(gs) = &*gs else {
-            candle_core::bail!("AdamW: gradient of {} is not on the CPU", self.state.name);
-        };
-        let (ga, gb) = gl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("non-contiguous gradient".into()))?;
-        let g = &gs.as_slice::<f32>()?[ga..gb];
+        match self.grad {
+            Grad::Rows { ids, values, .. } if self.state.rows.is_some() => {
+                with_cpu_slice(values, |values| self.rows_update(p, ids, values))
+            }
+            Grad::Rows { .. } => {
+                let dense = self
+                    .grad
+                    .to_dense()
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                with_cpu_slice(&dense, |g| self.dense_update(p, g))
+            }
+            Grad::Dense(g) => with_cpu_slice(g, |g| self.dense_update(p, g)),
+        }
+    }
+}
+
+impl FusedStep<'_> {
+    /// The update with a dense gradient, in parallel over chunks of whole rows (embedding tables,
+    /// skipping rows that never had a gradient) or of elements.
+    fn dense_update(&self, p: &mut [f32], g: &[f32]) {
         let mut m = self.state.m.lock().unwrap_or_else(|e| e.into_inner());
         let mut v = self.state.v.lock().unwrap_or_else(|e| e.into_inner());
-        // Parallel over chunks of whole rows (embedding tables) or of elements.
         let decayed = self.lr * self.weight_decay != 0.0;
         let (width, mut touched) = match &self.state.rows {
             Some((w, t)) if !decayed => (*w, Some(t.lock().unwrap_or_else(|e| e.into_inner()))),
@@ -149,7 +160,45 @@ impl InplaceOp1 for FusedStep<'_> {
             ),
             None => tasks.for_each(|(((p, g), m), v)| self.update(p, g, m, v)),
         }
-        Ok(())
+    }
+
+    /// The update of an embedding table from the rows `ids` (sorted) of its gradient: those rows
+    /// with their gradient, the other rows that ever had one (or all, when decayed) with a zero
+    /// gradient — exactly the dense update — and nothing for the rest.
+    fn rows_update(&self, p: &mut [f32], ids: &[u32], values: &[f32]) {
+        let Some((width, touched)) = &self.state.rows else {
+            return;
+        };
+        let width = *width;
+        let mut m = self.state.m.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = self.state.v.lock().unwrap_or_else(|e| e.into_inner());
+        let mut touched = touched.lock().unwrap_or_else(|e| e.into_inner());
+        let decayed = self.lr * self.weight_decay != 0.0;
+        let rows_per_task = (65_536 / width).max(1);
+        let chunk = rows_per_task * width;
+        let zeros = vec![0f32; width];
+        p.par_chunks_mut(chunk)
+            .zip(m.par_chunks_mut(chunk))
+            .zip(v.par_chunks_mut(chunk))
+            .zip(touched.par_chunks_mut(rows_per_task))
+            .enumerate()
+            .for_each(|(c, (((p, m), v), touched))| {
+                let first = c * rows_per_task;
+                let mut k = ids.partition_point(|&i| (i as usize) < first);
+                for (r, t) in touched.iter_mut().enumerate() {
+                    let g = if ids.get(k).is_some_and(|&i| i as usize == first + r) {
+                        k += 1;
+                        *t = true;
+                        &values[(k - 1) * width..k * width]
+                    } else if *t || decayed {
+                        &zeros[..]
+                    } else {
+                        continue;
+                    };
+                    let span = r * width..(r + 1) * width;
+                    self.update(&mut p[span.clone()], g, &mut m[span.clone()], &mut v[span]);
+                }
+            });
     }
 }
 
@@ -167,6 +216,12 @@ impl FusedStep<'_> {
             *p -= self.step_size * *m / denom;
         }
     }
+}
+
+/// A gradient as one dense tensor (devices without a row update).
+fn dense(g: &Grad) -> candle_core::Result<Tensor> {
+    g.to_dense()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 /// Runs `f` on the values of a CPU f32 tensor.
@@ -351,12 +406,16 @@ impl AdamW {
     }
 
     /// Σ g² over all gradients (before any scaling).
-    pub fn squared_norm(grads: &BTreeMap<String, Tensor>) -> candle_core::Result<f64> {
+    pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<f64> {
         // CPU f32 gradients: summed in place, in parallel, in f64. Others: summed on their device,
-        // read back once (on a GPU, one synchronisation per step).
+        // read back once (on a GPU, one synchronisation per step). Row gradients: their rows.
         let mut host = 0f64;
         let mut total: Option<Tensor> = None;
         for g in grads.values() {
+            let g = match g {
+                Grad::Dense(t) => t,
+                Grad::Rows { values, .. } => values,
+            };
             if g.device().is_cpu() && g.dtype() == DType::F32 {
                 // f32 partial sums of 1,024 squares (vectorised), added up in f64.
                 host += with_cpu_slice(g, |x| {
@@ -387,7 +446,7 @@ impl AdamW {
     /// (1/count, times the clipping factor). `lr` and `head_lr` are this step's learning rates.
     pub fn step(
         &mut self,
-        grads: &BTreeMap<String, Tensor>,
+        grads: &BTreeMap<String, Grad>,
         grad_scale: f64,
         lr: f64,
         head_lr: f64,
@@ -417,7 +476,7 @@ impl AdamW {
                     bias_correction2_sqrt: bc2.sqrt() as f32,
                 })?,
                 Some((m, v)) if self.fused && fused_on_device(p.var.as_tensor()) => {
-                    let g = g.to_dtype(DType::F32)?.contiguous()?;
+                    let g = dense(g)?.to_dtype(DType::F32)?.contiguous()?;
                     p.var.as_tensor().inplace_op1(&DeviceStep {
                         grad: &g,
                         m,
@@ -434,7 +493,7 @@ impl AdamW {
                     })?;
                 }
                 Some((m, v)) => {
-                    let g = (g.to_dtype(DType::F32)? * grad_scale)?;
+                    let g = (dense(g)?.to_dtype(DType::F32)? * grad_scale)?;
                     let decayed = (p.var.as_tensor() * (1.0 - lr * wd))?;
                     let m_new = (m + ((&g - m)? * (1.0 - c.beta1))?)?;
                     let v_new = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -559,7 +618,10 @@ mod tests {
         let (mut p, mut m, mut v) = ([0.5f64, -1.0, 2.0], [0f64; 3], [0f64; 3]);
         for (t, g) in grads_seq.iter().enumerate() {
             let mut grads = BTreeMap::new();
-            grads.insert("w".to_string(), Tensor::new(&g[..], &dev).unwrap());
+            grads.insert(
+                "w".to_string(),
+                Grad::Dense(Tensor::new(&g[..], &dev).unwrap()),
+            );
             opt.step(&grads, 0.5, 1e-2, 1e-2).unwrap();
             let step = (t + 1) as i32;
             for i in 0..3 {
@@ -587,7 +649,7 @@ mod tests {
         let mut grads = BTreeMap::new();
         grads.insert(
             "w".to_string(),
-            Tensor::new(&[0.2f32, 0.2, 0.2][..], &dev).unwrap(),
+            Grad::Dense(Tensor::new(&[0.2f32, 0.2, 0.2][..], &dev).unwrap()),
         );
         opt.step(&grads, 1.0, 1e-2, 1e-2).unwrap();
         opt2.step(&grads, 1.0, 1e-2, 1e-2).unwrap();
@@ -635,14 +697,17 @@ mod tests {
         let mut fused = AdamW::new(names.iter().copied().zip(a.iter()), cfg).unwrap();
         let mut plain = AdamW::new_composed(names.iter().copied().zip(b.iter()), cfg).unwrap();
         for step in 0..20 {
-            let grads: BTreeMap<String, Tensor> = names
+            let grads: BTreeMap<String, Grad> = names
                 .iter()
                 .zip(shapes)
                 .map(|(n, s)| {
                     let g: Vec<f32> = (0..s.iter().product::<usize>())
                         .map(|_| rng.random_range(-3.0f32..3.0))
                         .collect();
-                    (n.to_string(), Tensor::from_vec(g, s, &dev).unwrap())
+                    (
+                        n.to_string(),
+                        Grad::Dense(Tensor::from_vec(g, s, &dev).unwrap()),
+                    )
                 })
                 .collect();
             let lr = 1e-3 * lr_factor(step, 2, 20);
@@ -700,21 +765,25 @@ mod tests {
         let mut plain = AdamW::new_composed([(name, &b)].into_iter(), cfg).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for step in 0..12 {
-            // Each step touches a few rows; rows 40.. never.
-            let mut g = vec![0f32; rows * width];
-            for _ in 0..4 {
-                let r = rng.random_range(0..40);
-                for x in &mut g[r * width..(r + 1) * width] {
-                    *x = rng.random_range(-2.0f32..2.0);
-                }
-            }
-            let grads: BTreeMap<String, Tensor> = [(
-                name.to_string(),
-                Tensor::from_vec(g, (rows, width), &dev).unwrap(),
-            )]
-            .into();
-            fused.step(&grads, 0.5, 1e-2, 1e-2).unwrap();
-            plain.step(&grads, 0.5, 1e-2, 1e-2).unwrap();
+            // Each step touches a few rows; rows 40.. never. The fused update gets them as rows
+            // (even steps) or dense (odd steps), the plain one dense.
+            let mut ids: Vec<u32> = (0..4).map(|_| rng.random_range(0..40u32)).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let values: Vec<f32> = (0..ids.len() * width)
+                .map(|_| rng.random_range(-2.0f32..2.0))
+                .collect();
+            let rows_grad = Grad::Rows {
+                values: Tensor::from_vec(values, (ids.len(), width), &dev).unwrap(),
+                ids,
+                rows,
+            };
+            let dense = Grad::Dense(rows_grad.to_dense().unwrap());
+            let as_map =
+                |g: &Grad| -> BTreeMap<String, Grad> { [(name.to_string(), g.clone())].into() };
+            let fused_grad = if step % 2 == 0 { &rows_grad } else { &dense };
+            fused.step(&as_map(fused_grad), 0.5, 1e-2, 1e-2).unwrap();
+            plain.step(&as_map(&dense), 0.5, 1e-2, 1e-2).unwrap();
             if step == 5 {
                 // Save and reload: the touched rows are recovered from the moments.
                 let path = dir.path().join("opt.safetensors");

@@ -13,7 +13,7 @@ use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use nerpos_dist::{Comm, all_reduce_bucketed};
 use nerpos_eval::Report;
-use nerpos_model::{BertNerPos, DropoutRng, profile};
+use nerpos_model::{BertNerPos, DropoutRng, Grad, profile};
 use nerpos_run::RunDir;
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -124,7 +124,7 @@ impl Trainer {
         lr: f64,
         head_lr: f64,
         stop: bool,
-        observe: impl FnOnce(&BTreeMap<String, Tensor>, f64) -> anyhow::Result<()>,
+        observe: impl FnOnce(&BTreeMap<String, Grad>, f64) -> anyhow::Result<()>,
     ) -> anyhow::Result<StepStats> {
         let local = self.forward_backward(micro, step)?;
         let t_reduce = Instant::now();
@@ -195,7 +195,7 @@ impl Trainer {
             let _acc = profile::scope("step: gradient accumulation");
             for (name, g) in result.grads {
                 let g = match out.grads.remove(&name) {
-                    Some(acc) => (acc.to_dtype(DType::F32)? + g.to_dtype(DType::F32)?)?,
+                    Some(acc) => acc.add(&g)?,
                     None => g,
                 };
                 out.grads.insert(name, g);
@@ -206,31 +206,78 @@ impl Trainer {
         // A rank with no rows this step still takes part in the reduction, with zeros.
         for (name, var) in self.model.params.iter() {
             if !out.grads.contains_key(name) {
-                out.grads
-                    .insert(name.to_owned(), var.as_tensor().zeros_like()?);
+                let zero = if name == nerpos_model::model::WORD_EMBEDDINGS {
+                    let (rows, width) = var.as_tensor().dims2()?;
+                    Grad::empty_rows(rows, width, var.dtype(), var.device())?
+                } else {
+                    Grad::Dense(var.as_tensor().zeros_like()?)
+                };
+                out.grads.insert(name.to_owned(), zero);
             }
         }
         Ok(out)
     }
 
-    /// Sums gradients over the ranks (in the configured element type), back in f32.
+    /// Sums gradients over the ranks (in the configured element type), back in f32: the dense ones
+    /// in buckets; a row gradient over the union of every rank's rows.
     fn all_reduce(
         &mut self,
-        grads: BTreeMap<String, Tensor>,
-    ) -> anyhow::Result<BTreeMap<String, Tensor>> {
+        grads: BTreeMap<String, Grad>,
+    ) -> anyhow::Result<BTreeMap<String, Grad>> {
+        if self.world_size() == 1 {
+            return grads
+                .into_iter()
+                .map(|(n, g)| Ok((n, g.to_dtype(DType::F32)?)))
+                .collect();
+        }
         let dtype = self.settings.reduce_dtype.dtype();
-        let (names, list): (Vec<String>, Vec<Tensor>) = grads
-            .into_iter()
-            .map(|(n, g)| Ok((n, g.to_dtype(dtype)?.contiguous()?)))
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        let reduced = all_reduce_bucketed(&mut self.comm, &list, self.settings.bucket_bytes)?;
-        names
-            .into_iter()
-            .zip(reduced)
-            .map(|(n, g)| Ok((n, g.to_dtype(DType::F32)?)))
-            .collect()
+        let mut out = BTreeMap::new();
+        let (mut names, mut dense) = (Vec::new(), Vec::new());
+        for (name, g) in grads {
+            match g {
+                Grad::Dense(t) => {
+                    names.push(name);
+                    dense.push(t.to_dtype(dtype)?.contiguous()?);
+                }
+                Grad::Rows { ids, values, rows } => {
+                    let g = self.all_reduce_rows(&ids, &values, rows)?;
+                    out.insert(name, g);
+                }
+            }
+        }
+        let reduced = all_reduce_bucketed(&mut self.comm, &dense, self.settings.bucket_bytes)?;
+        for (name, t) in names.into_iter().zip(reduced) {
+            out.insert(name, Grad::Dense(t.to_dtype(DType::F32)?));
+        }
+        Ok(out)
+    }
+
+    /// A row gradient summed over the ranks: the union of their row ids (every rank gathers them),
+    /// then one all-reduce of the rows' values laid out over that union.
+    fn all_reduce_rows(
+        &mut self,
+        ids: &[u32],
+        values: &Tensor,
+        rows: usize,
+    ) -> anyhow::Result<Grad> {
+        let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let mut all: Vec<u32> = Vec::new();
+        for part in self.comm.all_gather(&bytes)? {
+            let theirs: Vec<u32> = part
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            all = nerpos_model::grad::union(&all, &theirs);
+        }
+        let laid_out =
+            nerpos_model::grad::scatter_rows(&all, &[(ids, &values.to_dtype(DType::F32)?)])?
+                .to_dtype(self.settings.reduce_dtype.dtype())?;
+        self.comm.all_reduce_tensor(&laid_out)?;
+        Ok(Grad::Rows {
+            ids: all,
+            values: laid_out.to_dtype(DType::F32)?,
+            rows,
+        })
     }
 
     /// Scores `data` (every rank its share of sentences; every rank gets the whole report).
@@ -308,7 +355,7 @@ impl Trainer {
 /// This rank's part of a step, before the all-reduce.
 #[derive(Default)]
 struct LocalStep {
-    grads: BTreeMap<String, Tensor>,
+    grads: BTreeMap<String, Grad>,
     loss_sum: f64,
     count: f64,
     tokens: f64,
