@@ -279,6 +279,58 @@ impl BertNerPos {
         })
     }
 
+    /// Every parameter in the order backward hands out its gradient (the head first, the layers top
+    /// down, the embeddings last), with its number of values and whether its gradient comes as rows
+    /// ([`Grad::Rows`]). What gradient buckets are cut from; `forward_backward_with` follows it
+    /// (a test checks).
+    pub fn gradient_order(&self) -> Vec<(String, usize, bool)> {
+        let mut names: Vec<String> = vec![CLASSIFIER_WEIGHT.into(), CLASSIFIER_BIAS.into()];
+        if self.pos_embedding.is_some() {
+            names.push(POS_EMBEDDING.into());
+        }
+        for i in (0..self.encoder.layers.len()).rev() {
+            let pre = format!("encoder.layer.{i}");
+            for part in [
+                "output.LayerNorm.weight",
+                "output.LayerNorm.bias",
+                "output.dense.bias",
+                "output.dense.weight",
+                "intermediate.dense.bias",
+                "intermediate.dense.weight",
+                "attention.output.LayerNorm.weight",
+                "attention.output.LayerNorm.bias",
+                "attention.output.dense.bias",
+                "attention.output.dense.weight",
+                "attention.self.query.weight",
+                "attention.self.query.bias",
+                "attention.self.key.weight",
+                "attention.self.key.bias",
+                "attention.self.value.weight",
+                "attention.self.value.bias",
+            ] {
+                names.push(format!("{pre}.{part}"));
+            }
+        }
+        names.extend(
+            [
+                "embeddings.LayerNorm.weight",
+                "embeddings.LayerNorm.bias",
+                WORD_EMBEDDINGS,
+                "embeddings.position_embeddings.weight",
+                "embeddings.token_type_embeddings.weight",
+            ]
+            .map(String::from),
+        );
+        names
+            .into_iter()
+            .map(|n| {
+                let size = self.params.get(&n).map_or(0, |v| v.elem_count());
+                let rows = n == WORD_EMBEDDINGS;
+                (n, size, rows)
+            })
+            .collect()
+    }
+
     /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
     /// a backward pass.
     pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {

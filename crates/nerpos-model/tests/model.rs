@@ -346,3 +346,31 @@ fn bf16_compute_copy_tracks_the_f32_model() {
     let dropped = half.forward_backward(&x, &targets, Some(&mut rng)).unwrap();
     assert!(dropped.loss_sum.is_finite() && (dropped.loss_sum - low.loss_sum).abs() > 1e-6);
 }
+
+/// Backward hands out the gradients in `gradient_order` (what the trainer's buckets are cut from),
+/// one each, the word embeddings' as rows.
+#[test]
+fn backward_follows_the_gradient_order() {
+    let dev = Device::Cpu;
+    let (model, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
+    let mut seen: Vec<(String, bool)> = Vec::new();
+    model
+        .forward_backward_with(&inputs(&dev), &targets(&dev), None, |name, g| {
+            seen.push((
+                name.to_owned(),
+                matches!(g, nerpos_model::Grad::Rows { .. }),
+            ));
+            Ok(())
+        })
+        .unwrap();
+    let order: Vec<(String, bool)> = model
+        .gradient_order()
+        .into_iter()
+        .map(|(n, size, rows)| {
+            assert_eq!(size, model.params.get(&n).unwrap().elem_count());
+            (n, rows)
+        })
+        .collect();
+    assert_eq!(seen, order);
+    assert_eq!(order.len(), model.params.len());
+}

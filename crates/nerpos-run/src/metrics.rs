@@ -20,8 +20,11 @@ pub struct MetricsLine {
     pub tokens_per_s: f64,
     pub sentences_per_s: f64,
     pub step_s: f64,
-    /// Seconds per step spent waiting for gradient reductions.
+    /// Seconds per step waited for gradient reductions after backward (the exposed all-reduce).
     pub allreduce_s: f64,
+    /// Seconds per step spent reducing gradients, overlapped with backward or not.
+    #[serde(default)]
+    pub allreduce_total_s: f64,
     /// Seconds per step the step waited for its batch.
     pub data_wait_s: f64,
 }
@@ -74,6 +77,7 @@ mod tests {
             sentences_per_s: 3.0,
             step_s: 1.0,
             allreduce_s: 0.0,
+            allreduce_total_s: 0.0,
             data_wait_s: 0.0,
         }
     }

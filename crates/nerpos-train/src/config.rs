@@ -24,9 +24,20 @@ pub struct TrainConfig {
     /// are packed, so this is what a step computes on); 0 = off.
     #[serde(default)]
     pub batch_tokens: usize,
-    /// Micro-batches per optimiser step (gradients are reduced across processes once per step).
+    /// Micro-batches per optimiser step (gradients are reduced across processes once per step); with a
+    /// global batch set, derived from it instead.
     #[serde(default = "d::one")]
     pub grad_accum: usize,
+    /// Rows of one optimiser step over all processes: the quantity a run keeps when it is resumed on
+    /// another number of processes (each process's micro-batches and accumulation follow from it and
+    /// `batch_size`). Unset: `batch_size` × processes × `grad_accum` at the start, recorded in the run
+    /// folder's config.toml.
+    #[serde(default)]
+    pub global_batch_size: Option<usize>,
+    /// Real tokens of one optimiser step over all processes (with `batch_tokens` as the per-process
+    /// budget); unset: `batch_tokens` × processes × `grad_accum` when `batch_tokens` is set.
+    #[serde(default)]
+    pub global_batch_tokens: Option<usize>,
     #[serde(default = "d::lr")]
     pub lr: f64,
     /// Learning rate of the new head (POS embedding and classifier); `lr` if unset.
@@ -258,6 +269,18 @@ impl TrainConfig {
         }
         if self.grad_accum == 0 {
             return bad("grad_accum", "must be at least 1".into());
+        }
+        if self.global_batch_size == Some(0) {
+            return bad("global_batch_size", "must be at least 1".into());
+        }
+        if self
+            .global_batch_tokens
+            .is_some_and(|t| t == 0 || self.batch_tokens == 0)
+        {
+            return bad(
+                "global_batch_tokens",
+                "needs a positive value and a per-process budget `batch_tokens`".into(),
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", format!("{} is not a positive learning rate", self.lr));

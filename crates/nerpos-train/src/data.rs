@@ -18,13 +18,46 @@ use nerpos_prep::Row;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Batching {
     pub world: usize,
-    /// Rows per process per micro-batch (the cap when a token budget is set).
-    pub batch_size: usize,
-    /// Real sub-word tokens per process per micro-batch (the budget of a packed batch); 0 = rows only.
-    pub batch_tokens: usize,
+    /// Rows of one optimiser step over all processes (the cap when a token budget is set).
+    pub step_rows: usize,
+    /// Real sub-word tokens of one optimiser step over all processes; 0 = rows only.
+    pub step_tokens: usize,
+    /// Micro-batches per process per step.
     pub grad_accum: usize,
     pub length_grouping: bool,
     pub seed: u64,
+}
+
+impl Batching {
+    /// The batching of `cfg` for `world` processes: the global batch (configured, or the per-process
+    /// budget × processes × `grad_accum`), and as many micro-batches per process as keep each within
+    /// the per-process budget (`batch_size` rows, `batch_tokens` tokens).
+    pub fn resolve(cfg: &crate::TrainConfig, world: usize) -> Batching {
+        let step_rows = cfg
+            .global_batch_size
+            .unwrap_or(cfg.batch_size * world * cfg.grad_accum);
+        let step_tokens = cfg
+            .global_batch_tokens
+            .unwrap_or(cfg.batch_tokens * world * cfg.grad_accum);
+        let grad_accum = if cfg.global_batch_size.is_some() || cfg.global_batch_tokens.is_some() {
+            let by_rows = step_rows.div_ceil(world * cfg.batch_size);
+            let by_tokens = match cfg.batch_tokens {
+                0 => 1,
+                t => step_tokens.div_ceil(world * t),
+            };
+            by_rows.max(by_tokens).max(1)
+        } else {
+            cfg.grad_accum
+        };
+        Batching {
+            world,
+            step_rows,
+            step_tokens,
+            grad_accum,
+            length_grouping: cfg.length_grouping,
+            seed: cfg.seed,
+        }
+    }
 }
 
 /// One optimiser step: `micro[m][r]` are the rows of micro-batch m for rank r.
@@ -51,8 +84,8 @@ fn epoch_rng(seed: u64, epoch: usize, salt: u64) -> ChaCha8Rng {
 pub fn plan_epoch(lengths: &[usize], b: &Batching, epoch: usize) -> Vec<StepPlan> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut epoch_rng(b.seed, epoch, 1));
-    let per_step_rows = b.batch_size * b.world * b.grad_accum;
-    let token_budget = b.batch_tokens * b.world * b.grad_accum;
+    let per_step_rows = b.step_rows;
+    let token_budget = b.step_tokens;
 
     // Optimiser batches, as row lists.
     let mut batches: Vec<Vec<usize>> = Vec::new();
@@ -90,13 +123,16 @@ pub fn plan_epoch(lengths: &[usize], b: &Batching, epoch: usize) -> Vec<StepPlan
     batches
         .into_iter()
         .map(|rows| {
-            let n = rows.len();
             let slices = b.grad_accum * b.world;
-            // Micro-batch m, rank r gets the (m·W + r)-th of `slices` contiguous, near-equal parts.
-            let part = |k: usize| rows[n * k / slices..n * (k + 1) / slices].to_vec();
+            let mut parts = balanced_parts(&rows, lengths, slices).into_iter();
+            // Micro-batch m, rank r gets the (m·W + r)-th part.
             StepPlan {
                 micro: (0..b.grad_accum)
-                    .map(|m| (0..b.world).map(|r| part(m * b.world + r)).collect())
+                    .map(|_| {
+                        (0..b.world)
+                            .map(|_| parts.next().unwrap_or_default())
+                            .collect()
+                    })
                     .collect(),
             }
         })
@@ -200,6 +236,31 @@ pub fn start_loader(
     rx
 }
 
+/// `rows` cut into `slices` contiguous parts of near-equal token counts (ranks wait for the slowest
+/// one at every reduction; with packed batches work is tokens, not rows), every part non-empty while
+/// there are rows enough.
+fn balanced_parts(rows: &[usize], lengths: &[usize], slices: usize) -> Vec<Vec<usize>> {
+    let total: usize = rows.iter().map(|&i| lengths[i]).sum();
+    let mut parts: Vec<Vec<usize>> = Vec::with_capacity(slices);
+    let mut current = Vec::new();
+    let mut done = 0;
+    for (k, &i) in rows.iter().enumerate() {
+        current.push(i);
+        done += lengths[i];
+        let cut = parts.len() + 1;
+        let rows_left = rows.len() - k - 1;
+        let parts_left = slices - cut;
+        // Cut once this part reaches its share of the tokens, or when the remaining rows are just
+        // enough for one per remaining part.
+        if cut < slices && (done * slices >= total * cut || rows_left <= parts_left) {
+            parts.push(std::mem::take(&mut current));
+        }
+    }
+    parts.push(current);
+    parts.resize_with(slices, Vec::new);
+    parts
+}
+
 /// Steps per epoch for `rows` rows (same for every epoch and every rank).
 pub fn steps_per_epoch(lengths: &[usize], b: &Batching) -> usize {
     plan_epoch(lengths, b, 0).len()
@@ -212,8 +273,8 @@ mod tests {
     fn batching(world: usize, batch_size: usize, grad_accum: usize) -> Batching {
         Batching {
             world,
-            batch_size,
-            batch_tokens: 0,
+            step_rows: batch_size * world * grad_accum,
+            step_tokens: 0,
             grad_accum,
             length_grouping: true,
             seed: 7,
@@ -296,7 +357,7 @@ mod tests {
     fn token_budget_bounds_real_tokens() {
         let l = lengths(500);
         let b = Batching {
-            batch_tokens: 400,
+            step_tokens: 800,
             ..batching(2, 1000, 1)
         };
         let plan = plan_epoch(&l, &b, 0);

@@ -12,6 +12,7 @@ pub mod data;
 pub mod evaluate;
 pub mod optim;
 pub mod output;
+pub mod reduce;
 pub mod report;
 pub mod run;
 pub mod setup;

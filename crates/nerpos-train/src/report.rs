@@ -25,6 +25,7 @@ struct Window {
     rows: f64,
     step_s: f64,
     allreduce_s: f64,
+    allreduce_total_s: f64,
     data_wait_s: f64,
 }
 
@@ -37,6 +38,7 @@ impl Window {
         self.rows += s.rows;
         self.step_s += step_s;
         self.allreduce_s += s.allreduce_s;
+        self.allreduce_total_s += s.allreduce_total_s;
         self.data_wait_s += data_wait_s;
     }
 
@@ -57,6 +59,7 @@ impl Window {
             sentences_per_s: self.rows / secs,
             step_s: self.step_s / n,
             allreduce_s: self.allreduce_s / n,
+            allreduce_total_s: self.allreduce_total_s / n,
             data_wait_s: self.data_wait_s / n,
         };
         *self = Window::default();

@@ -20,7 +20,7 @@ use crate::data::{LoadedStep, LoaderSpec, start_loader};
 use crate::evaluate::EvalSpec;
 use crate::output::Output;
 use crate::report::{Reporter, StepPoint};
-use crate::setup::{Job, batching};
+use crate::setup::Job;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl Job {
         start_loader(
             self.train.clone(),
             LoaderSpec {
-                batching: batching(&self.cfg, self.trainer.world_size()),
+                batching: self.batching,
                 rank: self.trainer.rank(),
                 epochs: self.schedule.epochs,
                 pos_unk: self.meta.pos_unk_id,

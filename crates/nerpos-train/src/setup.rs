@@ -12,7 +12,7 @@ use nerpos_dist::{Comm, Rendezvous, Timeouts};
 use nerpos_model::{BertNerPos, Carried, HeadConfig, LabelSubwords, NerposMeta};
 use nerpos_prep::{Columns, Dataset, Manifest, Part, Row, Split};
 use nerpos_run::RunDir;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::checkpoint::{self, LoopState};
 #[cfg(feature = "cuda")]
@@ -73,6 +73,8 @@ pub struct Job {
     pub test: EvalData,
     pub state: LoopState,
     pub schedule: Schedule,
+    /// How the data is cut into optimiser steps and micro-batches for this world size.
+    pub batching: Batching,
 }
 
 pub fn device(cfg: &TrainConfig, local_rank: usize) -> anyhow::Result<Device> {
@@ -237,11 +239,10 @@ fn starting_point(
         );
     }
     if loaded.state.world_size != world {
-        warn!(
+        info!(
             saved = loaded.state.world_size,
             now = world,
-            "resuming with another number of processes: the optimiser batches stay the same only if \
-             batch_size × processes is unchanged"
+            "resuming on another number of processes: the global batch stays, the micro-batches follow"
         );
     }
     for (name, var) in model.params.iter() {
@@ -261,7 +262,11 @@ fn starting_point(
 
 impl Job {
     /// Sets up the run `cfg` describes (or resumes the one in `resume`).
-    pub fn setup(cfg: TrainConfig, resume: Option<&Path>, rdv: &Rendezvous) -> anyhow::Result<Job> {
+    pub fn setup(
+        mut cfg: TrainConfig,
+        resume: Option<&Path>,
+        rdv: &Rendezvous,
+    ) -> anyhow::Result<Job> {
         let dev = device(&cfg, rdv.local_rank)?;
         let comm = communicator(rdv, &dev)?;
         let (rank, world) = (comm.rank(), comm.world_size());
@@ -279,9 +284,16 @@ impl Job {
         let (state, optimizer_state) =
             starting_point(&run, resume.is_some(), m, &model, rank, world)?;
 
+        // The global batch is what the run keeps: recorded in its config.toml, so that a resume on
+        // another number of processes derives its micro-batches from it.
+        let batching = Batching::resolve(&cfg, world);
+        cfg.global_batch_size = Some(batching.step_rows);
+        if batching.step_tokens > 0 {
+            cfg.global_batch_tokens = Some(batching.step_tokens);
+        }
         let settings = StepSettings {
             seed: cfg.seed,
-            grad_accum: cfg.grad_accum,
+            grad_accum: batching.grad_accum,
             max_grad_norm: cfg.max_grad_norm,
             precision: cfg.precision,
             reduce_dtype: cfg.allreduce_dtype,
@@ -313,8 +325,10 @@ impl Job {
         let dev_data = EvalData::new(read_split(&ds, Split::Dev, cfg.eval_sentences)?);
         let test_data = EvalData::new(read_split(&ds, Split::Test, cfg.eval_sentences)?);
         let lengths: Vec<usize> = train.iter().map(|r| r.input_ids.len()).collect();
-        let schedule = Schedule::new(&cfg, steps_per_epoch(&lengths, &batching(&cfg, world)));
+        let schedule = Schedule::new(&cfg, steps_per_epoch(&lengths, &batching));
         info!(
+            global_batch = batching.step_rows,
+            micro_batches = batching.grad_accum,
             train_rows = train.len(),
             steps_per_epoch = schedule.per_epoch,
             total_steps = schedule.total,
@@ -332,19 +346,8 @@ impl Job {
             test: test_data,
             state,
             schedule,
+            batching,
         })
-    }
-}
-
-/// How the configuration cuts the data into optimiser steps for `world` processes.
-pub fn batching(cfg: &TrainConfig, world: usize) -> Batching {
-    Batching {
-        world,
-        batch_size: cfg.batch_size,
-        batch_tokens: cfg.batch_tokens,
-        grad_accum: cfg.grad_accum,
-        length_grouping: cfg.length_grouping,
-        seed: cfg.seed,
     }
 }
 

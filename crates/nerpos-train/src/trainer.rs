@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
-use nerpos_dist::{Comm, all_reduce_bucketed};
+use nerpos_dist::Comm;
 use nerpos_eval::Report;
 use nerpos_model::{BertNerPos, DropoutRng, Grad, profile};
 use nerpos_run::RunDir;
@@ -22,6 +22,7 @@ use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
 use crate::evaluate::{EvalData, EvalSpec, evaluate};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::reduce::{self, Buckets};
 use nerpos_model::PackedBatch;
 
 /// What a step needs beyond the model.
@@ -53,8 +54,10 @@ pub struct StepStats {
     pub rows: f64,
     /// Global gradient norm (of the mean loss, before clipping).
     pub grad_norm: f64,
-    /// Seconds in the all-reduce.
+    /// Seconds waited for gradient reductions after backward (the exposed all-reduce).
     pub allreduce_s: f64,
+    /// Seconds spent reducing, overlapped with backward or not.
+    pub allreduce_total_s: f64,
     /// Some rank was asked to stop (a signal): every rank sees it at the same step.
     pub stop: bool,
 }
@@ -67,6 +70,8 @@ pub struct Trainer {
     pub optimizer: AdamW,
     pub comm: Comm,
     settings: StepSettings,
+    /// Gradient buckets, in backward order.
+    buckets: Buckets,
 }
 
 impl Trainer {
@@ -81,12 +86,20 @@ impl Trainer {
         };
         let mut optimizer = AdamW::new(model.params.iter(), settings.adamw)?;
         optimizer.fused = settings.fused_adamw;
+        let element = settings.reduce_dtype.dtype().size_in_bytes();
+        let order: Vec<(String, usize, bool)> = model
+            .gradient_order()
+            .into_iter()
+            .map(|(name, n, rows)| (name, n * element, rows))
+            .collect();
+        let buckets = Buckets::plan(&order, settings.bucket_bytes);
         Ok(Trainer {
             model,
             compute,
             optimizer,
             comm,
             settings,
+            buckets,
         })
     }
 
@@ -126,9 +139,8 @@ impl Trainer {
         stop: bool,
         observe: impl FnOnce(&BTreeMap<String, Grad>, f64) -> anyhow::Result<()>,
     ) -> anyhow::Result<StepStats> {
-        let local = self.forward_backward(micro, step)?;
-        let t_reduce = Instant::now();
-        let grads = profile::timed("step: all-reduce", || self.all_reduce(local.grads))?;
+        let (local, grads, mut comm_time) = self.gradients(micro, step)?;
+        let t_scalars = Instant::now();
         let mut scalars = [
             local.loss_sum,
             local.count,
@@ -137,7 +149,9 @@ impl Trainer {
             f64::from(u8::from(stop)),
         ];
         self.comm.all_reduce_sum(&mut scalars)?;
-        let allreduce_s = t_reduce.elapsed().as_secs_f64();
+        let scalars_s = t_scalars.elapsed();
+        comm_time.exposed += scalars_s;
+        comm_time.total += scalars_s;
         let [loss_sum, count, tokens, rows, stops] = scalars;
 
         let mut grad_norm = 0.0;
@@ -156,128 +170,118 @@ impl Trainer {
                 self.optimizer.step(&grads, scale * clip, lr, head_lr)
             })?;
         }
+        profile::add(
+            "step: all-reduce (exposed)",
+            comm_time.exposed.as_secs_f64(),
+        );
         Ok(StepStats {
             loss: if count > 0.0 { loss_sum / count } else { 0.0 },
             count,
             tokens,
             rows,
             grad_norm,
-            allreduce_s,
+            allreduce_s: comm_time.exposed.as_secs_f64(),
+            allreduce_total_s: comm_time.total.as_secs_f64(),
             stop: stops > 0.0,
         })
     }
 
-    /// Forward and backward of this rank's micro-batches; gradients summed in f32.
-    fn forward_backward(&self, micro: &[PackedBatch], step: usize) -> anyhow::Result<LocalStep> {
-        let mut out = LocalStep::default();
+    /// This rank's forward and backward, and the gradients summed over all ranks (in f32): reduced
+    /// bucket by bucket while backward runs on the CPU ring; after backward with NCCL (the device
+    /// queues them); not at all alone.
+    fn gradients(
+        &mut self,
+        micro: &[PackedBatch],
+        step: usize,
+    ) -> anyhow::Result<(LocalStep, BTreeMap<String, Grad>, CommTime)> {
         if let Some(half) = &self.compute {
             half.copy_from(&self.model)?;
         }
-        let stepper = self.compute.as_ref().unwrap_or(&self.model);
-        let rank = self.rank() as u64;
-        for (k, batch) in micro.iter().enumerate() {
-            out.tokens += batch.tokens() as f64;
-            out.rows += batch.rows() as f64;
-            let (inputs, targets) = batch.to_device(self.device())?;
-            let Some(targets) = targets else {
-                // Rows without a single label: nothing to learn from them.
-                continue;
-            };
-            let seed = DropoutRng::step_seed(
-                self.settings.seed,
-                (step * self.settings.grad_accum + k) as u64,
-                rank,
-            );
-            let mut rng = DropoutRng::new(seed, self.device())?;
-            let result = profile::timed("step: forward+backward (all fwd/bwd: rows)", || {
-                stepper.forward_backward(&inputs, &targets, Some(&mut rng))
-            })?;
-            let _acc = profile::scope("step: gradient accumulation");
-            for (name, g) in result.grads {
-                let g = match out.grads.remove(&name) {
-                    Some(acc) => acc.add(&g)?,
-                    None => g,
-                };
-                out.grads.insert(name, g);
-            }
-            out.loss_sum += result.loss_sum;
-            out.count += result.count as f64;
-        }
-        // A rank with no rows this step still takes part in the reduction, with zeros.
-        for (name, var) in self.model.params.iter() {
-            if !out.grads.contains_key(name) {
-                let zero = if name == nerpos_model::model::WORD_EMBEDDINGS {
-                    let (rows, width) = var.as_tensor().dims2()?;
-                    Grad::empty_rows(rows, width, var.dtype(), var.device())?
-                } else {
-                    Grad::Dense(var.as_tensor().zeros_like()?)
-                };
-                out.grads.insert(name.to_owned(), zero);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sums gradients over the ranks (in the configured element type), back in f32: the dense ones
-    /// in buckets; a row gradient over the union of every rank's rows.
-    fn all_reduce(
-        &mut self,
-        grads: BTreeMap<String, Grad>,
-    ) -> anyhow::Result<BTreeMap<String, Grad>> {
-        if self.world_size() == 1 {
-            return grads
-                .into_iter()
-                .map(|(n, g)| Ok((n, g.to_dtype(DType::F32)?)))
-                .collect();
-        }
         let dtype = self.settings.reduce_dtype.dtype();
-        let mut out = BTreeMap::new();
-        let (mut names, mut dense) = (Vec::new(), Vec::new());
-        for (name, g) in grads {
-            match g {
-                Grad::Dense(t) => {
-                    names.push(name);
-                    dense.push(t.to_dtype(dtype)?.contiguous()?);
+        let Trainer {
+            model,
+            compute,
+            comm,
+            settings,
+            buckets,
+            ..
+        } = self;
+        let pass = Pass {
+            master: model,
+            stepper: compute.as_ref().unwrap_or(model),
+            settings,
+            rank: comm.rank() as u64,
+        };
+        match comm {
+            Comm::Single => {
+                let mut local = LocalStep::default();
+                let mut grads = BTreeMap::new();
+                pass.run(micro, step, &mut local, |n, g| {
+                    grads.insert(n.to_owned(), g.to_dtype(DType::F32)?);
+                    Ok(())
+                })?;
+                let rest = pass.finish(&mut local, |n| grads.contains_key(n))?;
+                for (n, g) in rest {
+                    grads.insert(n, g.to_dtype(DType::F32)?);
                 }
-                Grad::Rows { ids, values, rows } => {
-                    let g = self.all_reduce_rows(&ids, &values, rows)?;
-                    out.insert(name, g);
+                Ok((local, grads, CommTime::default()))
+            }
+            Comm::Tcp(_) => {
+                let (local, reduced, exposed) =
+                    reduce::overlapped(comm, buckets, dtype, |reducer| {
+                        let mut local = LocalStep::default();
+                        pass.run(micro, step, &mut local, |n, g| reducer.push(n, g))?;
+                        let pending = reducer.pending();
+                        let rest = pass.finish(&mut local, |n| !pending.iter().any(|p| p == n))?;
+                        for (name, g) in rest {
+                            reducer.push(&name, g)?;
+                        }
+                        Ok(local)
+                    })?;
+                let time = CommTime {
+                    exposed,
+                    total: reduced.busy,
+                };
+                Ok((local, reduced.grads, time))
+            }
+            #[cfg(feature = "cuda")]
+            Comm::Nccl(_) => {
+                let mut local = LocalStep::default();
+                let mut all = BTreeMap::new();
+                pass.run(micro, step, &mut local, |n, g| {
+                    all.insert(n.to_owned(), g);
+                    Ok(())
+                })?;
+                let rest = pass.finish(&mut local, |n| all.contains_key(n))?;
+                all.extend(rest);
+                let t0 = Instant::now();
+                let mut grads = BTreeMap::new();
+                for members in &buckets.members {
+                    let bucket = members
+                        .iter()
+                        .map(|n| {
+                            all.remove(n)
+                                .ok_or_else(|| anyhow::anyhow!("no gradient for {n}"))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    for (n, g) in members
+                        .iter()
+                        .zip(reduce::reduce_bucket(comm, bucket, dtype)?)
+                    {
+                        grads.insert(n.clone(), g);
+                    }
                 }
+                let spent = t0.elapsed();
+                Ok((
+                    local,
+                    grads,
+                    CommTime {
+                        exposed: spent,
+                        total: spent,
+                    },
+                ))
             }
         }
-        let reduced = all_reduce_bucketed(&mut self.comm, &dense, self.settings.bucket_bytes)?;
-        for (name, t) in names.into_iter().zip(reduced) {
-            out.insert(name, Grad::Dense(t.to_dtype(DType::F32)?));
-        }
-        Ok(out)
-    }
-
-    /// A row gradient summed over the ranks: the union of their row ids (every rank gathers them),
-    /// then one all-reduce of the rows' values laid out over that union.
-    fn all_reduce_rows(
-        &mut self,
-        ids: &[u32],
-        values: &Tensor,
-        rows: usize,
-    ) -> anyhow::Result<Grad> {
-        let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-        let mut all: Vec<u32> = Vec::new();
-        for part in self.comm.all_gather(&bytes)? {
-            let theirs: Vec<u32> = part
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            all = nerpos_model::grad::union(&all, &theirs);
-        }
-        let laid_out =
-            nerpos_model::grad::scatter_rows(&all, &[(ids, &values.to_dtype(DType::F32)?)])?
-                .to_dtype(self.settings.reduce_dtype.dtype())?;
-        self.comm.all_reduce_tensor(&laid_out)?;
-        Ok(Grad::Rows {
-            ids: all,
-            values: laid_out.to_dtype(DType::F32)?,
-            rows,
-        })
     }
 
     /// Scores `data` (every rank its share of sentences; every rank gets the whole report).
@@ -355,9 +359,107 @@ impl Trainer {
 /// This rank's part of a step, before the all-reduce.
 #[derive(Default)]
 struct LocalStep {
+    /// Gradients summed over micro-batches, not handed over yet.
     grads: BTreeMap<String, Grad>,
     loss_sum: f64,
     count: f64,
     tokens: f64,
     rows: f64,
+}
+
+/// Time in gradient collectives: waited for after backward, and spent in all.
+#[derive(Default)]
+struct CommTime {
+    exposed: std::time::Duration,
+    total: std::time::Duration,
+}
+
+/// One step's forward and backward over this rank's micro-batches.
+struct Pass<'a> {
+    /// The f32 master (the shapes of gradients this rank has none of).
+    master: &'a BertNerPos,
+    /// The model that runs (the master, or its bf16 copy).
+    stepper: &'a BertNerPos,
+    settings: &'a StepSettings,
+    rank: u64,
+}
+
+impl Pass<'_> {
+    /// Runs every micro-batch: the gradients of all but the last are summed into `local`; the last
+    /// one's (plus what `local` holds for the same parameter) go to `hand_over` as backward produces
+    /// them — gradients are reduced only once per optimiser step.
+    fn run(
+        &self,
+        micro: &[PackedBatch],
+        step: usize,
+        local: &mut LocalStep,
+        mut hand_over: impl FnMut(&str, Grad) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let device = self.master.device();
+        let last = micro.len().saturating_sub(1);
+        for (k, batch) in micro.iter().enumerate() {
+            local.tokens += batch.tokens() as f64;
+            local.rows += batch.rows() as f64;
+            let (inputs, targets) = batch.to_device(device)?;
+            let Some(targets) = targets else {
+                // Rows without a single label: nothing to learn from them.
+                continue;
+            };
+            let seed = DropoutRng::step_seed(
+                self.settings.seed,
+                (step * self.settings.grad_accum + k) as u64,
+                self.rank,
+            );
+            let mut rng = DropoutRng::new(seed, device)?;
+            let mut failure: Option<anyhow::Error> = None;
+            let mut sink = |name: &str, g: Grad| -> nerpos_model::Result<()> {
+                let summed = match local.grads.remove(name) {
+                    Some(acc) => acc.add(&g)?,
+                    None => g,
+                };
+                if k < last {
+                    local.grads.insert(name.to_owned(), summed);
+                    return Ok(());
+                }
+                hand_over(name, summed).map_err(|e| {
+                    failure = Some(e);
+                    nerpos_model::ModelError::Config("handing over a gradient failed".into())
+                })
+            };
+            let result = profile::timed("step: forward+backward (all fwd/bwd: rows)", || {
+                self.stepper
+                    .forward_backward_with(&inputs, &targets, Some(&mut rng), &mut sink)
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let (loss_sum, count) = result?;
+            local.loss_sum += loss_sum;
+            local.count += count as f64;
+        }
+        Ok(())
+    }
+
+    /// What `run` did not hand over (`given` says what it did): the summed gradients left in `local`,
+    /// and zeros for parameters without one (a rank with nothing to differentiate still takes part in
+    /// the reduction).
+    fn finish(
+        &self,
+        local: &mut LocalStep,
+        given: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<BTreeMap<String, Grad>> {
+        let mut out = std::mem::take(&mut local.grads);
+        for (name, var) in self.master.params.iter() {
+            if !out.contains_key(name) && !given(name) {
+                let zero = if name == nerpos_model::model::WORD_EMBEDDINGS {
+                    let (rows, width) = var.as_tensor().dims2()?;
+                    Grad::empty_rows(rows, width, DType::F32, var.device())?
+                } else {
+                    Grad::Dense(var.as_tensor().zeros_like()?)
+                };
+                out.insert(name.to_owned(), zero);
+            }
+        }
+        Ok(out)
+    }
 }

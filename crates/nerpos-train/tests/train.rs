@@ -361,3 +361,49 @@ fn only_rank_0_logs_progress() {
     assert!(!log0.contains('\u{1b}'), "colour codes in the log file");
     assert!(run.join("logs/rank-1.log").is_file());
 }
+
+/// Elastic resume: a run interrupted on 2 processes and resumed on 1 (and the reverse) follows the
+/// uninterrupted run — the global batch (16 rows a step) is what the run keeps; each process's
+/// micro-batches (at most `batch_size` = 8 rows) and their accumulation follow from the world size.
+#[test]
+fn resumed_on_another_number_of_processes_equals_an_uninterrupted_run() {
+    let f = fixture(400);
+    let extra = "global_batch_size = 16\nmax_steps = 40\neval_every = 20\ntest_at_end = false\n\
+                 dropout = 0.0\nencoder_dropout = 0.0";
+    let full = f.dir.path().join("full");
+    ok(&train(&[
+        "--config",
+        config(&f, &full, extra).to_str().unwrap(),
+    ]));
+    let reference = weights(&full.join("last"));
+
+    for (before, after) in [(2, 1), (1, 2)] {
+        let run = f.dir.path().join(format!("elastic-{before}-{after}"));
+        let cfg = config(&f, &run, extra);
+        let mut children = spawn_ranks(before, &["--config", cfg.to_str().unwrap()], &[]);
+        wait_for_step(&run.join("metrics.jsonl"), 8, Duration::from_secs(60));
+        // SAFETY: sending a signal to our own child process; the others learn it from the step's
+        // reduction and stop at the same step.
+        unsafe { libc_kill(children[0].id() as i32) };
+        for c in children.drain(..) {
+            let o = c.wait_with_output().unwrap();
+            assert_eq!(
+                o.status.code(),
+                Some(75),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let resumed = spawn_ranks(after, &["--resume", run.to_str().unwrap()], &[]);
+        for c in resumed {
+            ok(&c.wait_with_output().unwrap());
+        }
+        assert_eq!(summary(&run)["steps"], 40);
+        assert_eq!(summary(&run)["world_size"], after);
+        let d = max_abs_diff(&reference, &weights(&run.join("last")));
+        eprintln!(
+            "{before} processes, interrupted, resumed on {after}: max |difference| = {d:.2e}"
+        );
+        assert!(d <= 1e-5, "{before} -> {after}: {d}");
+    }
+}
