@@ -1,40 +1,53 @@
-"""Step-time model of data-parallel training: T(W) = compute + exposed all-reduce + exposed data wait.
+"""Step-time model of data-parallel training with gradients reduced while backward runs:
+
+    T(W) = compute + exposed all-reduce + exposed data wait
 
 Prints the tables of docs/scaling.md. Every input is a named constant below, with where it comes from:
-measured here (tests/bench/dist.sh and the model benchmarks), or published (nccl-tests figures), or an
-assumption stated as such. Change an input, rerun, paste.
+measured here (tests/bench/train.sh, tests/bench/dist.sh), measured on one H200 (docs/gpu.md), published
+(nccl-tests figures), or an assumption stated as such. Change an input, rerun, paste.
 
-Why the all-reduce is fully exposed: candle computes all gradients in one backward call and returns
-them together, so there is no per-parameter hook to start reducing early layers while later ones are
-still being differentiated (PyTorch DDP's overlap). Buckets still pipeline their own launches on
-NCCL's stream, so the exposed time is one all-reduce of the whole gradient set.
+The overlap term. nerpos-train's backward hands out gradients from the head down; they are cut into
+buckets of `bucket_mb` in that order and each complete bucket is all-reduced while the layers below are
+still being differentiated (crates/nerpos-train/src/reduce.rs). The model simulates exactly that: the
+backward pass (2/3 of the compute) produces gradients at a rate proportional to each layer's share of
+the parameters; bucket k is ready when its last gradient is; the communication channel reduces buckets
+one after another in order, each taking the bus-bandwidth time of its bytes plus latency; the step
+waits only for what is left when backward ends (the *exposed* all-reduce). The word-embedding gradient
+is reduced as the rows the step used (a few thousand rows instead of the whole vocabulary).
 """
 
 import math
 
-# ---- Models: parameters as counted in their checkpoints, without the pooler (the tagger does not use
-# it, so it has no gradient); FLOPs per token = 6 x non-embedding params for forward + backward, plus
-# attention's 12 * layers * hidden * seq.
+# ---- Models: parameters as in their checkpoints, without the pooler; the word-embedding table
+# (vocab x hidden) is reduced as rows.
 MODELS = {
-    # name: (params, non-embedding params, layers, hidden)
-    "MiniLM-L6 (22.6 M)": (22_565_888, 10_646_784, 6, 384),
-    "BERT-base-cased (107.7 M)": (107_719_680, 85_054_464, 12, 768),
+    # name: (params, vocab, hidden, layers)
+    "MiniLM-L6 (22.6 M)": (22_565_888, 30_522, 384, 6),
+    "BERT-base-cased (107.7 M)": (107_719_680, 28_996, 768, 12),
 }
 HEAD_PARAMS = 50 * 768 + 17 * 1536  # POS embedding + classifier, negligible
+BUCKET_MB = 25  # bucket_mb (the default)
+DISTINCT_TOKENS_PER_ROW = 20  # distinct sub-words a GMB sentence contributes to a step (~27 sub-words)
 
-# ---- Workload: GMB sentences, length-grouped batches (mean 26.5 sub-words; batches padded to their
-# longest row, ~32 on average with grouping).
-SEQ = 32
-BATCH = 32  # per GPU
+# ---- Compute per optimizer step, measured (docs/gpu.md, one H200, length-grouped batches, our engine:
+# step ms = tokens per step / tokens per second). Backward is 2/3 of it.
+GPU_STEP_S = {
+    ("MiniLM-L6 (22.6 M)", 32, "f32"): 14.0e-3,
+    ("MiniLM-L6 (22.6 M)", 32, "bf16"): 24.9e-3,
+    ("MiniLM-L6 (22.6 M)", 128, "bf16"): 30.3e-3,
+    ("BERT-base-cased (107.7 M)", 32, "f32"): 39.7e-3,
+    ("BERT-base-cased (107.7 M)", 32, "bf16"): 44.1e-3,
+    ("BERT-base-cased (107.7 M)", 128, "bf16"): 72.6e-3,
+}
+BACKWARD_SHARE = 2 / 3
 
-# ---- GPU compute (assumptions until docs/gpu.md has measurements): H100 SXM bf16 dense peak
-# 989 TFLOP/s at 40 % model-FLOPs utilisation, but never faster than the kernel-launch floor of
-# ~25 launches per layer forward+backward at ~6 us each plus ~1 ms of optimizer and framework time.
-PEAK_FLOPS = 989e12
-MFU = 0.40
-LAUNCH_S = 6e-6
-KERNELS_PER_LAYER = 25
-FIXED_S = 1e-3
+# ---- Compute at the issue's GPU target instead (what a faster engine leaves to hide behind): PyTorch's
+# measured bf16 steps on the same batches (docs/gpu.md), and 40 % of the H200's 989 TFLOP/s bf16 peak
+# for BERT-base at 128 sentences (6 x 85 M non-embedding params x 128 x 27 sub-words).
+FAST_STEP_S = {
+    ("MiniLM-L6 (22.6 M)", 128, "bf16"): 28.3e-3,  # PyTorch, docs/gpu.md
+    ("BERT-base-cased (107.7 M)", 128, "bf16"): 6 * 85.05e6 * 128 * 27 / (0.40 * 989e12),  # 4.5 ms
+}
 
 # ---- Collectives. NCCL ring all-reduce bus bandwidth for large messages (published nccl-tests
 # results, DGX H100): 8 GPUs over NVLink4/NVSwitch ~ 450 GB/s; across nodes with one 400 Gb/s NDR
@@ -46,20 +59,15 @@ ALPHA_INTRA = 10e-6
 ALPHA_INTER = 20e-6
 GPUS_PER_NODE = 8
 
-# ---- CPU (measured here: tests/bench/dist.sh, 2 processes on 2 cores, loopback): the MiniLM gradient
-# set (90.4 MB f32) all-reduces in 50.5 ms; one MiniLM training step at batch 32 takes ~1.0 s on
-# 2 cores (forward 0.33 s measured with candle in the model issue's known facts; backward ~2x).
-CPU_MINILM_ALLREDUCE_S = 0.0505
-CPU_MINILM_STEP_S = 1.0
-
-
-def compute_s(params_nonemb, layers, hidden, batch):
-    tokens = batch * SEQ
-    flops = tokens * (6 * params_nonemb + 12 * layers * hidden * SEQ)
-    return max(flops / (PEAK_FLOPS * MFU), layers * KERNELS_PER_LAYER * LAUNCH_S) + FIXED_S
+# ---- CPU, measured here (tests/bench/train.sh, 2 cores, MiniLM on GMB, 32 sentences a step):
+# 1 x 32 step and the 2 x 16 run's total and exposed all-reduce time per step (see docs/benchmarks.md).
+CPU_STEP_1x32_S = 0.362
+CPU_2x16_ALLREDUCE_TOTAL_S = 0.0  # filled from docs/benchmarks.md's table when regenerated
+CPU_2x16_ALLREDUCE_EXPOSED_S = 0.0
 
 
 def allreduce_s(nbytes, world):
+    """One all-reduce of `nbytes` over `world` GPUs (ring in a node, ring + tree across nodes)."""
     if world == 1:
         return 0.0
     nodes = math.ceil(world / GPUS_PER_NODE)
@@ -70,34 +78,86 @@ def allreduce_s(nbytes, world):
     return 2 * (world - 1) / world * nbytes / busbw + latency
 
 
-def table(grad_bytes_per_param, batch, title, accumulate=1):
+def buckets(model, batch, elem_bytes, bucket_mb):
+    """(bytes, share of backward done when ready) of each bucket, in backward order."""
+    params, vocab, hidden, layers = MODELS[model]
+    per_layer = (params - vocab * hidden - 514 * hidden) / layers  # encoder layers (embeddings aside)
+    grads = [(HEAD_PARAMS, 0.0)]
+    for i in range(layers):
+        grads.append((per_layer, (i + 1) / layers))
+    rows = min(vocab, batch * DISTINCT_TOKENS_PER_ROW)
+    grads.append((rows * hidden + 514 * hidden, 1.0))  # word-embedding rows + the small tables
+    out, size, ready = [], 0.0, 0.0
+    for n, done in grads:
+        size += n * elem_bytes
+        ready = done
+        if size >= bucket_mb * 1e6:
+            out.append((size, ready))
+            size = 0.0
+    if size:
+        out.append((size, 1.0))
+    return out
+
+
+def step(model, batch, precision, world, overlap=True, bucket_mb=BUCKET_MB, steps=None, accum=1):
+    """(step seconds, exposed all-reduce seconds) at `world` GPUs; with `accum` micro-batches per step,
+    gradients are reduced during the last micro-batch's backward only."""
+    compute = (steps or GPU_STEP_S)[(model, batch, precision)]
+    elem = 2 if precision == "bf16" else 4
+    backward = BACKWARD_SHARE * compute
+    forward = compute - backward + (accum - 1) * compute
+    channel = 0.0  # when the communication channel is free, from the start of backward
+    for size, ready in buckets(model, batch, elem, bucket_mb):
+        start = max(channel, ready * backward if overlap else backward)
+        channel = start + allreduce_s(size, world)
+    exposed = max(0.0, channel - backward)
+    return forward + backward + exposed, exposed
+
+
+def table(batch, precision, title, **kw):
     print(f"\n{title}\n")
     worlds = [1, 2, 8, 64, 512]
     print("| model | " + " | ".join(f"W={w}" for w in worlds) + " |")
     print("|---|" + "---:|" * len(worlds))
-    for name, (p, pne, layers, hidden) in MODELS.items():
-        c = accumulate * compute_s(pne, layers, hidden, batch)
+    for name in MODELS:
+        if (name, batch, precision) not in kw.get("steps", GPU_STEP_S):
+            continue
+        base, _ = step(name, batch, precision, 1, **kw)
         cells = []
         for w in worlds:
-            a = allreduce_s((p + HEAD_PARAMS) * grad_bytes_per_param, w)
-            cells.append(f"{(c + a) * 1e3:.1f} ms / {c / (c + a):.0%}")
+            t, _ = step(name, batch, precision, w, **kw)
+            cells.append(f"{t * 1e3:.1f} ms / {base / t:.0%}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main():
-    print("Step time T(W) and scaling efficiency T(1)/T(W) at constant per-GPU batch (weak scaling).")
-    table(4, BATCH, f"f32 gradients, per-GPU batch {BATCH} x {SEQ} sub-words:")
-    table(2, BATCH, f"bf16 gradients, per-GPU batch {BATCH} x {SEQ} sub-words:")
-    table(2, 128, f"bf16 gradients, per-GPU batch 128 x {SEQ} sub-words:")
-    table(2, 32, f"bf16 gradients, per-GPU batch 32, 4 micro-batches accumulated per all-reduce "
-                 f"(times per optimizer step):", accumulate=4)
-    print("\nCompute per step (model of the GPU, per-GPU batch 32 / 128):\n")
-    for name, (p, pne, layers, hidden) in MODELS.items():
-        print(f"- {name}: {compute_s(pne, layers, hidden, 32) * 1e3:.1f} ms / "
-              f"{compute_s(pne, layers, hidden, 128) * 1e3:.1f} ms")
-    eff = CPU_MINILM_STEP_S / (CPU_MINILM_STEP_S + CPU_MINILM_ALLREDUCE_S)
-    print(f"\nCPU, 2 processes, MiniLM (measured inputs): {CPU_MINILM_STEP_S * 1e3:.0f} ms compute + "
-          f"{CPU_MINILM_ALLREDUCE_S * 1e3:.1f} ms all-reduce -> efficiency {eff:.0%}.")
+    print("Step time T(W) and weak-scaling efficiency T(1)/T(W) at constant per-GPU batch.")
+    print("\n### With our measured H200 step times (docs/gpu.md)")
+    table(32, "f32", "f32 gradients, per-GPU batch 32, overlapped:")
+    table(32, "bf16", "bf16 gradients, per-GPU batch 32, overlapped:")
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped:")
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, reduced after backward (no overlap):",
+          overlap=False)
+    print("\n### With the compute of a faster engine (PyTorch's MiniLM step; BERT-base at 40 % MFU)")
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 25 MB buckets:", steps=FAST_STEP_S)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 4 MB buckets:", steps=FAST_STEP_S,
+          bucket_mb=4)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, no overlap:", steps=FAST_STEP_S, overlap=False)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128 x 4 accumulated micro-batches, overlapped "
+          "(times per optimizer step):", steps=FAST_STEP_S, accum=4)
+    print("\nExposed all-reduce at 64 GPUs (8 nodes), bf16, per-GPU batch 128:\n")
+    for label, steps in [("measured compute", GPU_STEP_S), ("faster engine", FAST_STEP_S)]:
+        for name in MODELS:
+            for mb in [25, 4]:
+                t, exposed = step(name, 128, "bf16", 64, steps=steps, bucket_mb=mb)
+                _, no = step(name, 128, "bf16", 64, steps=steps, overlap=False)
+                print(f"- {label}, {name}, {mb} MB buckets: {exposed * 1e3:.2f} ms of a "
+                      f"{t * 1e3:.1f} ms step ({no * 1e3:.2f} ms without overlap)")
+    if CPU_2x16_ALLREDUCE_TOTAL_S:
+        print(f"\nCPU, 2 processes x 16, MiniLM (measured): all-reduce "
+              f"{CPU_2x16_ALLREDUCE_TOTAL_S * 1e3:.0f} ms a step in all, "
+              f"{CPU_2x16_ALLREDUCE_EXPOSED_S * 1e3:.0f} ms exposed; a 1 x 32 step is "
+              f"{CPU_STEP_1x32_S * 1e3:.0f} ms.")
     train_sentences = 38_367
     print("\nSteps per epoch on the GMB training split (38,367 sentences), per-GPU batch 32:")
     print("| W | global batch | steps/epoch |")

@@ -101,6 +101,9 @@ pub fn read_table<'a>(
     };
     let mut open = false;
     let mut fields: Vec<&str> = Vec::with_capacity(8);
+    // Every token line has the first one's number of columns (as conlleval requires): a line with
+    // fewer or more would shift the columns counted from the right — a word read as a tag.
+    let mut shape: Option<(usize, u64)> = None;
     for (i, raw) in text.split('\n').enumerate() {
         let line = i as u64 + 1;
         fields.clear();
@@ -108,6 +111,20 @@ pub fn read_table<'a>(
         if fields.is_empty() || fields[0] == "-DOCSTART-" {
             open = false;
             continue;
+        }
+        match shape {
+            None => shape = Some((fields.len(), line)),
+            Some((n, first)) if n != fields.len() => {
+                return Err(ConllError::Line {
+                    path: path.to_owned(),
+                    line,
+                    msg: format!(
+                        "{} column(s), expected {n} like every token line before (line {first} has {n})",
+                        fields.len()
+                    ),
+                });
+            }
+            Some(_) => {}
         }
         if !open {
             table.bounds.push(table.lines.len());
@@ -235,5 +252,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sentence 1 has 1 tokens here but 2"), "{err}");
+    }
+
+    /// A line with another number of columns is refused (conlleval refuses it too): read from the
+    /// right, "rejects O" after "EU B-ORG B-ORG" would make "rejects" a gold tag.
+    #[test]
+    fn lines_with_another_column_count_are_refused() {
+        let err = read_table(
+            Path::new("f"),
+            "EU B-ORG B-ORG\nrejects O\n",
+            &[Column(-2), Column(-1)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("f:2:") && err.contains("2 column(s), expected 3"),
+            "{err}"
+        );
     }
 }

@@ -63,6 +63,10 @@ pub fn predict_rows(
         );
         words.push(firsts.into_iter().map(|(_, w)| w).collect());
     }
+    if batch.head.is_empty() {
+        // Nothing to predict (rows of empty sentences).
+        return Ok(words.iter().map(|_| Vec::new()).collect());
+    }
     let (inputs, _) = batch.to_device(device)?;
     let logits = model
         .eval_logits(&inputs)?

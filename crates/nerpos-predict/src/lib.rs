@@ -29,6 +29,8 @@ pub enum InputFormat {
 #[derive(Debug, Clone)]
 pub struct Sentence {
     pub id: String,
+    /// The input line (plain text: one sentence per line, empty lines kept as empty sentences).
+    pub line: Option<u64>,
     pub words: Vec<String>,
     /// Empty for plain text.
     pub pos: Vec<String>,
@@ -55,6 +57,7 @@ pub fn read_input(
             let tokens = corpus.tokens_of(s);
             Sentence {
                 id: s.id.clone(),
+                line: None,
                 words: tokens
                     .iter()
                     .map(|t| corpus.words.name(t.word).to_owned())
@@ -74,23 +77,52 @@ pub fn read_input(
         .collect())
 }
 
+/// Whether the tokenizer deletes `c` (BERT's `clean_text`): NUL, U+FFFD and control characters
+/// other than whitespace.
+fn deleted_by_tokenizer(c: char) -> bool {
+    c == '\u{FFFD}' || (c.is_control() && !c.is_whitespace())
+}
+
+/// Plain text: one sentence per line, words separated by whitespace. Every line gives a sentence (an
+/// empty line an empty one), so that output sentence i is input line i; control characters are
+/// removed as the tokenizer would remove them, and counted.
 fn read_text(path: &Path) -> anyhow::Result<Vec<Sentence>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (text, _) = nerpos_prep::encoding::decode(path, &bytes, TextEncoding::Auto)?;
-    let sentences: Vec<Sentence> = text
-        .lines()
+    let (text, _) =
+        nerpos_prep::encoding::decode_keeping_controls(path, &bytes, TextEncoding::Auto)?;
+    let mut removed = 0usize;
+    let mut first: Option<usize> = None;
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let sentences: Vec<Sentence> = body
+        .split('\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| Sentence {
-            id: (i + 1).to_string(),
-            words: l.split_whitespace().map(str::to_owned).collect(),
-            pos: Vec::new(),
-            gold: None,
+        .map(|(i, l)| {
+            let dropped = l.chars().filter(|&c| deleted_by_tokenizer(c)).count();
+            if dropped > 0 {
+                removed += dropped;
+                first.get_or_insert(i + 1);
+            }
+            let clean: String = l.chars().filter(|&c| !deleted_by_tokenizer(c)).collect();
+            Sentence {
+                id: (i + 1).to_string(),
+                line: Some(i as u64 + 1),
+                words: clean.split_whitespace().map(str::to_owned).collect(),
+                pos: Vec::new(),
+                gold: None,
+            }
         })
         .collect();
-    if sentences.is_empty() {
+    if let Some(line) = first {
+        tracing::warn!(
+            removed,
+            first_line = line,
+            "removed control characters from {} (as the tokenizer does)",
+            path.display()
+        );
+    }
+    if sentences.iter().all(|s| s.words.is_empty()) {
         bail!(
-            "{}: no sentences (expected one sentence per line)",
+            "{}: no words (expected one sentence per line)",
             path.display()
         );
     }
@@ -265,6 +297,8 @@ pub struct Entity {
 #[derive(Debug, Serialize)]
 struct JsonSentence<'a> {
     id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u64>,
     words: &'a [String],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pos: &'a [String],
@@ -326,6 +360,7 @@ pub fn write_predictions(
             OutputFormat::Jsonl => {
                 let line = JsonSentence {
                     id: &s.id,
+                    line: s.line,
                     words: &s.words,
                     pos: &s.pos,
                     entities: entities_of(&s.words, &tags, &probs),

@@ -185,3 +185,44 @@ fn plain_text_and_clear_errors() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a fine-tuned nerpos model folder"));
 }
+
+/// Plain text as users have it: a control character is removed as the tokenizer would remove it
+/// (and counted), and every input line — empty ones included — gives one output sentence, numbered.
+#[test]
+fn text_lines_map_to_sentences_and_controls_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_folder(tmp.path());
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "Paris\u{1} is in France .\n\nthe New York\n").unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let o = run(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--format",
+        "text",
+        "--out",
+        out.to_str().unwrap(),
+        "--output-format",
+        "jsonl",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("removed control characters"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let line_numbers: Vec<u64> = lines.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+    assert_eq!(line_numbers, vec![1, 2, 3]);
+    assert_eq!(lines[0]["words"][0], "Paris");
+    assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 5);
+    assert!(lines[1]["words"].as_array().unwrap().is_empty());
+    assert_eq!(lines[2]["words"].as_array().unwrap().len(), 3);
+}

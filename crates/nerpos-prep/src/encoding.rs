@@ -57,6 +57,18 @@ pub(crate) fn line_of(bytes: &[u8], pos: usize) -> u64 {
 /// Decodes `bytes` (read from `path`) to text, rejecting bytes that are valid in no supported encoding
 /// and control characters that have no place in a text corpus.
 pub fn decode(path: &Path, bytes: &[u8], wanted: TextEncoding) -> Result<(String, Detected)> {
+    let (text, detected) = decode_keeping_controls(path, bytes, wanted)?;
+    reject_controls(path, &text)?;
+    Ok((text, detected))
+}
+
+/// As [`decode`], but control characters stay in the text (for readers that remove them the way the
+/// tokenizer does, such as plain-text prediction).
+pub fn decode_keeping_controls(
+    path: &Path,
+    bytes: &[u8],
+    wanted: TextEncoding,
+) -> Result<(String, Detected)> {
     let (body, bom) = match bytes.strip_prefix(UTF8_BOM) {
         Some(rest) => (rest, true),
         None => (bytes, false),
@@ -97,7 +109,6 @@ pub fn decode(path: &Path, bytes: &[u8], wanted: TextEncoding) -> Result<(String
             }
         },
     };
-    reject_controls(path, &text)?;
     Ok((text, detected))
 }
 

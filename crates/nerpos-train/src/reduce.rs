@@ -143,25 +143,39 @@ impl<'a> Reducer<'a> {
 }
 
 /// Runs `backward` (which hands gradients to the reducer) while a communication thread sums complete
-/// buckets over the ranks of `comm` in `dtype`; returns `backward`'s result, the summed gradients (in
-/// f32) and the thread's accounting. `exposed` gets the time waited for the thread after `backward`.
+/// buckets over the ranks of `comm` (the CPU ring) in `dtype`; returns `backward`'s result, the summed
+/// gradients (in f32), the thread's accounting, and the time waited for the thread after `backward`
+/// (the exposed all-reduce).
 pub fn overlapped<R>(
     comm: &mut Comm,
     plan: &Buckets,
     dtype: DType,
     backward: impl FnOnce(&mut Reducer) -> anyhow::Result<R>,
 ) -> anyhow::Result<(R, Reduced, Duration)> {
+    // The thread takes the ring itself (a `Comm` of a CUDA build is not `Send`, its TCP ring is) and
+    // gives it back at the end.
+    let Comm::Tcp(ring) = std::mem::replace(comm, Comm::Single) else {
+        anyhow::bail!("gradients are reduced during backward over the CPU ring only");
+    };
     let (tx, rx) = channel::<Job>();
     std::thread::scope(|scope| {
-        let worker = scope.spawn(|| communicate(comm, plan, dtype, rx));
+        let worker = scope.spawn(move || {
+            let mut own = Comm::Tcp(ring);
+            let result = communicate(&mut own, plan, dtype, rx);
+            let Comm::Tcp(ring) = own else {
+                unreachable!("the thread's communicator stays the ring")
+            };
+            (ring, result)
+        });
         let mut reducer = Reducer::new(plan, tx);
         let out = backward(&mut reducer);
         let submitted = std::mem::take(&mut reducer.submitted);
         drop(reducer);
         let waiting = Instant::now();
-        let reduced = worker
+        let (ring, reduced) = worker
             .join()
             .map_err(|_| anyhow::anyhow!("the gradient communication thread panicked"))?;
+        *comm = Comm::Tcp(ring);
         let exposed = waiting.elapsed();
         let out = out?;
         let (grads, busy) = reduced?;

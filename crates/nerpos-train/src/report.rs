@@ -141,12 +141,19 @@ impl Reporter {
             return Ok(());
         }
         let line = self.window.take(at.step, at.epoch, at.lr);
+        // The all-reduce's share of the step: waited for after backward / spent in all.
+        let share = |s: f64| format!("{:.1}%", 100.0 * s / line.step_s.max(1e-9));
         info!(
             step = line.step,
             epoch = line.epoch,
             loss = format!("{:.4}", line.loss),
             lr = format!("{:.2e}", line.lr),
             tokens_per_s = format!("{:.0}", line.tokens_per_s),
+            allreduce = format!(
+                "{} exposed / {} total",
+                share(line.allreduce_s),
+                share(line.allreduce_total_s)
+            ),
             "train"
         );
         if let Some((metrics, tb)) = &mut self.files {
