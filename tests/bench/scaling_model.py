@@ -26,7 +26,7 @@ MODELS = {
     "BERT-base-cased (107.7 M)": (107_719_680, 28_996, 768, 12),
 }
 HEAD_PARAMS = 50 * 768 + 17 * 1536  # POS embedding + classifier, negligible
-BUCKET_MB = 25  # bucket_mb (the default)
+BUCKET_MB = 4  # bucket_mb (the default)
 DISTINCT_TOKENS_PER_ROW = 20  # distinct sub-words a GMB sentence contributes to a step (~27 sub-words)
 
 # ---- Compute per optimizer step, measured (docs/gpu.md, one H200, length-grouped batches, our engine:
@@ -61,9 +61,10 @@ GPUS_PER_NODE = 8
 
 # ---- CPU, measured here (tests/bench/train.sh, 2 cores, MiniLM on GMB, 32 sentences a step):
 # 1 x 32 step and the 2 x 16 run's total and exposed all-reduce time per step (see docs/benchmarks.md).
-CPU_STEP_1x32_S = 0.362
-CPU_2x16_ALLREDUCE_TOTAL_S = 0.0  # filled from docs/benchmarks.md's table when regenerated
-CPU_2x16_ALLREDUCE_EXPOSED_S = 0.0
+CPU_STEP_1x32_S = 0.365
+CPU_STEP_2x16_S = 0.383
+CPU_2x16_ALLREDUCE_TOTAL_S = 0.157 * 0.383
+CPU_2x16_ALLREDUCE_EXPOSED_S = 0.007 * 0.383
 
 
 def allreduce_s(nbytes, world):
@@ -133,31 +134,34 @@ def table(batch, precision, title, **kw):
 def main():
     print("Step time T(W) and weak-scaling efficiency T(1)/T(W) at constant per-GPU batch.")
     print("\n### With our measured H200 step times (docs/gpu.md)")
-    table(32, "f32", "f32 gradients, per-GPU batch 32, overlapped:")
-    table(32, "bf16", "bf16 gradients, per-GPU batch 32, overlapped:")
-    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped:")
-    table(128, "bf16", "bf16 gradients, per-GPU batch 128, reduced after backward (no overlap):",
-          overlap=False)
+    table(32, "f32", "f32 gradients, per-GPU batch 32, overlapped, 4 MB buckets:")
+    table(32, "bf16", "bf16 gradients, per-GPU batch 32, overlapped, 4 MB buckets:")
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 4 MB buckets:")
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 25 MB buckets:", bucket_mb=25)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, reduced after backward (no overlap, 25 MB "
+          "buckets):", overlap=False, bucket_mb=25)
     print("\n### With the compute of a faster engine (PyTorch's MiniLM step; BERT-base at 40 % MFU)")
-    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 25 MB buckets:", steps=FAST_STEP_S)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 25 MB buckets:", steps=FAST_STEP_S,
+          bucket_mb=25)
     table(128, "bf16", "bf16 gradients, per-GPU batch 128, overlapped, 4 MB buckets:", steps=FAST_STEP_S,
           bucket_mb=4)
-    table(128, "bf16", "bf16 gradients, per-GPU batch 128, no overlap:", steps=FAST_STEP_S, overlap=False)
-    table(128, "bf16", "bf16 gradients, per-GPU batch 128 x 4 accumulated micro-batches, overlapped "
-          "(times per optimizer step):", steps=FAST_STEP_S, accum=4)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128, no overlap, 25 MB buckets:", steps=FAST_STEP_S,
+          overlap=False, bucket_mb=25)
+    table(128, "bf16", "bf16 gradients, per-GPU batch 128 x 4 accumulated micro-batches, overlapped, "
+          "25 MB buckets (times per optimizer step):", steps=FAST_STEP_S, accum=4, bucket_mb=25)
     print("\nExposed all-reduce at 64 GPUs (8 nodes), bf16, per-GPU batch 128:\n")
     for label, steps in [("measured compute", GPU_STEP_S), ("faster engine", FAST_STEP_S)]:
         for name in MODELS:
             for mb in [25, 4]:
                 t, exposed = step(name, 128, "bf16", 64, steps=steps, bucket_mb=mb)
-                _, no = step(name, 128, "bf16", 64, steps=steps, overlap=False)
+                _, no = step(name, 128, "bf16", 64, steps=steps, overlap=False, bucket_mb=25)
                 print(f"- {label}, {name}, {mb} MB buckets: {exposed * 1e3:.2f} ms of a "
                       f"{t * 1e3:.1f} ms step ({no * 1e3:.2f} ms without overlap)")
-    if CPU_2x16_ALLREDUCE_TOTAL_S:
-        print(f"\nCPU, 2 processes x 16, MiniLM (measured): all-reduce "
-              f"{CPU_2x16_ALLREDUCE_TOTAL_S * 1e3:.0f} ms a step in all, "
-              f"{CPU_2x16_ALLREDUCE_EXPOSED_S * 1e3:.0f} ms exposed; a 1 x 32 step is "
-              f"{CPU_STEP_1x32_S * 1e3:.0f} ms.")
+    print(f"\nCPU, 2 processes x 16, MiniLM (measured): all-reduce "
+          f"{CPU_2x16_ALLREDUCE_TOTAL_S * 1e3:.0f} ms a step in all, "
+          f"{CPU_2x16_ALLREDUCE_EXPOSED_S * 1e3:.1f} ms exposed; the step {CPU_STEP_2x16_S * 1e3:.0f} ms "
+          f"against {CPU_STEP_1x32_S * 1e3:.0f} ms for 1 x 32 (the reduction's copies and sums take CPU "
+          f"time from backward on 2 cores).")
     train_sentences = 38_367
     print("\nSteps per epoch on the GMB training split (38,367 sentences), per-GPU batch 32:")
     print("| W | global batch | steps/epoch |")
