@@ -90,6 +90,10 @@ impl Bar {
         }
         self.bar.set_message(Cow::Owned(p.message()));
         self.bar.set_position(p.step as u64);
+        if p.step >= p.total {
+            // Training is over: the last state stays, evaluations print below it.
+            self.bar.finish();
+        }
     }
 
     /// Runs `f` (which prints) with the bar cleared, then redraws it.
