@@ -1,5 +1,5 @@
 """Generates crates/nerpos-eval/tests/fixtures/seqeval_cases.json: random tag sequences over 5 entity
-types — with deliberately ill-formed ones (I- after O, type switches inside a chunk, I- at a sentence
+types in IOB2, IOBES and BILOU — with deliberately ill-formed ones (I- after O, type switches inside a chunk, I- at a sentence
 start, all-O sentences, sentences and whole cases with no predictions, empty sentences, odd tags) — and
 seqeval's classification_report (default mode and strict mode), accuracy_score and text tables for
 them. The Rust tests replay every case and compare every number (to 1e-9) and every table (exactly).
@@ -17,11 +17,14 @@ import warnings
 import numpy as np
 import seqeval
 from seqeval.metrics import accuracy_score, classification_report
-from seqeval.scheme import IOB2, IOBES
+from seqeval.scheme import BILOU, IOB2, IOBES
 
 TYPES = ["DATE", "LOC", "MISC", "ORG", "PER"]
 ODD = ["B", "I", "X-PER", "B-", "I--LOC", "."]
-LEGEND = ["O"] + [f"{p}-{t}" for t in TYPES for p in "BIES"] + ODD
+# BILOU's L-/U- come last so that the codes of the older cases stay as they were.
+LEGEND = ["O"] + [f"{p}-{t}" for t in TYPES for p in "BIES"] + ODD + [f"{p}-{t}" for t in TYPES for p in "LU"]
+# Per scheme: the prefixes of begin, inside, end and single-token chunks.
+LETTERS = {"IOB2": "BIIB", "IOBES": "BIES", "BILOU": "BILU"}
 CODE = {t: chr(ord("a") + i) for i, t in enumerate(LEGEND)}
 
 
@@ -34,11 +37,12 @@ def entity_sentence(rng, scheme):
             continue
         ty = TYPES[rng.integers(len(TYPES))]
         length = int(rng.integers(1, 4))
+        b, i, e, s = LETTERS[scheme]
         for k in range(length):
-            if scheme == "IOBES":
-                p = "S" if length == 1 else "B" if k == 0 else "E" if k == length - 1 else "I"
-            else:
+            if scheme == "IOB2":
                 p = "B" if k == 0 else "I"
+            else:
+                p = s if length == 1 else b if k == 0 else e if k == length - 1 else i
             tags.append(f"{p}-{ty}")
     tags = tags[:n]
     # Ill-formed sequences a tagger produces: an I- after O or at the start, a type switch inside a
@@ -48,7 +52,7 @@ def entity_sentence(rng, scheme):
             continue
         i = int(rng.integers(len(tags)))
         ty = TYPES[rng.integers(len(TYPES))]
-        tags[i] = f"I-{ty}" if scheme == "IOB2" or rng.random() < 0.5 else f"E-{ty}"
+        tags[i] = f"I-{ty}" if scheme == "IOB2" or rng.random() < 0.5 else f"{LETTERS[scheme][2]}-{ty}"
     return tags
 
 
@@ -63,10 +67,10 @@ def perturb(rng, gold, scheme, p):
         elif r < 0.55 and t != "O":
             pred[i] = t[0] + "-" + TYPES[rng.integers(len(TYPES))]
         elif r < 0.8 and t != "O":
-            choices = "BI" if scheme == "IOB2" else "BIES"
+            choices = "BI" if scheme == "IOB2" else LETTERS[scheme]
             pred[i] = choices[rng.integers(len(choices))] + t[1:]
         else:
-            choices = "BI" if scheme == "IOB2" else "BIES"
+            choices = "BI" if scheme == "IOB2" else LETTERS[scheme]
             pred[i] = choices[rng.integers(len(choices))] + "-" + TYPES[rng.integers(len(TYPES))]
     return pred
 
@@ -101,7 +105,7 @@ def case(name, y_true, y_pred, strict=None):
     c["default"] = report(y_true, y_pred)
     c["default"]["accuracy"] = clean(accuracy_score(y_true, y_pred)) if any(y_true) else None
     if strict is not None:
-        scheme = {"IOB2": IOB2, "IOBES": IOBES, "auto": None}[strict]
+        scheme = {"IOB2": IOB2, "IOBES": IOBES, "BILOU": BILOU, "auto": None}[strict]
         c["strict"] = report(y_true, y_pred, mode="strict", scheme=scheme)
         c["strict"]["scheme"] = strict
     return c
@@ -138,6 +142,10 @@ def main(out_path):
     cases.append(case("rounding-ties",
                       [["B-PER", "O"]] + [["O", "O"]] * 7,
                       [["B-PER", "O"]] + [["B-PER", "O"]] * 7, strict="IOB2"))
+    for k in range(8):
+        gold = [entity_sentence(rng, "BILOU") for _ in range(100)]
+        pred = [perturb(rng, s, "BILOU", p=float(rng.uniform(0.02, 0.3))) for s in gold]
+        cases.append(case(f"bilou-{k}", gold, pred, strict="BILOU" if k % 4 else "auto"))
 
     n_seq = sum(len(c["true"]) for c in cases)
     with open(out_path, "w") as f:

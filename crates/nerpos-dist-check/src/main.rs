@@ -4,6 +4,7 @@
 //! processes). `check` runs every collective against results computed in one process; `bench` measures
 //! all-reduce bus bandwidth; `fault` is for the tests of peer death and stalls.
 
+use std::io::IsTerminal;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: stderr is often a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.spawn {

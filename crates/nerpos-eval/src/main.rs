@@ -27,12 +27,14 @@ struct Cli {
     /// Column of the predicted tag [default: -1].
     #[arg(long, allow_negative_numbers = true)]
     pred_col: Option<i64>,
-    /// Entity rules: seqeval's default (conlleval) or strict (only well-formed chunks of a scheme).
-    #[arg(long, value_enum, default_value_t = ModeArg::Default)]
-    mode: ModeArg,
-    /// Scheme for --mode strict; auto detects it from the gold tags as seqeval does.
-    #[arg(long, value_enum, default_value_t = SchemeArg::Auto)]
-    scheme: SchemeArg,
+    /// Entity rules: seqeval's default (conlleval) or strict (only well-formed chunks of a scheme)
+    /// [default: default, or strict with --scheme].
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Tag scheme of the files (IOBES and BILOU files need it): scores in seqeval's strict mode with
+    /// this scheme; auto detects it from the gold tags as seqeval does.
+    #[arg(long, value_enum)]
+    scheme: Option<SchemeArg>,
     /// Decimals in the table (seqeval's `digits`).
     #[arg(long, default_value_t = 2)]
     digits: usize,
@@ -107,9 +109,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|(p, _)| p.as_path())
         .unwrap_or(Path::new("-"));
 
-    let mode = match cli.mode {
-        ModeArg::Default => Mode::Default,
-        ModeArg::Strict => Mode::Strict(scheme(cli.scheme, &gold_tags)?),
+    // A scheme means strict mode: the default (conlleval) rules know only IOB prefixes.
+    let mode = match (cli.mode, cli.scheme) {
+        (Some(ModeArg::Default), Some(_)) => {
+            bail!("--scheme applies to strict mode; drop --mode default or --scheme")
+        }
+        (Some(ModeArg::Default), None) | (None, None) => Mode::Default,
+        (Some(ModeArg::Strict), s) | (None, s @ Some(_)) => {
+            Mode::Strict(scheme(s.unwrap_or(SchemeArg::Auto), &gold_tags)?)
+        }
     };
     let mut scorer = Scorer::new(mode);
     for n in 0..table.sentences() {

@@ -102,6 +102,7 @@ fn every_seqeval_case_matches() {
             let scheme = match strict["scheme"].as_str().unwrap() {
                 "IOB2" => Scheme::Iob2,
                 "IOBES" => Scheme::Iobes,
+                "BILOU" => Scheme::Bilou,
                 "auto" => {
                     let seen = gold.iter().flatten().fold(0u8, |acc, t| {
                         acc | Prefix::from_char(t.chars().next().unwrap()).unwrap().bits()
@@ -167,4 +168,53 @@ fn cli_prints_seqeval_table() {
         assert!(v["macro"].get(key).is_some() && v["weighted"].get(key).is_some());
     }
     assert!(v["accuracy"].as_f64().unwrap() > 0.0);
+}
+
+/// `--scheme iobes` / `--scheme bilou` alone score in strict mode: the CLI prints seqeval's strict
+/// table for IOBES and BILOU files.
+#[test]
+fn cli_scheme_scores_like_seqeval_strict() {
+    let fixture: Value = serde_json::from_str(FIXTURE).unwrap();
+    let legend: Vec<String> = serde_json::from_value(fixture["legend"].clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_nerpos-eval");
+    for (name, scheme) in [("iobes-1", "iobes"), ("bilou-1", "bilou")] {
+        let case = fixture["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        assert_eq!(case["strict"]["scheme"], scheme.to_uppercase());
+        let gold = decode(&legend, &case["true"]);
+        let pred = decode(&legend, &case["pred"]);
+        let mut text = String::new();
+        for (g, p) in gold.iter().zip(&pred).filter(|(g, _)| !g.is_empty()) {
+            for (i, (a, b)) in g.iter().zip(p).enumerate() {
+                text.push_str(&format!("w{i} {a} {b}\n"));
+            }
+            text.push('\n');
+        }
+        let path = dir.path().join(format!("{scheme}.conll"));
+        std::fs::write(&path, &text).unwrap();
+        let o = Command::new(bin)
+            .arg(&path)
+            .args(["--scheme", scheme, "--digits", "4"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).unwrap();
+        let expected = case["strict"]["text4"].as_str().unwrap();
+        assert!(
+            out.starts_with(expected),
+            "{name} ours:\n{out}\nseqeval:\n{expected}"
+        );
+        let o = Command::new(bin)
+            .arg(&path)
+            .args(["--scheme", scheme, "--mode", "default"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--scheme applies to strict mode"));
+    }
 }

@@ -1,4 +1,4 @@
-//! `nerpos-predict`'s pieces: reading the input (GMB, CoNLL, plain text), tagging it in windows, and
+//! `nerpos-predict`'s pieces: reading the input (GMB, CoNLL, JSON Lines, plain text), tagging it in windows, and
 //! writing CoNLL, JSON Lines and `.npy` logits.
 
 use std::collections::HashMap;
@@ -11,9 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nerpos_model::{BertNerPos, NerposMeta, RowView, WordPrediction, predict_rows};
 use nerpos_prep::SubwordTokenizer;
 use nerpos_prep::align::{Aligner, SentenceInput};
-use nerpos_prep::corpus::{self, ConllColumns, Format};
+use nerpos_prep::args::ReadArgs;
+use nerpos_prep::corpus::{self, Format};
 use nerpos_prep::encoding::TextEncoding;
 use nerpos_prep::manifest::LabelSubwords;
+use nerpos_prep::tags::{Relabeler, Scheme};
 use serde::Serialize;
 
 /// Input formats.
@@ -21,6 +23,8 @@ use serde::Serialize;
 pub enum InputFormat {
     Gmb,
     Conll,
+    /// One JSON object per line with tokens and tags (and POS tags with --pos-key), as `datasets` writes.
+    Jsonl,
     /// One sentence per line, words separated by whitespace, no POS tags (every POS is unknown).
     Text,
 }
@@ -37,19 +41,22 @@ pub struct Sentence {
     pub gold: Option<Vec<String>>,
 }
 
-/// Reads the input file.
+/// Reads the input file. With `scheme`, gold tags are converted to IOB2 as `nerpos-prep` converts
+/// them; without, they are kept as written.
 pub fn read_input(
     path: &Path,
     format: InputFormat,
-    encoding: TextEncoding,
-    columns: ConllColumns,
+    args: &ReadArgs,
+    scheme: Option<Scheme>,
 ) -> anyhow::Result<Vec<Sentence>> {
     let corpus_format = match format {
         InputFormat::Gmb => Format::Gmb,
         InputFormat::Conll => Format::Conll,
+        InputFormat::Jsonl => Format::Jsonl,
         InputFormat::Text => return read_text(path),
     };
-    let corpus = corpus::read(path, corpus_format, encoding, columns)?;
+    let corpus = corpus::read(path, &args.options(corpus_format)?)?;
+    let mut gold = gold_tags(&corpus, scheme)?.into_iter();
     Ok(corpus
         .sentences
         .iter()
@@ -57,24 +64,62 @@ pub fn read_input(
             let tokens = corpus.tokens_of(s);
             Sentence {
                 id: s.id.clone(),
-                line: None,
+                line: (!corpus.line_per_token).then_some(s.line),
                 words: tokens
                     .iter()
                     .map(|t| corpus.words.name(t.word).to_owned())
                     .collect(),
-                pos: tokens
-                    .iter()
-                    .map(|t| corpus.pos.name(t.pos).to_owned())
-                    .collect(),
-                gold: Some(
+                pos: if corpus.has_pos {
                     tokens
                         .iter()
-                        .map(|t| corpus.tags.name(t.tag).to_owned())
-                        .collect(),
-                ),
+                        .map(|t| corpus.pos.name(t.pos).to_owned())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                gold: gold.next(),
             }
         })
         .collect())
+}
+
+/// Each sentence's gold tags: as written, or converted from `scheme` to IOB2 (tokens outside any
+/// well-formed chunk become O and are counted, as in `nerpos-prep`).
+fn gold_tags(corpus: &corpus::Corpus, scheme: Option<Scheme>) -> anyhow::Result<Vec<Vec<String>>> {
+    let raw_of = |s: &corpus::Sentence| corpus.tokens_of(s).iter().map(|t| t.tag);
+    let Some(scheme) = scheme else {
+        let names = |s| raw_of(s).map(|t| corpus.tags.name(t).to_owned()).collect();
+        return Ok(corpus.sentences.iter().map(names).collect());
+    };
+    let relabeler = Relabeler::new(corpus.tags.names(), &[], scheme).map_err(|e| {
+        let (file, line) = corpus.tag_lines[e.raw];
+        anyhow::anyhow!(
+            "{}:{line}: tag {:?} is not in the {} scheme",
+            corpus.files[file].display(),
+            corpus.tags.name(e.raw as u32),
+            scheme.name()
+        )
+    })?;
+    let mut violations = 0;
+    let out = corpus
+        .sentences
+        .iter()
+        .map(|s| {
+            let mut ids = Vec::with_capacity(s.len);
+            violations += relabeler.sentence(raw_of(s), &mut ids);
+            ids.iter()
+                .map(|&l| relabeler.labels[l as usize].clone())
+                .collect()
+        })
+        .collect();
+    if violations > 0 {
+        tracing::warn!(
+            violations,
+            "gold tokens outside any well-formed {} chunk were read as O",
+            scheme.name()
+        );
+    }
+    Ok(out)
 }
 
 /// Whether the tokenizer deletes `c` (BERT's `clean_text`): NUL, U+FFFD and control characters

@@ -7,11 +7,11 @@ use candle_core::Device;
 use clap::Parser;
 use nerpos_eval::{Mode, Report, Scorer};
 use nerpos_predict::{InputFormat, OutputFormat, Tagger, read_input, write_npy, write_predictions};
-use nerpos_prep::corpus::ConllColumns;
-use nerpos_prep::encoding::TextEncoding;
+use nerpos_prep::args::ReadArgs;
+use nerpos_prep::tags::Scheme;
 use nerpos_run::atomic::write_atomic_with;
 
-/// Tag a CoNLL or GMB file (words and POS tags) or plain text (one sentence per line) with a
+/// Tag a CoNLL, GMB or JSON Lines file (words, and POS tags if the model uses them) or plain text (one sentence per line) with a
 /// fine-tuned BERT+POS model folder; write CoNLL or JSON Lines.
 #[derive(Parser)]
 #[command(name = "nerpos-predict", version)]
@@ -35,14 +35,12 @@ struct Cli {
     /// Words of context repeated between the windows of sentences longer than the model's max length.
     #[arg(long, default_value_t = 16)]
     window_overlap: usize,
-    #[arg(long, value_enum, default_value_t = TextEncoding::Auto)]
-    encoding: TextEncoding,
-    #[arg(long, default_value_t = 0)]
-    word_col: usize,
-    #[arg(long, default_value_t = 1)]
-    pos_col: usize,
-    #[arg(long, default_value_t = 3)]
-    tag_col: usize,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Tag scheme of the input's gold tags: convert them to IOB2 as nerpos-prep does (default: keep
+    /// them as written).
+    #[arg(long, value_enum)]
+    scheme: Option<Scheme>,
     /// `cpu`, or `cuda` / `cuda:N` (with the cuda feature).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -56,6 +54,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: stderr is often a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     match run(Cli::parse()) {
@@ -87,12 +87,13 @@ fn device(spec: &str) -> anyhow::Result<Device> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = device(&cli.device)?;
     let tagger = Tagger::load(&cli.model, &dev)?;
-    let columns = ConllColumns {
-        word: cli.word_col,
-        pos: cli.pos_col,
-        tag: cli.tag_col,
-    };
-    let sentences = read_input(&cli.input, cli.format, cli.encoding, columns)?;
+    let sentences = read_input(&cli.input, cli.format, &cli.read, cli.scheme)?;
+    if tagger.meta.use_pos && sentences.iter().all(|s| s.pos.is_empty()) {
+        tracing::warn!(
+            "the model was trained with POS tags but the input has none: every POS is <unk>, \
+             which costs accuracy"
+        );
+    }
     let words: usize = sentences.iter().map(|s| s.words.len()).sum();
     tracing::info!(
         sentences = sentences.len(),

@@ -226,3 +226,62 @@ fn text_lines_map_to_sentences_and_controls_are_removed() {
     assert!(lines[1]["words"].as_array().unwrap().is_empty());
     assert_eq!(lines[2]["words"].as_array().unwrap().len(), 3);
 }
+
+/// JSON Lines input (as `datasets` writes it) with IOBES gold tags: `--scheme iobes` converts the gold
+/// tags to IOB2 as nerpos-prep does; without POS tags for a model trained with them, a warning says so.
+#[test]
+fn json_lines_with_iobes_gold_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_folder(tmp.path());
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"tokens\": [\"Paris\", \"is\", \"New\", \"York\"], \"ner_tags\": [\"S-geo\", \"O\", \"B-geo\", \"E-geo\"], \"pos_tags\": [\"NNP\", \"VBZ\", \"NNP\", \"NNP\"]}\n\
+         {\"tokens\": [\"London\"], \"ner_tags\": [\"S-geo\"], \"pos_tags\": [\"NNP\"]}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out.conll");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run_with = |extra: &[&str]| {
+        let a = args(extra);
+        run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run_with(&["--scheme", "iobes", "--pos-key", "pos_tags"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("every POS is <unk>"), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let gold: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(' ').nth(2).unwrap())
+        .collect();
+    assert_eq!(gold, ["B-geo", "O", "B-geo", "I-geo", "B-geo"]);
+    assert!(text.starts_with("Paris NNP "), "{text}");
+
+    let o = run_with(&["--scheme", "iobes"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("every POS is <unk>"),
+        "{err}"
+    );
+    let o = run_with(&[]);
+    assert!(o.status.success(), "gold kept as written without --scheme");
+    assert!(std::fs::read_to_string(&out).unwrap().contains("S-geo"));
+}

@@ -22,6 +22,9 @@ pub enum Format {
     Gmb,
     /// Whitespace-separated columns, a blank line between sentences, `-DOCSTART-` lines skipped.
     Conll,
+    /// One JSON object per line, as Hugging Face `datasets`' `to_json` writes it: a list of tokens,
+    /// a list of tags (strings, or integer ids with a names file) and optionally of POS tags.
+    Jsonl,
 }
 
 impl Format {
@@ -29,15 +32,17 @@ impl Format {
         match self {
             Format::Gmb => "gmb",
             Format::Conll => "conll",
+            Format::Jsonl => "jsonl",
         }
     }
 }
 
-/// Which CoNLL columns hold the word, the POS tag and the NER tag (0-based).
+/// Which CoNLL columns hold the word, the POS tag (none: a corpus without POS) and the NER tag
+/// (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ConllColumns {
     pub word: usize,
-    pub pos: usize,
+    pub pos: Option<usize>,
     pub tag: usize,
 }
 
@@ -46,8 +51,63 @@ impl Default for ConllColumns {
     fn default() -> Self {
         ConllColumns {
             word: 0,
-            pos: 1,
+            pos: Some(1),
             tag: 3,
+        }
+    }
+}
+
+/// The keys of a JSON Lines corpus, and the names of integer tag and POS ids.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JsonlKeys {
+    pub tokens: String,
+    pub tags: String,
+    /// None: the corpus has no POS tags.
+    pub pos: Option<String>,
+    /// Names of integer tag ids, in id order (`datasets`' ClassLabel names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_names: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_names: Option<Vec<String>>,
+}
+
+impl Default for JsonlKeys {
+    fn default() -> Self {
+        JsonlKeys {
+            tokens: "tokens".into(),
+            tags: "ner_tags".into(),
+            pos: None,
+            tag_names: None,
+            pos_names: None,
+        }
+    }
+}
+
+/// How to read a corpus file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadOptions {
+    pub format: Format,
+    pub encoding: TextEncoding,
+    pub conll: ConllColumns,
+    pub jsonl: JsonlKeys,
+}
+
+impl ReadOptions {
+    pub fn new(format: Format) -> ReadOptions {
+        ReadOptions {
+            format,
+            encoding: TextEncoding::Auto,
+            conll: ConllColumns::default(),
+            jsonl: JsonlKeys::default(),
+        }
+    }
+
+    /// Whether the corpus read with these options has POS tags.
+    pub fn has_pos(&self) -> bool {
+        match self.format {
+            Format::Gmb => true,
+            Format::Conll => self.conll.pos.is_some(),
+            Format::Jsonl => self.jsonl.pos.is_some(),
         }
     }
 }
@@ -100,10 +160,12 @@ pub struct Token {
     pub tag: u32,
 }
 
-/// A sentence: its id in the source, the line of its first token, and its tokens' range.
+/// A sentence: its id in the source, its file (index into `Corpus::files`), the line of its first
+/// token, and its tokens' range.
 #[derive(Debug, Clone)]
 pub struct Sentence {
     pub id: String,
+    pub file: usize,
     pub line: u64,
     pub start: usize,
     pub len: usize,
@@ -111,15 +173,20 @@ pub struct Sentence {
 
 #[derive(Debug)]
 pub struct Corpus {
-    pub path: PathBuf,
+    /// The files read, in order (one, or the train/dev/test files of a pre-split corpus).
+    pub files: Vec<PathBuf>,
     pub encoding: Detected,
+    /// False for a corpus read without POS tags (every token's POS is the placeholder `""`).
+    pub has_pos: bool,
+    /// One token per line (GMB, CoNLL) rather than one sentence per line (JSON Lines).
+    pub line_per_token: bool,
     pub words: Interner,
     pub pos: Interner,
     pub tags: Interner,
     pub tokens: Vec<Token>,
     pub sentences: Vec<Sentence>,
-    /// Line of each distinct tag's first occurrence, for errors found after reading.
-    pub tag_lines: Vec<u64>,
+    /// (file, line) of each distinct tag's first occurrence, for errors found after reading.
+    pub tag_lines: Vec<(usize, u64)>,
 }
 
 impl Corpus {
@@ -127,9 +194,26 @@ impl Corpus {
         &self.tokens[s.start..s.start + s.len]
     }
 
-    fn new(path: &Path, encoding: Detected) -> Corpus {
+    /// Where the token of `s` at `offset` is, as `file:line`.
+    pub fn location(&self, s: &Sentence, offset: usize) -> String {
+        // CoNLL sentences have no blank line inside; a GMB sentence with one is off by its blank lines.
+        let line = if self.line_per_token {
+            s.line + offset as u64
+        } else {
+            s.line
+        };
+        format!("{}:{line}", self.files[s.file].display())
+    }
+
+    fn path(&self) -> &Path {
+        &self.files[0]
+    }
+
+    pub(crate) fn new(path: &Path, encoding: Detected) -> Corpus {
         Corpus {
-            path: path.to_owned(),
+            files: vec![path.to_owned()],
+            has_pos: true,
+            line_per_token: true,
             encoding,
             words: Interner::default(),
             pos: Interner::default(),
@@ -140,36 +224,43 @@ impl Corpus {
         }
     }
 
-    /// Adds a token to the current (last) sentence after validating it.
-    fn push(&mut self, line: u64, word: &str, pos: &str, tag: &str) -> Result<()> {
+    /// Adds a token to the current (last) sentence after validating it; `pos` is None in a corpus
+    /// without POS tags.
+    pub(crate) fn push(
+        &mut self,
+        line: u64,
+        word: &str,
+        pos: Option<&str>,
+        tag: &str,
+    ) -> Result<()> {
         if word.trim().is_empty() {
             return Err(PrepError::input(
-                &self.path,
+                self.path(),
                 line,
                 "empty word (expected a non-blank word)",
             ));
         }
-        if pos.trim().is_empty() {
+        if pos.is_some_and(|p| p.trim().is_empty()) {
             return Err(PrepError::input(
-                &self.path,
+                self.path(),
                 line,
                 format!("empty POS tag for word {word:?} (expected a POS tag)"),
             ));
         }
         if tags::parse(tag).is_none() {
             return Err(PrepError::input(
-                &self.path,
+                self.path(),
                 line,
                 format!("invalid tag {tag:?} for word {word:?} ({})", tags::EXPECTED),
             ));
         }
         let tag = self.tags.intern(tag);
         if tag as usize == self.tag_lines.len() {
-            self.tag_lines.push(line);
+            self.tag_lines.push((0, line));
         }
         let token = Token {
             word: self.words.intern(word),
-            pos: self.pos.intern(pos.trim()),
+            pos: self.pos.intern(pos.map_or("", str::trim)),
             tag,
         };
         self.tokens.push(token);
@@ -179,55 +270,91 @@ impl Corpus {
         Ok(())
     }
 
-    fn start_sentence(&mut self, id: String, line: u64) {
+    pub(crate) fn start_sentence(&mut self, id: String, line: u64) {
         self.sentences.push(Sentence {
             id,
+            file: 0,
             line,
             start: self.tokens.len(),
             len: 0,
         });
     }
 
-    fn finish(self) -> Result<Corpus> {
+    pub(crate) fn finish(self) -> Result<Corpus> {
         if self.sentences.is_empty() {
             return Err(PrepError::File {
-                path: self.path,
+                path: self.path().to_owned(),
                 msg: "no sentences (expected at least one data row)".into(),
             });
         }
         Ok(self)
     }
+
+    /// Appends `other`'s sentences (read from another file) after this corpus's, re-interning its
+    /// words, POS tags and tags.
+    pub fn append(&mut self, other: Corpus) {
+        let file = self.files.len();
+        self.files.extend(other.files);
+        self.has_pos &= other.has_pos;
+        let words: Vec<u32> = other
+            .words
+            .names()
+            .iter()
+            .map(|w| self.words.intern(w))
+            .collect();
+        let pos: Vec<u32> = other
+            .pos
+            .names()
+            .iter()
+            .map(|p| self.pos.intern(p))
+            .collect();
+        let tags: Vec<u32> = other
+            .tags
+            .names()
+            .iter()
+            .zip(&other.tag_lines)
+            .map(|(t, &(_, line))| {
+                let id = self.tags.intern(t);
+                if id as usize == self.tag_lines.len() {
+                    self.tag_lines.push((file, line));
+                }
+                id
+            })
+            .collect();
+        let offset = self.tokens.len();
+        self.tokens.extend(other.tokens.iter().map(|t| Token {
+            word: words[t.word as usize],
+            pos: pos[t.pos as usize],
+            tag: tags[t.tag as usize],
+        }));
+        self.sentences
+            .extend(other.sentences.into_iter().map(|s| Sentence {
+                start: s.start + offset,
+                file: file + s.file,
+                ..s
+            }));
+    }
 }
 
 /// Reads and validates a corpus file.
-pub fn read(
-    path: &Path,
-    format: Format,
-    encoding: TextEncoding,
-    columns: ConllColumns,
-) -> Result<Corpus> {
+pub fn read(path: &Path, opts: &ReadOptions) -> Result<Corpus> {
     let bytes = std::fs::read(path).map_err(|e| PrepError::io(path, e))?;
-    parse(path, &bytes, format, encoding, columns)
+    parse(path, &bytes, opts)
 }
 
 /// Decodes and validates the bytes of a corpus file read from `path`.
-pub fn parse(
-    path: &Path,
-    bytes: &[u8],
-    format: Format,
-    encoding: TextEncoding,
-    columns: ConllColumns,
-) -> Result<Corpus> {
+pub fn parse(path: &Path, bytes: &[u8], opts: &ReadOptions) -> Result<Corpus> {
     if bytes.is_empty() {
         return Err(PrepError::File {
             path: path.to_owned(),
             msg: "the file is empty (expected a corpus)".into(),
         });
     }
-    let (text, detected) = encoding::decode(path, bytes, encoding)?;
-    match format {
+    let (text, detected) = encoding::decode(path, bytes, opts.encoding)?;
+    match opts.format {
         Format::Gmb => read_gmb(path, &text, detected),
-        Format::Conll => read_conll(path, &text, detected, columns),
+        Format::Conll => read_conll(path, &text, detected, opts.conll),
+        Format::Jsonl => crate::jsonl::read(path, &text, detected, &opts.jsonl),
     }
 }
 
@@ -349,14 +476,15 @@ fn read_gmb(path: &Path, text: &str, detected: Detected) -> Result<Corpus> {
                 "the first data row has no sentence id (expected e.g. `Sentence: 1` in column `Sentence #`)",
             ));
         }
-        corpus.push(line, &record[1], &record[2], record[3].trim())?;
+        corpus.push(line, &record[1], Some(&record[2]), record[3].trim())?;
     }
     corpus.finish()
 }
 
 fn read_conll(path: &Path, text: &str, detected: Detected, cols: ConllColumns) -> Result<Corpus> {
-    let need = cols.word.max(cols.pos).max(cols.tag) + 1;
+    let need = cols.word.max(cols.pos.unwrap_or(0)).max(cols.tag) + 1;
     let mut corpus = Corpus::new(path, detected);
+    corpus.has_pos = cols.pos.is_some();
     let mut in_sentence = false;
     // Column count of the first token line: a line with another count is a broken row, not data.
     let mut width: Option<(usize, u64)> = None;
@@ -391,7 +519,7 @@ fn read_conll(path: &Path, text: &str, detected: Detected, cols: ConllColumns) -
                     "{} column(s); expected at least {need} (word in column {}, POS in {}, tag in {})",
                     fields.len(),
                     cols.word,
-                    cols.pos,
+                    cols.pos.map_or("none".to_string(), |p| p.to_string()),
                     cols.tag
                 ),
             ));
@@ -400,7 +528,12 @@ fn read_conll(path: &Path, text: &str, detected: Detected, cols: ConllColumns) -
             corpus.start_sentence((corpus.sentences.len() + 1).to_string(), line);
             in_sentence = true;
         }
-        corpus.push(line, fields[cols.word], fields[cols.pos], fields[cols.tag])?;
+        corpus.push(
+            line,
+            fields[cols.word],
+            cols.pos.map(|p| fields[p]),
+            fields[cols.tag],
+        )?;
     }
     corpus.finish()
 }
@@ -509,7 +642,7 @@ mod tests {
         assert_eq!(c.sentences[1].line, 7);
         let cols = ConllColumns {
             word: 0,
-            pos: 1,
+            pos: Some(1),
             tag: 2,
         };
         let c = read_conll(Path::new("c"), "a X O\nb Y B-T\n", Detected::Utf8, cols).unwrap();

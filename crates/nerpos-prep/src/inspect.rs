@@ -174,15 +174,27 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
         "dataset    {dir} ({} v{}, {})",
         m.format, m.format_version, m.created_by
     );
-    let _ = writeln!(
-        s,
-        "source     {} ({}, {}, {} bytes, sha256 {})",
-        m.source.path,
-        m.source.format.name(),
-        m.source.encoding,
-        thousands(m.source.bytes as usize),
-        &m.source.sha256[..16.min(m.source.sha256.len())]
-    );
+    // Older manifests list only `source`.
+    let files = if m.files.is_empty() {
+        vec![crate::manifest::SourceFile {
+            split: None,
+            source: m.source.clone(),
+        }]
+    } else {
+        m.files.clone()
+    };
+    for f in &files {
+        let _ = writeln!(
+            s,
+            "source     {}{} ({}, {}, {} bytes, sha256 {})",
+            f.split.map_or(String::new(), |x| format!("{}: ", x.name())),
+            f.source.path,
+            f.source.format.name(),
+            f.source.encoding,
+            thousands(f.source.bytes as usize),
+            &f.source.sha256[..16.min(f.source.sha256.len())]
+        );
+    }
     let _ = writeln!(
         s,
         "tokenizer  {} ({}, {})",
@@ -203,23 +215,30 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "           {} word(s) without sub-words ([UNK]), {} truncated word(s), {} IOB2 violation(s)",
-        c.words_without_subwords, c.truncated_words, c.iob2_violations
+        "           {} word(s) without sub-words ([UNK]), {} truncated word(s), {} token(s) outside \
+         well-formed chunks{}",
+        c.words_without_subwords,
+        c.truncated_words,
+        c.scheme_violations,
+        c.first_violation
+            .as_ref()
+            .map_or(String::new(), |at| format!(" (first at {at})"))
     );
     let _ = writeln!(
         s,
-        "options    max-len {}, overlap {}, labels on {} sub-words, split {}/{}/{} seed {}{}{}",
+        "options    max-len {}, overlap {}, labels on {} sub-words, {}, {} tags{}{}",
         o.max_len,
         o.window_overlap,
         match o.label_subwords {
             LabelSubwords::First => "first",
             LabelSubwords::All => "all",
         },
-        o.split[0],
-        o.split[1],
-        o.split[2],
-        o.seed,
-        if o.iob1 { ", IOB1 input" } else { "" },
+        match o.split {
+            Some(f) => format!("split {}/{}/{} seed {}", f[0], f[1], f[2], o.seed),
+            None => "split by file".to_string(),
+        },
+        o.scheme.name(),
+        if m.has_pos { "" } else { ", no POS" },
         if o.drop_types.is_empty() {
             String::new()
         } else {

@@ -6,11 +6,13 @@
 //! windows and labels them, [`shards`] and [`manifest`] define what is written.
 
 pub mod align;
+pub mod args;
 pub mod corpus;
 pub mod dataset;
 pub mod encoding;
 pub mod error;
 pub mod inspect;
+pub mod jsonl;
 pub mod manifest;
 pub mod prepare;
 pub mod shards;
@@ -22,6 +24,6 @@ pub mod vocab;
 pub use dataset::{Columns, Dataset, Part, RowReader};
 pub use error::{PrepError, Result};
 pub use manifest::{Manifest, Split};
-pub use prepare::{PrepareOptions, prepare};
+pub use prepare::{Input, PrepareOptions, prepare};
 pub use shards::Row;
 pub use tokenize::{SubwordTokenizer, fingerprint};

@@ -4,14 +4,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use nerpos_prep::corpus::{ConllColumns, Format};
-use nerpos_prep::encoding::TextEncoding;
+use nerpos_prep::args::ReadArgs;
+use nerpos_prep::corpus::Format;
 use nerpos_prep::inspect::{Inspection, summary};
 use nerpos_prep::manifest::LabelSubwords;
-use nerpos_prep::{Dataset, PrepareOptions, prepare, split};
+use nerpos_prep::tags::Scheme;
+use nerpos_prep::{Dataset, Input, PrepareOptions, prepare, split};
 
-/// Turn a token-level NER corpus (GMB CSV or CoNLL) into a sharded Parquet dataset of sub-word ids,
-/// labels and POS ids aligned for a BERT tokenizer, with a manifest.
+/// Turn a token-level NER corpus (GMB CSV, CoNLL or JSON Lines; one file split at random, or the
+/// train/dev/test files it ships as) into a sharded Parquet dataset of sub-word ids, labels and POS ids
+/// aligned for a BERT tokenizer, with a manifest.
 #[derive(Parser)]
 #[command(
     name = "nerpos-prep",
@@ -42,29 +44,31 @@ struct PrepareArgs {
     /// Input format.
     #[arg(long, value_enum, required = true)]
     format: Option<Format>,
-    /// Corpus file.
-    #[arg(long, required = true, value_name = "FILE")]
+    /// Corpus file, split into train/dev/test at random (--split, --seed).
+    #[arg(long, required_unless_present = "train", value_name = "FILE")]
     input: Option<PathBuf>,
+    /// Training file of a pre-split corpus: its sentences form the training split, in file order.
+    #[arg(long, conflicts_with = "input", value_name = "FILE")]
+    train: Option<PathBuf>,
+    /// Development file of a pre-split corpus (the dev split; empty without it).
+    #[arg(long, requires = "train", value_name = "FILE")]
+    dev: Option<PathBuf>,
+    /// Test file of a pre-split corpus (the test split; empty without it).
+    #[arg(long, requires = "train", value_name = "FILE")]
+    test: Option<PathBuf>,
     /// Hugging Face checkpoint folder with tokenizer.json (or vocab.txt + tokenizer_config.json).
     #[arg(long, required = true, value_name = "DIR")]
     tokenizer: Option<PathBuf>,
     /// Output dataset directory (created; must not exist unless --force).
     #[arg(long, required = true, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Text encoding of the input.
-    #[arg(long, value_enum, default_value_t = TextEncoding::Auto)]
-    encoding: TextEncoding,
-    /// CoNLL: column of the word (0-based).
-    #[arg(long, default_value_t = 0)]
-    word_col: usize,
-    /// CoNLL: column of the POS tag.
-    #[arg(long, default_value_t = 1)]
-    pos_col: usize,
-    /// CoNLL: column of the NER tag.
-    #[arg(long, default_value_t = 3)]
-    tag_col: usize,
-    /// The input's tags are IOB1 (I- starts chunks); convert them to IOB2.
-    #[arg(long)]
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Tag scheme of the input; converted to IOB2.
+    #[arg(long, value_enum, default_value_t = Scheme::Iob2)]
+    scheme: Scheme,
+    /// Same as --scheme iob1 (I- starts chunks; the original CoNLL-2003 release).
+    #[arg(long, conflicts_with = "scheme")]
     iob1: bool,
     /// Entity types to map to O, e.g. art,eve,nat.
     #[arg(long, value_delimiter = ',', value_name = "TYPES")]
@@ -81,10 +85,10 @@ struct PrepareArgs {
     /// Put the label on each word's first sub-word, or on all (I- on continuations).
     #[arg(long, value_enum, default_value_t = LabelSubwords::First)]
     label_subwords: LabelSubwords,
-    /// Train,dev,test fractions of sentences.
-    #[arg(long, default_value = "0.8,0.1,0.1")]
-    split: String,
-    /// Seed of the split.
+    /// Train,dev,test fractions of sentences of --input [default: 0.8,0.1,0.1].
+    #[arg(long, conflicts_with = "train")]
+    split: Option<String>,
+    /// Seed of the split of --input.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Rows per Parquet shard.
@@ -102,6 +106,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: stderr is often a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     match run(Cli::parse()) {
@@ -128,25 +134,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let a = cli.prepare;
             let required = "clap enforces required arguments";
+            let input = match (a.input, a.train) {
+                (Some(input), None) => Input::One(input),
+                (None, Some(train)) => Input::Split {
+                    train,
+                    dev: a.dev,
+                    test: a.test,
+                },
+                _ => anyhow::bail!("give --input FILE, or --train FILE [--dev FILE] [--test FILE]"),
+            };
+            let format: Format = a.format.context(required)?;
             let mut opts = PrepareOptions::new(
-                a.format.context(required)?,
-                a.input.context(required)?,
+                input,
+                a.read.options(format)?,
                 a.tokenizer.context(required)?,
                 a.out.context(required)?,
             );
-            opts.encoding = a.encoding;
-            opts.conll_columns = ConllColumns {
-                word: a.word_col,
-                pos: a.pos_col,
-                tag: a.tag_col,
-            };
-            opts.iob1 = a.iob1;
+            opts.scheme = if a.iob1 { Scheme::Iob1 } else { a.scheme };
             opts.drop_types = a.drop_types.into_iter().filter(|t| !t.is_empty()).collect();
             opts.labels_file = a.labels;
             opts.max_len = a.max_len;
             opts.window_overlap = a.window_overlap;
             opts.label_subwords = a.label_subwords;
-            opts.split = split::parse_fractions(&a.split)?;
+            if let Some(s) = &a.split {
+                opts.split = split::parse_fractions(s)?;
+            }
             opts.seed = a.seed;
             opts.shard_rows = a.shard_rows;
             opts.force = a.force;

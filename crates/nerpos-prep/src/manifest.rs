@@ -21,7 +21,8 @@ pub const POS_PAD_ID: u32 = 0;
 pub const POS_UNK_ID: u32 = 1;
 
 /// The three splits, in the order they are listed and written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
     Dev,
@@ -51,7 +52,15 @@ pub struct Manifest {
     pub format: String,
     pub format_version: u32,
     pub created_by: String,
+    /// The corpus file (the training file of a pre-split corpus).
     pub source: Source,
+    /// Every file read, with the split it went to (none: one file, split by `options.split`).
+    #[serde(default)]
+    pub files: Vec<SourceFile>,
+    /// Whether the corpus has POS tags (without, every token's POS id is `pos_unk_id` and a model is
+    /// trained without the POS embedding).
+    #[serde(default = "yes")]
+    pub has_pos: bool,
     pub tokenizer: TokenizerInfo,
     pub options: Options,
     /// NER labels in id order.
@@ -72,6 +81,18 @@ pub struct Source {
     pub encoding: String,
     pub bytes: u64,
     pub sha256: String,
+}
+
+/// One file of the corpus and the split its sentences went to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub split: Option<Split>,
+    #[serde(flatten)]
+    pub source: Source,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,13 +116,20 @@ pub struct Options {
     pub window_overlap: usize,
     /// `first`: label on each word's first sub-word; `all`: on every sub-word (I- on continuations).
     pub label_subwords: LabelSubwords,
-    pub iob1: bool,
+    /// The input's tag scheme (converted to IOB2).
+    #[serde(default)]
+    pub scheme: crate::tags::Scheme,
     pub drop_types: Vec<String>,
-    pub split: [f64; 3],
+    /// Train/dev/test fractions of a corpus split at random; none for a pre-split corpus.
+    pub split: Option<[f64; 3]>,
     pub seed: u64,
     pub shard_rows: usize,
+    /// CoNLL columns of the word, the POS tag (null: none) and the tag.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub conll_columns: Option<[usize; 3]>,
+    pub conll_columns: Option<(usize, Option<usize>, usize)>,
+    /// JSON Lines keys and names of integer ids.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub jsonl: Option<crate::corpus::JsonlKeys>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -127,8 +155,14 @@ pub struct CorpusStats {
     /// Words with more sub-words than fit in one window; their trailing sub-words are cut (the label
     /// sits on the first, so none is lost).
     pub truncated_words: usize,
-    /// I-X tags not preceded by B-X/I-X after conversion (IOB1 input read as IOB2 shows many).
-    pub iob2_violations: usize,
+    /// Tagged tokens outside any well-formed chunk of the input's scheme (e.g. an IOB2 I-X that
+    /// continues nothing; IOB1 input read as IOB2 shows many): they were read as `O`, as seqeval's
+    /// strict mode reads them.
+    #[serde(alias = "iob2_violations")]
+    pub scheme_violations: usize,
+    /// Where the first of them is (`file:line`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_violation: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

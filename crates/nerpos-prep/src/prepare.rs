@@ -10,28 +10,55 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::align::{AlignStats, Aligner, SentenceInput};
-use crate::corpus::{self, ConllColumns, Corpus, Format};
-use crate::encoding::TextEncoding;
+use crate::corpus::{self, Corpus, Format, ReadOptions};
 use crate::error::{PrepError, Result};
 use crate::manifest::{
-    self, CorpusStats, LabelSubwords, Manifest, Options, POS_PAD_ID, POS_UNK_ID, Source, Split,
-    SplitInfo, Splits, TokenizerInfo,
+    self, CorpusStats, LabelSubwords, Manifest, Options, POS_PAD_ID, POS_UNK_ID, Source,
+    SourceFile, Split, SplitInfo, Splits, TokenizerInfo,
 };
 use crate::shards::{self, Row};
-use crate::tags::{self, Relabeler};
+use crate::tags::{self, Relabeler, Scheme};
 use crate::tokenize::{SubwordTokenizer, WordPieces};
 use crate::{split, vocab};
+
+/// Where the corpus comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// One file, split into train/dev/test at random (`split`, `seed`).
+    One(PathBuf),
+    /// A corpus shipped pre-split: each file's sentences go to its split, in file order; a split
+    /// without a file is empty.
+    Split {
+        train: PathBuf,
+        dev: Option<PathBuf>,
+        test: Option<PathBuf>,
+    },
+}
+
+impl Input {
+    /// The files to read, with the split each one fills (none: split at random).
+    pub fn files(&self) -> Vec<(Option<Split>, &Path)> {
+        match self {
+            Input::One(p) => vec![(None, p.as_path())],
+            Input::Split { train, dev, test } => {
+                let mut v = vec![(Some(Split::Train), train.as_path())];
+                v.extend(dev.as_deref().map(|p| (Some(Split::Dev), p)));
+                v.extend(test.as_deref().map(|p| (Some(Split::Test), p)));
+                v
+            }
+        }
+    }
+}
 
 /// Everything `nerpos-prep` can be asked to do.
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
-    pub format: Format,
-    pub input: PathBuf,
+    pub input: Input,
+    pub read: ReadOptions,
     pub tokenizer: PathBuf,
     pub out: PathBuf,
-    pub encoding: TextEncoding,
-    pub conll_columns: ConllColumns,
-    pub iob1: bool,
+    /// The input's tag scheme (converted to IOB2).
+    pub scheme: Scheme,
     pub drop_types: Vec<String>,
     pub labels_file: Option<PathBuf>,
     pub max_len: usize,
@@ -46,16 +73,14 @@ pub struct PrepareOptions {
 }
 
 impl PrepareOptions {
-    /// Defaults for everything but the paths.
-    pub fn new(format: Format, input: PathBuf, tokenizer: PathBuf, out: PathBuf) -> Self {
+    /// Defaults for everything but the input and the paths.
+    pub fn new(input: Input, read: ReadOptions, tokenizer: PathBuf, out: PathBuf) -> Self {
         PrepareOptions {
-            format,
             input,
+            read,
             tokenizer,
             out,
-            encoding: TextEncoding::Auto,
-            conll_columns: ConllColumns::default(),
-            iob1: false,
+            scheme: Scheme::Iob2,
             drop_types: Vec::new(),
             labels_file: None,
             max_len: 128,
@@ -109,28 +134,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         )));
     }
 
-    let bytes = std::fs::read(&opts.input).map_err(|e| PrepError::io(&opts.input, e))?;
-    let (sha256, corpus) = rayon::join(
-        || format!("{:x}", Sha256::digest(&bytes)),
-        || {
-            corpus::parse(
-                &opts.input,
-                &bytes,
-                opts.format,
-                opts.encoding,
-                opts.conll_columns,
-            )
-        },
-    );
-    let corpus = corpus?;
+    let Read {
+        corpus,
+        files,
+        parts,
+    } = read_files(opts)?;
     debug!(secs = started.elapsed().as_secs_f32(), "read and parsed");
-    info!(
-        sentences = corpus.sentences.len(),
-        words = corpus.tokens.len(),
-        encoding = corpus.encoding.name(),
-        "read {}",
-        opts.input.display()
-    );
 
     check_drop_types(&corpus, &opts.drop_types)?;
     // Tokenizing the distinct words and fixing labels, splits and vocabularies are independent.
@@ -140,13 +149,14 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             let checked = check_sample(&tokenizer, &corpus, &pieces)?;
             Ok((pieces, checked))
         },
-        || label(&corpus, opts),
+        || label(&corpus, opts, parts),
     );
     let (pieces, checked) = tokenized?;
     let Labelling {
         relabeler,
         labels_of_token,
         violations,
+        first_violation,
         parts,
         label_vocab,
         label_id,
@@ -159,10 +169,18 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             "the tokenizer gives this word no sub-word; using [UNK]"
         );
     }
-    if violations > 0 && !opts.iob1 {
+    if let Some(first) = &first_violation {
         warn!(
             violations,
-            "I- tags that do not continue a chunk of their type; if the corpus is IOB1, pass --iob1"
+            first = %first,
+            "tagged tokens outside any well-formed {} chunk were read as O, as seqeval's strict mode \
+             reads them{}",
+            opts.scheme.name(),
+            if opts.scheme == Scheme::Iob2 {
+                " (if the corpus is IOB1, pass --scheme iob1)"
+            } else {
+                ""
+            }
         );
     }
     info!(
@@ -252,13 +270,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         format: manifest::FORMAT.into(),
         format_version: manifest::FORMAT_VERSION,
         created_by: format!("nerpos-prep {}", env!("CARGO_PKG_VERSION")),
-        source: Source {
-            path: absolute(&opts.input),
-            format: opts.format,
-            encoding: corpus.encoding.name().into(),
-            bytes: bytes.len() as u64,
-            sha256,
-        },
+        source: files[0].source.clone(),
+        files,
+        has_pos: corpus.has_pos,
         tokenizer: TokenizerInfo {
             path: absolute(&opts.tokenizer),
             files: tokenizer.files.clone(),
@@ -272,16 +286,17 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             max_len: opts.max_len,
             window_overlap: opts.window_overlap,
             label_subwords: opts.label_subwords,
-            iob1: opts.iob1,
+            scheme: opts.scheme,
             drop_types: opts.drop_types.clone(),
-            split: opts.split,
+            split: matches!(opts.input, Input::One(_)).then_some(opts.split),
             seed: opts.seed,
             shard_rows: opts.shard_rows,
-            conll_columns: (opts.format == Format::Conll).then_some([
-                opts.conll_columns.word,
-                opts.conll_columns.pos,
-                opts.conll_columns.tag,
-            ]),
+            conll_columns: (opts.read.format == Format::Conll).then_some((
+                opts.read.conll.word,
+                opts.read.conll.pos,
+                opts.read.conll.tag,
+            )),
+            jsonl: (opts.read.format == Format::Jsonl).then(|| opts.read.jsonl.clone()),
         },
         labels: label_vocab,
         label_ignore_id: manifest::IGNORE_LABEL,
@@ -293,7 +308,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             words: corpus.tokens.len(),
             distinct_words: corpus.words.len(),
             tags: corpus.tags.len(),
-            pos_tags: corpus.pos.len(),
+            pos_tags: if corpus.has_pos { corpus.pos.len() } else { 0 },
             longest_sentence_words: corpus.sentences.iter().map(|s| s.len).max().unwrap_or(0),
             longest_sentence_subwords: longest_subwords,
             words_without_subwords: corpus
@@ -302,7 +317,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
                 .filter(|t| pieces.empty.binary_search(&t.word).is_ok())
                 .count(),
             truncated_words,
-            iob2_violations: violations,
+            scheme_violations: violations,
+            first_violation,
         },
         splits,
     };
@@ -318,12 +334,76 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// The corpus read from every input file, one after the other.
+struct Read {
+    corpus: Corpus,
+    files: Vec<SourceFile>,
+    /// Sentence indices of train, dev, test of a pre-split corpus.
+    parts: Option<[Vec<usize>; 3]>,
+}
+
+fn read_files(opts: &PrepareOptions) -> Result<Read> {
+    let inputs = opts.input.files();
+    // Files are hashed and parsed in parallel; the first error in file order is reported.
+    let read: Vec<Result<(String, u64, Corpus)>> = inputs
+        .par_iter()
+        .map(|(_, path)| {
+            let bytes = std::fs::read(path).map_err(|e| PrepError::io(path, e))?;
+            let (sha256, corpus) = rayon::join(
+                || format!("{:x}", Sha256::digest(&bytes)),
+                || corpus::parse(path, &bytes, &opts.read),
+            );
+            Ok((sha256, bytes.len() as u64, corpus?))
+        })
+        .collect();
+    let mut files = Vec::with_capacity(inputs.len());
+    let mut parts: [Vec<usize>; 3] = Default::default();
+    let mut all: Option<Corpus> = None;
+    for ((split, path), result) in inputs.iter().zip(read) {
+        let (sha256, bytes, corpus) = result?;
+        info!(
+            sentences = corpus.sentences.len(),
+            words = corpus.tokens.len(),
+            encoding = corpus.encoding.name(),
+            split = split.map_or("all", Split::name),
+            "read {}",
+            path.display()
+        );
+        files.push(SourceFile {
+            split: *split,
+            source: Source {
+                path: absolute(path),
+                format: opts.read.format,
+                encoding: corpus.encoding.name().into(),
+                bytes,
+                sha256,
+            },
+        });
+        let start = all.as_ref().map_or(0, |c| c.sentences.len());
+        if let Some(s) = split {
+            let k = Split::ALL.iter().position(|x| x == s).expect("a split");
+            parts[k].extend(start..start + corpus.sentences.len());
+        }
+        match &mut all {
+            None => all = Some(corpus),
+            Some(c) => c.append(corpus),
+        }
+    }
+    Ok(Read {
+        corpus: all.expect("at least one input file"),
+        files,
+        parts: matches!(opts.input, Input::Split { .. }).then_some(parts),
+    })
+}
+
 /// Final labels, splits and vocabularies.
 struct Labelling {
     relabeler: Relabeler,
     /// Final label (index into `relabeler.labels`) of every token.
     labels_of_token: Vec<u32>,
+    /// Tagged tokens outside any well-formed chunk, and where the first is.
     violations: usize,
+    first_violation: Option<String>,
     /// Sentence indices of train, dev, test.
     parts: [Vec<usize>; 3],
     label_vocab: Vec<String>,
@@ -334,27 +414,41 @@ struct Labelling {
     pos_id: Vec<u32>,
 }
 
-fn label(corpus: &Corpus, opts: &PrepareOptions) -> Result<Labelling> {
-    let relabeler = Relabeler::new(corpus.tags.names(), &opts.drop_types, opts.iob1);
+fn label(
+    corpus: &Corpus,
+    opts: &PrepareOptions,
+    parts: Option<[Vec<usize>; 3]>,
+) -> Result<Labelling> {
+    let relabeler =
+        Relabeler::new(corpus.tags.names(), &opts.drop_types, opts.scheme).map_err(|e| {
+            let (file, line) = corpus.tag_lines[e.raw];
+            PrepError::input(
+                &corpus.files[file],
+                line,
+                format!(
+                    "tag {:?} is not in the {} scheme ({})",
+                    corpus.tags.name(e.raw as u32),
+                    opts.scheme.name(),
+                    tags::EXPECTED
+                ),
+            )
+        })?;
     let mut labels_of_token: Vec<u32> = Vec::with_capacity(corpus.tokens.len());
+    let (mut violations, mut first_violation) = (0, None);
     for s in &corpus.sentences {
-        relabeler.sentence(
-            corpus.tokens_of(s).iter().map(|t| t.tag),
-            &mut labels_of_token,
-        );
+        let raw = || corpus.tokens_of(s).iter().map(|t| t.tag);
+        let bad = relabeler.sentence(raw(), &mut labels_of_token);
+        violations += bad;
+        if bad > 0 && first_violation.is_none() {
+            let at = relabeler
+                .first_violation(raw(), &labels_of_token[s.start..])
+                .unwrap_or(0);
+            first_violation = Some(corpus.location(s, at));
+        }
     }
-    let parsed: Vec<tags::Tag> = relabeler
-        .labels
-        .iter()
-        .map(|l| tags::parse(l).expect("final labels are well-formed"))
-        .collect();
-    let violations = corpus
-        .sentences
-        .iter()
-        .map(|s| tags::iob2_violations(&parsed, &labels_of_token[s.start..s.start + s.len]))
-        .sum();
 
-    let parts = split::assign(corpus.sentences.len(), opts.split, opts.seed);
+    let parts =
+        parts.unwrap_or_else(|| split::assign(corpus.sentences.len(), opts.split, opts.seed));
     let label_vocab = vocab::labels(
         &relabeler.labels,
         opts.labels_file.as_deref(),
@@ -377,13 +471,14 @@ fn label(corpus: &Corpus, opts: &PrepareOptions) -> Result<Labelling> {
             in_train[t.pos as usize] = true;
         }
     }
+    // A corpus without POS has only the placeholder tag: every token gets <unk>.
     let pos_vocab = vocab::pos(
         corpus
             .pos
             .names()
             .iter()
             .zip(&in_train)
-            .filter(|(_, seen)| **seen)
+            .filter(|(_, seen)| **seen && corpus.has_pos)
             .map(|(p, _)| p.as_str()),
     )?;
     // Dev/test POS tags unseen in training map to <unk>; the reserved names sort apart, so search the rest.
@@ -401,6 +496,7 @@ fn label(corpus: &Corpus, opts: &PrepareOptions) -> Result<Labelling> {
         relabeler,
         labels_of_token,
         violations,
+        first_violation,
         parts,
         label_vocab,
         label_id,
@@ -452,7 +548,12 @@ impl<'a> AlignContext<'a> {
                 .map(|&l| self.label_names[l as usize].as_str())
                 .collect(),
         };
-        let unknown = input.pos_ids.iter().filter(|&&p| p == POS_UNK_ID).count();
+        // Without POS every token is <unk> by construction: nothing to report.
+        let unknown = if corpus.has_pos {
+            input.pos_ids.iter().filter(|&&p| p == POS_UNK_ID).count()
+        } else {
+            0
+        };
         let (rows, stats) = self.aligner.rows(&input);
         self.bar.inc(1);
         (rows, stats, unknown)

@@ -1,89 +1,10 @@
 //! End-to-end tests of the `nerpos-prep` binary on small corpora the tests write themselves.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use common::*;
 use nerpos_prep::manifest::Split;
 use nerpos_prep::{Columns, Dataset, Part, Row};
-
-const BIN: &str = env!("CARGO_BIN_EXE_nerpos-prep");
-
-/// A tiny uncased WordPiece vocabulary: enough pieces that some words split into several.
-const VOCAB: &[&str] = &[
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "the",
-    "of",
-    "in",
-    "to",
-    "and",
-    "a",
-    ",",
-    ".",
-    "\"",
-    "-",
-    "'",
-    "’",
-    "…",
-    "thousands",
-    "demonstrators",
-    "have",
-    "marched",
-    "through",
-    "london",
-    "protest",
-    "war",
-    "iraq",
-    "paris",
-    "new",
-    "york",
-    "is",
-    "10",
-    "000",
-    "##s",
-    "mar",
-    "##ched",
-    "de",
-    "##mon",
-    "##stra",
-    "##tor",
-    "cafe",
-    "é",
-    "caf",
-    "##é",
-    "none",
-    "british",
-    "troops",
-];
-
-fn write_bert_folder(dir: &Path) -> PathBuf {
-    let tok = dir.join("tok");
-    std::fs::create_dir_all(&tok).unwrap();
-    std::fs::write(tok.join("vocab.txt"), VOCAB.join("\n") + "\n").unwrap();
-    std::fs::write(
-        tok.join("tokenizer_config.json"),
-        r#"{"do_lower_case": true}"#,
-    )
-    .unwrap();
-    tok
-}
-
-/// The same tokenizer serialised as tokenizer.json (as a checkpoint from the Hub would ship it).
-fn write_json_folder(dir: &Path) -> PathBuf {
-    let vocab_dir = write_bert_folder(dir);
-    let loaded = nerpos_prep::SubwordTokenizer::load(&vocab_dir).unwrap();
-    let json_dir = dir.join("tokjson");
-    std::fs::create_dir_all(&json_dir).unwrap();
-    loaded
-        .inner()
-        .save(json_dir.join("tokenizer.json"), false)
-        .unwrap();
-    json_dir
-}
 
 /// Windows-1252 GMB CSV with CRLF line ends, quoted fields, a curly quote (0x92), an ellipsis
 /// (0x85), e-acute (0xE9), the word None, and a soft hyphen (0xAD) word the tokenizer deletes.
@@ -167,73 +88,6 @@ fn encoding_free_gmb() -> Vec<Vec<(String, String, String)>> {
             .push((word, rec[2].to_string(), rec[3].to_string()));
     }
     sentences
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("NERPOS_LOG", "warn")
-        .output()
-        .expect("runs nerpos-prep")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn prep(input: &Path, format: &str, tok: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "--format",
-        format,
-        "--input",
-        s(input),
-        "--tokenizer",
-        s(tok),
-        "--out",
-        s(out),
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "nerpos-prep failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn all_rows(ds: &Dataset) -> Vec<Row> {
-    let mut rows: Vec<Row> = Split::ALL
-        .iter()
-        .flat_map(|&sp| ds.read_all(sp, Part::WHOLE, Columns::All).unwrap())
-        .collect();
-    rows.sort_by_key(|r| (r.sentence_index, r.window));
-    rows
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for entry in walk(dir) {
-        let rel = entry.strip_prefix(dir).unwrap().display().to_string();
-        out.insert(rel, std::fs::read(&entry).unwrap());
-    }
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -530,7 +384,7 @@ fn drop_types_iob1_and_all_subwords() {
         all_rows(&ds)[0].tags,
         ["B-PER", "I-PER", "B-PER", "O", "B-LOC"]
     );
-    assert_eq!(ds.manifest.corpus.iob2_violations, 0);
+    assert_eq!(ds.manifest.corpus.scheme_violations, 0);
 }
 
 #[test]

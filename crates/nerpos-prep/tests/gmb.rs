@@ -1,5 +1,7 @@
 //! The full GMB corpus with the MiniLM tokenizer (skipped, with a message, when either is absent).
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::Command;
 
 use nerpos_prep::manifest::{IGNORE_LABEL, Split};
@@ -103,4 +105,102 @@ fn full_gmb_corpus_counts_and_determinism() {
     let ma = std::fs::read(ds.dir.join("manifest.json")).unwrap();
     let mb = std::fs::read(again.dir.join("manifest.json")).unwrap();
     assert_eq!(ma, mb);
+}
+
+/// The random split of the corpus written back as three CoNLL files (train, dev, test), prepared with
+/// `--train/--dev/--test`: the same rows, label and POS vocabularies and unknown-POS counts.
+#[test]
+fn its_splits_as_three_conll_files_give_the_same_dataset() {
+    let (Some(csv), Some(minilm)) = (
+        nerpos_testdata::gmb_csv("its_splits_as_three_conll_files_give_the_same_dataset"),
+        nerpos_testdata::minilm("its_splits_as_three_conll_files_give_the_same_dataset"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: Vec<OsString>| {
+        let o = Command::new(BIN)
+            .args(args)
+            .arg("--tokenizer")
+            .arg(&minilm)
+            .env("NERPOS_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let a = tmp.path().join("a");
+    run(args(
+        &["--format", "gmb", "--input"],
+        &[&csv, Path::new("--out"), &a],
+    ));
+    let a = Dataset::open(&a).unwrap();
+
+    let mut files = Vec::new();
+    for split in Split::ALL {
+        let rows = a.read_all(split, Part::WHOLE, Columns::All).unwrap();
+        let mut text = String::new();
+        for (k, row) in rows.iter().enumerate() {
+            // Windows do not overlap: a sentence's windows' words, in order, are its words.
+            for ((w, p), t) in row.words.iter().zip(&row.pos).zip(&row.tags) {
+                // CoNLL columns split at ASCII whitespace only (GMB has no-break spaces inside words).
+                assert!(!w.contains(|c: char| c.is_ascii_whitespace()), "word {w:?}");
+                text.push_str(&format!("{w} {p} {t}\n"));
+            }
+            let last_window = rows
+                .get(k + 1)
+                .is_none_or(|n| n.sentence_index != row.sentence_index);
+            if last_window {
+                text.push('\n');
+            }
+        }
+        let path = tmp.path().join(split.name());
+        std::fs::write(&path, text).unwrap();
+        files.push(path);
+    }
+    let b = tmp.path().join("b");
+    let [train, dev, test] = &files[..] else {
+        unreachable!("three splits")
+    };
+    let rest: [&Path; 7] = [
+        Path::new("--train"),
+        train,
+        Path::new("--dev"),
+        dev,
+        Path::new("--test"),
+        test,
+        Path::new("--out"),
+    ];
+    let mut b_args = args(&["--format", "conll", "--tag-col", "2"], &rest);
+    b_args.push(b.clone().into());
+    run(b_args);
+    let b = Dataset::open(&b).unwrap();
+
+    let (ma, mb) = (&a.manifest, &b.manifest);
+    assert_eq!(ma.labels, mb.labels);
+    assert_eq!(ma.pos, mb.pos);
+    for split in Split::ALL {
+        let (x, y) = (ma.splits.get(split), mb.splits.get(split));
+        assert_eq!(
+            (x.sentences, x.words, x.tokens, x.unknown_pos),
+            (y.sentences, y.words, y.tokens, y.unknown_pos),
+            "{split:?}"
+        );
+        let ids = |ds: &Dataset| -> Vec<(Vec<u32>, Vec<i32>, Vec<u32>)> {
+            ds.read_all(split, Part::WHOLE, Columns::All)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.input_ids, r.labels, r.pos_ids))
+                .collect()
+        };
+        assert!(ids(&a) == ids(&b), "{split:?}: rows differ");
+    }
+}
+
+/// Command-line arguments: flags, then paths.
+fn args(flags: &[&str], paths: &[&Path]) -> Vec<OsString> {
+    flags
+        .iter()
+        .map(OsString::from)
+        .chain(paths.iter().map(|p| p.as_os_str().to_owned()))
+        .collect()
 }

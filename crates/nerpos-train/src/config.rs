@@ -78,8 +78,10 @@ pub struct TrainConfig {
     /// Width of the POS embedding (the encoder's hidden size if unset).
     #[serde(default)]
     pub pos_dim: Option<usize>,
-    #[serde(default = "d::yes")]
-    pub use_pos: bool,
+    /// Feed POS tags to the head. Unset: yes when the dataset has POS tags, no when it has none (asking
+    /// for POS on a dataset without them is an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_pos: Option<bool>,
     /// Probability of replacing a POS id by the unknown id in training.
     #[serde(default)]
     pub pos_dropout: f64,
@@ -381,7 +383,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.lr, c.batch_size, c.use_pos, c.head_lr),
-            (3e-5, 16, false, Some(1e-3))
+            (3e-5, 16, Some(false), Some(1e-3))
         );
         assert_eq!(c.out, PathBuf::from("runs/x"));
         assert_eq!(c.epochs, 3);

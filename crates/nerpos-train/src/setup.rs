@@ -132,7 +132,7 @@ fn load_model(
         num_labels: m.labels.len(),
         num_pos: m.pos.len(),
         pos_dim: cfg.pos_dim.unwrap_or(bert.hidden_size),
-        use_pos: cfg.use_pos,
+        use_pos: use_pos(cfg, m)?,
         dropout: cfg.dropout,
     };
     Ok(BertNerPos::from_pretrained(
@@ -142,6 +142,19 @@ fn load_model(
         cfg.seed,
         dev,
     )?)
+}
+
+/// Whether the model reads POS tags: as configured, else whether the dataset has them.
+fn use_pos(cfg: &TrainConfig, m: &Manifest) -> anyhow::Result<bool> {
+    match cfg.use_pos {
+        Some(true) if !m.has_pos => bail!(
+            "use_pos = true, but the dataset {} has no POS tags (prepared with --pos-col none or \
+             without --pos-key); remove use_pos or set it to false",
+            cfg.data.display()
+        ),
+        Some(v) => Ok(v),
+        None => Ok(m.has_pos),
+    }
 }
 
 fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {

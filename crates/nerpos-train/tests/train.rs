@@ -407,3 +407,98 @@ fn resumed_on_another_number_of_processes_equals_an_uninterrupted_run() {
         assert!(d <= 1e-5, "{before} -> {after}: {d}");
     }
 }
+
+/// A corpus without POS tags (CoNLL `word tag`, `--pos-col none`): the trainer builds the model
+/// without the POS embedding, saves it, and nerpos-predict tags and scores with it; asking for POS on
+/// such a dataset is an error naming the key.
+#[test]
+fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
+    use nerpos_prep::corpus::{ConllColumns, Format, ReadOptions};
+
+    let f = fixture(10);
+    let conll = f.dir.path().join("nopos.conll");
+    std::fs::write(&conll, conll_without_pos(600)).unwrap();
+    let data = f.dir.path().join("nopos-data");
+    let mut read = ReadOptions::new(Format::Conll);
+    read.conll = ConllColumns {
+        word: 0,
+        pos: None,
+        tag: 1,
+    };
+    let mut opts = nerpos_prep::PrepareOptions::new(
+        nerpos_prep::Input::One(conll.clone()),
+        read,
+        f.model.clone(),
+        data.clone(),
+    );
+    opts.max_len = 12;
+    assert!(!nerpos_prep::prepare(&opts).unwrap().has_pos);
+    let f = Fixture {
+        dir: f.dir,
+        model: f.model,
+        data,
+    };
+
+    let bad = f.dir.path().join("bad");
+    let o = train(&[
+        "--config",
+        config(&f, &bad, "use_pos = true").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("use_pos") && err.contains("no POS"),
+        "{err}"
+    );
+
+    let run = f.dir.path().join("run");
+    ok(&train(&[
+        "--config",
+        config(&f, &run, "epochs = 4\neval_every = 25")
+            .to_str()
+            .unwrap(),
+    ]));
+    let test = summary(&run)["test_f1"].as_f64().unwrap();
+    assert!(test > 0.85, "test F1 {test}");
+    let best = run.join("best");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("nerpos.json")).unwrap()).unwrap();
+    assert_eq!(meta["use_pos"], false);
+    assert!(weights(&best).keys().all(|k| !k.contains("pos_embedding")));
+
+    let tagger = nerpos_predict::Tagger::load(&best, &candle_core::Device::Cpu).unwrap();
+    let args = nerpos_prep::args::ReadArgs {
+        encoding: nerpos_prep::encoding::TextEncoding::Auto,
+        word_col: 0,
+        pos_col: nerpos_prep::args::OptionalColumn(None),
+        tag_col: 1,
+        tokens_key: None,
+        tags_key: None,
+        pos_key: None,
+        tag_names: None,
+        pos_names: None,
+    };
+    let sentences =
+        nerpos_predict::read_input(&conll, nerpos_predict::InputFormat::Conll, &args, None)
+            .unwrap();
+    assert!(sentences.iter().all(|s| s.pos.is_empty()));
+    let preds = tagger.tag(&sentences, 32, 4, false, false).unwrap();
+    let labels = &tagger.meta.labels;
+    let (mut scorer, _) =
+        nerpos_eval::Scorer::with_tags(nerpos_eval::Mode::Default, labels).unwrap();
+    for (s, p) in sentences.iter().zip(&preds) {
+        let gold: Vec<&str> = s
+            .gold
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let pred: Vec<&str> = p
+            .iter()
+            .map(|w| labels[w.label as usize].as_str())
+            .collect();
+        scorer.add(&gold, &pred).unwrap();
+    }
+    let f1 = nerpos_eval::Report::new(&scorer.counts()).micro.f1;
+    assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
+}

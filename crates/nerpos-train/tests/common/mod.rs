@@ -120,6 +120,19 @@ fn corpus(sentences: usize) -> String {
     out
 }
 
+/// The same corpus as CoNLL `word tag` lines: a corpus without POS tags.
+pub fn conll_without_pos(sentences: usize) -> String {
+    let mut out = String::new();
+    for line in corpus(sentences).lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if !fields[0].is_empty() && !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("{} {}\n", fields[1], fields[3]));
+    }
+    out
+}
+
 /// The model folder (a 2-layer random BERT without head) and a prepared dataset of `sentences`.
 pub fn fixture(sentences: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -147,8 +160,8 @@ pub fn fixture_at(dir: &Path, sentences: usize) -> (PathBuf, PathBuf) {
     std::fs::write(&csv, corpus(sentences)).unwrap();
     let data = dir.join("data");
     let mut opts = nerpos_prep::PrepareOptions::new(
-        nerpos_prep::corpus::Format::Gmb,
-        csv,
+        nerpos_prep::Input::One(csv),
+        nerpos_prep::corpus::ReadOptions::new(nerpos_prep::corpus::Format::Gmb),
         model.clone(),
         data.clone(),
     );
