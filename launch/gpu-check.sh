@@ -168,7 +168,10 @@ run() {
 
 steps=30
 if want correctness; then
+  # Every fused CUDA kernel against its CPU kernel, then whole training steps with and without them.
+  run kernels 240 "$bin/nerpos-gpu-bench" kernels
   run correctness 240 "$bin/nerpos-gpu-bench" correctness --data "$data" --steps $steps --batch 16
+  run correctness-kernels 240 "$bin/nerpos-gpu-bench" correctness --data "$data" --steps $steps --batch 16 --gpu-kernels
 fi
 
 if want nccl; then
@@ -191,6 +194,10 @@ if want speed; then
         [[ $p == f32 ]] && dump=(--dump-batches "$batches")
         run "speed-$shape-b$b-$p" 300 "$bin/nerpos-gpu-bench" speed --data "$data" --shape $shape --batch "$b" \
           --precision $p --steps $timed --warmup $warm --grouped ${peak:+--peak-tflops $peak} "${dump[@]}"
+        # The same batches with the fused CUDA kernels.
+        [[ $p == tf32 ]] ||
+          run "speed-$shape-b$b-$p-kernels" 300 "$bin/nerpos-gpu-bench" speed --data "$data" --shape $shape \
+            --batch "$b" --precision $p --steps $timed --warmup $warm --grouped --gpu-kernels ${peak:+--peak-tflops $peak}
       done
       if [[ $torch == 1 && -f $batches ]]; then
         # f32, TF32, bf16 AMP, bf16 with every batch padded to 128 (the reference notebook's setting),
@@ -200,6 +207,12 @@ if want speed; then
       fi
       rm -f "$batches"
     done
+  done
+  # Model FLOPs utilisation at 16,384 real tokens per batch (BERT-base, bf16), without and with the
+  # fused kernels.
+  for k in "" --gpu-kernels; do
+    run "speed-base-t16384-bf16${k:+-kernels}" 300 "$bin/nerpos-gpu-bench" speed --data "$data" --shape base \
+      --batch 0 --batch-tokens 16384 --precision bf16 --steps $timed --warmup $warm ${peak:+--peak-tflops $peak} $k
   done
 fi
 
@@ -283,7 +296,8 @@ out.append("| check | result | detail |\n| --- | --- | --- |")
 for r in rows:
     c = r.get("check")
     if c == "correctness":
-        out.append(f"| GPU f32 vs CPU, {r['steps']} steps ({r['shape']}, batch {r['batch']}) | {'PASS' if r['pass_gpu_vs_cpu'] else 'FAIL'} | "
+        fk = " with the fused kernels" if r.get("gpu_kernels") else ""
+        out.append(f"| GPU f32{fk} vs CPU, {r['steps']} steps ({r['shape']}, batch {r['batch']}) | {'PASS' if r['pass_gpu_vs_cpu'] else 'FAIL'} | "
                    f"loss max rel diff {r['loss_max_rel_diff_gpu_vs_cpu']:.2e}; weights rel L2 {r['weights_rel_l2_diff_gpu_vs_cpu']:.2e}, max abs {r['weights_max_abs_diff_gpu_vs_cpu']:.2e} |")
         out.append(f"| fused vs composed AdamW on GPU, same {r['steps']} gradients | {'PASS' if r['pass_fused_adamw'] else 'FAIL'} | weights max abs diff {r['weights_max_abs_diff_fused_vs_plain_adamw']:.2e} |")
         if "trajectory_weights_max_abs_diff_fused_vs_plain_adamw" in r:
@@ -294,6 +308,14 @@ for r in rows:
         out.append(f"| {r['step']} | FAIL (exit {r['exit']}) | {r['tail'].strip().splitlines()[-1] if r['tail'].strip() else ''} |")
     elif isinstance(c, str) and c.startswith("all_") or c in ("broadcast", "barrier"):
         pass
+kern = [r for r in rows if r.get("check") == "kernel"]
+for dtype in sorted({r["dtype"] for r in kern}):
+    mine = [r for r in kern if r["dtype"] == dtype]
+    bad = [r["kernel"] for r in mine if not r["pass"]]
+    worst = max(mine, key=lambda r: r["max_rel_err"] / r["tolerance"])
+    out.append(f"| fused CUDA kernels vs CPU kernels ({dtype}) | {'PASS' if not bad else 'FAIL'} | {len(mine)} checks; "
+               f"{'failed: ' + ', '.join(bad) + '; ' if bad else ''}closest to its tolerance: {worst['kernel']} "
+               f"{worst['max_rel_err']:.1e} (≤ {worst['tolerance']:.0e}) |")
 ok = [r for r in rows if "ok" in r and "check" in r and r.get("rank", 0) == 0]
 if ok:
     worlds = sorted({r["world"] for r in ok})
@@ -314,7 +336,10 @@ if speed:
     ref = {(r["shape"], r["batch"], r["precision"]): r for r in speed if r["impl"] == "pytorch" and not r.get("pad_to") and not r.get("cudnn_attention")}
     for r in speed:
         key = (r["shape"], r["batch"], r["precision"])
-        impl = r["impl"] + (f" (pad {r['pad_to']})" if r.get("pad_to") else "") + (" (cuDNN attention)" if r.get("cudnn_attention") else "")
+        impl = r["impl"] + (f" (pad {r['pad_to']})" if r.get("pad_to") else "") + (" (cuDNN attention)" if r.get("cudnn_attention") else "") \
+            + (" + fused kernels" if r.get("gpu_kernels") else "")
+        if r.get("batch_tokens"):
+            key = None
         ratio = ""
         if r["impl"] == "nerpos" and key in ref:
             ratio = f"{r['tokens_per_s'] / ref[key]['tokens_per_s']:.2f}×"
@@ -323,7 +348,8 @@ if speed:
                 ratio += f" ({r['tokens_per_s'] / pad['tokens_per_s']:.2f}× vs pad-128)"
         mfu = f"{100*r['mfu']:.1f} %" if r.get("mfu") is not None else ""
         mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") is not None else ""
-        out.append(f"| {r['shape']} | {r['batch']} | {r['precision']} | {impl} | {r['tokens_per_s']:,.0f} | {r['sentences_per_s']:,.0f} | {r['step_ms']:.1f} | {mem} | {mfu} | {ratio} |")
+        batch = f"{r['batch_tokens']:,} tokens" if r.get("batch_tokens") else r["batch"]
+        out.append(f"| {r['shape']} | {batch} | {r['precision']} | {impl} | {r['tokens_per_s']:,.0f} | {r['sentences_per_s']:,.0f} | {r['step_ms']:.1f} | {mem} | {mfu} | {ratio} |")
 if len(out) == 2:  # no check rows (a train-only run): no empty table
     out = out[:1]
 train = [r for r in rows if r.get("check") == "train"]

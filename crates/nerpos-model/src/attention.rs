@@ -5,7 +5,8 @@
 //! Q, K and V straight out of the fused projection `[N, 3H]` (strided matrix products, no head split
 //! or copy), and its backward likewise; it keeps the softmax output for the backward pass
 //! (Σ heads·L² values per layer). On other devices (until their own kernels exist) the same
-//! computation runs in tensor ops on the rows gathered into a padded block, with a mask.
+//! computation runs in tensor ops on the rows gathered into a padded block, with a mask — or, on a GPU
+//! with the fused kernels on ([`crate::device_ops`]), in the CUDA twin of the CPU kernel.
 
 use candle_core::Tensor;
 use gemm::Parallelism;
@@ -23,6 +24,12 @@ pub enum AttentionCache {
         probs: Vec<f32>,
         /// Dropout keep-mask in the same layout, and 1/(1−p).
         mask: Option<(Vec<u8>, f32)>,
+    },
+    /// The fused GPU kernel's: the softmax output (f32, the CPU layout) and the dropout (seed, p)
+    /// its mask is regenerated from.
+    Device {
+        probs: Tensor,
+        dropout: Option<(u64, f64)>,
     },
     Padded {
         probs: Tensor,
@@ -128,8 +135,32 @@ pub fn forward(
     rng: Option<&mut DropoutRng>,
     keep: bool,
 ) -> Result<(Tensor, Option<AttentionCache>)> {
+    if crate::device_ops::applies(qkv) && shape.head_dim <= crate::device_ops::MAX_HEAD_DIM {
+        let dropout = match rng {
+            Some(rng) if p > 0.0 => Some((rng.next_seed(), p)),
+            _ => None,
+        };
+        let (ctx, probs) = crate::device_ops::attention_forward(
+            qkv,
+            &rows.starts,
+            shape.heads,
+            shape.head_dim,
+            dropout,
+        )?;
+        return Ok((
+            ctx,
+            keep.then_some(AttentionCache::Device { probs, dropout }),
+        ));
+    }
     if kernels::on_cpu(qkv) {
-        return cpu_forward(qkv, rows, shape, p, rng, keep);
+        let mask = match rng {
+            Some(rng) if p > 0.0 => Some((
+                rng.keep_bytes(prob_offsets(rows, shape.heads)[rows.rows()], p),
+                (1.0 / (1.0 - p)) as f32,
+            )),
+            _ => None,
+        };
+        return cpu_forward(qkv, rows, shape, mask, keep);
     }
     padded_forward(qkv, rows, shape, p, rng, keep)
 }
@@ -144,27 +175,30 @@ pub fn backward(
 ) -> Result<Tensor> {
     match cache {
         AttentionCache::Cpu { probs, mask } => cpu_backward(dctx, qkv, rows, shape, probs, mask),
+        AttentionCache::Device { probs, dropout } => crate::device_ops::attention_backward(
+            dctx,
+            qkv,
+            probs,
+            &rows.starts,
+            shape.heads,
+            shape.head_dim,
+            *dropout,
+        ),
         AttentionCache::Padded { .. } => padded_backward(dctx, rows, shape, cache),
     }
 }
 
-fn cpu_forward(
+/// The fused CPU kernel, with attention dropout from `mask` (keep bytes in the cache's layout, and
+/// 1/(1−p)).
+pub(crate) fn cpu_forward(
     qkv: &Tensor,
     rows: &RowSpans,
     shape: Heads,
-    p: f64,
-    rng: Option<&mut DropoutRng>,
+    mask: Option<(Vec<u8>, f32)>,
     keep: bool,
 ) -> Result<(Tensor, Option<AttentionCache>)> {
     let (n, h, nh, dh) = (rows.tokens(), shape.hidden(), shape.heads, shape.head_dim);
     let offsets = prob_offsets(rows, nh);
-    let mask = match rng {
-        Some(rng) if p > 0.0 => Some((
-            rng.keep_bytes(offsets[rows.rows()], p),
-            (1.0 / (1.0 - p)) as f32,
-        )),
-        _ => None,
-    };
     let mut ctx = vec![0f32; n * h];
     let mut probs = vec![0f32; if keep { offsets[rows.rows()] } else { 0 }];
     kernels::read::<f32, _>(qkv, |x| {
@@ -465,7 +499,7 @@ mod tests {
         };
         let qkv = random(n * 3 * h).reshape((n, 3 * h)).unwrap();
         let dctx = random(n * h).reshape((n, h)).unwrap();
-        let (ctx_cpu, cache_cpu) = cpu_forward(&qkv, &rows, shape, 0.0, None, true).unwrap();
+        let (ctx_cpu, cache_cpu) = forward(&qkv, &rows, shape, 0.0, None, true).unwrap();
         let (ctx_pad, cache_pad) = padded_forward(&qkv, &rows, shape, 0.0, None, true).unwrap();
         let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
             (a - b)
@@ -486,7 +520,7 @@ mod tests {
             max_diff(&d_cpu, &d_pad)
         );
         // Evaluation (nothing kept) gives the same context.
-        let (ctx_eval, none) = cpu_forward(&qkv, &rows, shape, 0.0, None, false).unwrap();
+        let (ctx_eval, none) = forward(&qkv, &rows, shape, 0.0, None, false).unwrap();
         assert!(none.is_none());
         assert_eq!(max_diff(&ctx_eval, &ctx_cpu), 0.0);
     }
@@ -510,13 +544,13 @@ mod tests {
         let loss = |x: &[f32]| -> f64 {
             let qkv = Tensor::from_vec(x.to_vec(), (n, 3 * h), &Device::Cpu).unwrap();
             let mut rng = DropoutRng::new(3, &Device::Cpu).unwrap();
-            let (ctx, _) = cpu_forward(&qkv, &rows, shape, 0.3, Some(&mut rng), false).unwrap();
+            let (ctx, _) = forward(&qkv, &rows, shape, 0.3, Some(&mut rng), false).unwrap();
             let c = ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             c.iter().zip(&g).map(|(a, b)| f64::from(a * b)).sum()
         };
         let qkv = Tensor::from_vec(x.clone(), (n, 3 * h), &Device::Cpu).unwrap();
         let mut rng = DropoutRng::new(3, &Device::Cpu).unwrap();
-        let (_, cache) = cpu_forward(&qkv, &rows, shape, 0.3, Some(&mut rng), true).unwrap();
+        let (_, cache) = forward(&qkv, &rows, shape, 0.3, Some(&mut rng), true).unwrap();
         let grad = backward(&dctx, &qkv, &rows, shape, &cache.unwrap())
             .unwrap()
             .flatten_all()

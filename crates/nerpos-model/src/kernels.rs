@@ -103,6 +103,19 @@ fn apply(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
     })
 }
 
+/// For the fused GPU kernels: `Some(mask tensor or none)` when they apply to `x` and the mask is in
+/// their form (scaled, `x`'s dtype); `None` otherwise.
+fn device_mask<'a>(x: &Tensor, mask: Option<&'a Mask>) -> Option<Option<&'a Tensor>> {
+    if !crate::device_ops::applies(x) {
+        return None;
+    }
+    match mask {
+        None => Some(None),
+        Some(m) if m.tensor.dtype() == x.dtype() => Some(Some(&m.tensor)),
+        Some(_) => None,
+    }
+}
+
 /// Rows of width `h` per parallel task: enough work per task to amortise scheduling.
 fn task_rows(h: usize) -> usize {
     (TASK / h.max(1)).max(1)
@@ -115,6 +128,9 @@ pub fn bias_dropout_residual(
     mask: Option<&Mask>,
     residual: &Tensor,
 ) -> Result<Tensor> {
+    if let Some(m) = device_mask(y, mask) {
+        return crate::device_ops::bias_dropout_residual(y, bias, m, residual);
+    }
     if !on_cpu(y) {
         return Ok((apply(&y.broadcast_add(bias)?, mask)? + residual)?);
     }
@@ -164,6 +180,9 @@ pub fn bias_dropout_residual(
 /// The gradient through dropout (dy = dz ⊙ mask) and its column sum (the bias gradient).
 pub fn dropout_colsum(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tensor)> {
     let (n, h) = dz.dims2()?;
+    if let Some(m) = device_mask(dz, mask) {
+        return crate::device_ops::dropout_colsum(dz, m);
+    }
     if !on_cpu(dz) {
         let dy = apply(dz, mask)?;
         let db = dy.sum(0)?;
@@ -216,6 +235,9 @@ pub fn dropout_colsum(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tenso
 
 /// (u, gelu(u)) for u = y + bias, y (N, I).
 pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
+    if crate::device_ops::applies(y) {
+        return crate::device_ops::bias_gelu(y, &bias.to_dtype(y.dtype())?);
+    }
     if !on_cpu(y) {
         let u = y.broadcast_add(bias)?;
         let g = u.gelu_erf()?;
@@ -247,6 +269,9 @@ pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
 /// (du, dbias) for g = gelu(u): du = dg ⊙ gelu'(u), dbias = column sums of du.
 pub fn gelu_colsum(u: &Tensor, dg: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, i_dim) = u.dims2()?;
+    if crate::device_ops::applies(u) {
+        return crate::device_ops::gelu_colsum(u, &dg.to_dtype(u.dtype())?);
+    }
     if !on_cpu(u) {
         let du = crate::ops::gelu_bwd_t(u, dg)?;
         let db = du.sum(0)?;

@@ -38,6 +38,11 @@ impl DropoutRng {
         z ^ (z >> 31)
     }
 
+    /// A seed for a mask drawn on the device (the fused attention kernel's hash mask).
+    pub(crate) fn next_seed(&mut self) -> u64 {
+        self.host.next_u64()
+    }
+
     /// `n` keep-mask bytes (1 = keep, with probability 1−p) from the host stream.
     pub(crate) fn keep_bytes(&mut self, n: usize, p: f64) -> Vec<u8> {
         crate::kernels::keep_bytes(&mut self.host, n, p)

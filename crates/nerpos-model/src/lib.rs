@@ -12,6 +12,10 @@ pub mod batch;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod device_check;
+pub mod device_ops;
 pub mod error;
 pub mod gpu;
 pub mod grad;
@@ -23,6 +27,9 @@ pub mod params;
 pub mod predict;
 pub mod profile;
 pub mod train;
+
+#[cfg(test)]
+mod emu_tests;
 
 pub use batch::{Inputs, PackedBatch, RowSpans, Targets};
 pub use checkpoint::{Carried, LabelSubwords, NerposMeta};

@@ -164,6 +164,19 @@ impl CustomOp3 for LayerNormOp {
             .for_each(|(yc, xc)| ln_fwd(xc, w, b, yc, self.eps));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm_fwd(self.eps, (s1, l1), (s2, l2), (s3, l3))
+    }
 }
 
 /// Gradients of LayerNorm packed in one (rows + 2, H) tensor: dx, then dweight, then dbias.
@@ -210,6 +223,19 @@ impl CustomOp3 for LayerNormBwd {
             dwb.iter_mut().zip(&p).for_each(|(d, s)| *d += s);
         }
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm_bwd(self.eps, (s1, l1), (s2, l2), (s3, l3))
     }
 }
 
@@ -317,6 +343,14 @@ fn f32(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// LayerNorm forward without autograd.
 pub fn layer_norm_fwd(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if crate::device_ops::applies(x) {
+        let (w, b) = (w.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+        return x.contiguous()?.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            &LayerNormOp { eps: eps as f32 },
+        );
+    }
     if is_fused(x) {
         return x
             .contiguous()?
@@ -342,7 +376,8 @@ pub fn layer_norm_bwd(
     eps: f64,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let (rows, h) = x.dims2()?;
-    if is_fused(x) {
+    if is_fused(x) || crate::device_ops::applies(x) {
+        let (w, dy) = (w.to_dtype(x.dtype())?, dy.to_dtype(x.dtype())?);
         let packed = x.contiguous()?.apply_op3_no_bwd(
             &w.contiguous()?,
             &dy.contiguous()?,
@@ -431,11 +466,20 @@ impl CustomOp1 for ColumnSum {
         }
         Ok((CpuStorage::F32(out), Shape::from(h)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::column_sum(s, l)
+    }
 }
 
 /// Sum over the rows of an (N, H) tensor: the gradient of a bias broadcast over rows.
 pub fn column_sum(x: &Tensor) -> candle_core::Result<Tensor> {
-    if is_fused(x) {
+    if is_fused(x) || crate::device_ops::applies(x) {
         return x.contiguous()?.apply_op1_no_bwd(&ColumnSum);
     }
     f32(x)?.sum(0)?.to_dtype(x.dtype())

@@ -645,11 +645,14 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 
 /// Summed cross-entropy of logits `[M, C]` against `targets`, and d(loss)/d(logits), computed on the
 /// host in f32 (a few thousand rows of a few dozen labels) and handed back in the logits' dtype.
-fn cross_entropy(logits: &Tensor, targets: &Targets) -> Result<(f64, Tensor)> {
+pub(crate) fn cross_entropy(logits: &Tensor, targets: &Targets) -> Result<(f64, Tensor)> {
     let (m, classes) = logits.dims2()?;
     let dev: Device = logits.device().clone();
     if m == 0 {
         return Ok((0.0, Tensor::zeros((0, classes), logits.dtype(), &dev)?));
+    }
+    if crate::device_ops::applies(logits) {
+        return crate::device_ops::cross_entropy(logits, &targets.labels);
     }
     let rows = logits
         .to_dtype(DType::F32)?

@@ -133,6 +133,11 @@ pub struct TrainConfig {
     /// Device AdamW as one fused kernel per parameter (false: composed tensor ops, the reference).
     #[serde(default = "d::yes")]
     pub fused_adamw: bool,
+    /// The fused CUDA kernels for LayerNorm, bias+GELU, bias+dropout+residual, attention and the
+    /// loss (GPU only). Off until they have been measured on a GPU: they are checked against the CPU
+    /// kernels on a CPU emulator in every test run, on a GPU only by `launch/gpu-check.sh`.
+    #[serde(default)]
+    pub gpu_kernels: bool,
 }
 
 /// Where a process computes.

@@ -85,6 +85,7 @@ pub fn device(cfg: &TrainConfig, local_rank: usize) -> anyhow::Result<Device> {
                 format!("opening GPU {local_rank} (LOCAL_RANK); built with the cuda feature?")
             })?;
             nerpos_model::gpu::tune_for_training(&dev)?;
+            nerpos_model::device_ops::set_fused_kernels(cfg.gpu_kernels);
             // TF32 matrix products for f32 runs (cuBLAS's reduced-precision f32 mode).
             #[cfg(feature = "cuda")]
             candle_core::cuda_backend::set_gemm_reduced_precision_f32(

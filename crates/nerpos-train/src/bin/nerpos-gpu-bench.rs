@@ -4,7 +4,9 @@
 //! weights compared; then a bf16 run of the same batches against the f32 one.
 //! `speed`: training throughput, peak GPU memory and model FLOPs utilisation of randomly initialised
 //! models of MiniLM's and BERT-base's shapes, on batches of a prepared dataset (no checkpoint needed).
-//! Both print one JSON object (and write it to `--out`); the shell suite turns them into its table.
+//! `kernels`: every fused CUDA kernel against its CPU kernel on the same random inputs (f32, bf16).
+//! Each prints JSON (and writes it to `--out`); the shell suite turns it into its table.
+//! `--gpu-kernels` runs `correctness` and `speed` with the fused CUDA kernels on.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -65,17 +67,26 @@ enum Cmd {
         batch: usize,
         #[arg(long, value_enum, default_value = "minilm")]
         shape: ModelShape,
+        /// With the fused CUDA kernels (LayerNorm, GELU, dropout, attention, cross-entropy).
+        #[arg(long)]
+        gpu_kernels: bool,
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Every fused CUDA kernel against its CPU kernel (one JSON line per kernel and dtype).
+    Kernels,
     /// Training throughput of one configuration.
     Speed {
         #[arg(long)]
         data: PathBuf,
         #[arg(long, value_enum)]
         shape: ModelShape,
+        /// Sentences per batch.
         #[arg(long)]
         batch: usize,
+        /// Instead of a fixed number of sentences: as many as fit this many real tokens.
+        #[arg(long)]
+        batch_tokens: Option<usize>,
         #[arg(long, value_enum)]
         precision: Precision,
         /// Timed steps (after the warm-up).
@@ -89,6 +100,9 @@ enum Cmd {
         /// Device AdamW from composed tensor ops instead of the fused kernel.
         #[arg(long)]
         unfused_adamw: bool,
+        /// With the fused CUDA kernels (LayerNorm, GELU, dropout, attention, cross-entropy).
+        #[arg(long)]
+        gpu_kernels: bool,
         /// Dense bf16 peak of the GPU in TFLOP/s (for MFU; 989 for H100/H200 SXM).
         #[arg(long)]
         peak_tflops: Option<f64>,
@@ -175,8 +189,19 @@ fn read_corpus(dir: &Path) -> anyhow::Result<Corpus> {
     })
 }
 
-/// `count` batches of `batch` training sentences: shuffled (seeded), optionally grouped by length.
-fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> Vec<PackedBatch> {
+/// `count` batches of `batch` training sentences (or of sentences filling `tokens` real tokens):
+/// shuffled (seeded), optionally grouped by length.
+fn batches(
+    c: &Corpus,
+    batch: usize,
+    tokens: Option<usize>,
+    count: usize,
+    grouped: bool,
+    seed: u64,
+) -> Vec<PackedBatch> {
+    if let Some(budget) = tokens {
+        return token_batches(c, budget, count, seed);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = Vec::new();
     while order.len() < batch * count {
@@ -200,6 +225,31 @@ fn batches(c: &Corpus, batch: usize, count: usize, grouped: bool, seed: u64) -> 
     out.iter()
         .map(|rows| pack_batch(&c.rows, rows, c.pos_unk, 0.0, &mut rng))
         .collect()
+}
+
+/// `count` batches of shuffled sentences, each as many as fit `budget` real tokens.
+fn token_batches(c: &Corpus, budget: usize, count: usize, seed: u64) -> Vec<PackedBatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(count);
+    let (mut rows, mut used) = (Vec::new(), 0);
+    while out.len() < count {
+        let mut idx: Vec<usize> = (0..c.rows.len()).collect();
+        idx.shuffle(&mut rng);
+        for i in idx {
+            let len = c.rows[i].input_ids.len();
+            if used + len > budget && !rows.is_empty() {
+                out.push(pack_batch(&c.rows, &rows, c.pos_unk, 0.0, &mut rng));
+                rows.clear();
+                used = 0;
+                if out.len() == count {
+                    break;
+                }
+            }
+            rows.push(i);
+            used += len;
+        }
+    }
+    out
 }
 
 /// The step settings of every bench run: the trainer's defaults.
@@ -334,7 +384,7 @@ fn correctness(
     let corpus = read_corpus(data)?;
     // No dropout: CPU and GPU draw their masks from different generators.
     let config = shape_config(shape, corpus.num_labels, corpus.num_pos, false)?;
-    let plan = batches(&corpus, batch, steps, true, 7);
+    let plan = batches(&corpus, batch, None, steps, true, 7);
     let gpu = gpu()?;
     set_tf32(false);
     let run = |dev: &Device,
@@ -457,6 +507,7 @@ fn speed(
     data: &Path,
     shape: ModelShape,
     batch: usize,
+    tokens: Option<usize>,
     precision: Precision,
     steps: usize,
     warmup: usize,
@@ -467,7 +518,7 @@ fn speed(
 ) -> anyhow::Result<Value> {
     let corpus = read_corpus(data)?;
     let config = shape_config(shape, corpus.num_labels, corpus.num_pos, true)?;
-    let plan = batches(&corpus, batch, warmup + steps, grouped, 11);
+    let plan = batches(&corpus, batch, tokens, warmup + steps, grouped, 11);
     if let Some(path) = dump {
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -503,6 +554,7 @@ fn speed(
     let achieved = flops / secs / 1e12;
     Ok(json!({
         "check": "speed", "impl": "nerpos", "shape": format!("{shape:?}").to_lowercase(), "batch": batch,
+        "batch_tokens": tokens, "gpu_kernels": nerpos_model::device_ops::fused_kernels(),
         "precision": format!("{precision:?}").to_lowercase(), "grouped": grouped, "fused_adamw": fused,
         "steps": steps, "seconds": secs, "step_ms": 1e3 * secs / steps as f64,
         "tokens_per_s": tokens as f64 / secs, "padded_tokens_per_s": padded as f64 / secs,
@@ -510,6 +562,28 @@ fn speed(
         "mfu": peak_tflops.map(|p| achieved / p), "peak_memory_mib": nerpos_model::gpu::peak_memory(&dev)?.map(|b| b as f64 / 1048576.0),
         "final_loss": last_loss, "params": s.trainer.model.params.count(),
     }))
+}
+
+/// One JSON line per kernel and dtype; fails when any kernel is off its CPU reference.
+fn kernels() -> anyhow::Result<()> {
+    let dev = gpu()?;
+    if !dev.is_cuda() {
+        bail!("the kernel check compares CUDA kernels with the CPU: it needs a GPU");
+    }
+    let checks = nerpos_model::device_check::run(&dev)?;
+    let mut failed = Vec::new();
+    for c in &checks {
+        let mut v = serde_json::to_value(c)?;
+        v["check"] = json!("kernel");
+        println!("{v}");
+        if !c.pass {
+            failed.push(format!("{} ({})", c.kernel, c.dtype));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("kernels off their CPU reference: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -520,33 +594,46 @@ fn main() -> anyhow::Result<()> {
             steps,
             batch,
             shape,
+            gpu_kernels,
             out,
-        } => (correctness(&data, steps.max(2), batch, shape)?, out),
+        } => {
+            nerpos_model::device_ops::set_fused_kernels(gpu_kernels);
+            let mut v = correctness(&data, steps.max(2), batch, shape)?;
+            v["gpu_kernels"] = json!(gpu_kernels);
+            (v, out)
+        }
+        Cmd::Kernels => return kernels(),
         Cmd::Speed {
             data,
             shape,
             batch,
+            batch_tokens,
             precision,
             steps,
             warmup,
             grouped,
             unfused_adamw,
+            gpu_kernels,
             peak_tflops,
             dump_batches,
             out,
         } => (
-            speed(
-                &data,
-                shape,
-                batch,
-                precision,
-                steps.max(1),
-                warmup,
-                grouped,
-                !unfused_adamw,
-                peak_tflops,
-                dump_batches.as_deref(),
-            )?,
+            {
+                nerpos_model::device_ops::set_fused_kernels(gpu_kernels);
+                speed(
+                    &data,
+                    shape,
+                    batch,
+                    batch_tokens,
+                    precision,
+                    steps.max(1),
+                    warmup,
+                    grouped,
+                    !unfused_adamw,
+                    peak_tflops,
+                    dump_batches.as_deref(),
+                )?
+            },
             out,
         ),
     };
