@@ -63,6 +63,9 @@ struct ParamState {
     rows: Option<(usize, Mutex<Vec<bool>>)>,
     /// Moments as device tensors, for devices other than the CPU.
     device_moments: Option<(Tensor, Tensor)>,
+    /// The bf16 compute copy of this parameter, written by the fused device update (see
+    /// [`AdamW::write_compute_copy`]).
+    half: Option<Tensor>,
 }
 
 pub struct AdamW {
@@ -248,13 +251,16 @@ struct DeviceStep<'a> {
     grad: &'a Tensor,
     m: &'a Tensor,
     v: &'a Tensor,
+    /// The bf16 compute copy to write the new value into, rounded to nearest even.
+    half: Option<&'a Tensor>,
     /// grad_scale, lr·weight_decay, β1, β2, ε, lr/(1−β1ᵗ), √(1−β2ᵗ).
     scalars: [f32; 7],
 }
 
-/// The update, as the CPU loop above does it (same operations in the same order).
-#[cfg(feature = "cuda")]
-const ADAMW_KERNEL: &str = r#"
+/// The update, as the CPU loop above does it (same operations in the same order). Public for the test
+/// that runs it on the CUDA emulator against the CPU update (`tests/adamw_kernel.rs`).
+#[doc(hidden)]
+pub const ADAMW_KERNEL: &str = r#"
 extern "C" __global__ void nerpos_adamw(float *p, const float *g, float *m, float *v, unsigned long long n,
     float grad_scale, float lr_wd, float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
@@ -266,6 +272,25 @@ extern "C" __global__ void nerpos_adamw(float *p, const float *g, float *m, floa
     m[i] = mi;
     v[i] = vi;
     p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  }
+}
+
+// The same update, also writing the new value rounded to bf16 (nearest even, as a cast) into h.
+extern "C" __global__ void nerpos_adamw_half(float *p, const float *g, float *m, float *v,
+    unsigned short *h, unsigned long long n, float grad_scale, float lr_wd, float beta1, float beta2,
+    float eps, float step_size, float bc2_sqrt) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    float gi = g[i] * grad_scale;
+    float pi = p[i] * (1.0f - lr_wd);
+    float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
+    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    float pn = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p[i] = pn;
+    unsigned int u = __float_as_uint(pn);
+    h[i] = (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
   }
 }
 "#;
@@ -325,10 +350,28 @@ impl InplaceOp1 for DeviceStep<'_> {
             candle_core::bail!("AdamW: gradient and moments must be on the parameter's GPU");
         };
         let dev = storage.device().clone();
-        let func = dev.get_or_load_custom_func("nerpos_adamw", "nerpos_adamw", adamw_ptx()?)?;
+        let name = if self.half.is_some() {
+            "nerpos_adamw_half"
+        } else {
+            "nerpos_adamw"
+        };
+        let func = dev.get_or_load_custom_func(name, "nerpos_adamw", adamw_ptx()?)?;
         let g = gs.as_cuda_slice::<f32>()?.slice(gr);
         let m = ms.as_cuda_slice::<f32>()?.slice(mr);
         let v = vs.as_cuda_slice::<f32>()?.slice(vr);
+        let half = self.half.map(Tensor::storage_and_layout);
+        let h = match &half {
+            Some((hs, hl)) => {
+                let Storage::Cuda(hs) = &**hs else {
+                    candle_core::bail!("AdamW: the bf16 copy must be on the parameter's GPU");
+                };
+                Some(
+                    hs.as_cuda_slice::<half::bf16>()?
+                        .slice(span(hl, n, "bf16 copy")?),
+                )
+            }
+            None => None,
+        };
         let mut p = storage.as_cuda_slice_mut::<f32>()?.slice_mut(ps);
         let n64 = n as u64;
         let cfg = LaunchConfig {
@@ -337,12 +380,16 @@ impl InplaceOp1 for DeviceStep<'_> {
             shared_mem_bytes: 0,
         };
         let mut b = func.builder();
-        // m and v are written through: the kernel owns the moments' buffers for this launch.
-        b.arg(&mut p).arg(&g).arg(&m).arg(&v).arg(&n64);
+        // m, v and the bf16 copy are written through: the kernel owns their buffers for this launch.
+        b.arg(&mut p).arg(&g).arg(&m).arg(&v);
+        if let Some(h) = &h {
+            b.arg(h);
+        }
+        b.arg(&n64);
         for s in &self.scalars {
             b.arg(s);
         }
-        // SAFETY: the four views hold n f32 each (checked above) and the kernel touches only [0, n).
+        // SAFETY: the views hold n elements each (checked above) and the kernel touches only [0, n).
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -394,6 +441,7 @@ impl AdamW {
                     } else {
                         Some((var.zeros_like()?, var.zeros_like()?))
                     },
+                    half: None,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -481,6 +529,7 @@ impl AdamW {
                         grad: &g,
                         m,
                         v,
+                        half: p.half.as_ref(),
                         scalars: [
                             grad_scale as f32,
                             (lr * wd) as f32,
@@ -505,6 +554,35 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// Makes every update also write the parameter, rounded to bf16, into `copy` (a bf16 model of the
+    /// same parameters on the same GPU), so that it need not be refreshed by a cast per parameter before
+    /// each step. Returns whether every parameter's update will (the fused update on a GPU, a bf16
+    /// tensor of the parameter's shape in `copy`); when not, nothing is attached.
+    pub fn write_compute_copy(
+        &mut self,
+        copy: &nerpos_model::BertNerPos,
+    ) -> candle_core::Result<bool> {
+        let mut halves = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let fits = copy.params.get(&p.name).filter(|h| {
+                self.fused
+                    && p.device_moments.is_some()
+                    && fused_on_device(p.var.as_tensor())
+                    && h.dtype() == DType::BF16
+                    && h.shape() == p.var.shape()
+                    && h.as_tensor().is_contiguous()
+            });
+            match fits {
+                Some(h) => halves.push(h.as_tensor().clone()),
+                None => return Ok(false),
+            }
+        }
+        for (p, h) in self.params.iter_mut().zip(halves) {
+            p.half = Some(h);
+        }
+        Ok(true)
     }
 
     /// The moments, by name (`m.NAME`, `v.NAME`), for a checkpoint.

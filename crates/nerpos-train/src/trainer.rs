@@ -67,6 +67,11 @@ pub struct Trainer {
     pub model: BertNerPos,
     /// A bf16 copy for forward/backward under mixed precision, refreshed before each step.
     compute: Option<BertNerPos>,
+    /// The optimiser writes the bf16 copy as it updates the master weights (with the fused GPU
+    /// kernels), so after a step the copy is current.
+    copy_by_optimizer: bool,
+    /// Whether the bf16 copy holds the master weights as they are now.
+    compute_fresh: bool,
     pub optimizer: AdamW,
     pub comm: Comm,
     settings: StepSettings,
@@ -86,6 +91,12 @@ impl Trainer {
         };
         let mut optimizer = AdamW::new(model.params.iter(), settings.adamw)?;
         optimizer.fused = settings.fused_adamw;
+        let copy_by_optimizer = match &compute {
+            Some(c) if nerpos_model::device_ops::fused_kernels() => {
+                optimizer.write_compute_copy(c)?
+            }
+            _ => false,
+        };
         let element = settings.reduce_dtype.dtype().size_in_bytes();
         let order: Vec<(String, usize, bool)> = model
             .gradient_order()
@@ -96,6 +107,8 @@ impl Trainer {
         Ok(Trainer {
             model,
             compute,
+            copy_by_optimizer,
+            compute_fresh: false,
             optimizer,
             comm,
             settings,
@@ -166,9 +179,12 @@ impl Trainer {
                 1.0
             };
             observe(&grads, scale * clip)?;
+            // The master weights change here; the bf16 copy with them only if the optimiser writes it.
+            self.compute_fresh = false;
             profile::timed("step: AdamW", || {
                 self.optimizer.step(&grads, scale * clip, lr, head_lr)
             })?;
+            self.compute_fresh = self.copy_by_optimizer;
         }
         profile::add(
             "step: all-reduce (exposed)",
@@ -195,7 +211,10 @@ impl Trainer {
         step: usize,
     ) -> anyhow::Result<(LocalStep, BTreeMap<String, Grad>, CommTime)> {
         if let Some(half) = &self.compute {
-            half.copy_from(&self.model)?;
+            if !self.compute_fresh {
+                half.copy_from(&self.model)?;
+                self.compute_fresh = true;
+            }
         }
         let dtype = self.settings.reduce_dtype.dtype();
         let Trainer {
