@@ -158,7 +158,10 @@ run() {
   [[ ${no_results:-0} == 1 ]] || grep -E '^\{' "$log" >>"$results"
   if [[ $rc -ne 0 ]]; then
     failures=$((failures + 1))
-    echo "{\"check\": \"failed\", \"step\": \"$name\", \"exit\": $rc, \"tail\": $(tail -5 "$log" | "$python" -c 'import json,sys; print(json.dumps(sys.stdin.read()))' 2>/dev/null || echo '""')}" >>"$results"
+    # The error line itself (a Rust backtrace after it would fill the tail).
+    local error
+    error=$(grep -m1 -E '^(Error|error)' "$log" | "$python" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' 2>/dev/null || echo '""')
+    echo "{\"check\": \"failed\", \"step\": \"$name\", \"exit\": $rc, \"error\": ${error:-\"\"}, \"tail\": $(tail -5 "$log" | "$python" -c 'import json,sys; print(json.dumps(sys.stdin.read()))' 2>/dev/null || echo '""')}" >>"$results"
     echo "   FAILED (exit $rc after $((SECONDS - t0)) s); last lines of $log:" >&2
     tail -5 "$log" >&2
   else
@@ -305,7 +308,8 @@ for r in rows:
         out.append(f"| bf16 vs f32 loss after {r['steps']} steps | {'PASS' if r['pass_bf16'] else 'FAIL'} | "
                    f"{r['loss_gpu_bf16'][-1]:.4f} vs {r['loss_gpu_f32'][-1]:.4f} ({100*r['bf16_final_loss_rel_diff']:.2f} %) |")
     elif c == "failed":
-        out.append(f"| {r['step']} | FAIL (exit {r['exit']}) | {r['tail'].strip().splitlines()[-1] if r['tail'].strip() else ''} |")
+        last = r['tail'].strip().splitlines()[-1] if r['tail'].strip() else ''
+        out.append(f"| {r['step']} | FAIL (exit {r['exit']}) | {r.get('error') or last} |")
     elif isinstance(c, str) and c.startswith("all_") or c in ("broadcast", "barrier"):
         pass
 kern = [r for r in rows if r.get("check") == "kernel"]

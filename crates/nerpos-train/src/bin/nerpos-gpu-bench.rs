@@ -507,7 +507,7 @@ fn speed(
     data: &Path,
     shape: ModelShape,
     batch: usize,
-    tokens: Option<usize>,
+    batch_tokens: Option<usize>,
     precision: Precision,
     steps: usize,
     warmup: usize,
@@ -518,7 +518,7 @@ fn speed(
 ) -> anyhow::Result<Value> {
     let corpus = read_corpus(data)?;
     let config = shape_config(shape, corpus.num_labels, corpus.num_pos, true)?;
-    let plan = batches(&corpus, batch, tokens, warmup + steps, grouped, 11);
+    let plan = batches(&corpus, batch, batch_tokens, warmup + steps, grouped, 11);
     if let Some(path) = dump {
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -554,7 +554,7 @@ fn speed(
     let achieved = flops / secs / 1e12;
     Ok(json!({
         "check": "speed", "impl": "nerpos", "shape": format!("{shape:?}").to_lowercase(), "batch": batch,
-        "batch_tokens": tokens, "gpu_kernels": nerpos_model::device_ops::fused_kernels(),
+        "batch_tokens": batch_tokens, "gpu_kernels": nerpos_model::device_ops::fused_kernels(),
         "precision": format!("{precision:?}").to_lowercase(), "grouped": grouped, "fused_adamw": fused,
         "steps": steps, "seconds": secs, "step_ms": 1e3 * secs / steps as f64,
         "tokens_per_s": tokens as f64 / secs, "padded_tokens_per_s": padded as f64 / secs,
