@@ -10,7 +10,8 @@
 # options: --out DIR (results; default ./gpu-check-results)   --quick (fewer steps, batch 32 only)
 #          --only correctness|nccl|speed|train (repeatable)    --no-torch (skip the PyTorch reference)
 #          --data DIR (a nerpos-prep dataset)                  --model DIR (checkpoint for `train`)
-#          --epochs N (train; default 3)                       --train-precisions "f32 bf16" (train)
+#          --epochs N (train; default 3)                       --train-precisions "f32 bf16 bf16-kernels"
+#          (train: a precision, "-kernels" for the fused CUDA kernels on; PyTorch once per precision)
 # `train` runs whole nerpos-train jobs (one GPU, full train split, batch 32, dev each epoch, test at the
 # end) and the PyTorch reference training (tests/reference/train_reference.py) on the same data and
 # settings. It runs when a checkpoint is there (checkout: data/models/all-MiniLM-L6-v2 or --model; a
@@ -23,7 +24,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-bundle="" out="" quick=0 torch=1 data="" model="" epochs=3 train_precisions="f32 bf16" only=()
+bundle="" out="" quick=0 torch=1 data="" model="" epochs=3 train_precisions="f32 bf16 bf16-kernels" only=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --bundle) bundle=$2; shift ;;
@@ -226,12 +227,15 @@ if want train && [[ -f $model/config.json ]]; then
   rm -rf "$work" && mkdir -p "$work"
   for p in $train_precisions; do
     run_dir=$work/nerpos-$p
+    kernels=false
+    [[ $p == *-kernels ]] && kernels=true
     cat >"$out/logs/train-nerpos-$p.toml" <<TOML
 data = "$data"
 model = "$model"
 out = "$run_dir"
 device = "${NERPOS_CHECK_DEVICE:-cuda}"
-precision = "$p"
+precision = "${p%-kernels}"
+gpu_kernels = $kernels
 batch_size = 32
 epochs = $epochs
 lr = 1e-4
@@ -254,7 +258,7 @@ s = json.load(open(os.path.join(run, "summary.json")))
 m = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if l.strip()]
 m = [r for r in m if "step_s" in r]
 # Each log line holds the mean step time and the rate over the steps since the previous line. The
-# first interval holds the one-time start-up (kernel loading, NVRTC, cuBLAS): reported apart, and left
+# first interval holds the one-time start-up (kernel loading, PTX JIT, cuBLAS): reported apart, and left
 # out of the rate, as the reference leaves out its first 5 steps.
 intervals, prev = [], 0
 for r in m:
@@ -268,6 +272,8 @@ print(json.dumps({"check": "train", "impl": "nerpos", "precision": precision, "e
                   "wall_s": s["wall_s"], "train_step_s": train_s, "first_interval_s": intervals[0][0],
                   "sentences_per_s": sum(n for _, n in steady) / sum(t for t, _ in steady)}))
 PY
+    # The reference runs once per precision (the kernels are ours).
+    [[ $kernels == true ]] && continue
     if [[ $torch == 1 && -d $here/wheels ]] && ! "$python" -c 'import seqeval' 2>/dev/null; then
       "$python" -m pip install -q --no-index --no-deps --target "$work/site" "$here"/wheels/*.whl &&
         export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
@@ -361,7 +367,8 @@ if train:
     out.append("\n| whole training run (one GPU, batch 32) | impl | epochs | steps | best dev F1 | test F1 | wall s | in steps s | first 10 steps s | sentences/s | ours/PyTorch |")
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in train:
-        ref = next((q for q in train if q["impl"] == "pytorch" and q["precision"] == r["precision"]), None)
+        # "bf16-kernels" (ours with the fused kernels) against PyTorch's bf16.
+        ref = next((q for q in train if q["impl"] == "pytorch" and q["precision"] == r["precision"].removesuffix("-kernels")), None)
         ratio = f"{r['sentences_per_s'] / ref['sentences_per_s']:.2f}×" if r["impl"] == "nerpos" and ref else ""
         f = lambda v: f"{v:.4f}" if v is not None else "—"
         out.append(f"| {r['precision']} | {r['impl']} | {r['epochs']} | {r['steps']} | {f(r['best_dev_f1'])} | {f(r['test_f1'])} | "

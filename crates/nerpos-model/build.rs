@@ -1,4 +1,4 @@
-//! With the `cuda` feature: compiles `kernels/train.cu` with nvcc into a fatbin (cubins for the GPU
+//! With the `cuda` feature: compiles `kernels/train.cu` (which includes `adamw.cu`) with nvcc into a fatbin (cubins for the GPU
 //! generations in `NERPOS_CUDA_ARCHS`, default sm_80 and sm_90, plus PTX of the newest for later
 //! GPUs), so that no kernel is compiled or JIT-translated when a training job starts. Without the
 //! feature it does nothing (the CPU build needs no CUDA toolkit).
@@ -8,6 +8,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo::rerun-if-changed=kernels/train.cu");
+    println!("cargo::rerun-if-changed=kernels/adamw.cu");
     println!("cargo::rerun-if-env-changed=NERPOS_CUDA_ARCHS");
     println!("cargo::rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

@@ -512,3 +512,6 @@ __device__ void cross_entropy(const T *logits, const uint32_t *labels, float *lo
 
 EXPORT(float, f32)
 EXPORT(bf16, bf16)
+
+// The optimiser's kernels live in the same fatbin (one module to load, nothing compiled at run time).
+#include "adamw.cu"

@@ -43,8 +43,13 @@ macro_rules! by_dtype {
     };
 }
 
-/// The kernel `name_{suffix}` on `dev`'s context (the module is loaded once per context).
+/// The kernel `nerpos_{name}_{suffix}` on `dev`'s context.
 fn function<T: Elem>(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    loaded(dev, &format!("nerpos_{name}_{}", T::SUFFIX))
+}
+
+/// The kernel `full` (its exported name) on `dev`'s context (the module is loaded once per context).
+pub(crate) fn loaded(dev: &CudaDevice, full: &str) -> Result<CudaFunction> {
     type Loaded = (
         HashMap<usize, Arc<CudaModule>>,
         HashMap<(usize, String), CudaFunction>,
@@ -53,7 +58,7 @@ fn function<T: Elem>(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     let stream = dev.cuda_stream();
     let ctx = stream.context();
     let key = Arc::as_ptr(ctx) as usize;
-    let full = format!("nerpos_{name}_{}", T::SUFFIX);
+    let full = full.to_owned();
     let mut guard = LOADED
         .lock()
         .map_err(|_| candle_core::Error::Msg("the CUDA kernel cache is poisoned".into()))?;
@@ -605,15 +610,18 @@ impl Attention<'_> {
 // ---------------------------------------------------------------------------------------------------
 // Cross-entropy
 
-/// d(loss)/d(logits) (the logits' storage type) and the summed loss, read back once.
+/// d(loss)/d(logits) (the logits' storage type); each row's loss written into `loss` (`[M]` f32), not
+/// read back.
 pub(crate) fn cross_entropy(
     (sz, lz): (&CudaStorage, &Layout),
     (sl, ll): (&CudaStorage, &Layout),
-) -> Result<(CudaStorage, Shape, f64)> {
+    (so, lo): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
     fn go<T: Elem>(
         (sz, lz): (&CudaStorage, &Layout),
         (sl, ll): (&CudaStorage, &Layout),
-    ) -> Result<(CudaStorage, Shape, f64)> {
+        (so, lo): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = sz.device().clone();
         let (m, c) = lz.shape().dims2()?;
         let logits = view::<T>(sz, lz, "logits")?;
@@ -621,27 +629,25 @@ pub(crate) fn cross_entropy(
             Some((a, b)) => sl.as_cuda_slice::<u32>()?.slice(a..b),
             None => candle_core::bail!("labels: expected a contiguous u32 tensor"),
         };
+        let loss = match lo.contiguous_offsets() {
+            Some((a, b)) if b - a == m => so.as_cuda_slice::<f32>()?.slice(a..b),
+            _ => candle_core::bail!("cross-entropy: expected a contiguous f32 loss buffer of {m}"),
+        };
         let mut grad = dev.alloc_zeros::<T>(m * c)?;
-        let mut loss = dev.alloc_zeros::<f32>(m.max(1))?;
         let f = function::<T>(&dev, "cross_entropy")?;
         let (mm, cc) = (i32_of(m, "rows")?, i32_of(c, "classes")?);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&logits)
             .arg(&labels)
-            .arg(&mut loss)
+            .arg(&loss)
             .arg(&mut grad)
             .arg(&mm)
             .arg(&cc);
-        // SAFETY: logits and grad hold m·c elements, labels and loss m.
+        // SAFETY: logits and grad hold m·c elements, labels and loss m; the loss buffer is the op's
+        // own (written through: no one else reads it before the launch).
         unsafe { b.launch(per_row(m)) }.w()?;
-        let host: Vec<f32> = stream.clone_dtoh(&loss).w()?;
-        let sum = host[..m].iter().map(|&v| f64::from(v)).sum();
-        Ok((
-            CudaStorage::wrap_cuda_slice(grad, dev),
-            Shape::from((m, c)),
-            sum,
-        ))
+        Ok((CudaStorage::wrap_cuda_slice(grad, dev), Shape::from((m, c))))
     }
-    by_dtype!(sz.dtype(), go((sz, lz), (sl, ll)))
+    by_dtype!(sz.dtype(), go((sz, lz), (sl, ll), (so, lo)))
 }

@@ -12,6 +12,20 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 
 use crate::error::Result;
 
+/// The AdamW update kernels (`kernels/adamw.cu`; launched by nerpos-train's optimiser): their source,
+/// for the test that runs them on the CUDA emulator.
+pub const ADAMW_SOURCE: &str = include_str!("../kernels/adamw.cu");
+
+/// An exported kernel of the nerpos fatbin (built with the crate: nothing compiled at run time) on
+/// `dev`'s context.
+#[cfg(feature = "cuda")]
+pub fn cuda_function(
+    dev: &candle_core::CudaDevice,
+    name: &str,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
+    crate::cuda::loaded(dev, name)
+}
+
 /// Largest head size the attention kernels take (two tiles of 32 rows of it fit in 48 KB of shared
 /// memory); larger heads use the padded tensor-op path.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -206,25 +220,22 @@ impl CustomOp1 for DropoutColsum {
     }
 }
 
-/// Summed cross-entropy of logits `[M, C]` against u32 labels `[M]`, and d(loss)/d(logits).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(f64, Tensor)> {
-    let op = CrossEntropy {
-        loss: std::sync::Mutex::new(0.0),
-    };
+/// Summed cross-entropy of logits `[M, C]` against u32 labels `[M]` (left on the device), and
+/// d(loss)/d(logits).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(crate::Deferred, Tensor)> {
+    // The kernel writes each row's loss here as it writes the gradient (an op has one output).
+    let rows = Tensor::zeros(logits.dim(0)?, DType::F32, logits.device())?;
+    let op = CrossEntropy { loss: rows.clone() };
     let grad = logits
         .contiguous()?
         .apply_op2_no_bwd(&labels.contiguous()?, &op)?;
-    let loss = *op
-        .loss
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned loss".into()))?;
-    Ok((loss, grad))
+    Ok((crate::Deferred::sum_of(&rows)?, grad))
 }
 
 struct CrossEntropy {
-    /// The summed loss, read back by the launch.
+    /// `[M]` f32 on the logits' GPU: each row's loss, written by the launch.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    loss: std::sync::Mutex<f64>,
+    loss: Tensor,
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -241,12 +252,11 @@ impl CustomOp2 for CrossEntropy {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (grad, shape, loss) = crate::cuda::cross_entropy((s1, l1), (s2, l2))?;
-        *self
-            .loss
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned loss".into()))? = loss;
-        Ok((grad, shape))
+        let (ls, ll) = self.loss.storage_and_layout();
+        let candle_core::Storage::Cuda(ls) = &*ls else {
+            candle_core::bail!("cross-entropy: the loss buffer is not on the GPU");
+        };
+        crate::cuda::cross_entropy((s1, l1), (s2, l2), (ls, ll))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod deferred;
 pub mod device_check;
 pub mod device_ops;
 pub mod error;
@@ -34,6 +35,7 @@ mod emu_tests;
 pub use batch::{Inputs, PackedBatch, RowSpans, Targets};
 pub use checkpoint::{Carried, LabelSubwords, NerposMeta};
 pub use config::{BertConfig, HeadConfig, ModelConfig};
+pub use deferred::Deferred;
 pub use error::{ModelError, Result};
 pub use grad::Grad;
 pub use layers::DropoutRng;

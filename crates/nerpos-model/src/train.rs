@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::attention::{self, AttentionCache, Heads};
 use crate::batch::{Inputs, Targets};
 use crate::config::Activation;
+use crate::deferred::Deferred;
 use crate::error::{ModelError, Result};
 use crate::grad::Grad;
 use crate::kernels::{self, Mask};
@@ -360,6 +361,7 @@ impl BertNerPos {
             grads.insert(name.to_owned(), g);
             Ok(())
         })?;
+        let loss_sum = loss_sum.read()?;
         if grads.len() != self.params.len() {
             return Err(ModelError::Config(format!(
                 "backward produced {} gradients for {} parameters",
@@ -375,14 +377,15 @@ impl BertNerPos {
     }
 
     /// As [`forward_backward`](Self::forward_backward), handing each gradient to `sink` as soon as it
-    /// is computed: the head's first, then layer by layer down to the embeddings.
+    /// is computed: the head's first, then layer by layer down to the embeddings. The summed loss stays
+    /// on the device until read (no synchronisation per batch).
     pub fn forward_backward_with(
         &self,
         inputs: &Inputs,
         targets: &Targets,
         rng: Option<&mut DropoutRng>,
         mut sink: impl FnMut(&str, Grad) -> Result<()>,
-    ) -> Result<(f64, usize)> {
+    ) -> Result<(Deferred, usize)> {
         let fwd = self.run_forward(inputs, rng, true)?;
         let (loss_sum, dlogits) = timed("fwd/bwd: loss", || cross_entropy(&fwd.logits, targets))?;
         let dx = self.head_backward(inputs, &fwd, &dlogits, &mut sink)?;
@@ -644,12 +647,16 @@ fn gelu_tanh_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 }
 
 /// Summed cross-entropy of logits `[M, C]` against `targets`, and d(loss)/d(logits), computed on the
-/// host in f32 (a few thousand rows of a few dozen labels) and handed back in the logits' dtype.
-pub(crate) fn cross_entropy(logits: &Tensor, targets: &Targets) -> Result<(f64, Tensor)> {
+/// host in f32 (a few thousand rows of a few dozen labels) and handed back in the logits' dtype — or
+/// on the GPU by the fused kernel, the loss left there.
+pub(crate) fn cross_entropy(logits: &Tensor, targets: &Targets) -> Result<(Deferred, Tensor)> {
     let (m, classes) = logits.dims2()?;
     let dev: Device = logits.device().clone();
     if m == 0 {
-        return Ok((0.0, Tensor::zeros((0, classes), logits.dtype(), &dev)?));
+        return Ok((
+            Deferred::Host(0.0),
+            Tensor::zeros((0, classes), logits.dtype(), &dev)?,
+        ));
     }
     if crate::device_ops::applies(logits) {
         return crate::device_ops::cross_entropy(logits, &targets.labels);
@@ -671,7 +678,7 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &Targets) -> Result<(f64, 
         out[label as usize] -= 1.0;
     }
     Ok((
-        loss,
+        Deferred::Host(loss),
         Tensor::from_vec(grad, (m, classes), &dev)?.to_dtype(logits.dtype())?,
     ))
 }

@@ -26,8 +26,9 @@ pub struct Progress {
     /// 1-based.
     pub epoch: usize,
     pub epochs: usize,
-    /// Mean loss of the current log interval.
-    pub loss: f64,
+    /// Mean loss of the last log interval (none before the first).
+    #[serde(default)]
+    pub loss: Option<f64>,
     /// Real sub-word tokens per second, all ranks.
     pub tokens_per_s: f64,
 }
@@ -47,9 +48,13 @@ impl Progress {
     }
 
     fn message(&self) -> String {
+        let loss = match self.loss {
+            Some(l) => format!("loss {l:.4}"),
+            None => "loss –".to_owned(),
+        };
         format!(
-            "epoch {}/{} · loss {:.4} · {:.0} tok/s",
-            self.epoch, self.epochs, self.loss, self.tokens_per_s
+            "epoch {}/{} · {loss} · {:.0} tok/s",
+            self.epoch, self.epochs, self.tokens_per_s
         )
     }
 }
@@ -123,7 +128,7 @@ mod tests {
             total: 63,
             epoch: 1,
             epochs: 1,
-            loss: 1.25,
+            loss: Some(1.25),
             tokens_per_s: 800.0,
         };
         assert_eq!(Progress::from_line(&p.to_line()), Some(p));

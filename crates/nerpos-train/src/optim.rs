@@ -1,7 +1,7 @@
 //! AdamW (PyTorch's algorithm, decoupled weight decay), the linear warm-up/decay schedule, and global
 //! gradient-norm clipping. Each parameter's update is one fused pass over its storage, in place: a
-//! loop on the CPU, one kernel launch on CUDA (compiled at run time by NVRTC) — instead of ~10 tensor
-//! ops, each a kernel launch and a temporary, per parameter. The composed tensor-op version stays as
+//! loop on the CPU, one kernel launch on CUDA (`nerpos-model/kernels/adamw.cu`, in the fatbin built
+//! with the crate) — instead of ~10 tensor ops, each a kernel launch and a temporary, per parameter. The composed tensor-op version stays as
 //! the reference (`fused: false`), and for devices without a fused kernel.
 
 use std::collections::BTreeMap;
@@ -10,8 +10,68 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
-use nerpos_model::Grad;
+use nerpos_model::{Deferred, Grad};
 use rayon::prelude::*;
+
+/// What the optimiser multiplies the summed gradients by: `scale` (1/count, known on the host) times
+/// the clipping factor `clip`, which a GPU computes from the gradient norm and keeps (no read-back per
+/// step).
+#[derive(Clone, Debug)]
+pub struct GradScale {
+    pub scale: f64,
+    pub clip: Deferred,
+}
+
+impl GradScale {
+    /// No clipping.
+    pub fn plain(scale: f64) -> GradScale {
+        GradScale {
+            scale,
+            clip: Deferred::Host(1.0),
+        }
+    }
+
+    /// From the squared norm of the summed gradients: clip to `max_norm` (0 = no clipping), as
+    /// PyTorch's `clip_grad_norm_` (factor max/(norm + 1e-6), at most 1). Returns the scale and the
+    /// norm of the scaled gradients (before clipping), both where the squared norm is.
+    pub fn clipped(
+        scale: f64,
+        squared_norm: &Deferred,
+        max_norm: f64,
+    ) -> candle_core::Result<(GradScale, Deferred)> {
+        let (clip, norm) = match squared_norm {
+            Deferred::Host(s) => {
+                let norm = s.sqrt() * scale;
+                let clip = if max_norm > 0.0 {
+                    (max_norm / (norm + 1e-6)).min(1.0)
+                } else {
+                    1.0
+                };
+                (Deferred::Host(clip), Deferred::Host(norm))
+            }
+            Deferred::Device(s) => {
+                let norm = s.sqrt()?.affine(scale, 0.0)?;
+                let clip = if max_norm > 0.0 {
+                    Deferred::Device(
+                        norm.affine(1.0, 1e-6)?
+                            .recip()?
+                            .affine(max_norm, 0.0)?
+                            .minimum(1.0)?,
+                    )
+                } else {
+                    Deferred::Host(1.0)
+                };
+                (clip, Deferred::Device(norm))
+            }
+        };
+        Ok((GradScale { scale, clip }, norm))
+    }
+
+    /// scale · clip, read (a synchronisation if the factor is on a GPU).
+    fn host(&self) -> candle_core::Result<f64> {
+        Ok(self.scale * self.clip.read()?)
+    }
+}
 
 /// Hugging Face's `get_linear_schedule_with_warmup`: the multiplier of the base learning rate at
 /// optimiser step `step` (0-based: the first update uses step 0).
@@ -75,6 +135,8 @@ pub struct AdamW {
     params: Vec<ParamState>,
     /// Updates done so far (PyTorch's `step` counter, for bias correction).
     pub steps: u64,
+    /// A 1.0 on the parameters' GPU: the fused kernel's clipping factor when the host knows it.
+    one: Option<Tensor>,
 }
 
 /// One parameter's update, fused, in place on the CPU.
@@ -253,60 +315,16 @@ struct DeviceStep<'a> {
     v: &'a Tensor,
     /// The bf16 compute copy to write the new value into, rounded to nearest even.
     half: Option<&'a Tensor>,
+    /// One f32 on the GPU multiplying `grad_scale` (the clipping factor, computed there).
+    clip: &'a Tensor,
     /// grad_scale, lr·weight_decay, β1, β2, ε, lr/(1−β1ᵗ), √(1−β2ᵗ).
     scalars: [f32; 7],
 }
 
-/// The update, as the CPU loop above does it (same operations in the same order). Public for the test
-/// that runs it on the CUDA emulator against the CPU update (`tests/adamw_kernel.rs`).
+/// The update kernels' source, for the test that runs them on the CUDA emulator against the CPU
+/// update (`tests/adamw_kernel.rs`).
 #[doc(hidden)]
-pub const ADAMW_KERNEL: &str = r#"
-extern "C" __global__ void nerpos_adamw(float *p, const float *g, float *m, float *v, unsigned long long n,
-    float grad_scale, float lr_wd, float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-       i += (unsigned long long)gridDim.x * blockDim.x) {
-    float gi = g[i] * grad_scale;
-    float pi = p[i] * (1.0f - lr_wd);
-    float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-  }
-}
-
-// The same update, also writing the new value rounded to bf16 (nearest even, as a cast) into h.
-extern "C" __global__ void nerpos_adamw_half(float *p, const float *g, float *m, float *v,
-    unsigned short *h, unsigned long long n, float grad_scale, float lr_wd, float beta1, float beta2,
-    float eps, float step_size, float bc2_sqrt) {
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-       i += (unsigned long long)gridDim.x * blockDim.x) {
-    float gi = g[i] * grad_scale;
-    float pi = p[i] * (1.0f - lr_wd);
-    float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    float pn = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    p[i] = pn;
-    unsigned int u = __float_as_uint(pn);
-    h[i] = (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  }
-}
-"#;
-
-#[cfg(feature = "cuda")]
-fn adamw_ptx() -> candle_core::Result<&'static str> {
-    static PTX: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    PTX.get_or_init(|| {
-        candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(ADAMW_KERNEL)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling the AdamW kernel: {e}"))
-    })
-    .as_ref()
-    .map(String::as_str)
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
-}
+pub const ADAMW_KERNEL: &str = nerpos_model::device_ops::ADAMW_SOURCE;
 
 impl InplaceOp1 for DeviceStep<'_> {
     fn name(&self) -> &'static str {
@@ -341,13 +359,19 @@ impl InplaceOp1 for DeviceStep<'_> {
         let (gs, gl) = self.grad.storage_and_layout();
         let (ms, ml) = self.m.storage_and_layout();
         let (vs, vl) = self.v.storage_and_layout();
-        let (gr, mr, vr) = (
+        let (cs, cl) = self.clip.storage_and_layout();
+        let (gr, mr, vr, cr) = (
             span(gl, n, "gradient")?,
             span(ml, n, "first moment")?,
             span(vl, n, "second moment")?,
+            span(cl, 1, "clipping factor")?,
         );
-        let (Storage::Cuda(gs), Storage::Cuda(ms), Storage::Cuda(vs)) = (&*gs, &*ms, &*vs) else {
-            candle_core::bail!("AdamW: gradient and moments must be on the parameter's GPU");
+        let (Storage::Cuda(gs), Storage::Cuda(ms), Storage::Cuda(vs), Storage::Cuda(cs)) =
+            (&*gs, &*ms, &*vs, &*cs)
+        else {
+            candle_core::bail!(
+                "AdamW: gradient, moments and clipping factor must be on the parameter's GPU"
+            );
         };
         let dev = storage.device().clone();
         let name = if self.half.is_some() {
@@ -355,10 +379,11 @@ impl InplaceOp1 for DeviceStep<'_> {
         } else {
             "nerpos_adamw"
         };
-        let func = dev.get_or_load_custom_func(name, "nerpos_adamw", adamw_ptx()?)?;
+        let func = nerpos_model::device_ops::cuda_function(&dev, name)?;
         let g = gs.as_cuda_slice::<f32>()?.slice(gr);
         let m = ms.as_cuda_slice::<f32>()?.slice(mr);
         let v = vs.as_cuda_slice::<f32>()?.slice(vr);
+        let clip = cs.as_cuda_slice::<f32>()?.slice(cr);
         let half = self.half.map(Tensor::storage_and_layout);
         let h = match &half {
             Some((hs, hl)) => {
@@ -379,9 +404,10 @@ impl InplaceOp1 for DeviceStep<'_> {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = func.builder();
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
         // m, v and the bf16 copy are written through: the kernel owns their buffers for this launch.
-        b.arg(&mut p).arg(&g).arg(&m).arg(&v);
+        b.arg(&mut p).arg(&g).arg(&m).arg(&v).arg(&clip);
         if let Some(h) = &h {
             b.arg(h);
         }
@@ -450,13 +476,14 @@ impl AdamW {
             params,
             steps: 0,
             fused: true,
+            one: None,
         })
     }
 
     /// Σ g² over all gradients (before any scaling).
-    pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<f64> {
-        // CPU f32 gradients: summed in place, in parallel, in f64. Others: summed on their device,
-        // read back once (on a GPU, one synchronisation per step). Row gradients: their rows.
+    pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<Deferred> {
+        // CPU f32 gradients: summed in place, in parallel, in f64. Others: summed on their device
+        // and left there (a GPU's is not read back). Row gradients: their rows.
         let mut host = 0f64;
         let mut total: Option<Tensor> = None;
         for g in grads.values() {
@@ -477,17 +504,19 @@ impl AdamW {
                 })?;
                 continue;
             }
-            let s = g
-                .to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?;
+            let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
             total = Some(match total {
                 Some(t) => (t + s)?,
                 None => s,
             });
         }
-        Ok(host + total.map_or(Ok(0.0), |t| t.to_scalar::<f64>())?)
+        Ok(match total {
+            None => Deferred::Host(host),
+            Some(t) if t.device().is_cpu() => {
+                Deferred::Host(host + f64::from(t.to_scalar::<f32>()?))
+            }
+            Some(t) => Deferred::Device(t).add(&Deferred::Host(host))?,
+        })
     }
 
     /// One update: gradients are raw sums over the optimiser batch and are multiplied by `grad_scale`
@@ -495,10 +524,17 @@ impl AdamW {
     pub fn step(
         &mut self,
         grads: &BTreeMap<String, Grad>,
-        grad_scale: f64,
+        grad_scale: &GradScale,
         lr: f64,
         head_lr: f64,
     ) -> candle_core::Result<()> {
+        // The factor as each kind of update takes it: a host number (CPU loop; read once if it is on
+        // a device), or the host part and a device factor (GPU kernel, composed ops).
+        let mut host_scale: Option<f64> = None;
+        let (device_scale, device_clip) = match &grad_scale.clip {
+            Deferred::Host(c) => (grad_scale.scale * c, None),
+            Deferred::Device(t) => (grad_scale.scale, Some(t.clone())),
+        };
         self.steps += 1;
         let t = self.steps as i32;
         let c = self.config;
@@ -514,7 +550,10 @@ impl AdamW {
                 None => p.var.as_tensor().inplace_op1(&FusedStep {
                     state: p,
                     grad: g,
-                    grad_scale: grad_scale as f32,
+                    grad_scale: match host_scale {
+                        Some(s) => s,
+                        None => *host_scale.insert(grad_scale.host()?),
+                    } as f32,
                     lr: lr as f32,
                     weight_decay: wd as f32,
                     beta1: c.beta1 as f32,
@@ -525,13 +564,24 @@ impl AdamW {
                 })?,
                 Some((m, v)) if self.fused && fused_on_device(p.var.as_tensor()) => {
                     let g = dense(g)?.to_dtype(DType::F32)?.contiguous()?;
+                    let clip = match &device_clip {
+                        Some(t) => t.to_dtype(DType::F32)?.reshape(1)?,
+                        None => match &self.one {
+                            Some(one) if one.device().same_device(g.device()) => one.clone(),
+                            _ => self
+                                .one
+                                .insert(Tensor::ones(1, DType::F32, g.device())?)
+                                .clone(),
+                        },
+                    };
                     p.var.as_tensor().inplace_op1(&DeviceStep {
                         grad: &g,
                         m,
                         v,
                         half: p.half.as_ref(),
+                        clip: &clip,
                         scalars: [
-                            grad_scale as f32,
+                            device_scale as f32,
                             (lr * wd) as f32,
                             c.beta1 as f32,
                             c.beta2 as f32,
@@ -542,7 +592,10 @@ impl AdamW {
                     })?;
                 }
                 Some((m, v)) => {
-                    let g = (dense(g)?.to_dtype(DType::F32)? * grad_scale)?;
+                    let mut g = (dense(g)?.to_dtype(DType::F32)? * device_scale)?;
+                    if let Some(clip) = &device_clip {
+                        g = g.broadcast_mul(&clip.to_dtype(DType::F32)?)?;
+                    }
                     let decayed = (p.var.as_tensor() * (1.0 - lr * wd))?;
                     let m_new = (m + ((&g - m)? * (1.0 - c.beta1))?)?;
                     let v_new = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -654,6 +707,26 @@ impl AdamW {
 mod tests {
     use super::*;
 
+    /// Clipping computed from a host norm and from a tensor-held one (the GPU's way, here on the CPU)
+    /// agree with PyTorch's `clip_grad_norm_` factor.
+    #[test]
+    fn clipping_factor_on_host_and_device_agree() {
+        let sq = 400.0f64; // Σg² of the summed gradients: norm 20, scaled by 1/4 → 5
+        let held = Deferred::Device(Tensor::new(sq as f32, &candle_core::Device::Cpu).unwrap());
+        for (max_norm, want) in [(0.0, 1.0), (10.0, 1.0), (2.5, 2.5 / (5.0 + 1e-6))] {
+            for sq in [Deferred::Host(sq), held.clone()] {
+                let (s, norm) = GradScale::clipped(0.25, &sq, max_norm).unwrap();
+                assert_eq!(s.scale, 0.25);
+                assert!((norm.read().unwrap() - 5.0).abs() < 1e-6);
+                let clip = s.clip.read().unwrap();
+                assert!(
+                    (clip - want).abs() < 1e-6,
+                    "max {max_norm}: {clip} vs {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn schedule_matches_hugging_face() {
         // warm-up 10 of 100 steps
@@ -700,7 +773,8 @@ mod tests {
                 "w".to_string(),
                 Grad::Dense(Tensor::new(&g[..], &dev).unwrap()),
             );
-            opt.step(&grads, 0.5, 1e-2, 1e-2).unwrap();
+            opt.step(&grads, &GradScale::plain(0.5), 1e-2, 1e-2)
+                .unwrap();
             let step = (t + 1) as i32;
             for i in 0..3 {
                 let gi = g[i] as f64 * 0.5;
@@ -729,8 +803,10 @@ mod tests {
             "w".to_string(),
             Grad::Dense(Tensor::new(&[0.2f32, 0.2, 0.2][..], &dev).unwrap()),
         );
-        opt.step(&grads, 1.0, 1e-2, 1e-2).unwrap();
-        opt2.step(&grads, 1.0, 1e-2, 1e-2).unwrap();
+        opt.step(&grads, &GradScale::plain(1.0), 1e-2, 1e-2)
+            .unwrap();
+        opt2.step(&grads, &GradScale::plain(1.0), 1e-2, 1e-2)
+            .unwrap();
         assert_eq!(
             var.as_tensor().to_vec1::<f32>().unwrap(),
             var2.as_tensor().to_vec1::<f32>().unwrap()
@@ -789,8 +865,15 @@ mod tests {
                 })
                 .collect();
             let lr = 1e-3 * lr_factor(step, 2, 20);
-            fused.step(&grads, 0.25, lr, 2.0 * lr).unwrap();
-            plain.step(&grads, 0.25, lr, 2.0 * lr).unwrap();
+            fused
+                .step(&grads, &GradScale::plain(0.25), lr, 2.0 * lr)
+                .unwrap();
+            // The plain update takes its clipping factor as a tensor (as a GPU keeps it).
+            let held = GradScale {
+                scale: 0.5,
+                clip: Deferred::Device(Tensor::new(0.5f32, &dev).unwrap()),
+            };
+            plain.step(&grads, &held, lr, 2.0 * lr).unwrap();
         }
         for (x, y) in a.iter().zip(&b) {
             let d = (x.as_tensor() - y.as_tensor())
@@ -860,8 +943,12 @@ mod tests {
             let as_map =
                 |g: &Grad| -> BTreeMap<String, Grad> { [(name.to_string(), g.clone())].into() };
             let fused_grad = if step % 2 == 0 { &rows_grad } else { &dense };
-            fused.step(&as_map(fused_grad), 0.5, 1e-2, 1e-2).unwrap();
-            plain.step(&as_map(&dense), 0.5, 1e-2, 1e-2).unwrap();
+            fused
+                .step(&as_map(fused_grad), &GradScale::plain(0.5), 1e-2, 1e-2)
+                .unwrap();
+            plain
+                .step(&as_map(&dense), &GradScale::plain(0.5), 1e-2, 1e-2)
+                .unwrap();
             if step == 5 {
                 // Save and reload: the touched rows are recovered from the moments.
                 let path = dir.path().join("opt.safetensors");

@@ -13,14 +13,12 @@ use serde::Deserialize;
 use tracing::info;
 
 use crate::output::Output;
-use crate::trainer::StepStats;
+use crate::trainer::{Means, StepStats};
 
 /// Sums over the steps since the last metrics line.
 #[derive(Default)]
 struct Window {
     n: usize,
-    loss: f64,
-    grad_norm: f64,
     tokens: f64,
     rows: f64,
     step_s: f64,
@@ -32,8 +30,6 @@ struct Window {
 impl Window {
     fn add(&mut self, s: &StepStats, step_s: f64, data_wait_s: f64) {
         self.n += 1;
-        self.loss += s.loss;
-        self.grad_norm += s.grad_norm;
         self.tokens += s.tokens;
         self.rows += s.rows;
         self.step_s += step_s;
@@ -42,19 +38,15 @@ impl Window {
         self.data_wait_s += data_wait_s;
     }
 
-    fn mean_loss(&self) -> f64 {
-        self.loss / self.n.max(1) as f64
-    }
-
-    fn take(&mut self, step: usize, epoch: usize, lr: f64) -> MetricsLine {
+    fn take(&mut self, step: usize, epoch: usize, lr: f64, means: &Means) -> MetricsLine {
         let n = self.n.max(1) as f64;
         let secs = self.step_s.max(1e-9);
         let line = MetricsLine {
             step,
             epoch,
-            loss: self.loss / n,
+            loss: means.loss,
             lr,
-            grad_norm: self.grad_norm / n,
+            grad_norm: means.grad_norm,
             tokens_per_s: self.tokens / secs,
             sentences_per_s: self.rows / secs,
             step_s: self.step_s / n,
@@ -85,6 +77,9 @@ pub struct Reporter {
     files: Option<(std::fs::File, EventWriter)>,
     output: Output,
     window: Window,
+    /// The last metrics line's mean loss (the bar shows it: reading the loss every step would stop a
+    /// GPU's queue every step).
+    last_loss: Option<f64>,
     log_every: usize,
     total: usize,
     epochs: usize,
@@ -120,27 +115,43 @@ impl Reporter {
             files,
             output,
             window: Window::default(),
+            last_loss: None,
             log_every: log_every.max(1),
             total,
             epochs,
         })
     }
 
-    /// Accounts for a finished step; writes a metrics line at the end of each log interval.
-    pub fn step(&mut self, at: &StepPoint, stats: &StepStats) -> anyhow::Result<()> {
+    /// Whether `step` (steps done) ends a log interval: the steps at which the loop passes
+    /// [`Trainer::take_means`](crate::trainer::Trainer::take_means) to [`Reporter::step`].
+    pub fn logs_at(&self, step: usize) -> bool {
+        step % self.log_every == 0 || step == self.total
+    }
+
+    /// Accounts for a finished step; writes a metrics line at the end of each log interval (`means`
+    /// given exactly there).
+    pub fn step(
+        &mut self,
+        at: &StepPoint,
+        stats: &StepStats,
+        means: Option<&Means>,
+    ) -> anyhow::Result<()> {
         self.window.add(stats, at.step_s, at.data_wait_s);
+        if let Some(m) = means {
+            self.last_loss = Some(m.loss);
+        }
         self.output.progress(&Progress {
             step: at.step,
             total: self.total,
             epoch: at.epoch,
             epochs: self.epochs,
-            loss: self.window.mean_loss(),
+            loss: self.last_loss,
             tokens_per_s: stats.tokens / at.step_s.max(1e-9),
         });
-        if at.step % self.log_every != 0 && at.step != self.total {
+        let Some(means) = means else {
             return Ok(());
-        }
-        let line = self.window.take(at.step, at.epoch, at.lr);
+        };
+        let line = self.window.take(at.step, at.epoch, at.lr, means);
         // The all-reduce's share of the step: waited for after backward / spent in all.
         let share = |s: f64| format!("{:.1}%", 100.0 * s / line.step_s.max(1e-9));
         info!(

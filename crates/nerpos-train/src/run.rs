@@ -138,7 +138,14 @@ impl Job {
                 step_s: t0.elapsed().as_secs_f64() + data_wait_s,
                 data_wait_s,
             };
-            report.step(&point, &stats)?;
+            // At the end of a log interval (every rank: the loss is summed over them), the loss and
+            // gradient norm are read from the device — once per interval, not every step.
+            let means = if report.logs_at(self.state.step) {
+                Some(self.trainer.take_means()?)
+            } else {
+                None
+            };
+            report.step(&point, &stats, means.as_ref())?;
             stepped = (stepped.0 + point.step_s, stepped.1 + 1);
             nerpos_model::profile::add("step: data wait", data_wait_s);
 

@@ -5,6 +5,10 @@
 //! whatever the compute precision), one bucketed all-reduce of the gradients and of the step's
 //! counts, then clipping and AdamW on gradients divided by the *global* number of labelled tokens —
 //! so W processes × batch b train exactly what 1 process × batch W·b trains.
+//!
+//! The loss and the gradient norm are not read back each step: on a GPU they stay on the device (the
+//! clipping factor too, which the AdamW kernel reads there), summed until [`Trainer::take_means`] at
+//! the end of a log interval — one synchronisation per interval instead of two per step.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -13,7 +17,7 @@ use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use nerpos_dist::Comm;
 use nerpos_eval::Report;
-use nerpos_model::{BertNerPos, DropoutRng, Grad, profile};
+use nerpos_model::{BertNerPos, Deferred, DropoutRng, Grad, profile};
 use nerpos_run::RunDir;
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -21,7 +25,7 @@ use tracing::info;
 use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
 use crate::evaluate::{EvalData, EvalSpec, evaluate};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, GradScale};
 use crate::reduce::{self, Buckets};
 use nerpos_model::PackedBatch;
 
@@ -42,24 +46,41 @@ pub struct StepSettings {
     pub fused_adamw: bool,
 }
 
-/// One optimiser step's results, summed over all ranks.
+/// One optimiser step's counts, summed over all ranks (its loss and gradient norm: [`Trainer::take_means`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepStats {
-    /// Mean cross-entropy over the step's labelled tokens.
-    pub loss: f64,
     /// Labelled tokens.
     pub count: f64,
     /// Real sub-word tokens and rows.
     pub tokens: f64,
     pub rows: f64,
-    /// Global gradient norm (of the mean loss, before clipping).
-    pub grad_norm: f64,
     /// Seconds waited for gradient reductions after backward (the exposed all-reduce).
     pub allreduce_s: f64,
     /// Seconds spent reducing, overlapped with backward or not.
     pub allreduce_total_s: f64,
     /// Some rank was asked to stop (a signal): every rank sees it at the same step.
     pub stop: bool,
+}
+
+/// Mean loss and gradient norm over the steps since the last [`Trainer::take_means`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Means {
+    /// Mean over steps of each step's mean cross-entropy (all ranks).
+    pub loss: f64,
+    /// Mean over steps of the global gradient norm (of the mean loss, before clipping).
+    pub grad_norm: f64,
+    pub steps: usize,
+}
+
+/// Sums not read yet (on the device where the step ran).
+#[derive(Default)]
+struct Unread {
+    /// Σ over steps of this rank's loss sum / the step's global count (the all-reduce at reading
+    /// makes it Σ of the steps' mean losses).
+    loss: Deferred,
+    /// Σ over steps of the global gradient norm.
+    grad_norm: Deferred,
+    steps: usize,
 }
 
 pub struct Trainer {
@@ -77,6 +98,7 @@ pub struct Trainer {
     settings: StepSettings,
     /// Gradient buckets, in backward order.
     buckets: Buckets,
+    unread: Unread,
 }
 
 impl Trainer {
@@ -113,6 +135,7 @@ impl Trainer {
             comm,
             settings,
             buckets,
+            unread: Unread::default(),
         })
     }
 
@@ -150,12 +173,11 @@ impl Trainer {
         lr: f64,
         head_lr: f64,
         stop: bool,
-        observe: impl FnOnce(&BTreeMap<String, Grad>, f64) -> anyhow::Result<()>,
+        observe: impl FnOnce(&BTreeMap<String, Grad>, &GradScale) -> anyhow::Result<()>,
     ) -> anyhow::Result<StepStats> {
         let (local, grads, mut comm_time) = self.gradients(micro, step)?;
         let t_scalars = Instant::now();
         let mut scalars = [
-            local.loss_sum,
             local.count,
             local.tokens,
             local.rows,
@@ -165,40 +187,51 @@ impl Trainer {
         let scalars_s = t_scalars.elapsed();
         comm_time.exposed += scalars_s;
         comm_time.total += scalars_s;
-        let [loss_sum, count, tokens, rows, stops] = scalars;
+        let [count, tokens, rows, stops] = scalars;
 
-        let mut grad_norm = 0.0;
         if count > 0.0 {
             let scale = 1.0 / count;
-            grad_norm = profile::timed("step: gradient norm", || AdamW::squared_norm(&grads))?
-                .sqrt()
-                * scale;
-            let clip = if self.settings.max_grad_norm > 0.0 {
-                (self.settings.max_grad_norm / (grad_norm + 1e-6)).min(1.0)
-            } else {
-                1.0
-            };
-            observe(&grads, scale * clip)?;
+            let squared = profile::timed("step: gradient norm", || AdamW::squared_norm(&grads))?;
+            let (grad_scale, norm) =
+                GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
+            observe(&grads, &grad_scale)?;
             // The master weights change here; the bf16 copy with them only if the optimiser writes it.
             self.compute_fresh = false;
             profile::timed("step: AdamW", || {
-                self.optimizer.step(&grads, scale * clip, lr, head_lr)
+                self.optimizer.step(&grads, &grad_scale, lr, head_lr)
             })?;
             self.compute_fresh = self.copy_by_optimizer;
+            let u = &mut self.unread;
+            u.loss = u.loss.add(&local.loss_sum.scale(scale)?)?;
+            u.grad_norm = u.grad_norm.add(&norm)?;
         }
+        self.unread.steps += 1;
         profile::add(
             "step: all-reduce (exposed)",
             comm_time.exposed.as_secs_f64(),
         );
         Ok(StepStats {
-            loss: if count > 0.0 { loss_sum / count } else { 0.0 },
             count,
             tokens,
             rows,
-            grad_norm,
             allreduce_s: comm_time.exposed.as_secs_f64(),
             allreduce_total_s: comm_time.total.as_secs_f64(),
             stop: stops > 0.0,
+        })
+    }
+
+    /// Mean loss and gradient norm of the steps since the last call (a step without labelled tokens
+    /// counts as 0), read from the device (waiting for its queued work) and, for the loss, summed over
+    /// the ranks: every rank calls it at the same steps.
+    pub fn take_means(&mut self) -> anyhow::Result<Means> {
+        let unread = std::mem::take(&mut self.unread);
+        let mut loss = [unread.loss.read()?];
+        self.comm.all_reduce_sum(&mut loss)?;
+        let n = unread.steps.max(1) as f64;
+        Ok(Means {
+            loss: loss[0] / n,
+            grad_norm: unread.grad_norm.read()? / n,
+            steps: unread.steps,
         })
     }
 
@@ -380,7 +413,8 @@ impl Trainer {
 struct LocalStep {
     /// Gradients summed over micro-batches, not handed over yet.
     grads: BTreeMap<String, Grad>,
-    loss_sum: f64,
+    /// Summed loss (on the device).
+    loss_sum: Deferred,
     count: f64,
     tokens: f64,
     rows: f64,
@@ -453,7 +487,7 @@ impl Pass<'_> {
                 return Err(e);
             }
             let (loss_sum, count) = result?;
-            local.loss_sum += loss_sum;
+            local.loss_sum = local.loss_sum.add(&loss_sum)?;
             local.count += count as f64;
         }
         Ok(())

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use candle_core::{Device, Tensor, Var};
-use nerpos_train::optim::{ADAMW_KERNEL, AdamW, AdamWConfig};
+use nerpos_train::optim::{ADAMW_KERNEL, AdamW, AdamWConfig, GradScale};
 
 const MAIN: &str = r#"
 #include <cstdio>
@@ -15,15 +15,16 @@ int main(int argc, char **argv) {
   unsigned long long n = std::stoull(argv[1]);
   float s[7];
   for (int k = 0; k < 7; ++k) s[k] = std::stof(argv[2 + k]);
+  float clip[1] = {std::stof(argv[9])};
   std::vector<float> p(n), g(n), m(n, 0.0f), v(n, 0.0f);
   std::vector<unsigned short> h(n);
   if (std::fread(p.data(), 4, n, stdin) != n || std::fread(g.data(), 4, n, stdin) != n) return 1;
   std::vector<float> p2 = p, m2 = m, v2 = v;
   nerpos_emu::launch({3, 1}, {64, 1}, 0, [&] {
-    nerpos_adamw(p2.data(), g.data(), m2.data(), v2.data(), n, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+    nerpos_adamw(p2.data(), g.data(), m2.data(), v2.data(), clip, n, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
   });
   nerpos_emu::launch({3, 1}, {64, 1}, 0, [&] {
-    nerpos_adamw_half(p.data(), g.data(), m.data(), v.data(), h.data(), n, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+    nerpos_adamw_half(p.data(), g.data(), m.data(), v.data(), clip, h.data(), n, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
   });
   std::fwrite(p2.data(), 4, n, stdout);
   std::fwrite(p.data(), 4, n, stdout);
@@ -91,15 +92,17 @@ fn adamw_kernels_on_the_emulator_equal_the_cpu_update() {
     )]
     .into_iter()
     .collect();
-    opt.step(&grads, grad_scale, lr, lr).unwrap();
+    opt.step(&grads, &GradScale::plain(grad_scale), lr, lr)
+        .unwrap();
     let want_p = var.as_tensor().to_vec1::<f32>().unwrap();
     let state = opt.state_tensors().unwrap();
     let want_m = state["m.w"].to_vec1::<f32>().unwrap();
     let want_v = state["v.w"].to_vec1::<f32>().unwrap();
 
     let (bc1, bc2) = (1.0 - config.beta1, 1.0 - config.beta2);
+    // The kernels get the scale as a host part and a device clipping factor (0.25 · 2 = 0.5, exact).
     let scalars = [
-        grad_scale,
+        grad_scale / 2.0,
         lr * config.weight_decay,
         config.beta1,
         config.beta2,
@@ -112,6 +115,7 @@ fn adamw_kernels_on_the_emulator_equal_the_cpu_update() {
     let mut child = Command::new(&bin)
         .arg(n.to_string())
         .args(scalars.iter().map(|s| format!("{:e}", *s as f32)))
+        .arg("2")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
