@@ -163,8 +163,12 @@ run() {
     local error
     error=$(grep -m1 -E '^(Error|error)' "$log" | "$python" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' 2>/dev/null || echo '""')
     echo "{\"check\": \"failed\", \"step\": \"$name\", \"exit\": $rc, \"error\": ${error:-\"\"}, \"tail\": $(tail -5 "$log" | "$python" -c 'import json,sys; print(json.dumps(sys.stdin.read()))' 2>/dev/null || echo '""')}" >>"$results"
-    echo "   FAILED (exit $rc after $((SECONDS - t0)) s); last lines of $log:" >&2
-    tail -5 "$log" >&2
+    if [[ -n $error && $error != '""' ]]; then
+      echo "   FAILED (exit $rc after $((SECONDS - t0)) s): $(grep -m1 -E '^(Error|error)' "$log") (log: $log)" >&2
+    else
+      echo "   FAILED (exit $rc after $((SECONDS - t0)) s); last lines of $log:" >&2
+      tail -5 "$log" >&2
+    fi
   else
     echo "   ok ($((SECONDS - t0)) s)" >&2
   fi

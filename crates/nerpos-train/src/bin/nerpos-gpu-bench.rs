@@ -18,11 +18,12 @@ use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
 use nerpos_dist::Comm;
 use nerpos_model::PackedBatch;
-use nerpos_model::{BertNerPos, HeadConfig, ModelConfig};
+use nerpos_model::device_check::KernelCheck;
+use nerpos_model::{BertNerPos, Grad, HeadConfig, ModelConfig};
 use nerpos_prep::{Columns, Dataset, Part, Row, Split};
 use nerpos_train::config::ReduceDtype;
 use nerpos_train::data::pack_batch;
-use nerpos_train::optim::{AdamW, AdamWConfig, lr_factor};
+use nerpos_train::optim::{AdamW, AdamWConfig, GradScale, lr_factor};
 use nerpos_train::{StepSettings, Trainer};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -580,7 +581,8 @@ fn kernels() -> anyhow::Result<()> {
     if !dev.is_cuda() {
         bail!("the kernel check compares CUDA kernels with the CPU: it needs a GPU");
     }
-    let checks = nerpos_model::device_check::run(&dev)?;
+    let mut checks = nerpos_model::device_check::run(&dev)?;
+    checks.extend(adamw_checks(&dev)?);
     let mut failed = Vec::new();
     for c in &checks {
         let mut v = serde_json::to_value(c)?;
@@ -594,6 +596,76 @@ fn kernels() -> anyhow::Result<()> {
         bail!("kernels off their CPU reference: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The AdamW kernels on the GPU against the CPU update: three steps of a MiniLM-shaped model on random
+/// gradients large enough to be clipped, the clipping factor computed and read on the device; then the
+/// bf16 copy the kernel writes against the new weights cast to bf16 (bit for bit).
+fn adamw_checks(dev: &Device) -> anyhow::Result<Vec<KernelCheck>> {
+    let config = shape_config(ModelShape::Minilm, 9, 7, false)?;
+    let (cpu, gpu) = (
+        BertNerPos::new(config.clone(), &Device::Cpu)?,
+        BertNerPos::new(config.clone(), dev)?,
+    );
+    random_init(&cpu, 5)?;
+    random_init(&gpu, 5)?;
+    let half = BertNerPos::with_dtype(config, dev, candle_core::DType::BF16)?;
+    let adamw = settings(Precision::F32, true).adamw;
+    let mut on_cpu = AdamW::new(cpu.params.iter(), adamw)?;
+    let mut on_gpu = AdamW::new(gpu.params.iter(), adamw)?;
+    anyhow::ensure!(
+        on_gpu.write_compute_copy(&half)?,
+        "the AdamW kernel does not take the bf16 copy"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for step in 0..3 {
+        let mut g_cpu = BTreeMap::new();
+        let mut g_gpu = BTreeMap::new();
+        for (name, var) in cpu.params.iter() {
+            let v: Vec<f32> = (0..var.elem_count())
+                .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+                .collect();
+            let t = Tensor::from_vec(v, var.shape(), &Device::Cpu)?;
+            g_gpu.insert(name.to_owned(), Grad::Dense(t.to_device(dev)?));
+            g_cpu.insert(name.to_owned(), Grad::Dense(t));
+        }
+        // Norm ≈ 5 after the 1/500 scale: clipped to 1.
+        let lr = 1e-3 * (step + 1) as f64;
+        for (opt, grads) in [(&mut on_cpu, &g_cpu), (&mut on_gpu, &g_gpu)] {
+            let (scale, _) = GradScale::clipped(1.0 / 500.0, &AdamW::squared_norm(grads)?, 1.0)?;
+            opt.step(grads, &scale, lr, lr)?;
+        }
+    }
+    let (mut err, mut copy_err) = (0f32, 0f32);
+    for (name, var) in cpu.params.iter() {
+        let want = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let got = gpu.params.get(name).context("a parameter")?.as_tensor();
+        let copy = half.params.get(name).context("a parameter")?.as_tensor();
+        let cast = got
+            .to_dtype(candle_core::DType::BF16)?
+            .to_dtype(candle_core::DType::F32)?;
+        let copy = copy.to_dtype(candle_core::DType::F32)?;
+        let (got, cast, copy) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            cast.flatten_all()?.to_vec1::<f32>()?,
+            copy.flatten_all()?.to_vec1::<f32>()?,
+        );
+        for ((g, w), (c, h)) in got.iter().zip(&want).zip(cast.iter().zip(&copy)) {
+            err = err.max((g - w).abs() / (1.0 + w.abs()));
+            copy_err = copy_err.max((c - h).abs());
+        }
+    }
+    let check = |kernel: &str, dtype, max_rel_err: f32, tolerance: f32| KernelCheck {
+        kernel: kernel.to_owned(),
+        dtype,
+        max_rel_err,
+        tolerance,
+        pass: max_rel_err <= tolerance,
+    };
+    Ok(vec![
+        check("adamw, 3 steps, clipping on the device", "f32", err, 1e-5),
+        check("adamw bf16 copy = new weights cast", "bf16", copy_err, 0.0),
+    ])
 }
 
 fn main() -> anyhow::Result<()> {
