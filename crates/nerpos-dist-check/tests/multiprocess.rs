@@ -195,19 +195,24 @@ fn a_dead_peer_fails_everyone_naming_it() {
         Duration::from_secs(60),
     );
     assert_eq!(out[1].code, Some(3));
-    for r in [0, 2] {
+    assert_failed_naming(&out, &[0, 2], Duration::from_secs(30), "rank 1 ");
+}
+
+/// Each of `ranks` failed within `within`, its error containing `naming`.
+fn assert_failed_naming(out: &[Outcome], ranks: &[usize], within: Duration, naming: &str) {
+    for &r in ranks {
         assert!(
             matches!(out[r].code, Some(c) if c != 0),
             "rank {r}: {}",
             out[r].stderr
         );
         assert!(
-            out[r].elapsed < Duration::from_secs(30),
+            out[r].elapsed < within,
             "rank {r} took {:?}",
             out[r].elapsed
         );
         assert!(
-            out[r].stderr.contains("rank 1 "),
+            out[r].stderr.contains(naming),
             "rank {r}: {}",
             out[r].stderr
         );
@@ -228,23 +233,12 @@ fn a_stalled_peer_fails_everyone_naming_it() {
         out[1].code, None,
         "the stalled rank is still running (and was killed by the test)"
     );
-    for r in [0, 2] {
-        assert!(
-            matches!(out[r].code, Some(c) if c != 0),
-            "rank {r}: {}",
-            out[r].stderr
-        );
-        assert!(
-            out[r].elapsed < Duration::from_secs(10),
-            "rank {r} took {:?}",
-            out[r].elapsed
-        );
-        assert!(
-            out[r].stderr.contains("rank(s) 1 did not enter"),
-            "rank {r}: {}",
-            out[r].stderr
-        );
-    }
+    assert_failed_naming(
+        &out,
+        &[0, 2],
+        Duration::from_secs(10),
+        "rank(s) 1 did not enter",
+    );
 }
 
 #[test]

@@ -3,20 +3,31 @@
 // operations in the same order. Compiled into the same fatbin as train.cu (no compilation when a job
 // starts); run on the CPU emulator against the CPU update by nerpos-train's tests/adamw_kernel.rs.
 
-// The gradient's factor is grad_scale · clip[0]: the clipping factor stays on the device.
+// One element's update in place; returns the new weight. The gradient's factor is grad_scale · clip[0]
+// (the kernels below fold it once): the clipping factor stays on the device.
+__device__ __forceinline__ float adamw_one(float *p, const float *g, float *m, float *v, unsigned long long i,
+    float grad_scale, float lr_wd, float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
+  float gi = g[i] * grad_scale;
+  float pi = p[i] * (1.0f - lr_wd);
+  float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
+  float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  float pn = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  p[i] = pn;
+  return pn;
+}
+
+#define NERPOS_ADAMW_LOOP(i)                                                                          \
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;      \
+       i += (unsigned long long)gridDim.x * blockDim.x)
+
 extern "C" __global__ void nerpos_adamw(float *p, const float *g, float *m, float *v, const float *clip,
     unsigned long long n, float grad_scale, float lr_wd, float beta1, float beta2, float eps,
     float step_size, float bc2_sqrt) {
   grad_scale *= clip[0];
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-       i += (unsigned long long)gridDim.x * blockDim.x) {
-    float gi = g[i] * grad_scale;
-    float pi = p[i] * (1.0f - lr_wd);
-    float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  NERPOS_ADAMW_LOOP(i) {
+    adamw_one(p, g, m, v, i, grad_scale, lr_wd, beta1, beta2, eps, step_size, bc2_sqrt);
   }
 }
 
@@ -25,16 +36,8 @@ extern "C" __global__ void nerpos_adamw_half(float *p, const float *g, float *m,
     const float *clip, unsigned short *h, unsigned long long n, float grad_scale, float lr_wd,
     float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
   grad_scale *= clip[0];
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-       i += (unsigned long long)gridDim.x * blockDim.x) {
-    float gi = g[i] * grad_scale;
-    float pi = p[i] * (1.0f - lr_wd);
-    float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    float pn = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    p[i] = pn;
+  NERPOS_ADAMW_LOOP(i) {
+    float pn = adamw_one(p, g, m, v, i, grad_scale, lr_wd, beta1, beta2, eps, step_size, bc2_sqrt);
     unsigned int u = __float_as_uint(pn);
     h[i] = (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
   }

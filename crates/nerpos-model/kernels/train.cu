@@ -75,12 +75,13 @@ __device__ void colsum_finish(const float *partial, T *out, int chunks, int widt
 // LayerNorm over rows of width h: one warp per row, blockDim (32, 4). Two passes for the variance
 // (no cancellation), as the CPU kernel.
 
+struct RowStats {
+  float mean, rstd;
+};
+
+// Mean and 1/std of one row (the calling warp's; every lane gets them).
 template <typename T>
-__device__ void ln_fwd(const T *x, const T *w, const T *b, T *y, int rows, int h, float eps) {
-  int r = blockIdx.x * blockDim.y + threadIdx.y, lane = threadIdx.x;
-  if (r >= rows) return;
-  const T *xr = x + (size_t)r * h;
-  T *yr = y + (size_t)r * h;
+__device__ RowStats row_stats(const T *xr, int h, float eps, int lane) {
   float s = 0.0f;
   for (int i = lane; i < h; i += 32) s += ld(xr, i);
   float mean = warp_sum(s) / h;
@@ -89,7 +90,17 @@ __device__ void ln_fwd(const T *x, const T *w, const T *b, T *y, int rows, int h
     float c = ld(xr, i) - mean;
     v += c * c;
   }
-  float rstd = 1.0f / sqrtf(warp_sum(v) / h + eps);
+  return {mean, 1.0f / sqrtf(warp_sum(v) / h + eps)};
+}
+
+template <typename T>
+__device__ void ln_fwd(const T *x, const T *w, const T *b, T *y, int rows, int h, float eps) {
+  int r = blockIdx.x * blockDim.y + threadIdx.y, lane = threadIdx.x;
+  if (r >= rows) return;
+  const T *xr = x + (size_t)r * h;
+  T *yr = y + (size_t)r * h;
+  RowStats rs = row_stats(xr, h, eps, lane);
+  float mean = rs.mean, rstd = rs.rstd;
   for (int i = lane; i < h; i += 32) st(yr, i, (ld(xr, i) - mean) * rstd * ld(w, i) + ld(b, i));
 }
 
@@ -102,15 +113,8 @@ __device__ void ln_bwd_rows(const T *x, const T *w, const T *dy, T *dx, float *s
   const T *xr = x + (size_t)r * h;
   const T *gr = dy + (size_t)r * h;
   T *dr = dx + (size_t)r * h;
-  float s = 0.0f;
-  for (int i = lane; i < h; i += 32) s += ld(xr, i);
-  float mean = warp_sum(s) / h;
-  float v = 0.0f;
-  for (int i = lane; i < h; i += 32) {
-    float c = ld(xr, i) - mean;
-    v += c * c;
-  }
-  float rstd = 1.0f / sqrtf(warp_sum(v) / h + eps);
+  RowStats rs = row_stats(xr, h, eps, lane);
+  float mean = rs.mean, rstd = rs.rstd;
   float m1 = 0.0f, m2 = 0.0f;
   for (int i = lane; i < h; i += 32) {
     float g = ld(gr, i) * ld(w, i);

@@ -58,11 +58,6 @@ impl Deferred {
             Deferred::Device(t) => f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?),
         })
     }
-
-    /// Whether reading costs nothing (a host number).
-    pub fn is_host(&self) -> bool {
-        matches!(self, Deferred::Host(_))
-    }
 }
 
 #[cfg(test)]
@@ -74,12 +69,12 @@ mod tests {
         let dev = Device::Cpu;
         let t = Tensor::new(&[1.5f32, 2.5, -1.0], &dev).unwrap();
         let s = Deferred::sum_of(&t).unwrap();
-        assert!(s.is_host());
+        assert!(matches!(s, Deferred::Host(_)));
         assert_eq!(s.read().unwrap(), 3.0);
         // A tensor-held value (as a GPU keeps it), here on the CPU: the same arithmetic.
         let held = Deferred::Device(Tensor::new(2.0f32, &dev).unwrap());
         let sum = held.add(&s).unwrap().scale(0.5).unwrap();
-        assert!(!sum.is_host());
+        assert!(matches!(sum, Deferred::Device(_)));
         assert_eq!(sum.read().unwrap(), 2.5);
         assert_eq!(s.add(&held).unwrap().read().unwrap(), 5.0);
         assert_eq!(held.add(&held).unwrap().read().unwrap(), 4.0);

@@ -57,6 +57,36 @@ fn gpu_only(name: &str) -> candle_core::Error {
     ))
 }
 
+#[cfg(feature = "cuda")]
+type GpuView<'a> = (&'a candle_core::CudaStorage, &'a Layout);
+
+/// Runs `f` on the GPU storage of `t` (a tensor an op reads or writes besides its operands).
+#[cfg(feature = "cuda")]
+fn on_gpu<R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(GpuView) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*s else {
+        candle_core::bail!("{what} is not on the GPU");
+    };
+    f((s, l))
+}
+
+/// As [`on_gpu`] for an optional tensor (`None` passed on).
+#[cfg(feature = "cuda")]
+fn maybe_on_gpu<R>(
+    t: Option<&Tensor>,
+    what: &str,
+    f: impl FnOnce(Option<GpuView>) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    match t {
+        None => f(None),
+        Some(t) => on_gpu(t, what, |v| f(Some(v))),
+    }
+}
+
 macro_rules! no_cpu {
     ($($arg:ident),*) => {
         fn cpu_fwd(&self, $($arg: &CpuStorage, _: &Layout),*) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -163,16 +193,9 @@ impl CustomOp3 for BiasDropoutResidual {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        match &self.mask {
-            None => crate::cuda::bias_dropout_residual((s1, l1), (s2, l2), (s3, l3), None),
-            Some(m) => {
-                let (ms, ml) = m.storage_and_layout();
-                let candle_core::Storage::Cuda(ms) = &*ms else {
-                    candle_core::bail!("the dropout mask is not on the GPU");
-                };
-                crate::cuda::bias_dropout_residual((s1, l1), (s2, l2), (s3, l3), Some((ms, ml)))
-            }
-        }
+        maybe_on_gpu(self.mask.as_ref(), "the dropout mask", |mask| {
+            crate::cuda::bias_dropout_residual((s1, l1), (s2, l2), (s3, l3), mask)
+        })
     }
 }
 
@@ -207,16 +230,9 @@ impl CustomOp1 for DropoutColsum {
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use crate::cuda::{ColumnPass, columns_with};
-        match &self.mask {
-            None => columns_with(ColumnPass::DropoutBackward, (s, l), None),
-            Some(m) => {
-                let (ms, ml) = m.storage_and_layout();
-                let candle_core::Storage::Cuda(ms) = &*ms else {
-                    candle_core::bail!("the dropout mask is not on the GPU");
-                };
-                columns_with(ColumnPass::DropoutBackward, (s, l), Some((ms, ml)))
-            }
-        }
+        maybe_on_gpu(self.mask.as_ref(), "the dropout mask", |mask| {
+            columns_with(ColumnPass::DropoutBackward, (s, l), mask)
+        })
     }
 }
 
@@ -252,11 +268,9 @@ impl CustomOp2 for CrossEntropy {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (ls, ll) = self.loss.storage_and_layout();
-        let candle_core::Storage::Cuda(ls) = &*ls else {
-            candle_core::bail!("cross-entropy: the loss buffer is not on the GPU");
-        };
-        crate::cuda::cross_entropy((s1, l1), (s2, l2), (ls, ll))
+        on_gpu(&self.loss, "the cross-entropy loss buffer", |loss| {
+            crate::cuda::cross_entropy((s1, l1), (s2, l2), loss)
+        })
     }
 }
 

@@ -57,6 +57,26 @@ fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `nerpos-predict --model M --input I --format F --out O` and `extra`.
+fn predict(
+    model: &Path,
+    input: &Path,
+    format: &str,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let (model, input, out) = (
+        model.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "--model", model, "--input", input, "--format", format, "--out", out,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 #[test]
 fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
     let tmp = tempfile::tempdir().unwrap();
@@ -64,20 +84,18 @@ fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
     let input = gmb(tmp.path());
     let out = tmp.path().join("pred.conll");
     let logits = tmp.path().join("logits.npy");
-    let o = run(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--format",
+    let o = predict(
+        &model,
+        &input,
         "gmb",
-        "--out",
-        out.to_str().unwrap(),
-        "--logits",
-        logits.to_str().unwrap(),
-        "--window-overlap",
-        "2",
-    ]);
+        &out,
+        &[
+            "--logits",
+            logits.to_str().unwrap(),
+            "--window-overlap",
+            "2",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&out).unwrap();
     let sentences: Vec<&str> = text.trim_end().split("\n\n").collect();
@@ -121,18 +139,7 @@ fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
     }
 
     let jsonl = tmp.path().join("pred.jsonl");
-    let o = run(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--format",
-        "gmb",
-        "--out",
-        jsonl.to_str().unwrap(),
-        "--output-format",
-        "jsonl",
-    ]);
+    let o = predict(&model, &input, "gmb", &jsonl, &["--output-format", "jsonl"]);
     assert!(o.status.success());
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
         .unwrap()
@@ -155,16 +162,7 @@ fn plain_text_and_clear_errors() {
     let input = tmp.path().join("in.txt");
     std::fs::write(&input, "Paris is in France .\n\nthe New York\n").unwrap();
     let out = tmp.path().join("out.conll");
-    let o = run(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--format",
-        "text",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = predict(&model, &input, "text", &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.trim_end().split("\n\n").count(), 2);
@@ -172,16 +170,7 @@ fn plain_text_and_clear_errors() {
 
     // A pretrained checkpoint, not a fine-tuned folder.
     std::fs::remove_file(model.join("nerpos.json")).unwrap();
-    let o = run(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--format",
-        "text",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = predict(&model, &input, "text", &out, &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a fine-tuned nerpos model folder"));
 }
@@ -195,18 +184,7 @@ fn text_lines_map_to_sentences_and_controls_are_removed() {
     let input = tmp.path().join("in.txt");
     std::fs::write(&input, "Paris\u{1} is in France .\n\nthe New York\n").unwrap();
     let out = tmp.path().join("out.jsonl");
-    let o = run(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--format",
-        "text",
-        "--out",
-        out.to_str().unwrap(),
-        "--output-format",
-        "jsonl",
-    ]);
+    let o = predict(&model, &input, "text", &out, &["--output-format", "jsonl"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("removed control characters"),

@@ -471,12 +471,19 @@ impl AdamW {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        // Made once: the fused kernel's clipping factor when the host knows it.
+        let one = match params.first() {
+            Some(p) if fused_on_device(p.var.as_tensor()) => {
+                Some(Tensor::ones(1, DType::F32, p.var.device())?)
+            }
+            _ => None,
+        };
         Ok(AdamW {
             config,
             params,
             steps: 0,
             fused: true,
-            one: None,
+            one,
         })
     }
 
@@ -528,12 +535,11 @@ impl AdamW {
         lr: f64,
         head_lr: f64,
     ) -> candle_core::Result<()> {
-        // The factor as each kind of update takes it: a host number (CPU loop; read once if it is on
-        // a device), or the host part and a device factor (GPU kernel, composed ops).
-        let mut host_scale: Option<f64> = None;
+        // The factor as device updates take it: the host part, and the clipping factor if it is on
+        // the device (the CPU loop reads the whole factor: a host number there).
         let (device_scale, device_clip) = match &grad_scale.clip {
             Deferred::Host(c) => (grad_scale.scale * c, None),
-            Deferred::Device(t) => (grad_scale.scale, Some(t.clone())),
+            Deferred::Device(t) => (grad_scale.scale, Some(t.to_dtype(DType::F32)?)),
         };
         self.steps += 1;
         let t = self.steps as i32;
@@ -550,10 +556,7 @@ impl AdamW {
                 None => p.var.as_tensor().inplace_op1(&FusedStep {
                     state: p,
                     grad: g,
-                    grad_scale: match host_scale {
-                        Some(s) => s,
-                        None => *host_scale.insert(grad_scale.host()?),
-                    } as f32,
+                    grad_scale: grad_scale.host()? as f32,
                     lr: lr as f32,
                     weight_decay: wd as f32,
                     beta1: c.beta1 as f32,
@@ -564,15 +567,10 @@ impl AdamW {
                 })?,
                 Some((m, v)) if self.fused && fused_on_device(p.var.as_tensor()) => {
                     let g = dense(g)?.to_dtype(DType::F32)?.contiguous()?;
-                    let clip = match &device_clip {
-                        Some(t) => t.to_dtype(DType::F32)?.reshape(1)?,
-                        None => match &self.one {
-                            Some(one) if one.device().same_device(g.device()) => one.clone(),
-                            _ => self
-                                .one
-                                .insert(Tensor::ones(1, DType::F32, g.device())?)
-                                .clone(),
-                        },
+                    let clip = match (&device_clip, &self.one) {
+                        (Some(t), _) => t.reshape(1)?,
+                        (None, Some(one)) => one.clone(),
+                        (None, None) => candle_core::bail!("AdamW: no 1.0 on the parameters' GPU"),
                     };
                     p.var.as_tensor().inplace_op1(&DeviceStep {
                         grad: &g,
@@ -594,7 +592,7 @@ impl AdamW {
                 Some((m, v)) => {
                     let mut g = (dense(g)?.to_dtype(DType::F32)? * device_scale)?;
                     if let Some(clip) = &device_clip {
-                        g = g.broadcast_mul(&clip.to_dtype(DType::F32)?)?;
+                        g = g.broadcast_mul(clip)?;
                     }
                     let decayed = (p.var.as_tensor() * (1.0 - lr * wd))?;
                     let m_new = (m + ((&g - m)? * (1.0 - c.beta1))?)?;
@@ -706,6 +704,12 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
 
     /// Clipping computed from a host norm and from a tensor-held one (the GPU's way, here on the CPU)
     /// agree with PyTorch's `clip_grad_norm_` factor.
@@ -876,27 +880,13 @@ mod tests {
             plain.step(&grads, &held, lr, 2.0 * lr).unwrap();
         }
         for (x, y) in a.iter().zip(&b) {
-            let d = (x.as_tensor() - y.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(x.as_tensor(), y.as_tensor());
             assert!(d <= 1e-6, "fused and plain AdamW differ by {d}");
         }
         let moments = |o: &AdamW| o.state_tensors().unwrap();
         let (mf, mp) = (moments(&fused), moments(&plain));
         for (k, t) in &mf {
-            let d = (t - &mp[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(t, &mp[k]);
             assert!(d <= 1e-6, "{k}: moments differ by {d}");
         }
     }
@@ -960,14 +950,7 @@ mod tests {
                 fused.load_state(&path, steps).unwrap();
             }
         }
-        let d = (a.as_tensor() - b.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(a.as_tensor(), b.as_tensor());
         assert!(
             d <= 1e-6,
             "row-skipping AdamW differs from the plain one by {d}"

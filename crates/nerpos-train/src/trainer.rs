@@ -69,7 +69,6 @@ pub struct Means {
     pub loss: f64,
     /// Mean over steps of the global gradient norm (of the mean loss, before clipping).
     pub grad_norm: f64,
-    pub steps: usize,
 }
 
 /// Sums not read yet (on the device where the step ran).
@@ -231,7 +230,6 @@ impl Trainer {
         Ok(Means {
             loss: loss[0] / n,
             grad_norm: unread.grad_norm.read()? / n,
-            steps: unread.steps,
         })
     }
 
