@@ -8,5 +8,7 @@ python=${PYTHON:-python3}
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv" >&2
 reqs=(-r "$root/tests/reference/requirements.txt")
 for extra in "$@"; do reqs+=(-r "$root/tests/reference/$extra"); done
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" >&2
+# No wheel cache: PyTorch's CUDA wheels are ~4 GB installed, and disk is what a CI machine runs out of
+# first (a second copy in ~/.cache/pip would only be read by another fresh environment).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${reqs[@]}" >&2
 echo "$venv/bin/python"
