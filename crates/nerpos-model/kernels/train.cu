@@ -51,14 +51,21 @@ __device__ __forceinline__ float gelu_grad(float u) {
 // Column sums: `partial[c * width + j]` = Σ over rows [c·chunk, (c+1)·chunk) of column j; then
 // `out[j]` = Σ_c partial[c * width + j] in chunk order. Launch: grid (⌈width/256⌉, chunks), 256 threads.
 
-template <typename T>
-__device__ void colsum_partial(const T *x, float *partial, int rows, int width, int chunk) {
+// One thread's chunk of one column: the sum of `value(at)` over the chunk's rows, where `value` is
+// the summed element at flat index `at` (and may also write an elementwise result there).
+template <typename F>
+__device__ void column_chunk(F value, float *partial, int rows, int width, int chunk) {
   int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= width) return;
   int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
   float acc = 0.0f;
-  for (int r = r0; r < r1; ++r) acc += ld(x, (size_t)r * width + j);
+  for (int r = r0; r < r1; ++r) acc += value((size_t)r * width + j);
   partial[(size_t)blockIdx.y * width + j] = acc;
+}
+
+template <typename T>
+__device__ void colsum_partial(const T *x, float *partial, int rows, int width, int chunk) {
+  column_chunk([=](size_t at) { return ld(x, at); }, partial, rows, width, chunk);
 }
 
 // grid ⌈width/256⌉, 256 threads.
@@ -180,34 +187,24 @@ __device__ void bias_dropout_residual(const T *y, const T *bias, const T *mask, 
 template <typename T>
 __device__ void gelu_bwd_cols(const T *u, const T *dg, T *du, float *partial, int rows, int width,
                               int chunk) {
-  int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= width) return;
-  int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
-  float acc = 0.0f;
-  for (int r = r0; r < r1; ++r) {
-    size_t at = (size_t)r * width + j;
+  auto value = [=](size_t at) {
     float d = ld(dg, at) * gelu_grad(ld(u, at));
     st(du, at, d);
-    acc += d;
-  }
-  partial[(size_t)blockIdx.y * width + j] = acc;
+    return d;
+  };
+  column_chunk(value, partial, rows, width, chunk);
 }
 
 template <typename T>
 __device__ void dropout_bwd_cols(const T *dz, const T *mask, T *dy, float *partial, int rows, int width,
                                  int chunk) {
-  int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= width) return;
-  int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
-  float acc = 0.0f;
-  for (int r = r0; r < r1; ++r) {
-    size_t at = (size_t)r * width + j;
+  auto value = [=](size_t at) {
     float d = ld(dz, at);
     if (mask) d *= ld(mask, at);
     st(dy, at, d);
-    acc += d;
-  }
-  partial[(size_t)blockIdx.y * width + j] = acc;
+    return d;
+  };
+  column_chunk(value, partial, rows, width, chunk);
 }
 
 // ------------------------------------------------------------------------------------------------

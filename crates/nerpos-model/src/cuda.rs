@@ -87,9 +87,11 @@ fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaV
     }
 }
 
-/// Rows per column-sum chunk (as `kernels/emu/harness.cpp`): at most ~512 chunks.
-pub(crate) fn chunk_rows(rows: usize) -> usize {
-    rows.div_ceil(512).max(32)
+/// Rows per column-sum chunk (as `kernels/emu/harness.cpp`: at most ~512 chunks) and the number of
+/// chunks.
+fn chunking(rows: usize) -> (usize, usize) {
+    let chunk = rows.div_ceil(512).max(32);
+    (chunk, rows.div_ceil(chunk).max(1))
 }
 
 /// One warp per row, four rows per block.
@@ -153,8 +155,7 @@ pub(crate) fn column_sum(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Sh
         let width = *l.shape().dims().last().unwrap_or(&1);
         let rows = l.shape().elem_count() / width.max(1);
         let x = view::<T>(s, l, "column sum input")?;
-        let chunk = chunk_rows(rows);
-        let chunks = rows.div_ceil(chunk).max(1);
+        let (chunk, chunks) = chunking(rows);
         let mut partial = dev.alloc_zeros::<f32>(chunks * width)?;
         let mut out = dev.alloc_zeros::<T>(width)?;
         let f = function::<T>(&dev, "colsum_partial")?;
@@ -235,8 +236,7 @@ pub(crate) fn layer_norm_bwd(
             view::<T>(sw, lw, "weight")?,
             view::<T>(sg, lg, "grad")?,
         );
-        let chunk = chunk_rows(rows);
-        let chunks = rows.div_ceil(chunk).max(1);
+        let (chunk, chunks) = chunking(rows);
         let mut out = dev.alloc_zeros::<T>((rows + 2) * h)?;
         let mut stats = dev.alloc_zeros::<f32>(2 * rows.max(1))?;
         let mut partial = dev.alloc_zeros::<f32>(chunks * 2 * h)?;
@@ -383,8 +383,7 @@ pub(crate) fn columns_with(
         let bv = b
             .map(|(s, l)| view::<T>(s, l, "second input"))
             .transpose()?;
-        let chunk = chunk_rows(rows);
-        let chunks = rows.div_ceil(chunk).max(1);
+        let (chunk, chunks) = chunking(rows);
         let mut out = dev.alloc_zeros::<T>((rows + 1) * width)?;
         let mut partial = dev.alloc_zeros::<f32>(chunks * width)?;
         let name = match pass {

@@ -368,6 +368,28 @@ pub fn entities_of(words: &[String], tags: &[&str], probs: &[f32]) -> Vec<Entity
         .collect()
 }
 
+/// The seqeval report (default mode) of `preds` against the sentences' gold tags; `None` when a
+/// sentence has none.
+pub fn score(
+    sentences: &[Sentence],
+    preds: &[Vec<WordPrediction>],
+    labels: &[String],
+) -> anyhow::Result<Option<nerpos_eval::Report>> {
+    if !sentences.iter().all(|s| s.gold.is_some()) {
+        return Ok(None);
+    }
+    let (mut scorer, _) = nerpos_eval::Scorer::with_tags(nerpos_eval::Mode::Default, labels)?;
+    for (s, p) in sentences.iter().zip(preds) {
+        let gold: Vec<&str> = s.gold.iter().flatten().map(String::as_str).collect();
+        let pred: Vec<&str> = p
+            .iter()
+            .map(|w| labels[w.label as usize].as_str())
+            .collect();
+        scorer.add(&gold, &pred)?;
+    }
+    Ok(Some(nerpos_eval::Report::new(&scorer.counts())))
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {

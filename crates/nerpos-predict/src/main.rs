@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use candle_core::Device;
 use clap::Parser;
-use nerpos_eval::{Mode, Report, Scorer};
-use nerpos_predict::{InputFormat, OutputFormat, Tagger, read_input, write_npy, write_predictions};
+use nerpos_predict::{
+    InputFormat, OutputFormat, Tagger, read_input, score, write_npy, write_predictions,
+};
 use nerpos_prep::args::ReadArgs;
 use nerpos_prep::tags::Scheme;
 use nerpos_run::atomic::write_atomic_with;
@@ -124,23 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         write_atomic_with(path, |w| write_npy(w, &data, words, labels.len()))?;
     }
     // With gold tags, the seqeval report of this run.
-    if sentences.iter().all(|s| s.gold.is_some()) {
-        let (mut scorer, _) = Scorer::with_tags(Mode::Default, labels)?;
-        for (s, p) in sentences.iter().zip(&preds) {
-            let gold: Vec<&str> = s
-                .gold
-                .as_ref()
-                .expect("checked")
-                .iter()
-                .map(String::as_str)
-                .collect();
-            let pred: Vec<&str> = p
-                .iter()
-                .map(|w| labels[w.label as usize].as_str())
-                .collect();
-            scorer.add(&gold, &pred)?;
-        }
-        eprint!("{}", Report::new(&scorer.counts()).to_seqeval_string(4));
+    if let Some(report) = score(&sentences, &preds, labels)? {
+        eprint!("{}", report.to_seqeval_string(4));
     }
     eprintln!("wrote {}", cli.out.display());
     Ok(())

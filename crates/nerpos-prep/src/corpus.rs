@@ -150,6 +150,11 @@ impl Interner {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
+
+    /// Interns every name of `other`: its ids mapped to this interner's.
+    fn absorb(&mut self, other: &Interner) -> Vec<u32> {
+        other.names.iter().map(|n| self.intern(n)).collect()
+    }
 }
 
 /// One token: ids into the corpus' interners.
@@ -296,18 +301,8 @@ impl Corpus {
         let file = self.files.len();
         self.files.extend(other.files);
         self.has_pos &= other.has_pos;
-        let words: Vec<u32> = other
-            .words
-            .names()
-            .iter()
-            .map(|w| self.words.intern(w))
-            .collect();
-        let pos: Vec<u32> = other
-            .pos
-            .names()
-            .iter()
-            .map(|p| self.pos.intern(p))
-            .collect();
+        let words = self.words.absorb(&other.words);
+        let pos = self.pos.absorb(&other.pos);
         let tags: Vec<u32> = other
             .tags
             .names()

@@ -482,23 +482,9 @@ fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
             .unwrap();
     assert!(sentences.iter().all(|s| s.pos.is_empty()));
     let preds = tagger.tag(&sentences, 32, 4, false, false).unwrap();
-    let labels = &tagger.meta.labels;
-    let (mut scorer, _) =
-        nerpos_eval::Scorer::with_tags(nerpos_eval::Mode::Default, labels).unwrap();
-    for (s, p) in sentences.iter().zip(&preds) {
-        let gold: Vec<&str> = s
-            .gold
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let pred: Vec<&str> = p
-            .iter()
-            .map(|w| labels[w.label as usize].as_str())
-            .collect();
-        scorer.add(&gold, &pred).unwrap();
-    }
-    let f1 = nerpos_eval::Report::new(&scorer.counts()).micro.f1;
+    let report = nerpos_predict::score(&sentences, &preds, &tagger.meta.labels)
+        .unwrap()
+        .expect("the CoNLL file has gold tags");
+    let f1 = report.micro.f1;
     assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
 }
