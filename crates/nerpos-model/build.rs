@@ -9,6 +9,7 @@ use std::process::Command;
 fn main() {
     println!("cargo::rerun-if-changed=kernels/train.cu");
     println!("cargo::rerun-if-changed=kernels/adamw.cu");
+    println!("cargo::rerun-if-changed=kernels/dropout.cuh");
     println!("cargo::rerun-if-env-changed=NERPOS_CUDA_ARCHS");
     println!("cargo::rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::Device;
-use nerpos_model::{BertNerPos, DropoutRng, HeadConfig, PackedBatch};
+use nerpos_model::{BertNerPos, HeadConfig, HeadInit, PackedBatch};
 
 fn main() -> anyhow::Result<()> {
     nerpos_model::keep_freed_memory();
@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
         use_pos: true,
         dropout: 0.2,
     };
-    let (model, _) = BertNerPos::from_pretrained(&dir, head, None, 1, &dev)?;
+    let (model, _) = BertNerPos::from_pretrained(&dir, head, None, (HeadInit::default(), 1), &dev)?;
     let vocab = model.config.bert.vocab_size as u32;
     let ids: Vec<u32> = (0..batch * seq)
         .map(|i| (i as u32 * 7919) % (vocab - 1000) + 1000)
@@ -37,15 +37,18 @@ fn main() -> anyhow::Result<()> {
             .enumerate()
             .filter(|(_, i)| i % 5 != 0)
             .map(|(p, i)| (p, Some((i % 17) as u32)));
-        packed.push_row(&ids[span.clone()], &pos[span], labelled);
+        packed.push_row(b as u64, &ids[span.clone()], &pos[span], labelled);
     }
     let (inputs, targets) = packed.to_device(&dev)?;
     let targets = targets.expect("labelled rows");
     let mut times = Vec::new();
     for i in 0..iters + 1 {
         let t0 = Instant::now();
-        let mut rng = DropoutRng::new(i as u64, &dev)?;
-        let out = model.forward_backward(&inputs, &targets, dropout.then_some(&mut rng))?;
+        let noise = nerpos_model::Noise {
+            seed: 1,
+            step: i as u64,
+        };
+        let out = model.forward_backward(&inputs, &targets, dropout.then_some(noise))?;
         std::hint::black_box(out);
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());

@@ -26,6 +26,8 @@ __device__ __forceinline__ float ld(const bf16 *p, size_t i) { return __bfloat16
 __device__ __forceinline__ void st(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(bf16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 
+#include "dropout.cuh"
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -211,26 +213,17 @@ __device__ void dropout_bwd_cols(const T *dz, const T *mask, T *dy, float *parti
 // Attention within each packed row. One block per (row, head), 4 warps; keys and values staged in
 // shared memory in tiles of ATT_TILE rows; a warp handles queries warp, warp + 4, ... The softmax
 // output P (f32, heads·L² per row at `poff[row]`) is kept for the backward pass, as on the CPU.
-// Dropout on P comes from a counter-based hash of (seed, index): forward and backward regenerate the
-// same mask, nothing is stored. Q, K, V are read from the fused projection qkv [N, 3H].
+// Dropout on P is keyed by the sentence (dropout.cuh): element h·L² + i·L + j of the row's mask at the
+// layer's site, which forward and backward regenerate (nothing is stored) and which does not depend on
+// the row's place in the batch. Q, K, V are read from the fused projection qkv [N, 3H].
 
 #define ATT_TILE 32
 #define ATT_WARPS 4
 
-// Keep-decision for element `i` of a dropout mask seeded with `seed`: a 16-bit draw below `threshold`
-// ((1 − p)·2¹⁶ rounded, as the CPU masks).
-__device__ __forceinline__ bool keep(uint64_t seed, uint64_t i, uint32_t threshold) {
-  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return (uint32_t)(z & 0xFFFFu) < threshold;
-}
-
 struct AttShape {
   int heads, dh;
   float scale;
-  uint64_t seed;       // dropout seed (used when threshold < 65536)
+  uint64_t site;       // dropout site (Site::code; used when threshold < 65536)
   uint32_t threshold;  // 65536: no dropout
   float keep_scale;    // 1/(1−p)
 };
@@ -246,9 +239,14 @@ __device__ void load_tile(float *dst, const T *src, int t0, int count, int strid
 }
 
 // Forward: P (softmax of the scaled scores) into `probs`, context accumulated in f32 into `ctx` [N, H].
+// The key of this block's row at the layer's dropout site (unused without dropout, when keys is null).
+__device__ __forceinline__ uint64_t row_key(const uint64_t *keys, int row, const AttShape &s) {
+  return s.threshold < 65536u ? nerpos_site_key(keys[row], s.site) : 0;
+}
+
 template <typename T>
-__device__ void attn_fwd(const T *qkv, const int *starts, const long long *poff, float *probs, float *ctx,
-                         AttShape s) {
+__device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, const long long *poff,
+                         float *probs, float *ctx, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
   int t0 = starts[row], L = starts[row + 1] - t0;
@@ -257,6 +255,7 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const long long *poff,
   float *tile = smem;                                  // ATT_TILE × (dh + 1)
   float *qrow = smem + ATT_TILE * (dh + 1) + warp * dh;  // this warp's query
   float *P = probs + poff[row] + (size_t)hd * L * L;
+  uint64_t key = row_key(keys, row, s);
   // Scores, tile by tile of keys.
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
     int kn = min(ATT_TILE, L - k0);
@@ -299,12 +298,12 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const long long *poff,
     __syncthreads();
     for (int i = warp; i < L; i += ATT_WARPS) {
       const float *pr = P + (size_t)i * L + k0;
-      size_t mrow = poff[row] + (size_t)hd * L * L + (size_t)i * L + k0;
+      size_t mrow = (size_t)hd * L * L + (size_t)i * L + k0;
       for (int d = lane; d < dh; d += 32) {
         float acc = 0.0f;
         for (int j = 0; j < kn; ++j) {
           float p = pr[j];
-          if (s.threshold < 65536u) p = keep(s.seed, mrow + j, s.threshold) ? p * s.keep_scale : 0.0f;
+          if (s.threshold < 65536u) p = nerpos_keep(key, mrow + j, s.threshold) ? p * s.keep_scale : 0.0f;
           acc += p * tile[j * (dh + 1) + d];
         }
         float *c = ctx + (size_t)(t0 + i) * H + hd * dh + d;
@@ -316,8 +315,8 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const long long *poff,
 
 // Backward, phase 1: dZ (into `dz`, the same layout as P) = P ⊙ (dP − Σⱼ P·dP) with dP = mask ⊙ (dctx·Vᵀ).
 template <typename T>
-__device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, const long long *poff,
-                                const float *probs, float *dz, AttShape s) {
+__device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+                                const long long *poff, const float *probs, float *dz, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
   int t0 = starts[row], L = starts[row + 1] - t0;
@@ -325,7 +324,8 @@ __device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, 
   int warp = threadIdx.y, lane = threadIdx.x;
   float *tile = smem;
   float *grow = smem + ATT_TILE * (dh + 1) + warp * dh;
-  size_t base = poff[row] + (size_t)hd * L * L;
+  size_t local = (size_t)hd * L * L, base = poff[row] + local;
+  uint64_t key = row_key(keys, row, s);
   const float *P = probs + base;
   float *DZ = dz + base;
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
@@ -340,7 +340,7 @@ __device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, 
         float acc = 0.0f;
         for (int d = 0; d < dh; ++d) acc += grow[d] * tile[j * (dh + 1) + d];
         size_t at = (size_t)i * L + k0 + j;
-        if (s.threshold < 65536u) acc = keep(s.seed, base + at, s.threshold) ? acc * s.keep_scale : 0.0f;
+        if (s.threshold < 65536u) acc = nerpos_keep(key, local + at, s.threshold) ? acc * s.keep_scale : 0.0f;
         DZ[at] = acc;
       }
       __syncwarp();
@@ -388,8 +388,9 @@ __device__ void attn_bwd_dq(const T *qkv, const int *starts, const long long *po
 // Backward, phase 3: dK = scale·dZᵀ·Q and dV = dropout(P)ᵀ·dctx (rows of keys), tile by tile of
 // queries (two tiles in shared memory: Q and dctx).
 template <typename T>
-__device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, const long long *poff,
-                             const float *probs, const float *dz, float *dqkv, AttShape s) {
+__device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+                             const long long *poff, const float *probs, const float *dz, float *dqkv,
+                             AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
   int t0 = starts[row], L = starts[row + 1] - t0;
@@ -397,7 +398,8 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, con
   int warp = threadIdx.y, lane = threadIdx.x;
   float *qt = smem;
   float *gt = smem + ATT_TILE * (dh + 1);
-  size_t base = poff[row] + (size_t)hd * L * L;
+  size_t local = (size_t)hd * L * L, base = poff[row] + local;
+  uint64_t key = row_key(keys, row, s);
   const float *P = probs + base;
   const float *DZ = dz + base;
   for (int q0 = 0; q0 < L; q0 += ATT_TILE) {
@@ -412,7 +414,7 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, con
         for (int ii = 0; ii < qn; ++ii) {
           size_t at = (size_t)(q0 + ii) * L + j;
           float p = P[at];
-          if (s.threshold < 65536u) p = keep(s.seed, base + at, s.threshold) ? p * s.keep_scale : 0.0f;
+          if (s.threshold < 65536u) p = nerpos_keep(key, local + at, s.threshold) ? p * s.keep_scale : 0.0f;
           ak += DZ[at] * qt[ii * (dh + 1) + d];
           av += p * gt[ii * (dh + 1) + d];
         }
@@ -487,14 +489,15 @@ __device__ void cross_entropy(const T *logits, const uint32_t *labels, float *lo
                                                          float *partial, int rows, int width, int chunk) { \
     dropout_bwd_cols<T>(dz, mask, dy, partial, rows, width, chunk);                                       \
   }                                                                                                      \
-  extern "C" __global__ void nerpos_attn_fwd_##S(const T *qkv, const int *starts, const long long *poff, \
-                                                 float *probs, float *ctx, AttShape s) {                 \
-    attn_fwd<T>(qkv, starts, poff, probs, ctx, s);                                                        \
+  extern "C" __global__ void nerpos_attn_fwd_##S(const T *qkv, const int *starts, const uint64_t *keys,  \
+                                                 const long long *poff, float *probs, float *ctx,        \
+                                                 AttShape s) {                                           \
+    attn_fwd<T>(qkv, starts, keys, poff, probs, ctx, s);                                                  \
   }                                                                                                      \
   extern "C" __global__ void nerpos_attn_bwd_scores_##S(const T *qkv, const T *dctx, const int *starts,  \
-                                                        const long long *poff, const float *probs,       \
-                                                        float *dz, AttShape s) {                         \
-    attn_bwd_scores<T>(qkv, dctx, starts, poff, probs, dz, s);                                            \
+                                                        const uint64_t *keys, const long long *poff,     \
+                                                        const float *probs, float *dz, AttShape s) {     \
+    attn_bwd_scores<T>(qkv, dctx, starts, keys, poff, probs, dz, s);                                      \
   }                                                                                                      \
   extern "C" __global__ void nerpos_attn_bwd_dq_##S(const T *qkv, const int *starts,                     \
                                                     const long long *poff, const float *dz, float *dqkv, \
@@ -502,9 +505,22 @@ __device__ void cross_entropy(const T *logits, const uint32_t *labels, float *lo
     attn_bwd_dq<T>(qkv, starts, poff, dz, dqkv, s);                                                       \
   }                                                                                                      \
   extern "C" __global__ void nerpos_attn_bwd_dkv_##S(const T *qkv, const T *dctx, const int *starts,     \
-                                                     const long long *poff, const float *probs,          \
-                                                     const float *dz, float *dqkv, AttShape s) {         \
-    attn_bwd_dkv<T>(qkv, dctx, starts, poff, probs, dz, dqkv, s);                                         \
+                                                     const uint64_t *keys, const long long *poff,        \
+                                                     const float *probs, const float *dz, float *dqkv,   \
+                                                     AttShape s) {                                       \
+    attn_bwd_dkv<T>(qkv, dctx, starts, keys, poff, probs, dz, dqkv, s);                                   \
+  }                                                                                                      \
+  extern "C" __global__ void nerpos_dropout_mask_##S(T *out, const uint64_t *keys, const uint32_t *row,   \
+                                                     const uint32_t *pos, unsigned long long count,      \
+                                                     int width, uint64_t site, uint32_t threshold,       \
+                                                     float scale) {                                      \
+    dropout_mask<T>(out, keys, row, pos, count, width, site, threshold, scale);                           \
+  }                                                                                                      \
+  extern "C" __global__ void nerpos_attn_dropout_mask_padded_##S(T *out, const uint64_t *keys,            \
+                                                                 const int *starts, int heads, int t,    \
+                                                                 uint64_t site, uint32_t threshold,      \
+                                                                 float scale) {                          \
+    attn_dropout_mask_padded<T>(out, keys, starts, heads, t, site, threshold, scale);                     \
   }                                                                                                      \
   extern "C" __global__ void nerpos_cross_entropy_##S(const T *logits, const uint32_t *labels,           \
                                                       float *loss, T *grad, int m, int c) {              \

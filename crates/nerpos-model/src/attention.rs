@@ -13,9 +13,10 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::batch::RowSpans;
+use crate::device_ops::AttentionDropout;
+use crate::dropout::{Masker, Site};
 use crate::error::Result;
 use crate::kernels::{self, Mask};
-use crate::layers::DropoutRng;
 
 /// What backward needs from forward.
 pub enum AttentionCache {
@@ -25,11 +26,11 @@ pub enum AttentionCache {
         /// Dropout keep-mask in the same layout, and 1/(1−p).
         mask: Option<(Vec<u8>, f32)>,
     },
-    /// The fused GPU kernel's: the softmax output (f32, the CPU layout) and the dropout (seed, p)
-    /// its mask is regenerated from.
+    /// The fused GPU kernel's: the softmax output (f32, the CPU layout) and the dropout (the
+    /// sentences' keys, the site, p) its mask is regenerated from.
     Device {
         probs: Tensor,
-        dropout: Option<(u64, f64)>,
+        dropout: Option<AttentionDropout>,
     },
     Padded {
         probs: Tensor,
@@ -125,27 +126,38 @@ unsafe fn matmul(
     }
 }
 
+/// One layer's attention dropout: the batch's masks, the layer, p.
+#[derive(Clone, Copy)]
+pub struct Dropout<'a> {
+    pub masks: &'a Masker,
+    pub layer: usize,
+    pub p: f64,
+}
+
 /// Context `[N, H]` of packed rows from the fused projection `qkv` `[N, 3H]` (bias included), with
-/// attention dropout `p` when `rng` is given; the cache when `keep` (training).
+/// attention dropout when given (training); the cache when `keep`.
 pub fn forward(
     qkv: &Tensor,
     rows: &RowSpans,
     shape: Heads,
-    p: f64,
-    rng: Option<&mut DropoutRng>,
+    dropout: Option<Dropout>,
     keep: bool,
 ) -> Result<(Tensor, Option<AttentionCache>)> {
+    let dropout = dropout.filter(|d| d.p > 0.0);
     if crate::device_ops::applies(qkv) && shape.head_dim <= crate::device_ops::MAX_HEAD_DIM {
-        let dropout = match rng {
-            Some(rng) if p > 0.0 => Some((rng.next_seed(), p)),
-            _ => None,
-        };
+        let dropout = dropout.and_then(|d| {
+            d.masks.gpu().map(|g| AttentionDropout {
+                keys: g.keys.clone(),
+                site: Site::Attention(d.layer).code(),
+                p: d.p,
+            })
+        });
         let (ctx, probs) = crate::device_ops::attention_forward(
             qkv,
             &rows.starts,
             shape.heads,
             shape.head_dim,
-            dropout,
+            dropout.clone(),
         )?;
         return Ok((
             ctx,
@@ -153,16 +165,13 @@ pub fn forward(
         ));
     }
     if kernels::on_cpu(qkv) {
-        let mask = match rng {
-            Some(rng) if p > 0.0 => Some((
-                rng.keep_bytes(prob_offsets(rows, shape.heads)[rows.rows()], p),
-                (1.0 / (1.0 - p)) as f32,
-            )),
-            _ => None,
-        };
+        let mask = dropout.and_then(|d| {
+            let bytes = d.masks.attention_bytes(shape.heads, d.layer, d.p)?;
+            Some((bytes, (1.0 / (1.0 - d.p)) as f32))
+        });
         return cpu_forward(qkv, rows, shape, mask, keep);
     }
-    padded_forward(qkv, rows, shape, p, rng, keep)
+    padded_forward(qkv, rows, shape, dropout, keep)
 }
 
 /// `dqkv` `[N, 3H]` from the context's gradient `dctx` `[N, H]`.
@@ -182,7 +191,7 @@ pub fn backward(
             &rows.starts,
             shape.heads,
             shape.head_dim,
-            *dropout,
+            dropout.clone(),
         ),
         AttentionCache::Padded { .. } => padded_backward(dctx, rows, shape, cache),
     }
@@ -420,8 +429,7 @@ fn padded_forward(
     qkv: &Tensor,
     rows: &RowSpans,
     shape: Heads,
-    p: f64,
-    rng: Option<&mut DropoutRng>,
+    dropout: Option<Dropout>,
     keep: bool,
 ) -> Result<(Tensor, Option<AttentionCache>)> {
     let h = shape.hidden();
@@ -430,9 +438,9 @@ fn padded_forward(
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let scores = q.matmul(&k.t()?)?;
     let probs = crate::ops::masked_softmax_fwd(&scores, &index.bias, f64::from(shape.scale()))?;
-    let mask = match rng {
-        Some(rng) if p > 0.0 => Some(rng.keep_mask(&probs, p)?),
-        _ => None,
+    let mask = match dropout {
+        Some(d) => d.masks.attention_padded(&probs, d.layer, d.p)?,
+        None => None,
     };
     let probs_dropped = kernels::masked(&probs, mask.as_ref())?;
     let ctx = index.to_packed(&probs_dropped.matmul(&v)?, shape)?;
@@ -483,10 +491,35 @@ mod tests {
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
 
-    /// The fused CPU kernel (forward and backward) equals the padded tensor-op path.
+    /// The masks of a batch of rows of these lengths (sentences 0, 1, ...), at step 1 of seed 3.
+    fn masks(lengths: &[usize]) -> Masker {
+        let mut b = crate::PackedBatch::new();
+        for (r, &l) in lengths.iter().enumerate() {
+            b.push_row(r as u64, &vec![1; l], &vec![0; l], std::iter::empty());
+        }
+        let (inputs, _) = b.to_device(&Device::Cpu).unwrap();
+        let noise = crate::dropout::Noise { seed: 3, step: 1 };
+        Masker::new(noise, &inputs).unwrap()
+    }
+
+    /// The fused CPU kernel (forward and backward) equals the padded tensor-op path, without dropout
+    /// and with it (the same sentence-keyed masks in either layout).
     #[test]
     fn cpu_kernel_matches_the_padded_path() {
-        let rows = RowSpans::new(vec![5, 1, 9, 3]);
+        let lengths = [5, 1, 9, 3];
+        let masks = masks(&lengths);
+        for p in [0.0, 0.3] {
+            let dropout = Dropout {
+                masks: &masks,
+                layer: 2,
+                p,
+            };
+            kernel_matches_padded(&lengths, Some(dropout));
+        }
+    }
+
+    fn kernel_matches_padded(lengths: &[usize], dropout: Option<Dropout>) {
+        let rows = RowSpans::new(lengths.to_vec());
         let shape = Heads {
             heads: 3,
             head_dim: 4,
@@ -499,8 +532,8 @@ mod tests {
         };
         let qkv = random(n * 3 * h).reshape((n, 3 * h)).unwrap();
         let dctx = random(n * h).reshape((n, h)).unwrap();
-        let (ctx_cpu, cache_cpu) = forward(&qkv, &rows, shape, 0.0, None, true).unwrap();
-        let (ctx_pad, cache_pad) = padded_forward(&qkv, &rows, shape, 0.0, None, true).unwrap();
+        let (ctx_cpu, cache_cpu) = forward(&qkv, &rows, shape, dropout, true).unwrap();
+        let (ctx_pad, cache_pad) = padded_forward(&qkv, &rows, shape, dropout, true).unwrap();
         let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
             (a - b)
                 .unwrap()
@@ -519,8 +552,8 @@ mod tests {
             "{}",
             max_diff(&d_cpu, &d_pad)
         );
-        // Evaluation (nothing kept) gives the same context.
-        let (ctx_eval, none) = forward(&qkv, &rows, shape, 0.0, None, false).unwrap();
+        // Nothing kept gives the same context.
+        let (ctx_eval, none) = forward(&qkv, &rows, shape, dropout, false).unwrap();
         assert!(none.is_none());
         assert_eq!(max_diff(&ctx_eval, &ctx_cpu), 0.0);
     }
@@ -540,17 +573,21 @@ mod tests {
             .collect();
         let g: Vec<f32> = (0..n * h).map(|_| r.random_range(-1.0f32..1.0)).collect();
         let dctx = Tensor::from_vec(g.clone(), (n, h), &Device::Cpu).unwrap();
-        // The loss Σ g ⊙ ctx(x), with the masks of seed 3.
+        // The loss Σ g ⊙ ctx(x), with the same masks every time.
+        let masks = masks(&[4, 6]);
+        let dropout = Some(Dropout {
+            masks: &masks,
+            layer: 0,
+            p: 0.3,
+        });
         let loss = |x: &[f32]| -> f64 {
             let qkv = Tensor::from_vec(x.to_vec(), (n, 3 * h), &Device::Cpu).unwrap();
-            let mut rng = DropoutRng::new(3, &Device::Cpu).unwrap();
-            let (ctx, _) = forward(&qkv, &rows, shape, 0.3, Some(&mut rng), false).unwrap();
+            let (ctx, _) = forward(&qkv, &rows, shape, dropout, false).unwrap();
             let c = ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             c.iter().zip(&g).map(|(a, b)| f64::from(a * b)).sum()
         };
         let qkv = Tensor::from_vec(x.clone(), (n, 3 * h), &Device::Cpu).unwrap();
-        let mut rng = DropoutRng::new(3, &Device::Cpu).unwrap();
-        let (_, cache) = forward(&qkv, &rows, shape, 0.3, Some(&mut rng), true).unwrap();
+        let (_, cache) = forward(&qkv, &rows, shape, dropout, true).unwrap();
         let grad = backward(&dctx, &qkv, &rows, shape, &cache.unwrap())
             .unwrap()
             .flatten_all()

@@ -7,6 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::dropout::TokenAt;
 use crate::error::{ModelError, Result};
 
 /// A packed micro-batch on the host.
@@ -22,6 +23,9 @@ pub struct PackedBatch {
     pub head: Vec<u32>,
     /// The label of each head position (training); empty for prediction.
     pub labels: Vec<u32>,
+    /// Each row's sentence: its identity in the run (the row's index in the training data), which
+    /// keys its dropout masks ([`crate::dropout`]): `[B]`.
+    pub sentences: Vec<u64>,
 }
 
 impl PackedBatch {
@@ -32,10 +36,11 @@ impl PackedBatch {
         }
     }
 
-    /// Appends a row: its ids and POS ids, and its head positions (within the row) with their labels
-    /// (`None` for prediction).
+    /// Appends a row: its sentence's identity, its ids and POS ids, and its head positions (within the
+    /// row) with their labels (`None` for prediction).
     pub fn push_row(
         &mut self,
+        sentence: u64,
         ids: &[u32],
         pos: &[u32],
         head: impl IntoIterator<Item = (usize, Option<u32>)>,
@@ -55,6 +60,7 @@ impl PackedBatch {
             }
         }
         self.cu_seqlens.push(self.input_ids.len() as u32);
+        self.sentences.push(sentence);
     }
 
     /// Rows in the batch.
@@ -98,12 +104,24 @@ impl PackedBatch {
             .iter()
             .map(|&p| self.pos_ids[p as usize])
             .collect();
+        if self.sentences.len() != self.rows() {
+            return Err(ModelError::Config(format!(
+                "a packed batch has {} sentence ids for {} rows",
+                self.sentences.len(),
+                self.rows()
+            )));
+        }
         let inputs = Inputs {
             input_ids: Tensor::from_vec(self.input_ids.clone(), self.tokens(), device)?,
             positions: Tensor::from_vec(self.positions(), self.tokens(), device)?,
             rows: RowSpans::new(self.lengths()),
             head: Tensor::from_vec(self.head.clone(), self.head.len(), device)?,
             head_pos_ids: Tensor::from_vec(head_pos, self.head.len(), device)?,
+            host: HostIndex {
+                input_ids: self.input_ids.clone(),
+                head: self.head.clone(),
+                sentences: self.sentences.clone(),
+            },
         };
         let targets = (!self.labels.is_empty())
             .then(|| {
@@ -165,6 +183,39 @@ pub struct Inputs {
     pub head: Tensor,
     /// `[M]` u32 POS ids at the head positions (ignored by a model without POS).
     pub head_pos_ids: Tensor,
+    /// What the host keeps of the batch: nothing the step needs is read back from the device.
+    pub host: HostIndex,
+}
+
+/// A packed batch's indices on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostIndex {
+    /// `[N]` sub-word ids (the rows of the word-embedding gradient).
+    pub input_ids: Vec<u32>,
+    /// `[M]` head positions.
+    pub head: Vec<u32>,
+    /// `[B]` each row's sentence identity.
+    pub sentences: Vec<u64>,
+}
+
+impl Inputs {
+    /// Each token's row and position in it (what a token's dropout draws are keyed by).
+    pub fn token_at(&self) -> Vec<TokenAt> {
+        let mut out = Vec::with_capacity(self.rows.tokens());
+        for r in 0..self.rows.rows() {
+            out.extend((0..self.rows.len(r)).map(|p| TokenAt {
+                row: r as u32,
+                position: p as u32,
+            }));
+        }
+        out
+    }
+
+    /// The row and in-row position of each head position.
+    pub fn head_at(&self) -> Vec<TokenAt> {
+        let all = self.token_at();
+        self.host.head.iter().map(|&t| all[t as usize]).collect()
+    }
 }
 
 /// The labels of a packed batch's head positions.
@@ -181,8 +232,13 @@ mod tests {
     #[test]
     fn rows_concatenate_with_their_head_positions() {
         let mut b = PackedBatch::new();
-        b.push_row(&[1, 5, 6, 2], &[0, 3, 4, 0], [(1, Some(7)), (2, Some(8))]);
-        b.push_row(&[1, 9, 2], &[0, 5, 0], [(1, Some(3))]);
+        b.push_row(
+            4,
+            &[1, 5, 6, 2],
+            &[0, 3, 4, 0],
+            [(1, Some(7)), (2, Some(8))],
+        );
+        b.push_row(2, &[1, 9, 2], &[0, 5, 0], [(1, Some(3))]);
         assert_eq!(b.cu_seqlens, vec![0, 4, 7]);
         assert_eq!(b.head, vec![1, 2, 5]);
         assert_eq!(b.labels, vec![7, 8, 3]);
@@ -192,5 +248,8 @@ mod tests {
         assert_eq!(inputs.head_pos_ids.to_vec1::<u32>().unwrap(), vec![3, 4, 5]);
         assert_eq!(inputs.rows.longest(), 4);
         assert_eq!(targets.unwrap().count, 3);
+        assert_eq!(b.sentences, vec![4, 2]);
+        let at = |row, position| TokenAt { row, position };
+        assert_eq!(inputs.head_at(), vec![at(0, 1), at(0, 2), at(1, 1)]);
     }
 }

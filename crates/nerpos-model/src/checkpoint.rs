@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use crate::config::{BertConfig, HeadConfig, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, POS_EMBEDDING};
+use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING};
 
 pub const NERPOS_JSON: &str = "nerpos.json";
 pub const WEIGHTS: &str = "model.safetensors";
@@ -249,14 +249,14 @@ impl BertNerPos {
         Ok((carried, head_loaded))
     }
 
-    /// A Hugging Face BERT checkpoint folder with a new head: the head is initialised from `seed`
-    /// unless the folder already has one of the same shape. `encoder_dropout` overrides the checkpoint's
-    /// dropout rates.
+    /// A Hugging Face BERT checkpoint folder with a new head: the head is drawn as `init` says from
+    /// `seed` unless the folder already has one of the same shape. `encoder_dropout` overrides the
+    /// checkpoint's dropout rates.
     pub fn from_pretrained(
         dir: &Path,
         head: HeadConfig,
         encoder_dropout: Option<f64>,
-        seed: u64,
+        (init, seed): (HeadInit, u64),
         device: &Device,
     ) -> Result<(BertNerPos, Carried)> {
         let (bert, _) = BertConfig::read(dir)?;
@@ -267,7 +267,7 @@ impl BertNerPos {
         let model = BertNerPos::new(config, device)?;
         let (carried, head_loaded) = model.load_weights(dir, false)?;
         if !head_loaded {
-            model.init_head(seed)?;
+            model.init_head(init, seed)?;
         }
         info!(
             folder = %dir.display(),

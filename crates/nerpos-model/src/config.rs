@@ -152,6 +152,16 @@ impl ModelConfig {
         }
     }
 
+    /// Width of what the classifier reads: the encoder's output, and the POS embedding when used.
+    pub fn head_features(&self) -> usize {
+        self.bert.hidden_size
+            + if self.head.use_pos {
+                self.head.pos_dim
+            } else {
+                0
+            }
+    }
+
     /// Sets the encoder's dropout rates (both), e.g. 0 to turn them off.
     pub fn set_encoder_dropout(&mut self, p: f64) {
         self.bert.hidden_dropout_prob = p;

@@ -80,7 +80,11 @@ pub(crate) fn loaded(dev: &CudaDevice, full: &str) -> Result<CudaFunction> {
 }
 
 /// The contiguous elements of `s` that `l` addresses.
-fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+fn view<'a, T: CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
         None => candle_core::bail!("{what}: the fused CUDA kernels take contiguous tensors"),
@@ -433,7 +437,7 @@ struct AttShape {
     heads: i32,
     head_dim: i32,
     scale: f32,
-    seed: u64,
+    site: u64,
     threshold: u32,
     keep_scale: f32,
 }
@@ -446,9 +450,15 @@ pub(crate) struct Attention<'a> {
     pub starts: &'a [usize],
     pub heads: usize,
     pub head_dim: usize,
-    /// Dropout on the probabilities: (seed, p).
+    /// Dropout on the probabilities: the site's code and p (the sentences' keys come with the call).
     pub dropout: Option<(u64, f64)>,
 }
+
+/// The sentences' keys (`[B]` i64) a dropout kernel reads, or none without dropout.
+pub(crate) type Keys<'a> = Option<(&'a CudaStorage, &'a Layout)>;
+
+/// A null pointer where a kernel reads no keys.
+const NO_KEYS: u64 = 0;
 
 const TILE: usize = 32;
 const WARPS: u32 = 4;
@@ -466,19 +476,17 @@ impl Attention<'_> {
     }
 
     fn shape(&self) -> Result<AttShape> {
-        let (seed, threshold, keep_scale) = match self.dropout {
-            Some((seed, p)) if p > 0.0 => (
-                seed,
-                ((1.0 - p) * 65536.0).round() as u32,
-                (1.0 / (1.0 - p)) as f32,
-            ),
+        let (site, threshold, keep_scale) = match self.dropout {
+            Some((site, p)) if p > 0.0 => {
+                (site, crate::dropout::threshold(p), (1.0 / (1.0 - p)) as f32)
+            }
             _ => (0, 65536, 1.0),
         };
         Ok(AttShape {
             heads: i32_of(self.heads, "heads")?,
             head_dim: i32_of(self.head_dim, "head size")?,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
-            seed,
+            site,
             threshold,
             keep_scale,
         })
@@ -507,10 +515,23 @@ impl Attention<'_> {
     }
 
     /// [context (N·H); probabilities (Σ heads·L²)] in f32, from qkv [N, 3H].
-    pub(crate) fn forward(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn go<T: Elem>(a: &Attention, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    pub(crate) fn forward(
+        &self,
+        s: &CudaStorage,
+        l: &Layout,
+        keys: Keys,
+    ) -> Result<(CudaStorage, Shape)> {
+        fn go<T: Elem>(
+            a: &Attention,
+            s: &CudaStorage,
+            l: &Layout,
+            keys: Keys,
+        ) -> Result<(CudaStorage, Shape)> {
             let dev = s.device().clone();
             let qkv = view::<T>(s, l, "qkv")?;
+            let keys = keys
+                .map(|(s, l)| view::<i64>(s, l, "sentence keys"))
+                .transpose()?;
             let (starts, poff) = a.tables(&dev)?;
             let n_ctx = a.tokens() * a.heads * a.head_dim;
             let n_probs = *a.offsets().last().unwrap_or(&0) as usize;
@@ -521,12 +542,12 @@ impl Attention<'_> {
             {
                 let (mut ctx, mut probs) = out.split_at_mut(n_ctx);
                 let mut b = stream.launch_builder(&f);
-                b.arg(&qkv)
-                    .arg(&starts)
-                    .arg(&poff)
-                    .arg(&mut probs)
-                    .arg(&mut ctx)
-                    .arg(&shape);
+                b.arg(&qkv).arg(&starts);
+                match &keys {
+                    Some(k) => b.arg(k),
+                    None => b.arg(&NO_KEYS),
+                };
+                b.arg(&poff).arg(&mut probs).arg(&mut ctx).arg(&shape);
                 let shared = TILE * (a.head_dim + 1) + WARPS as usize * a.head_dim;
                 // SAFETY: the tables describe qkv's rows; ctx holds N·H f32, probs Σ heads·L².
                 unsafe { b.launch(a.launch(shared)) }.w()?;
@@ -536,7 +557,7 @@ impl Attention<'_> {
                 Shape::from(n_ctx + n_probs),
             ))
         }
-        by_dtype!(s.dtype(), go(self, s, l))
+        by_dtype!(s.dtype(), go(self, s, l, keys))
     }
 
     /// dqkv [N, 3H] in f32 from qkv, the context's gradient and the kept probabilities.
@@ -545,14 +566,19 @@ impl Attention<'_> {
         (sq, lq): (&CudaStorage, &Layout),
         (sg, lg): (&CudaStorage, &Layout),
         (sp, lp): (&CudaStorage, &Layout),
+        keys: Keys,
     ) -> Result<(CudaStorage, Shape)> {
         fn go<T: Elem>(
             a: &Attention,
             (sq, lq): (&CudaStorage, &Layout),
             (sg, lg): (&CudaStorage, &Layout),
             (sp, lp): (&CudaStorage, &Layout),
+            keys: Keys,
         ) -> Result<(CudaStorage, Shape)> {
             let dev = sq.device().clone();
+            let keys = keys
+                .map(|(s, l)| view::<i64>(s, l, "sentence keys"))
+                .transpose()?;
             let qkv = view::<T>(sq, lq, "qkv")?;
             let dctx = view::<T>(sg, lg, "context gradient")?;
             let probs = view::<f32>(sp, lp, "attention probabilities")?;
@@ -567,13 +593,12 @@ impl Attention<'_> {
             let two_tiles = 2 * TILE * (a.head_dim + 1);
             let f = function::<T>(&dev, "attn_bwd_scores")?;
             let mut b = stream.launch_builder(&f);
-            b.arg(&qkv)
-                .arg(&dctx)
-                .arg(&starts)
-                .arg(&poff)
-                .arg(&probs)
-                .arg(&mut dz)
-                .arg(&shape);
+            b.arg(&qkv).arg(&dctx).arg(&starts);
+            match &keys {
+                Some(k) => b.arg(k),
+                None => b.arg(&NO_KEYS),
+            };
+            b.arg(&poff).arg(&probs).arg(&mut dz).arg(&shape);
             // SAFETY (all three launches): the tables describe the rows of qkv and dctx; probs and dz
             // hold Σ heads·L² f32, dqkv N·3H.
             unsafe { b.launch(a.launch(one_tile)) }.w()?;
@@ -588,22 +613,123 @@ impl Attention<'_> {
             unsafe { b.launch(a.launch(two_tiles)) }.w()?;
             let f = function::<T>(&dev, "attn_bwd_dkv")?;
             let mut b = stream.launch_builder(&f);
-            b.arg(&qkv)
-                .arg(&dctx)
-                .arg(&starts)
-                .arg(&poff)
-                .arg(&probs)
-                .arg(&dz)
-                .arg(&mut dqkv)
-                .arg(&shape);
+            b.arg(&qkv).arg(&dctx).arg(&starts);
+            match &keys {
+                Some(k) => b.arg(k),
+                None => b.arg(&NO_KEYS),
+            };
+            b.arg(&poff).arg(&probs).arg(&dz).arg(&mut dqkv).arg(&shape);
             unsafe { b.launch(a.launch(two_tiles)) }.w()?;
             Ok((
                 CudaStorage::wrap_cuda_slice(dqkv, dev),
                 Shape::from((n, 3 * h)),
             ))
         }
-        by_dtype!(sq.dtype(), go(self, (sq, lq), (sg, lg), (sp, lp)))
+        by_dtype!(sq.dtype(), go(self, (sq, lq), (sg, lg), (sp, lp), keys))
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dropout masks keyed by the sentence (kernels/dropout.cuh)
+
+type View<'a> = (&'a CudaStorage, &'a Layout);
+
+/// (threshold, 1/(1−p)) of dropout `p`.
+fn keep_params(p: f64) -> (u32, f32) {
+    (crate::dropout::threshold(p), (1.0 / (1.0 - p)) as f32)
+}
+
+/// A scaled keep-mask shaped and typed as `like` (`[count, width]`): row e is position `pos[e]` of
+/// sentence `rows[e]`, whose key is `keys[rows[e]]`.
+pub(crate) fn dropout_mask(
+    like: View,
+    keys: View,
+    rows: View,
+    pos: View,
+    site: u64,
+    p: f64,
+) -> Result<(CudaStorage, Shape)> {
+    fn go<T: Elem>(
+        (sl, ll): View,
+        keys: View,
+        rows: View,
+        pos: View,
+        site: u64,
+        p: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sl.device().clone();
+        let shape = ll.shape().clone();
+        let (count, width) = shape.dims2()?;
+        let keys = view::<i64>(keys.0, keys.1, "sentence keys")?;
+        let rows = view::<u32>(rows.0, rows.1, "mask rows")?;
+        let pos = view::<u32>(pos.0, pos.1, "mask positions")?;
+        let mut out = dev.alloc_zeros::<T>(count * width)?;
+        let f = function::<T>(&dev, "dropout_mask")?;
+        let (threshold, scale) = keep_params(p);
+        let (n, w) = (count as u64, i32_of(width, "width")?);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&mut out)
+            .arg(&keys)
+            .arg(&rows)
+            .arg(&pos)
+            .arg(&n)
+            .arg(&w)
+            .arg(&site)
+            .arg(&threshold)
+            .arg(&scale);
+        // SAFETY: out holds count·width elements; rows and pos count entries indexing keys.
+        unsafe { b.launch(per_element(count * width)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+    }
+    by_dtype!(like.0.dtype(), go(like, keys, rows, pos, site, p))
+}
+
+/// A scaled keep-mask of attention probabilities gathered into a padded `[B, heads, T, T]` block
+/// (`like`'s shape and dtype); `starts` `[B+1]` i32.
+pub(crate) fn padded_attention_mask(
+    like: View,
+    keys: View,
+    starts: View,
+    site: u64,
+    p: f64,
+) -> Result<(CudaStorage, Shape)> {
+    fn go<T: Elem>(
+        (sl, ll): View,
+        keys: View,
+        starts: View,
+        site: u64,
+        p: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sl.device().clone();
+        let shape = ll.shape().clone();
+        let (b, heads, t, _) = shape.dims4()?;
+        let keys = view::<i64>(keys.0, keys.1, "sentence keys")?;
+        let starts = view::<i32>(starts.0, starts.1, "row starts")?;
+        let mut out = dev.alloc_zeros::<T>(shape.elem_count())?;
+        let f = function::<T>(&dev, "attn_dropout_mask_padded")?;
+        let (threshold, scale) = keep_params(p);
+        let (hh, tt) = (i32_of(heads, "heads")?, i32_of(t, "longest row")?);
+        let stream = dev.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        l.arg(&mut out)
+            .arg(&keys)
+            .arg(&starts)
+            .arg(&hh)
+            .arg(&tt)
+            .arg(&site)
+            .arg(&threshold)
+            .arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: ((b * heads).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: out holds B·heads·T·T elements; starts B+1 entries, keys B.
+        unsafe { l.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+    }
+    by_dtype!(like.0.dtype(), go(like, keys, starts, site, p))
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::attention::{self, AttentionCache, Heads};
 use crate::batch::{RowSpans, Targets};
-use crate::device_ops;
+use crate::device_ops::{self, AttentionDropout};
+use crate::dropout::{Masker, Noise, Rows, Site};
 use crate::error::Result;
 use crate::kernels::{self, Mask};
 use crate::ops;
@@ -23,16 +24,6 @@ pub struct KernelCheck {
     pub max_rel_err: f32,
     pub tolerance: f32,
     pub pass: bool,
-}
-
-/// The keep-decision of the attention kernels' hash mask for element `i` (the twin of `keep` in
-/// kernels/train.cu).
-pub(crate) fn hash_keep(seed: u64, i: u64, threshold: u32) -> bool {
-    let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((z & 0xFFFF) as u32) < threshold
 }
 
 fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
@@ -206,11 +197,55 @@ fn rows_and_columns(c: &mut Checker) -> Result<()> {
     Ok(())
 }
 
+/// The masks of a batch with rows of these lengths (sentences 0, 1, ...) on `dev`.
+fn masks_on(lengths: &[usize], dev: &Device) -> Result<Masker> {
+    let mut b = crate::PackedBatch::new();
+    for (r, &l) in lengths.iter().enumerate() {
+        b.push_row(r as u64, &vec![1; l], &vec![0; l], std::iter::empty());
+    }
+    let (inputs, _) = b.to_device(dev)?;
+    Masker::new(Noise { seed: 77, step: 5 }, &inputs)
+}
+
+/// The dropout-mask kernels (hidden-state and padded attention masks) against the CPU's masks of the
+/// same sentences: element for element.
+fn dropout_masks(c: &mut Checker, lengths: &[usize]) -> Result<()> {
+    let (gpu, cpu) = (masks_on(lengths, &c.dev)?, masks_on(lengths, &Device::Cpu)?);
+    let n: usize = lengths.iter().sum();
+    let p = 0.1;
+    let like = Tensor::zeros((n, 384), c.dtype, &c.dev)?;
+    let scaled = |m: Option<Mask>| -> Result<Tensor> {
+        let m = m.ok_or_else(|| crate::ModelError::Config("no mask at p > 0".into()))?;
+        let t = m.tensor.to_dtype(DType::F32)?;
+        Ok(if m.tensor.dtype() == DType::U8 {
+            (t * (1.0 / (1.0 - m.p)))?
+        } else {
+            t
+        })
+    };
+    let site = Site::FeedForwardOutput(3);
+    let g = scaled(gpu.tokens(&like, Rows::Tokens, site, p)?)?;
+    let r = scaled(cpu.tokens(&like.to_device(&Device::Cpu)?, Rows::Tokens, site, p)?)?;
+    c.record("dropout_mask tokens", &g, &r, 1e-6)?;
+    let t = lengths.iter().copied().max().unwrap_or(0);
+    let like = Tensor::zeros((lengths.len(), 12, t, t), c.dtype, &c.dev)?;
+    let g = scaled(gpu.attention_padded(&like, 3, p)?)?;
+    let r = scaled(cpu.attention_padded(&like.to_device(&Device::Cpu)?, 3, p)?)?;
+    c.record("dropout_mask padded attention", &g, &r, 1e-6)?;
+    Ok(())
+}
+
 /// Attention with and without dropout, on rows of 1 to 512 tokens (BERT's longest; many key tiles), for
 /// MiniLM's and BERT-base's heads.
 fn attention_kernels(c: &mut Checker) -> Result<()> {
     let mut r = SmallRng::seed_from_u64(12);
-    let rows = RowSpans::new(vec![9, 1, 33, 64, 128, 47, 20, 2, 300, 512]);
+    let lengths = [9, 1, 33, 64, 128, 47, 20, 2, 300, 512];
+    let rows = RowSpans::new(lengths.to_vec());
+    dropout_masks(c, &lengths)?;
+    let (gpu, cpu) = (
+        masks_on(&lengths, &c.dev)?,
+        masks_on(&lengths, &Device::Cpu)?,
+    );
     for head_dim in [32, 64] {
         let shape = Heads {
             heads: 12,
@@ -220,20 +255,20 @@ fn attention_kernels(c: &mut Checker) -> Result<()> {
         let (qg, qc) = c.put(&random(&mut r, n * 3 * h, 1.5), &[n, 3 * h])?;
         let (gg, gc) = c.put(&random(&mut r, n * h, 1.0), &[n, h])?;
         for p in [0.0, 0.1] {
-            let seed = 77;
-            let threshold = ((1.0 - p) * 65536.0f64).round() as u32;
-            let total: usize = (0..rows.rows())
-                .map(|k| 12 * rows.len(k) * rows.len(k))
-                .sum();
-            let cpu_mask = (p > 0.0).then(|| {
-                let bytes = (0..total as u64)
-                    .map(|i| u8::from(hash_keep(seed, i, threshold)))
-                    .collect();
-                (bytes, (1.0 / (1.0 - p)) as f32)
-            });
-            let dropout = (p > 0.0).then_some((seed, p));
+            let layer = 2;
+            let cpu_mask = cpu
+                .attention_bytes(12, layer, p)
+                .map(|bytes| (bytes, (1.0 / (1.0 - p)) as f32));
+            let dropout = match gpu.gpu() {
+                Some(keys) if p > 0.0 => Some(AttentionDropout {
+                    keys: keys.keys.clone(),
+                    site: Site::Attention(layer).code(),
+                    p,
+                }),
+                _ => None,
+            };
             let (ctx, probs) =
-                device_ops::attention_forward(&qg, &rows.starts, 12, head_dim, dropout)?;
+                device_ops::attention_forward(&qg, &rows.starts, 12, head_dim, dropout.clone())?;
             let (rctx, cache) = attention::cpu_forward(&qc, &rows, shape, cpu_mask, true)?;
             let what = format!("attention dh {head_dim} p {p}");
             c.record(&format!("{what} context"), &ctx, &rctx, 1e-5)?;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
+use crate::dropout::{GpuKeys, Rows};
 use crate::error::Result;
 
 /// The AdamW update kernels (`kernels/adamw.cu`; launched by nerpos-train's optimiser): their source,
@@ -274,6 +275,119 @@ impl CustomOp2 for CrossEntropy {
     }
 }
 
+/// The scaled keep-mask of `like` (`[rows, width]`, holding the batch's `rows`) at dropout site
+/// `site`, drawn on the GPU from the sentences' keys (`kernels/dropout.cuh`).
+pub(crate) fn dropout_mask(
+    like: &Tensor,
+    keys: &GpuKeys,
+    rows: Rows,
+    site: u64,
+    p: f64,
+) -> Result<Tensor> {
+    let (row, pos) = match rows {
+        Rows::Tokens => (&keys.token_rows, &keys.token_positions),
+        Rows::Head => (&keys.head_rows, &keys.head_positions),
+    };
+    let op = DropoutMask {
+        keys: keys.keys.clone(),
+        row: row.clone(),
+        pos: pos.clone(),
+        site,
+        p,
+    };
+    Ok(like.apply_op1_no_bwd(&op)?)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct DropoutMask {
+    keys: Tensor,
+    row: Tensor,
+    pos: Tensor,
+    site: u64,
+    p: f64,
+}
+
+impl CustomOp1 for DropoutMask {
+    fn name(&self) -> &'static str {
+        "nerpos-dropout-mask"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(gpu_only(self.name()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        on_gpu(&self.keys, "the sentence keys", |keys| {
+            on_gpu(&self.row, "the mask rows", |row| {
+                on_gpu(&self.pos, "the mask positions", |pos| {
+                    crate::cuda::dropout_mask((s, l), keys, row, pos, self.site, self.p)
+                })
+            })
+        })
+    }
+}
+
+/// The scaled keep-mask of attention probabilities gathered into a padded `[B, heads, T, T]` block
+/// (`like`), drawn on the GPU; padding 0.
+pub(crate) fn padded_attention_mask(
+    like: &Tensor,
+    keys: &GpuKeys,
+    site: u64,
+    p: f64,
+) -> Result<Tensor> {
+    let op = PaddedAttentionMask {
+        keys: keys.keys.clone(),
+        starts: keys.starts.clone(),
+        site,
+        p,
+    };
+    Ok(like.apply_op1_no_bwd(&op)?)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct PaddedAttentionMask {
+    keys: Tensor,
+    starts: Tensor,
+    site: u64,
+    p: f64,
+}
+
+impl CustomOp1 for PaddedAttentionMask {
+    fn name(&self) -> &'static str {
+        "nerpos-padded-attention-mask"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(gpu_only(self.name()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        on_gpu(&self.keys, "the sentence keys", |keys| {
+            on_gpu(&self.starts, "the row starts", |starts| {
+                crate::cuda::padded_attention_mask((s, l), keys, starts, self.site, self.p)
+            })
+        })
+    }
+}
+
+/// Attention dropout for the fused kernels: the sentences' keys on the GPU, the layer's site, p.
+#[derive(Clone)]
+pub struct AttentionDropout {
+    pub keys: Tensor,
+    pub site: u64,
+    pub p: f64,
+}
+
 /// Attention on the GPU: the context `[N, H]` (qkv's dtype) and the probabilities (f32, kept for the
 /// backward pass) from qkv `[N, 3H]`.
 pub fn attention_forward(
@@ -281,7 +395,7 @@ pub fn attention_forward(
     starts: &[usize],
     heads: usize,
     head_dim: usize,
-    dropout: Option<(u64, f64)>,
+    dropout: Option<AttentionDropout>,
 ) -> Result<(Tensor, Tensor)> {
     let op = AttentionFwd {
         starts: starts.to_vec(),
@@ -305,7 +419,7 @@ pub fn attention_backward(
     starts: &[usize],
     heads: usize,
     head_dim: usize,
-    dropout: Option<(u64, f64)>,
+    dropout: Option<AttentionDropout>,
 ) -> Result<Tensor> {
     let op = AttentionBwd {
         fwd: AttentionFwd {
@@ -331,7 +445,7 @@ struct AttentionFwd {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     head_dim: usize,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    dropout: Option<(u64, f64)>,
+    dropout: Option<AttentionDropout>,
 }
 
 #[cfg(feature = "cuda")]
@@ -341,8 +455,20 @@ impl AttentionFwd {
             starts: &self.starts,
             heads: self.heads,
             head_dim: self.head_dim,
-            dropout: self.dropout,
+            dropout: self.dropout.as_ref().map(|d| (d.site, d.p)),
         }
+    }
+
+    /// Runs `f` with the sentence keys' GPU view (none without dropout).
+    fn with_keys<R>(
+        &self,
+        f: impl FnOnce(crate::cuda::Keys) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        maybe_on_gpu(
+            self.dropout.as_ref().map(|d| &d.keys),
+            "the sentence keys",
+            f,
+        )
     }
 }
 
@@ -361,7 +487,7 @@ impl CustomOp1 for AttentionFwd {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.problem().forward(s, l)
+        self.with_keys(|keys| self.problem().forward(s, l, keys))
     }
 }
 
@@ -386,6 +512,10 @@ impl CustomOp3 for AttentionBwd {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.fwd.problem().backward((s1, l1), (s2, l2), (s3, l3))
+        self.fwd.with_keys(|keys| {
+            self.fwd
+                .problem()
+                .backward((s1, l1), (s2, l2), (s3, l3), keys)
+        })
     }
 }

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::attention::{self, AttentionCache, Heads};
 use crate::batch::{RowSpans, Targets};
+use crate::dropout::{Masker, Noise, Rows, Site};
 use crate::kernels::{self, Mask};
 use crate::ops;
 
@@ -76,6 +77,12 @@ impl Job {
     }
 
     fn f32(mut self, k: &'static str, v: &[f32]) -> Job {
+        self.arrays
+            .push((k, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        self
+    }
+
+    fn u64(mut self, k: &'static str, v: &[u64]) -> Job {
         self.arrays
             .push((k, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
         self
@@ -341,48 +348,55 @@ fn column_sums_bias_gelu_and_dropout() {
     }
 }
 
+/// A batch of rows of these lengths (sentences `ids`), its inputs on the CPU and its masks at step 5
+/// of seed 77.
+fn batch_of(lengths: &[usize], ids: &[u64]) -> (crate::Inputs, Masker) {
+    let mut b = crate::PackedBatch::new();
+    for (&l, &id) in lengths.iter().zip(ids) {
+        b.push_row(id, &vec![1; l], &vec![0; l], std::iter::empty());
+    }
+    let (inputs, _) = b.to_device(&Device::Cpu).unwrap();
+    let masks = Masker::new(Noise { seed: 77, step: 5 }, &inputs).unwrap();
+    (inputs, masks)
+}
+
 /// The attention kernels against the CPU kernel: probabilities, context and dqkv, with and without
-/// dropout (the CPU kernel given the GPU kernel's own hash mask), for rows shorter and longer than a
-/// key tile (32) and head sizes below and above a warp's width.
+/// dropout (the GPU kernel drawing its mask from the sentences' keys in CUDA, the CPU kernel given the
+/// Rust masks of the same sentences), for rows shorter and longer than a key tile (32) and head sizes
+/// below and above a warp's width.
 #[test]
 fn attention_forward_and_backward() {
     let Some(bin) = harness("emu_tests::attention_forward_and_backward") else {
         return;
     };
     let mut r = SmallRng::seed_from_u64(3);
-    let rows = RowSpans::new(vec![5, 1, 40, 33, 64, 7]);
+    let lengths = [5, 1, 40, 33, 64, 7];
+    let rows = RowSpans::new(lengths.to_vec());
+    let (inputs, masks) = batch_of(&lengths, &[8, 3, 12, 0, 5, 40]);
+    let keys = Noise { seed: 77, step: 5 }.keys(&inputs.host.sentences);
     for (heads, head_dim) in [(3, 20), (2, 40)] {
         let shape = Heads { heads, head_dim };
         let (n, h) = (rows.tokens(), heads * head_dim);
         let qkv = random(&mut r, n * 3 * h, 1.5);
         let dctx = random(&mut r, n * h, 1.0);
         let starts: Vec<u32> = rows.starts.iter().map(|&s| s as u32).collect();
-        let total: usize = (0..rows.rows())
-            .map(|k| heads * rows.len(k) * rows.len(k))
-            .sum();
         for p in [0.0f64, 0.1] {
-            let threshold = ((1.0 - p) * 65536.0).round() as u32;
+            let layer = 4;
             let keep_scale = (1.0 / (1.0 - p)) as f32;
             let job = |op: &'static str| {
                 Job::new(op)
                     .set("heads", heads)
                     .set("head_dim", head_dim)
-                    .set("seed", 12345)
-                    .set("threshold", threshold)
+                    .set("site", Site::Attention(layer).code())
+                    .set("threshold", crate::dropout::threshold(p))
                     .set("keep_scale", keep_scale)
                     .f32("qkv", &qkv)
                     .u32("starts", &starts)
+                    .u64("keys", &keys)
             };
-            let mask = (p > 0.0).then(|| {
-                let m = job("attn_mask").set("count", total).run(bin, &["mask"]);
-                let bytes: Vec<u8> = m["mask"].iter().map(|&k| k as u8).collect();
-                // The Rust twin of the hash (what the on-GPU check uses) draws the same mask.
-                let twin: Vec<u8> = (0..total as u64)
-                    .map(|i| u8::from(crate::device_check::hash_keep(12345, i, threshold)))
-                    .collect();
-                assert_eq!(bytes, twin, "the hash mask's Rust twin");
-                (bytes, keep_scale)
-            });
+            let mask = masks
+                .attention_bytes(heads, layer, p)
+                .map(|bytes| (bytes, keep_scale));
             let (ctx, cache) =
                 attention::cpu_forward(&cpu(&qkv, &[n, 3 * h]), &rows, shape, mask, true).unwrap();
             let cache = cache.unwrap();
@@ -414,6 +428,102 @@ fn attention_forward_and_backward() {
             close(&format!("{what}: dqkv"), &bwd["dqkv"], &flat(&dqkv), 1e-5);
         }
     }
+}
+
+/// The mask kernels of `kernels/dropout.cuh` draw the Rust masks element for element (hidden-state
+/// rows of all tokens and of the head positions, padded attention blocks), and a sentence's masks
+/// do not depend on the batch around it: the same sentence in another batch, at another place and
+/// beside other sentences, gets the same mask — in the mask kernel and in the attention kernel.
+#[test]
+fn dropout_masks_are_the_cpu_masks_and_keyed_by_the_sentence() {
+    let Some(bin) = harness("emu_tests::dropout_masks_are_the_cpu_masks_and_keyed_by_the_sentence")
+    else {
+        return;
+    };
+    let p = 0.25;
+    let noise = Noise { seed: 77, step: 5 };
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let kernel_mask = |inputs: &crate::Inputs, at: &[crate::dropout::TokenAt], width: usize| {
+        Job::new("dropout_mask")
+            .set("width", width)
+            .set("site", Site::Head.code())
+            .set("threshold", crate::dropout::threshold(p))
+            .set("keep_scale", scale)
+            .u64("keys", &noise.keys(&inputs.host.sentences))
+            .u32("rows", &at.iter().map(|a| a.row).collect::<Vec<_>>())
+            .u32("pos", &at.iter().map(|a| a.position).collect::<Vec<_>>())
+            .run(bin, &["mask"])
+            .remove("mask")
+            .unwrap()
+    };
+    let bytes = |m: Option<Mask>| -> Vec<f32> {
+        flat(&m.unwrap().tensor.to_dtype(DType::F32).unwrap())
+            .iter()
+            .map(|&k| k * scale)
+            .collect()
+    };
+    // Sentence 7 (length 6) first in one batch, last in another; sentence 2 in both.
+    let (a, masks_a) = batch_of(&[6, 3, 9], &[7, 2, 11]);
+    let (b, masks_b) = batch_of(&[4, 3, 6], &[30, 2, 7]);
+    let width = 24;
+    for (inputs, masks) in [(&a, &masks_a), (&b, &masks_b)] {
+        let n = inputs.rows.tokens();
+        let like = Tensor::zeros((n, width), DType::F32, &Device::Cpu).unwrap();
+        let got = kernel_mask(inputs, &inputs.token_at(), width);
+        let want = bytes(masks.tokens(&like, Rows::Tokens, Site::Head, p).unwrap());
+        assert_eq!(got, want, "token mask kernel vs the Rust mask");
+        let t = (0..inputs.rows.rows())
+            .map(|r| inputs.rows.len(r))
+            .max()
+            .unwrap();
+        let starts: Vec<u32> = inputs.rows.starts.iter().map(|&s| s as u32).collect();
+        let got = Job::new("attn_dropout_mask_padded")
+            .set("heads", 2)
+            .set("site", Site::Attention(1).code())
+            .set("threshold", crate::dropout::threshold(p))
+            .set("keep_scale", scale)
+            .u64("keys", &noise.keys(&inputs.host.sentences))
+            .u32("starts", &starts)
+            .run(bin, &["mask"])
+            .remove("mask")
+            .unwrap();
+        let rows = inputs.rows.rows();
+        let like = Tensor::zeros((rows, 2, t, t), DType::F32, &Device::Cpu).unwrap();
+        let want = bytes(masks.attention_padded(&like, 1, p).unwrap());
+        assert_eq!(got, want, "padded attention mask kernel vs the Rust mask");
+    }
+    // Sentence 7's six token rows: the first six of batch a, the last six of batch b.
+    let ma = kernel_mask(&a, &a.token_at(), width);
+    let mb = kernel_mask(&b, &b.token_at(), width);
+    assert_eq!(ma[..6 * width], mb[mb.len() - 6 * width..]);
+    assert_ne!(ma[..6 * width], ma[6 * width..12 * width]);
+
+    // The attention kernel: sentence 7's context is the same in both batches (its probabilities'
+    // dropout keyed by the sentence, not by the offset of its block in the batch).
+    let (heads, head_dim) = (2, 8);
+    let h = heads * head_dim;
+    let mut r = SmallRng::seed_from_u64(8);
+    let own = random(&mut r, 6 * 3 * h, 1.5);
+    let context_of_7 = |inputs: &crate::Inputs, first: usize| -> Vec<f32> {
+        let n = inputs.rows.tokens();
+        let mut qkv = random(&mut r.clone(), n * 3 * h, 1.5);
+        qkv[first * 3 * h..(first + 6) * 3 * h].copy_from_slice(&own);
+        let starts: Vec<u32> = inputs.rows.starts.iter().map(|&s| s as u32).collect();
+        let ctx = Job::new("attn_fwd")
+            .set("heads", heads)
+            .set("head_dim", head_dim)
+            .set("site", Site::Attention(0).code())
+            .set("threshold", crate::dropout::threshold(p))
+            .set("keep_scale", scale)
+            .f32("qkv", &qkv)
+            .u32("starts", &starts)
+            .u64("keys", &noise.keys(&inputs.host.sentences))
+            .run(bin, &["ctx"])
+            .remove("ctx")
+            .unwrap();
+        ctx[first * h..(first + 6) * h].to_vec()
+    };
+    assert_eq!(context_of_7(&a, 0), context_of_7(&b, 7));
 }
 
 #[test]

@@ -3,10 +3,9 @@
 //! embedding gradient (attention has its own module). Each has the same computation in tensor ops for
 //! other devices (`on_cpu` decides).
 //!
-//! Dropout masks are bytes (keep = 1), drawn four per 64-bit random number.
+//! Dropout masks are bytes (keep = 1) on the CPU, keyed by the sentence ([`crate::dropout`]).
 
 use candle_core::{DType, Device, Storage, Tensor};
-use rand::RngCore;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
@@ -53,20 +52,6 @@ impl Mask {
     fn scale(&self) -> f32 {
         (1.0 / (1.0 - self.p)) as f32
     }
-}
-
-/// Draws a keep-mask of `n` elements with keep probability 1−p.
-pub fn keep_bytes(rng: &mut impl RngCore, n: usize, p: f64) -> Vec<u8> {
-    let threshold = ((1.0 - p) * 65536.0).round() as u64;
-    let mut out = Vec::with_capacity(n + 3);
-    while out.len() < n {
-        let r = rng.next_u64();
-        for k in 0..4 {
-            out.push(u8::from((r >> (16 * k)) & 0xFFFF < threshold));
-        }
-    }
-    out.truncate(n);
-    out
 }
 
 /// x ⊙ mask (scaled), or x without a mask.
@@ -329,11 +314,11 @@ pub fn embedding_grad(ids: &Tensor, d: &Tensor, rows: usize) -> Result<Tensor> {
 }
 
 /// The gradient of an embedding table as the rows that were looked up: the distinct `ids` (sorted)
-/// and, for each, the sum of the gradients `d` (N, dim) of its look-ups.
-pub fn embedding_grad_rows(ids: &Tensor, d: &Tensor) -> Result<(Vec<u32>, Tensor)> {
+/// and, for each, the sum of the gradients `d` (N, dim) of its look-ups. The ids come from the host
+/// (the batch keeps them there): nothing is read back from a GPU.
+pub fn embedding_grad_rows(all: &[u32], d: &Tensor) -> Result<(Vec<u32>, Tensor)> {
     let dim = d.dim(1)?;
-    let all = ids.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
-    let mut distinct = all.clone();
+    let mut distinct = all.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
     let at: Vec<u32> = all

@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, Linear};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, Normal, Uniform};
+use serde::{Deserialize, Serialize};
 
 use crate::bert::BertEncoder;
 use crate::config::ModelConfig;
@@ -48,7 +49,7 @@ impl BertNerPos {
         } else {
             None
         };
-        let features = config.bert.hidden_size + if h.use_pos { h.pos_dim } else { 0 };
+        let features = config.head_features();
         let classifier = Linear::new(
             params.var(CLASSIFIER_WEIGHT, (h.num_labels, features))?,
             Some(params.var(CLASSIFIER_BIAS, h.num_labels)?),
@@ -83,27 +84,71 @@ impl BertNerPos {
         Ok(())
     }
 
-    /// Initialises the head as Hugging Face initialises new modules: weights ~ N(0, initializer_range),
-    /// biases 0, from `seed` (so that every process starts from the same head).
-    pub fn init_head(&self, seed: u64) -> Result<()> {
-        let std = self.config.bert.initializer_range;
+    /// Draws the new head (POS embedding, classifier) from `seed` as `init` says — the same on every
+    /// process, since every process draws from the same seed.
+    pub fn init_head(&self, init: HeadInit, seed: u64) -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let normal =
-            Normal::new(0f32, std as f32).map_err(|e| ModelError::Config(e.to_string()))?;
-        for name in [POS_EMBEDDING, CLASSIFIER_WEIGHT] {
-            let Some(var) = self.params.get(name) else {
-                continue;
-            };
-            let data: Vec<f32> = (0..var.elem_count())
-                .map(|_| normal.sample(&mut rng))
-                .collect();
-            var.set(&Tensor::from_vec(data, var.shape(), var.device())?)?;
+        let features = self.config.head_features();
+        let std = self.config.bert.initializer_range as f32;
+        // nn.Linear's weight (Kaiming-uniform with a = √5) and bias both reduce to U(−1/√fan_in, 1/√fan_in).
+        let bound = 1.0 / (features as f32).sqrt();
+        let draws = match init {
+            HeadInit::Torch => [
+                (POS_EMBEDDING, Draw::Normal(1.0)),
+                (CLASSIFIER_WEIGHT, Draw::Uniform(bound)),
+                (CLASSIFIER_BIAS, Draw::Uniform(bound)),
+            ],
+            HeadInit::Bert => [
+                (POS_EMBEDDING, Draw::Normal(std)),
+                (CLASSIFIER_WEIGHT, Draw::Normal(std)),
+                (CLASSIFIER_BIAS, Draw::Zero),
+            ],
+        };
+        for (name, draw) in draws {
+            if let Some(var) = self.params.get(name) {
+                let data = draw.sample(var.elem_count(), &mut rng)?;
+                var.set(&Tensor::from_vec(data, var.shape(), var.device())?)?;
+            }
         }
-        let bias = self
-            .params
-            .get(CLASSIFIER_BIAS)
-            .expect("the classifier has a bias");
-        bias.set(&bias.zeros_like()?)?;
         Ok(())
+    }
+}
+
+/// How a new head's parameters are drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    /// As the design's PyTorch module draws it: `nn.Embedding` for POS (N(0, 1)) and `nn.Linear` for
+    /// the classifier (weight and bias U(−1/√fan_in, 1/√fan_in)). At this scale the POS vectors are
+    /// as large as the encoder's outputs they are concatenated with, and the model uses them.
+    #[default]
+    Torch,
+    /// As Hugging Face initialises new modules: weights N(0, initializer_range), bias 0. POS vectors
+    /// ~50× smaller than the encoder's outputs: the model learns little from POS (docs/results.md).
+    Bert,
+}
+
+/// One parameter's distribution.
+#[derive(Clone, Copy)]
+enum Draw {
+    Normal(f32),
+    Uniform(f32),
+    Zero,
+}
+
+impl Draw {
+    fn sample(self, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        Ok(match self {
+            Draw::Normal(std) => {
+                let d = Normal::new(0f32, std).map_err(|e| ModelError::Config(e.to_string()))?;
+                (0..n).map(|_| d.sample(rng)).collect()
+            }
+            Draw::Uniform(bound) => {
+                let d = Uniform::new_inclusive(-bound, bound)
+                    .map_err(|e| ModelError::Config(e.to_string()))?;
+                (0..n).map(|_| d.sample(rng)).collect()
+            }
+            Draw::Zero => vec![0.0; n],
+        })
     }
 }

@@ -54,9 +54,11 @@ pub fn predict_rows(
     }
     let mut batch = PackedBatch::new();
     let mut words: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
-    for row in rows {
+    for (r, row) in rows.iter().enumerate() {
         let firsts: Vec<(usize, u32)> = row.first_subwords().collect();
+        // No dropout in prediction: the sentence's identity is only its place.
         batch.push_row(
+            r as u64,
             row.input_ids,
             row.pos_ids,
             firsts.iter().map(|&(p, _)| (p, None)),

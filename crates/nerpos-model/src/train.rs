@@ -16,10 +16,10 @@ use crate::attention::{self, AttentionCache, Heads};
 use crate::batch::{Inputs, Targets};
 use crate::config::Activation;
 use crate::deferred::Deferred;
+use crate::dropout::{Masker, Noise, Rows, Site};
 use crate::error::{ModelError, Result};
 use crate::grad::Grad;
 use crate::kernels::{self, Mask};
-use crate::layers::DropoutRng;
 use crate::model::{
     BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, POS_EMBEDDING, WORD_EMBEDDINGS,
 };
@@ -57,12 +57,17 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })?)
 }
 
-fn draw(rng: &mut Option<&mut DropoutRng>, like: &Tensor, p: f64) -> Result<Option<Mask>> {
-    match rng {
-        Some(rng) if p > 0.0 => Ok(Some(timed("fwd/bwd: dropout masks", || {
-            rng.keep_mask(like, p)
-        })?)),
-        _ => Ok(None),
+/// The keep-mask of `like` at `site` in training (`masks` given), none in evaluation.
+fn draw(
+    masks: Option<&Masker>,
+    like: &Tensor,
+    rows: Rows,
+    site: Site,
+    p: f64,
+) -> Result<Option<Mask>> {
+    match masks {
+        Some(m) => timed("fwd/bwd: dropout masks", || m.tokens(like, rows, site, p)),
+        None => Ok(None),
     }
 }
 
@@ -136,10 +141,10 @@ impl BertNerPos {
     /// (the other tokens' outputs would feed nothing; they still serve as keys and values).
     fn layer_forward(
         &self,
-        layer: &crate::bert::BertLayer,
+        (i, layer): (usize, &crate::bert::BertLayer),
         x: Tensor,
         inputs: &Inputs,
-        rng: &mut Option<&mut DropoutRng>,
+        masks: Option<&Masker>,
         keep: bool,
         only_head: bool,
     ) -> Result<(Tensor, Option<LayerCache>)> {
@@ -151,14 +156,12 @@ impl BertNerPos {
             head_dim: layer.head_dim,
         };
         let (context, attention) = timed("fwd/bwd: attention", || {
-            attention::forward(
-                &qkv,
-                &inputs.rows,
-                shape,
-                layer.attention_dropout,
-                rng.as_deref_mut(),
-                keep,
-            )
+            let dropout = masks.map(|masks| attention::Dropout {
+                masks,
+                layer: i,
+                p: layer.attention_dropout,
+            });
+            attention::forward(&qkv, &inputs.rows, shape, dropout, keep)
         })?;
         let (context, residual) = if only_head {
             let _t = crate::profile::scope("fwd/bwd: head");
@@ -169,8 +172,16 @@ impl BertNerPos {
         } else {
             (context, x.clone())
         };
+        // After attention, the last layer holds the head positions only.
+        let rows = if only_head { Rows::Head } else { Rows::Tokens };
         let attended = matmul_t(&context, layer.attn_out.weight())?;
-        let attn_mask = draw(rng, &attended, layer.hidden_dropout)?;
+        let attn_mask = draw(
+            masks,
+            &attended,
+            rows,
+            Site::AttentionOutput(i),
+            layer.hidden_dropout,
+        )?;
         let ln1_in = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::bias_dropout_residual(
                 &attended,
@@ -192,7 +203,13 @@ impl BertNerPos {
             activation_fwd(layer.activation, &raw, &d(bias_of(&layer.intermediate)?))
         })?;
         let out = matmul_t(&gelu, layer.output.weight())?;
-        let out_mask = draw(rng, &out, layer.hidden_dropout)?;
+        let out_mask = draw(
+            masks,
+            &out,
+            rows,
+            Site::FeedForwardOutput(i),
+            layer.hidden_dropout,
+        )?;
         let ln2_in = timed("fwd/bwd: bias+dropout+residual", || {
             kernels::bias_dropout_residual(
                 &out,
@@ -230,12 +247,7 @@ impl BertNerPos {
     }
 
     /// The forward pass: logits at the head positions and (with `keep`) everything backward needs.
-    fn run_forward(
-        &self,
-        inputs: &Inputs,
-        mut rng: Option<&mut DropoutRng>,
-        keep: bool,
-    ) -> Result<Forward> {
+    fn run_forward(&self, inputs: &Inputs, masks: Option<&Masker>, keep: bool) -> Result<Forward> {
         let c = &self.config;
         let emb = &self.encoder.embeddings;
         let summed = self.embed(inputs)?;
@@ -247,14 +259,15 @@ impl BertNerPos {
                 emb.norm.eps,
             )
         })?;
-        let emb_mask = draw(&mut rng, &normed, emb.dropout)?;
+        let emb_mask = draw(masks, &normed, Rows::Tokens, Site::Embeddings, emb.dropout)?;
         let mut x = kernels::masked(&normed, emb_mask.as_ref())?;
 
         let mut caches = Vec::with_capacity(self.encoder.layers.len());
         let last = self.encoder.layers.len().checked_sub(1);
         for (i, layer) in self.encoder.layers.iter().enumerate() {
             let only_head = Some(i) == last;
-            let (next, cache) = self.layer_forward(layer, x, inputs, &mut rng, keep, only_head)?;
+            let (next, cache) =
+                self.layer_forward((i, layer), x, inputs, masks, keep, only_head)?;
             caches.extend(cache);
             x = next;
         }
@@ -276,7 +289,7 @@ impl BertNerPos {
             )?,
             None => at_head,
         };
-        let head_mask = draw(&mut rng, &features, c.head.dropout)?;
+        let head_mask = draw(masks, &features, Rows::Head, Site::Head, c.head.dropout)?;
         let features_dropped = kernels::masked(&features, head_mask.as_ref())?;
         let logits = features_dropped
             .matmul(&d(self.classifier.weight()).t()?)?
@@ -349,15 +362,16 @@ impl BertNerPos {
         Ok(self.run_forward(inputs, None, false)?.logits)
     }
 
-    /// Forward and backward on one batch: dropout from `rng` when given (training), none otherwise.
+    /// Forward and backward on one batch: dropout keyed by `noise` and the batch's sentences when
+    /// given (training), none otherwise.
     pub fn forward_backward(
         &self,
         inputs: &Inputs,
         targets: &Targets,
-        rng: Option<&mut DropoutRng>,
+        noise: Option<Noise>,
     ) -> Result<StepOutput> {
         let mut grads = BTreeMap::new();
-        let (loss_sum, count) = self.forward_backward_with(inputs, targets, rng, |name, g| {
+        let (loss_sum, count) = self.forward_backward_with(inputs, targets, noise, |name, g| {
             grads.insert(name.to_owned(), g);
             Ok(())
         })?;
@@ -383,10 +397,11 @@ impl BertNerPos {
         &self,
         inputs: &Inputs,
         targets: &Targets,
-        rng: Option<&mut DropoutRng>,
+        noise: Option<Noise>,
         mut sink: impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<(Deferred, usize)> {
-        let fwd = self.run_forward(inputs, rng, true)?;
+        let masks = noise.map(|n| Masker::new(n, inputs)).transpose()?;
+        let fwd = self.run_forward(inputs, masks.as_ref(), true)?;
         let (loss_sum, dlogits) = timed("fwd/bwd: loss", || cross_entropy(&fwd.logits, targets))?;
         let dx = self.head_backward(inputs, &fwd, &dlogits, &mut sink)?;
         let mut dx = dx;
@@ -563,7 +578,7 @@ impl BertNerPos {
         let _t = crate::profile::scope("fwd/bwd: embedding gradients");
         let dsummed = dsummed.contiguous()?;
         let (vocab, h) = emb.word.embeddings().dims2()?;
-        let (ids, values) = kernels::embedding_grad_rows(&inputs.input_ids, &dsummed)?;
+        let (ids, values) = kernels::embedding_grad_rows(&inputs.host.input_ids, &dsummed)?;
         sink(
             WORD_EMBEDDINGS,
             Grad::Rows {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use nerpos_model::BertNerPos;
+use nerpos_model::{BertNerPos, HeadInit};
 
 #[test]
 fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
@@ -95,7 +95,8 @@ fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
 
 /// On the real checkpoint: the packed pass equals the padded autograd oracle (logits and gradients)
 /// on a batch of rows of different lengths, and a row's logits do not depend on the rows packed
-/// with it. Needs only the checkpoint.
+/// with it — nor, training with the default dropout rates (the checkpoint's 0.1, the head's 0.2),
+/// its loss and gradients. Needs only the checkpoint.
 #[test]
 fn minilm_packed_equals_padded_and_rows_are_independent() {
     let name = "minilm_packed_equals_padded_and_rows_are_independent";
@@ -109,13 +110,34 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         use_pos: true,
         dropout: 0.0,
     };
-    let (model, _) =
-        BertNerPos::from_pretrained(&minilm, head, Some(0.0), 3, &Device::Cpu).unwrap();
+    let (model, _) = BertNerPos::from_pretrained(
+        &minilm,
+        head,
+        Some(0.0),
+        (HeadInit::default(), 3),
+        &Device::Cpu,
+    )
+    .unwrap();
     let reference = common::synthetic_reference(&[23, 7, 41, 16], 30_000, 44, 17);
     let (e_logits, e_grad) = common::packed_vs_oracle(&model, &reference);
     eprintln!("MiniLM packed vs padded: logits {e_logits:.2e}, gradients {e_grad:.2e}");
-    assert!(e_logits <= 1e-5 && e_grad <= 1e-5, "{e_logits} {e_grad}");
+    // f32 summation order: 1.2e-5 (layer 1's query weight) with the design's head, whose N(0, 1) POS
+    // vectors make the gradients larger than Hugging Face's N(0, 0.02) head did (below 1e-5).
+    assert!(e_logits <= 1e-5 && e_grad <= 2e-5, "{e_logits} {e_grad}");
     let d = common::composition_difference(&model, &reference.packed(false));
     eprintln!("MiniLM row alone vs packed: max |logit difference| {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
+
+    let head = nerpos_model::HeadConfig {
+        dropout: 0.2,
+        ..model.config.head.clone()
+    };
+    let (model, _) =
+        BertNerPos::from_pretrained(&minilm, head, None, (HeadInit::default(), 3), &Device::Cpu)
+            .unwrap();
+    assert_eq!(model.config.bert.hidden_dropout_prob, 0.1);
+    let noise = nerpos_model::Noise { seed: 42, step: 11 };
+    let d = common::dropout_composition_difference(&model, &reference.packed(true), noise);
+    eprintln!("MiniLM with dropout, rows alone and reordered vs packed: max relative {d:.2e}");
     assert!(d <= 1e-5, "{d}");
 }

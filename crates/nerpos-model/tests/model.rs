@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use nerpos_model::{BertNerPos, DropoutRng, HeadConfig, NerposMeta, PackedBatch};
-use rand::SeedableRng;
+use nerpos_model::{BertNerPos, HeadConfig, HeadInit, NerposMeta, PackedBatch};
 
 fn tiny_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model")
@@ -31,7 +30,7 @@ fn batch() -> PackedBatch {
             .clone()
             .filter(|i| i % 5 != 0)
             .map(|i| (i - at, Some((i % 7) as u32)));
-        b.push_row(&ids[span.clone()], &pos[span], labelled);
+        b.push_row(at as u64, &ids[span.clone()], &pos[span], labelled);
     }
     b
 }
@@ -90,9 +89,15 @@ fn pretrained_folder_with_bert_prefix_and_old_names_gets_a_seeded_head() {
         );
     });
     std::fs::remove_file(dir.join("nerpos.json")).unwrap();
-    let (a, carried) = BertNerPos::from_pretrained(&dir, head(), None, 5, &Device::Cpu).unwrap();
-    let (b, _) = BertNerPos::from_pretrained(&dir, head(), None, 5, &Device::Cpu).unwrap();
-    let (c, _) = BertNerPos::from_pretrained(&dir, head(), None, 6, &Device::Cpu).unwrap();
+    let (a, carried) =
+        BertNerPos::from_pretrained(&dir, head(), None, (HeadInit::Torch, 5), &Device::Cpu)
+            .unwrap();
+    let (b, _) =
+        BertNerPos::from_pretrained(&dir, head(), None, (HeadInit::Torch, 5), &Device::Cpu)
+            .unwrap();
+    let (c, _) =
+        BertNerPos::from_pretrained(&dir, head(), None, (HeadInit::Torch, 6), &Device::Cpu)
+            .unwrap();
     assert!(
         carried.tensors.contains_key("pooler.dense.weight"),
         "the pooler is carried"
@@ -109,11 +114,8 @@ fn pretrained_folder_with_bert_prefix_and_old_names_gets_a_seeded_head() {
     };
     assert_eq!(w(&a), w(&b), "same seed, same head");
     assert_ne!(w(&a), w(&c), "another seed, another head");
-    let std = (w(&a).iter().map(|x| x * x).sum::<f32>() / w(&a).len() as f32).sqrt();
-    assert!(
-        (std - 0.02).abs() < 0.004,
-        "N(0, initializer_range): std {std}"
-    );
+    // The design's nn.Linear: weight and bias U(−1/√fan_in, 1/√fan_in), fan_in = 64 + 24 features.
+    let bound = 1.0 / (88f32).sqrt();
     let bias = a
         .params
         .get("classifier.bias")
@@ -121,7 +123,13 @@ fn pretrained_folder_with_bert_prefix_and_old_names_gets_a_seeded_head() {
         .as_tensor()
         .to_vec1::<f32>()
         .unwrap();
-    assert!(bias.iter().all(|&x| x == 0.0));
+    for (what, v) in [("weight", w(&a)), ("bias", bias)] {
+        assert!(
+            v.iter().all(|x| x.abs() <= bound),
+            "classifier {what} beyond ±{bound}"
+        );
+        assert!(v.iter().any(|&x| x != 0.0), "classifier {what} all zero");
+    }
     // The encoder was loaded (not zero): a LayerNorm weight from the checkpoint.
     let ln = a
         .params
@@ -131,6 +139,156 @@ fn pretrained_folder_with_bert_prefix_and_old_names_gets_a_seeded_head() {
         .to_vec1::<f32>()
         .unwrap();
     assert!(ln.iter().any(|&x| x != 0.0));
+}
+
+/// The new head is drawn as the design's PyTorch module draws it (nn.Embedding: N(0, 1); nn.Linear:
+/// U(−1/√fan_in, 1/√fan_in) for weight and bias) and, with `head_init = "bert"`, as Hugging Face draws
+/// new modules (N(0, 0.02), zero bias).
+#[test]
+fn head_is_drawn_as_the_chosen_scheme() {
+    let (torch, bert) = (
+        drawn_head(HeadInit::Torch, 1),
+        drawn_head(HeadInit::Bert, 1),
+    );
+    let moments = |v: &[f32]| {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = v
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        (mean, var.sqrt())
+    };
+    let (mean, std) = moments(&torch["pos_embedding.weight"]);
+    assert!(
+        mean.abs() < 0.03 && (std - 1.0).abs() < 0.03,
+        "POS N(0, 1): {mean} {std}"
+    );
+    let bound = 1.0 / (HEAD_FEATURES as f64).sqrt();
+    for name in ["classifier.weight", "classifier.bias"] {
+        let v = &torch[name];
+        let max = v.iter().map(|x| f64::from(x.abs())).fold(0.0, f64::max);
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "{name}: max |x| {max}, bound {bound}"
+        );
+    }
+    let (_, std) = moments(&torch["classifier.weight"]);
+    let uniform = bound / 3f64.sqrt();
+    assert!(
+        (std / uniform - 1.0).abs() < 0.05,
+        "classifier std {std}, U(±b) has {uniform}"
+    );
+    for name in ["pos_embedding.weight", "classifier.weight"] {
+        let (_, std) = moments(&bert[name]);
+        assert!((std - 0.02).abs() < 0.002, "{name} N(0, 0.02): std {std}");
+    }
+    assert!(bert["classifier.bias"].iter().all(|&x| x == 0.0));
+    assert_eq!(
+        torch,
+        drawn_head(HeadInit::Torch, 1),
+        "same seed, same head"
+    );
+}
+
+/// Our head's draws and PyTorch's come from the same distributions: a two-sample Kolmogorov–Smirnov
+/// test per parameter against nn.Embedding / nn.Linear drawn by PyTorch itself
+/// (`tests/reference/head_init_reference.py`), at the shapes of GMB's head on MiniLM.
+#[test]
+fn head_init_matches_pytorch_distributions() {
+    let name = "head_init_matches_pytorch_distributions";
+    let Some(python) =
+        nerpos_testdata::reference_python(name, &["torch"], "requirements-model.txt")
+    else {
+        return;
+    };
+    let script = nerpos_testdata::repo_root().join("tests/reference/head_init_reference.py");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args([
+            "42",
+            &POS_DIM.to_string(),
+            &HEAD_FEATURES.to_string(),
+            "11",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let torch: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ours = drawn_head(HeadInit::Torch, 3);
+    for name in [
+        "pos_embedding.weight",
+        "classifier.weight",
+        "classifier.bias",
+    ] {
+        let theirs: Vec<f32> = serde_json::from_value(torch[name].clone()).unwrap();
+        let mine = &ours[name];
+        assert_eq!(mine.len(), theirs.len(), "{name}: shapes differ");
+        let d = ks_statistic(mine, &theirs);
+        let (n, m) = (mine.len() as f64, theirs.len() as f64);
+        // Rejects at the 0.1 % level: c(α) = sqrt(−ln(α/2)/2) = 1.95.
+        let critical = 1.95 * ((n + m) / (n * m)).sqrt();
+        eprintln!("{name}: KS statistic {d:.4} (critical {critical:.4})");
+        assert!(
+            d < critical,
+            "{name}: KS statistic {d} ≥ {critical}: not PyTorch's distribution"
+        );
+    }
+    let bound = torch["linear_bound"].as_f64().unwrap();
+    assert!((bound - 1.0 / (HEAD_FEATURES as f64).sqrt()).abs() < 1e-9);
+}
+
+const POS_DIM: usize = 384;
+/// The tiny encoder's 64 outputs and the POS embedding.
+const HEAD_FEATURES: usize = 64 + POS_DIM;
+
+/// A fresh head of 42 POS tags × 384 and 11 labels on the tiny encoder, drawn by `init` from `seed`.
+fn drawn_head(init: HeadInit, seed: u64) -> HashMap<String, Vec<f32>> {
+    let (bert, _) = nerpos_model::BertConfig::read(&tiny_dir()).unwrap();
+    let head = HeadConfig {
+        num_labels: 11,
+        num_pos: 42,
+        pos_dim: POS_DIM,
+        use_pos: true,
+        dropout: 0.2,
+    };
+    let m = BertNerPos::new(nerpos_model::ModelConfig { bert, head }, &Device::Cpu).unwrap();
+    m.init_head(init, seed).unwrap();
+    [
+        "pos_embedding.weight",
+        "classifier.weight",
+        "classifier.bias",
+    ]
+    .into_iter()
+    .map(|n| {
+        let v = m.params.get(n).unwrap().as_tensor().flatten_all().unwrap();
+        (n.to_owned(), v.to_vec1::<f32>().unwrap())
+    })
+    .collect()
+}
+
+/// The two-sample Kolmogorov–Smirnov statistic: the largest gap between the empirical CDFs.
+fn ks_statistic(a: &[f32], b: &[f32]) -> f64 {
+    let sorted = |v: &[f32]| {
+        let mut v = v.to_vec();
+        v.sort_by(f32::total_cmp);
+        v
+    };
+    let (a, b) = (sorted(a), sorted(b));
+    let (mut i, mut j, mut d) = (0, 0, 0f64);
+    while i < a.len() && j < b.len() {
+        let x = a[i].min(b[j]);
+        while i < a.len() && a[i] <= x {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= x {
+            j += 1;
+        }
+        d = d.max((i as f64 / a.len() as f64 - j as f64 / b.len() as f64).abs());
+    }
+    d
 }
 
 #[test]
@@ -205,13 +363,10 @@ fn dropout_is_real_in_training_and_absent_in_evaluation() {
     let dev = Device::Cpu;
     let (model, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
     let (x, y) = (inputs(&dev), targets(&dev));
-    // Training loss with the masks of a seed; without a generator (evaluation) no dropout.
+    // Training loss with the masks of a seed; without them (evaluation) no dropout.
     let train = |seed: Option<u64>| {
-        let mut rng = seed.map(|s| DropoutRng::new(s, &dev).unwrap());
-        model
-            .forward_backward(&x, &y, rng.as_mut())
-            .unwrap()
-            .loss_sum
+        let noise = seed.map(|seed| nerpos_model::Noise { seed, step: 0 });
+        model.forward_backward(&x, &y, noise).unwrap().loss_sum
     };
     assert_eq!(eval(&model, &x), eval(&model, &x));
     assert_eq!(train(Some(1)), train(Some(1)), "a seed fixes the masks");
@@ -220,8 +375,12 @@ fn dropout_is_real_in_training_and_absent_in_evaluation() {
 
     // The mask zeroes the expected fraction and scales the rest by 1/(1-p).
     let ones = Tensor::ones((200, 500), candle_core::DType::F32, &dev).unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
-    let bytes = nerpos_model::kernels::keep_bytes(&mut rng, 100_000, 0.2);
+    let key = nerpos_model::dropout::sentence_key(3, 0, 0);
+    let at: Vec<_> = (0..200)
+        .map(|position| nerpos_model::dropout::TokenAt { row: 0, position })
+        .collect();
+    let site = nerpos_model::dropout::Site::Embeddings;
+    let bytes = nerpos_model::dropout::token_mask(&[key], &at, 500, site, 0.2);
     let mask = nerpos_model::kernels::Mask {
         tensor: Tensor::from_vec(bytes, (200, 500), &dev).unwrap(),
         p: 0.2,
@@ -251,7 +410,9 @@ fn no_pos_ablation_from_the_same_code() {
         use_pos: false,
         ..head()
     };
-    let (m, _) = BertNerPos::from_pretrained(&dir, h, Some(0.0), 1, &Device::Cpu).unwrap();
+    let (m, _) =
+        BertNerPos::from_pretrained(&dir, h, Some(0.0), (HeadInit::default(), 1), &Device::Cpu)
+            .unwrap();
     assert!(m.params.get("pos_embedding.weight").is_none());
     assert_eq!(m.params.get("classifier.weight").unwrap().dims(), [7, 64]);
     assert_eq!(
@@ -342,8 +503,8 @@ fn bf16_compute_copy_tracks_the_f32_model() {
         );
     }
     // With dropout, the generic path's masks apply too.
-    let mut rng = DropoutRng::new(7, &dev).unwrap();
-    let dropped = half.forward_backward(&x, &targets, Some(&mut rng)).unwrap();
+    let noise = nerpos_model::Noise { seed: 7, step: 0 };
+    let dropped = half.forward_backward(&x, &targets, Some(noise)).unwrap();
     assert!(dropped.loss_sum.is_finite() && (dropped.loss_sum - low.loss_sum).abs() > 1e-6);
 }
 

@@ -20,7 +20,8 @@ fn tiny_model_matches_pytorch() {
 }
 
 /// The packed pass (no padding anywhere) equals the padded autograd oracle on the fixture's padded
-/// batch, and a row's logits do not depend on the rows packed with it.
+/// batch, and a row's logits do not depend on the rows packed with it — nor, in training with the
+/// model's dropout rates, its loss and gradients (its masks are keyed by its sentence).
 #[test]
 fn packed_equals_padded_and_rows_are_independent() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
@@ -31,5 +32,10 @@ fn packed_equals_padded_and_rows_are_independent() {
     assert!(e_logits <= 1e-5 && e_grad <= 1e-5, "{e_logits} {e_grad}");
     let d = common::composition_difference(&model, &reference.packed(false));
     eprintln!("a row alone vs packed with others: max |logit difference| {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
+    let noise = nerpos_model::Noise { seed: 3, step: 7 };
+    assert!(model.config.bert.hidden_dropout_prob > 0.0 && model.config.head.dropout > 0.0);
+    let d = common::dropout_composition_difference(&model, &reference.packed(true), noise);
+    eprintln!("with dropout, rows alone and reordered vs packed: max relative difference {d:.2e}");
     assert!(d <= 1e-5, "{d}");
 }

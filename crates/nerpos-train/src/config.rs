@@ -75,6 +75,11 @@ pub struct TrainConfig {
     /// Overrides the checkpoint's encoder dropout rates (0 turns them off).
     #[serde(default)]
     pub encoder_dropout: Option<f64>,
+    /// How a new head (POS embedding, classifier) is drawn: `torch` (the design's PyTorch module:
+    /// POS N(0, 1), classifier U(±1/√fan_in)) or `bert` (Hugging Face's N(0, initializer_range),
+    /// zero bias). Unused when `model` is a fine-tuned folder (its head is loaded).
+    #[serde(default)]
+    pub head_init: nerpos_model::HeadInit,
     /// Width of the POS embedding (the encoder's hidden size if unset).
     #[serde(default)]
     pub pos_dim: Option<usize>,
@@ -243,6 +248,28 @@ pub enum ConfigError {
     Parse { path: PathBuf, msg: String },
     #[error("config key `{key}`: {msg}")]
     Invalid { key: &'static str, msg: String },
+    /// A `--set` on resume that would make the saved position in the data meaningless.
+    #[error(
+        "config key `{key}` changed on resume ({from} → {to}): {why}; resume with the run's own \
+         value, or start a new run"
+    )]
+    ChangedOnResume {
+        key: String,
+        from: String,
+        to: String,
+        why: &'static str,
+    },
+}
+
+/// A setting that differs between a run's saved configuration and the one it is resumed with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumeChange {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+    /// Whether the weights from here on differ from an uninterrupted run's (`false`: logging,
+    /// checkpoints, how the global batch is cut into micro-batches — exact to float rounding).
+    pub changes_training: bool,
 }
 
 impl TrainConfig {
@@ -351,6 +378,84 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// What differs from `saved` (the run's configuration) when resuming with this one. Errors for a
+    /// change that breaks the saved position in the data (the data, the seed, the global batch, the
+    /// model): the checkpoint's step and place in the epoch would point into another sequence of
+    /// batches.
+    pub fn resume_changes(&self, saved: &TrainConfig) -> Result<Vec<ResumeChange>, ConfigError> {
+        let table = |c: &TrainConfig| match toml::Value::try_from(c) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let (now, before) = (table(self), table(saved));
+        let mut keys: Vec<&String> = now.keys().chain(before.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let show =
+            |v: Option<&toml::Value>| v.map_or_else(|| "unset".to_owned(), |v| v.to_string());
+        let mut out = Vec::new();
+        for key in keys {
+            let (to, from) = (now.get(key), before.get(key));
+            if to == from {
+                continue;
+            }
+            let (from, to) = (show(from), show(to));
+            let refused = |why| ConfigError::ChangedOnResume {
+                key: key.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                why,
+            };
+            match key.as_str() {
+                "data" | "train_sentences" => {
+                    return Err(refused(
+                        "the checkpoint's place in the epoch indexes these rows",
+                    ));
+                }
+                "seed" | "length_grouping" => {
+                    return Err(refused("the epochs' batch order comes from it"));
+                }
+                "model" | "use_pos" | "pos_dim" | "head_init" => {
+                    return Err(refused("the checkpoint holds a model built from it"));
+                }
+                _ => {}
+            }
+            let changes_training = !matches!(
+                key.as_str(),
+                "out"
+                    | "device"
+                    | "log_every"
+                    | "checkpoint_every"
+                    | "keep_checkpoints"
+                    | "eval_batch_size"
+                    | "bucket_mb"
+                    | "batch_size"
+                    | "batch_tokens"
+                    | "grad_accum"
+            );
+            out.push(ResumeChange {
+                key: key.clone(),
+                from,
+                to,
+                changes_training,
+            });
+        }
+        // The global batch (what an optimiser step sees) must stay: the per-process keys only cut it.
+        let (a, b) = (
+            crate::data::Batching::resolve(saved, 1),
+            crate::data::Batching::resolve(self, 1),
+        );
+        if (a.step_rows, a.step_tokens) != (b.step_rows, b.step_tokens) {
+            return Err(ConfigError::ChangedOnResume {
+                key: "global_batch_size".into(),
+                from: format!("{} rows, {} tokens", a.step_rows, a.step_tokens),
+                to: format!("{} rows, {} tokens", b.step_rows, b.step_tokens),
+                why: "the epochs' optimiser steps are cut from the global batch",
+            });
+        }
+        Ok(out)
+    }
+
     /// The configuration as TOML (what the run folder's `config.toml` holds).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the configuration serialises")
@@ -416,6 +521,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[grid]"), "{e}");
+    }
+
+    /// On resume: bookkeeping changes pass quietly, changes of the trajectory are reported, and changes
+    /// that break the saved place in the data are refused naming the key.
+    #[test]
+    fn resume_changes_are_sorted_by_their_effect() {
+        let saved = load(BASE, &["global_batch_size=32"]).unwrap();
+        let changes = |sets: &[&str]| {
+            let mut sets = sets.to_vec();
+            sets.push("global_batch_size=32");
+            load(BASE, &sets).unwrap().resume_changes(&saved)
+        };
+        assert_eq!(changes(&[]).unwrap(), vec![]);
+        let c = changes(&["log_every=50", "batch_size=8"]).unwrap();
+        assert!(c.iter().all(|c| !c.changes_training), "{c:?}");
+        let c = changes(&["lr=1e-3"]).unwrap();
+        assert_eq!((c[0].key.as_str(), c[0].changes_training), ("lr", true));
+        assert_eq!((c[0].from.as_str(), c[0].to.as_str()), ("0.00005", "0.001"));
+        for (set, key) in [
+            ("seed=1", "`seed`"),
+            ("data=\"other\"", "`data`"),
+            ("global_batch_size=64", "`global_batch_size`"),
+        ] {
+            let e = load(BASE, &[set])
+                .unwrap()
+                .resume_changes(&saved)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("resume"), "{set}: {e}");
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use nerpos_model::PackedBatch;
@@ -139,31 +139,63 @@ pub fn plan_epoch(lengths: &[usize], b: &Batching, epoch: usize) -> Vec<StepPlan
         .collect()
 }
 
-/// Packs `rows` of `data` into one micro-batch (no padding): the head runs on the labelled sub-words.
-/// POS ids of words are replaced by `pos_unk` with probability `pos_dropout` (from `rng`).
-pub fn pack_batch(
-    data: &[Row],
-    rows: &[usize],
-    pos_unk: u32,
-    pos_dropout: f64,
-    rng: &mut impl Rng,
-) -> PackedBatch {
+/// POS tags replaced by the unknown tag in training: each sub-word's draw keyed by the run's seed, the
+/// epoch and the sentence (as dropout masks are, [`nerpos_model::dropout`]), so that it does not depend
+/// on the process or the batch the sentence lands in.
+#[derive(Debug, Clone, Copy)]
+pub struct PosDropout {
+    pub seed: u64,
+    pub epoch: usize,
+    pub p: f64,
+    /// The unknown POS id.
+    pub unk: u32,
+}
+
+impl PosDropout {
+    /// Row `sentence`'s POS ids with the dropped ones replaced.
+    fn apply(&self, sentence: u64, row: &Row, out: &mut Vec<u32>) {
+        use nerpos_model::dropout::{Site, draw, sentence_key, site_key};
+        out.clear();
+        let key = site_key(
+            sentence_key(self.seed, self.epoch as u64, sentence),
+            Site::PosTags.code(),
+        );
+        // Dropped when the draw falls below p·2¹⁶ (the complement of a keep-threshold).
+        let below = (self.p * 65536.0).round() as u32;
+        out.extend(
+            row.pos_ids
+                .iter()
+                .zip(&row.word_ids)
+                .enumerate()
+                .map(|(k, (&p, &w))| {
+                    let drop = w >= 0 && draw(key, k as u64) < below;
+                    if drop { self.unk } else { p }
+                }),
+        );
+    }
+}
+
+/// Packs `rows` of `data` into one micro-batch (no padding): the head runs on the labelled sub-words;
+/// each row's sentence is its index in `data`. POS ids are dropped as `pos_dropout` says (training).
+pub fn pack_batch(data: &[Row], rows: &[usize], pos_dropout: Option<&PosDropout>) -> PackedBatch {
     let mut b = PackedBatch::new();
     let mut pos: Vec<u32> = Vec::new();
     for &i in rows {
         let r = &data[i];
-        pos.clear();
-        pos.extend(r.pos_ids.iter().zip(&r.word_ids).map(|(&p, &w)| {
-            let drop = w >= 0 && pos_dropout > 0.0 && rng.random::<f64>() < pos_dropout;
-            if drop { pos_unk } else { p }
-        }));
+        match pos_dropout {
+            Some(d) if d.p > 0.0 => d.apply(i as u64, r, &mut pos),
+            _ => {
+                pos.clear();
+                pos.extend_from_slice(&r.pos_ids);
+            }
+        }
         let labelled = r
             .labels
             .iter()
             .enumerate()
             .filter(|&(_, &l)| l >= 0)
             .map(|(p, &l)| (p, Some(l as u32)));
-        b.push_row(&r.input_ids, &pos, labelled);
+        b.push_row(i as u64, &r.input_ids, &pos, labelled);
     }
     b
 }
@@ -201,25 +233,17 @@ pub fn start_loader(
             for e in epoch..spec.epochs {
                 let plan = plan_epoch(&lengths, &spec.batching, e);
                 let first = if e == epoch { step } else { 0 };
+                let pos_dropout = PosDropout {
+                    seed: spec.batching.seed,
+                    epoch: e,
+                    p: spec.pos_dropout,
+                    unk: spec.pos_unk,
+                };
                 for (index, s) in plan.iter().enumerate().skip(first) {
-                    // POS dropout draws depend on (seed, epoch, step, rank) only: reproducible on resume.
-                    let mut rng = epoch_rng(
-                        spec.batching.seed,
-                        e,
-                        3 ^ ((index as u64) << 20) ^ ((spec.rank as u64) << 48),
-                    );
                     let micro = s
                         .micro
                         .iter()
-                        .map(|ranks| {
-                            pack_batch(
-                                &data,
-                                &ranks[spec.rank],
-                                spec.pos_unk,
-                                spec.pos_dropout,
-                                &mut rng,
-                            )
-                        })
+                        .map(|ranks| pack_batch(&data, &ranks[spec.rank], Some(&pos_dropout)))
                         .collect();
                     let loaded = LoadedStep {
                         epoch: e,

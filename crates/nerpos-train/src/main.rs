@@ -72,5 +72,26 @@ fn run(cli: Cli, output: Output) -> anyhow::Result<Outcome> {
         (None, None) => unreachable!("clap requires --config or --resume"),
     };
     let cfg = TrainConfig::load(Some(&config_path), &cli.sets)?;
+    if cli.resume.is_some() {
+        report_resume_changes(&cfg, &TrainConfig::load(Some(&config_path), &[])?)?;
+    }
     nerpos_train::run(cfg, cli.resume.as_deref(), stop, output)
+}
+
+/// A resume continues exactly what the checkpoint left unless a `--set` changes the training: say so,
+/// naming each such key (and refuse what would break the saved place in the data).
+fn report_resume_changes(cfg: &TrainConfig, saved: &TrainConfig) -> anyhow::Result<()> {
+    for c in cfg.resume_changes(saved)? {
+        if c.changes_training {
+            tracing::warn!(
+                "resuming with `{}` changed ({} → {}): from here the run is not the uninterrupted one",
+                c.key,
+                c.from,
+                c.to
+            );
+        } else {
+            tracing::info!("resuming with `{}` changed ({} → {})", c.key, c.from, c.to);
+        }
+    }
+    Ok(())
 }

@@ -140,7 +140,7 @@ fn load_model(
         &cfg.model,
         head,
         cfg.encoder_dropout,
-        cfg.seed,
+        (cfg.head_init, cfg.seed),
         dev,
     )?)
 }

@@ -17,7 +17,7 @@ use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use nerpos_dist::Comm;
 use nerpos_eval::Report;
-use nerpos_model::{BertNerPos, Deferred, DropoutRng, Grad, profile};
+use nerpos_model::{BertNerPos, Deferred, Grad, Noise, profile};
 use nerpos_run::RunDir;
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -32,7 +32,7 @@ use nerpos_model::PackedBatch;
 /// What a step needs beyond the model.
 #[derive(Debug, Clone)]
 pub struct StepSettings {
-    /// The run's seed (dropout masks derive from it, the step and the rank).
+    /// The run's seed (dropout masks derive from it, the step and the sentence).
     pub seed: u64,
     /// Micro-batches per optimiser step.
     pub grad_accum: usize,
@@ -260,7 +260,6 @@ impl Trainer {
             master: model,
             stepper: compute.as_ref().unwrap_or(model),
             settings,
-            rank: comm.rank() as u64,
         };
         match comm {
             Comm::Single => {
@@ -432,7 +431,6 @@ struct Pass<'a> {
     /// The model that runs (the master, or its bf16 copy).
     stepper: &'a BertNerPos,
     settings: &'a StepSettings,
-    rank: u64,
 }
 
 impl Pass<'_> {
@@ -456,12 +454,11 @@ impl Pass<'_> {
                 // Rows without a single label: nothing to learn from them.
                 continue;
             };
-            let seed = DropoutRng::step_seed(
-                self.settings.seed,
-                (step * self.settings.grad_accum + k) as u64,
-                self.rank,
-            );
-            let mut rng = DropoutRng::new(seed, device)?;
+            // Dropout keyed by (seed, step, sentence): the same masks on any number of processes.
+            let noise = Noise {
+                seed: self.settings.seed,
+                step: step as u64,
+            };
             let mut failure: Option<anyhow::Error> = None;
             let mut sink = |name: &str, g: Grad| -> nerpos_model::Result<()> {
                 let summed = match local.grads.remove(name) {
@@ -479,7 +476,7 @@ impl Pass<'_> {
             };
             let result = profile::timed("step: forward+backward (all fwd/bwd: rows)", || {
                 self.stepper
-                    .forward_backward_with(&inputs, &targets, Some(&mut rng), &mut sink)
+                    .forward_backward_with(&inputs, &targets, Some(noise), &mut sink)
             });
             if let Some(e) = failure {
                 return Err(e);

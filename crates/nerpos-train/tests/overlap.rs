@@ -25,7 +25,7 @@ fn batch() -> PackedBatch {
             .collect();
         let pos: Vec<u32> = (0..len).map(|i| (2 + i % 7) as u32).collect();
         let head = (1..len - 1).map(|p| (p, Some((p % 7) as u32)));
-        b.push_row(&ids, &pos, head);
+        b.push_row(r as u64, &ids, &pos, head);
     }
     b
 }

@@ -60,13 +60,13 @@ fn learns_the_synthetic_corpus() {
     }
 }
 
-/// 2 processes × batch 8 = 1 process × batch 16 = 1 process × 2 accumulated batches of 8 (dropout
-/// off), after 20 steps.
+/// 2 processes × batch 8 = 1 process × batch 16 = 1 process × 2 accumulated batches of 8, after 40
+/// steps, with dropout on as users train (the head's 0.2, the checkpoint's 0.1 in the encoder) and POS
+/// dropout: every mask is keyed by the sentence, not by the process or the micro-batch.
 #[test]
 fn data_parallel_and_accumulation_equal_one_process() {
     let f = fixture(400);
-    let common =
-        "max_steps = 20\ndropout = 0.0\nencoder_dropout = 0.0\ntest_at_end = false\nlog_every = 5";
+    let common = "max_steps = 40\npos_dropout = 0.1\ntest_at_end = false\nlog_every = 5";
     let one = f.dir.path().join("one");
     ok(&train(&[
         "--config",
@@ -148,6 +148,10 @@ fn sigterm_then_resume_equals_an_uninterrupted_run() {
     );
     assert!(cut.join("checkpoints").read_dir().unwrap().count() >= 1);
     assert!(!cut.join("summary.json").exists());
+    // A change that breaks the saved place in the data is refused, naming the key.
+    let refused = train(&["--resume", cut.to_str().unwrap(), "--set", "seed=7"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("`seed`"), "{err}");
     ok(&train(&["--resume", cut.to_str().unwrap()]));
     let d = max_abs_diff(&weights(&full.join("last")), &weights(&cut.join("last")));
     eprintln!("max |uninterrupted - interrupted and resumed| = {d:.2e}");
@@ -364,12 +368,12 @@ fn only_rank_0_logs_progress() {
 
 /// Elastic resume: a run interrupted on 2 processes and resumed on 1 (and the reverse) follows the
 /// uninterrupted run — the global batch (16 rows a step) is what the run keeps; each process's
-/// micro-batches (at most `batch_size` = 8 rows) and their accumulation follow from the world size.
+/// micro-batches (at most `batch_size` = 8 rows) and their accumulation follow from the world size;
+/// dropout on (the defaults), its masks keyed by the sentence.
 #[test]
 fn resumed_on_another_number_of_processes_equals_an_uninterrupted_run() {
     let f = fixture(400);
-    let extra = "global_batch_size = 16\nmax_steps = 40\neval_every = 20\ntest_at_end = false\n\
-                 dropout = 0.0\nencoder_dropout = 0.0";
+    let extra = "global_batch_size = 16\nmax_steps = 40\neval_every = 20\ntest_at_end = false";
     let full = f.dir.path().join("full");
     ok(&train(&[
         "--config",

@@ -83,6 +83,8 @@ template <typename T> struct K;
     static constexpr auto attn_bwd_dq = nerpos_attn_bwd_dq_##S;                          \
     static constexpr auto attn_bwd_dkv = nerpos_attn_bwd_dkv_##S;                        \
     static constexpr auto cross_entropy = nerpos_cross_entropy_##S;                      \
+    static constexpr auto dropout_mask = nerpos_dropout_mask_##S;                        \
+    static constexpr auto attn_dropout_mask_padded = nerpos_attn_dropout_mask_padded_##S; \
   };
 KERNELS(float, f32)
 KERNELS(bf16, bf16)
@@ -92,7 +94,7 @@ static AttShape att_shape() {
   s.heads = (int)num("heads");
   s.dh = (int)num("head_dim");
   s.scale = 1.0f / std::sqrt((float)s.dh);
-  s.seed = (uint64_t)std::stoull(job.at("seed"));
+  s.site = (uint64_t)std::stoull(job.at("site"));
   s.threshold = (uint32_t)num("threshold");
   s.keep_scale = (float)real("keep_scale");
   return s;
@@ -179,6 +181,10 @@ static void run(const std::string &op) {
     AttShape s = att_shape();
     auto qkv = to<T>(read<float>("qkv"));
     auto starts = read<int>("starts");
+    // The sentences' keys (u64), read only with dropout: without it the kernels get a null pointer.
+    std::vector<uint64_t> keys;
+    if (s.threshold < 65536u) keys = read<uint64_t>("keys");
+    const uint64_t *k = keys.empty() ? nullptr : keys.data();
     int rows = (int)starts.size() - 1, n = starts.back(), H = s.heads * s.dh;
     auto poff = prob_offsets(starts, s.heads);
     size_t shared = sizeof(float) * (ATT_TILE * (s.dh + 1) + ATT_WARPS * s.dh);
@@ -187,7 +193,7 @@ static void run(const std::string &op) {
     if (op == "attn_fwd") {
       std::vector<float> probs(poff.back()), ctx((size_t)n * H);
       launch({blocks, 1}, {32, ATT_WARPS}, shared,
-             [&] { K<T>::attn_fwd(qkv.data(), starts.data(), poff.data(), probs.data(), ctx.data(), s); });
+             [&] { K<T>::attn_fwd(qkv.data(), starts.data(), k, poff.data(), probs.data(), ctx.data(), s); });
       write("ctx", ctx);
       write("probs", probs);
     } else {
@@ -195,23 +201,43 @@ static void run(const std::string &op) {
       auto probs = read<float>("probs");
       std::vector<float> dz(poff.back()), dqkv((size_t)n * 3 * H);
       launch({blocks, 1}, {32, ATT_WARPS}, shared, [&] {
-        K<T>::attn_bwd_scores(qkv.data(), dctx.data(), starts.data(), poff.data(), probs.data(), dz.data(), s);
+        K<T>::attn_bwd_scores(qkv.data(), dctx.data(), starts.data(), k, poff.data(), probs.data(), dz.data(), s);
       });
       launch({blocks, 1}, {32, ATT_WARPS}, shared2,
              [&] { K<T>::attn_bwd_dq(qkv.data(), starts.data(), poff.data(), dz.data(), dqkv.data(), s); });
       launch({blocks, 1}, {32, ATT_WARPS}, shared2, [&] {
-        K<T>::attn_bwd_dkv(qkv.data(), dctx.data(), starts.data(), poff.data(), probs.data(), dz.data(),
+        K<T>::attn_bwd_dkv(qkv.data(), dctx.data(), starts.data(), k, poff.data(), probs.data(), dz.data(),
                            dqkv.data(), s);
       });
       write("dqkv", dqkv);
     }
-  } else if (op == "attn_mask") {
-    // The keep-decisions of the first `count` elements (1 = keep), for the CPU kernel to use.
-    long long count = num("count");
-    AttShape s = att_shape();
-    std::vector<float> m(count);
-    for (long long i = 0; i < count; ++i) m[i] = keep(s.seed, (uint64_t)i, s.threshold) ? 1.0f : 0.0f;
-    write("mask", m);
+  } else if (op == "dropout_mask") {
+    // The scaled mask of a [count, width] tensor whose row e is position pos[e] of sentence rows[e].
+    auto keys = read<uint64_t>("keys");
+    auto rows = read<uint32_t>("rows"), pos = read<uint32_t>("pos");
+    unsigned long long count = rows.size();
+    int width = (int)num("width");
+    std::vector<T> out(count * width);
+    uint64_t site = std::stoull(job.at("site"));
+    uint32_t threshold = (uint32_t)num("threshold");
+    float scale = (float)real("keep_scale");
+    launch({std::min(cdiv(count * width, 256), 4096u), 1}, {256, 1}, 0, [&] {
+      K<T>::dropout_mask(out.data(), keys.data(), rows.data(), pos.data(), count, width, site, threshold, scale);
+    });
+    write("mask", back(out));
+  } else if (op == "attn_dropout_mask_padded") {
+    auto keys = read<uint64_t>("keys");
+    auto starts = read<int>("starts");
+    int b = (int)starts.size() - 1, heads = (int)num("heads"), t = 0;
+    for (int r = 0; r < b; ++r) t = std::max(t, starts[r + 1] - starts[r]);
+    std::vector<T> out((size_t)b * heads * t * t);
+    uint64_t site = std::stoull(job.at("site"));
+    uint32_t threshold = (uint32_t)num("threshold");
+    float scale = (float)real("keep_scale");
+    launch({(unsigned)(b * heads), 1}, {256, 1}, 0, [&] {
+      K<T>::attn_dropout_mask_padded(out.data(), keys.data(), starts.data(), heads, t, site, threshold, scale);
+    });
+    write("mask", back(out));
   } else if (op == "cross_entropy") {
     auto logits = to<T>(read<float>("logits"));
     auto labels = read<uint32_t>("labels");

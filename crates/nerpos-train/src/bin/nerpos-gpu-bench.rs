@@ -170,7 +170,6 @@ struct Corpus {
     num_pos: usize,
     pad_id: u32,
     pos_pad: u32,
-    pos_unk: u32,
 }
 
 fn read_corpus(dir: &Path) -> anyhow::Result<Corpus> {
@@ -186,7 +185,6 @@ fn read_corpus(dir: &Path) -> anyhow::Result<Corpus> {
         num_pos: m.pos.len(),
         pad_id: m.tokenizer.pad_token_id,
         pos_pad: m.pos_pad_id,
-        pos_unk: m.pos_unk_id,
     })
 }
 
@@ -224,7 +222,7 @@ fn batches(
         out = order.chunks(batch).map(<[usize]>::to_vec).collect();
     }
     out.iter()
-        .map(|rows| pack_batch(&c.rows, rows, c.pos_unk, 0.0, &mut rng))
+        .map(|rows| pack_batch(&c.rows, rows, None))
         .collect()
 }
 
@@ -239,7 +237,7 @@ fn token_batches(c: &Corpus, budget: usize, count: usize, seed: u64) -> Vec<Pack
         for i in idx {
             let len = c.rows[i].input_ids.len();
             if used + len > budget && !rows.is_empty() {
-                out.push(pack_batch(&c.rows, &rows, c.pos_unk, 0.0, &mut rng));
+                out.push(pack_batch(&c.rows, &rows, None));
                 rows.clear();
                 used = 0;
                 if out.len() == count {
@@ -388,8 +386,8 @@ fn correctness(
     shape: ModelShape,
 ) -> anyhow::Result<Value> {
     let corpus = read_corpus(data)?;
-    // No dropout: CPU and GPU draw their masks from different generators.
-    let config = shape_config(shape, corpus.num_labels, corpus.num_pos, false)?;
+    // Dropout on, as users train: the GPU draws the CPU's masks (keyed by the sentence).
+    let config = shape_config(shape, corpus.num_labels, corpus.num_pos, true)?;
     let plan = batches(&corpus, batch, None, steps, true, 7);
     let gpu = gpu()?;
     set_tf32(false);
