@@ -111,16 +111,16 @@ export PATH="$cuda_home/bin:$PATH"
 export LIBRARY_PATH="$cuda_home/lib64:$cuda_home/lib:$cuda_home/lib64/stubs:$cuda_home/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 echo "CUDA toolchain: $cuda_home ($(nvcc --version | grep -o 'release [0-9.]*')), kernels for sm_$cap" >&2
 
-features=(--features nerpos-train/cuda,nerpos-predict/cuda,nerpos-dist-check/cuda)
+features=(--features nerpos-train/cuda,nerpos-predict/cuda,nerpos-dist-check/cuda,nerpos-gpu-bench/cuda)
+packages=(-p nerpos-train -p nerpos-predict -p nerpos-dist-check -p nerpos-gpu-bench)
 if [[ $check == 1 ]]; then
-  cargo clippy -j2 -p nerpos-train -p nerpos-predict -p nerpos-dist -p nerpos-dist-check -p nerpos-model \
+  cargo clippy -j2 "${packages[@]}" -p nerpos-dist -p nerpos-model -p nerpos-kernels \
     "${features[@]}" --all-targets -- -D warnings
   exit 0
 fi
 
 bins=(nerpos-train nerpos-predict nerpos-dist-check nerpos-gpu-bench)
-cargo build --release -j2 -p nerpos-train -p nerpos-predict -p nerpos-dist-check "${features[@]}" \
-  $(printf -- '--bin %s ' "${bins[@]}")
+cargo build --release -j2 "${packages[@]}" "${features[@]}" $(printf -- '--bin %s ' "${bins[@]}")
 mkdir -p "$out"
 for b in "${bins[@]}"; do cp "$CARGO_TARGET_DIR/release/$b" "$out/$b.bin"; done
 cp "$root/launch/cuda-env.sh" "$out/cuda-env.sh"

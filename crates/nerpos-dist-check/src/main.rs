@@ -41,7 +41,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "1,7,1000003")]
         sizes: Vec<usize>,
     },
-    /// All-reduce bus bandwidth at several sizes, and a MiniLM-sized gradient set in 25 MB buckets.
+    /// All-reduce bus bandwidth at several sizes, and a MiniLM-sized gradient set in the trainer's
+    /// default buckets.
     Bench {
         /// Buffer sizes in MB (10^6 bytes) of f32.
         #[arg(long, value_delimiter = ',', default_value = "1,25,256")]
@@ -462,7 +463,7 @@ fn bench(comm: &mut Comm, sizes_mb: &[f64], iters: usize, dev: &Device) -> anyho
     times.sort_by(f64::total_cmp);
     let t = times[times.len() / 2];
     rows.push(serde_json::json!({
-        "what": format!("MiniLM gradient set ({} tensors, 25 MB buckets)", grads.len()), "bytes": bytes,
+        "what": format!("MiniLM gradient set ({} tensors, {} MB buckets, as the trainer cuts them)", grads.len(), DEFAULT_BUCKET_BYTES / 1_000_000), "bytes": bytes,
         "world": w, "seconds": t, "algbw_gb_s": bytes as f64 / t / 1e9, "busbw_gb_s": bytes as f64 / t / 1e9 * bus,
     }));
     if r == 0 {

@@ -10,6 +10,8 @@
 
 pub mod element;
 pub mod env;
+pub mod grad;
+pub mod reduce;
 pub mod ring;
 pub mod store;
 pub mod tensor;
@@ -20,8 +22,9 @@ pub mod nccl;
 
 pub use element::Element;
 pub use env::{LaunchMode, Rendezvous};
+pub use grad::Grad;
+pub use reduce::{Buckets, DEFAULT_BUCKET_BYTES, all_reduce_bucketed};
 pub use ring::TcpComm;
-pub use tensor::{DEFAULT_BUCKET_BYTES, all_reduce_bucketed, plan_buckets};
 pub use wire::Timeouts;
 
 #[derive(Debug, thiserror::Error)]

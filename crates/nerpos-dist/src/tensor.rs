@@ -9,9 +9,6 @@ use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 
 use crate::{Comm, DistError};
 
-/// Bucket size of [`all_reduce_bucketed`] unless told otherwise (PyTorch DDP's default).
-pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
-
 #[derive(Clone, Copy)]
 enum Collective {
     AllReduce,
@@ -126,89 +123,5 @@ impl Comm {
     /// Overwrites a contiguous tensor with `root`'s, in place.
     pub fn broadcast_tensor(&mut self, t: &Tensor, root: usize) -> Result<(), DistError> {
         self.tensor_collective(t, Collective::Broadcast(root))
-    }
-}
-
-/// Groups consecutive tensors of `bytes` sizes into buckets of at most `bucket_bytes` (a tensor larger
-/// than a bucket gets one of its own).
-pub fn plan_buckets(bytes: &[usize], bucket_bytes: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut used) = (0, 0);
-    for (i, &b) in bytes.iter().enumerate() {
-        if used > 0 && used + b > bucket_bytes {
-            out.push(start..i);
-            start = i;
-            used = 0;
-        }
-        used += b;
-    }
-    if start < bytes.len() {
-        out.push(start..bytes.len());
-    }
-    out
-}
-
-/// Sums `grads` over all ranks in buckets: each bucket's tensors are flattened into one buffer, the
-/// buffer is all-reduced in place, and views of it come back in the original shapes. On NCCL, each
-/// bucket's reduction is queued on the communication stream as soon as the bucket is filled, so the
-/// next bucket is assembled while the previous one travels.
-pub fn all_reduce_bucketed(
-    comm: &mut Comm,
-    grads: &[Tensor],
-    bucket_bytes: usize,
-) -> Result<Vec<Tensor>, DistError> {
-    if matches!(comm, Comm::Single) {
-        return Ok(grads.to_vec());
-    }
-    let tensor_err = |e: candle_core::Error| DistError::Tensor(e.to_string());
-    let sizes: Vec<usize> = grads
-        .iter()
-        .map(|g| g.elem_count() * g.dtype().size_in_bytes())
-        .collect();
-    let mut out = Vec::with_capacity(grads.len());
-    for bucket in plan_buckets(&sizes, bucket_bytes) {
-        let members = &grads[bucket];
-        let flat: Vec<Tensor> = members
-            .iter()
-            .map(|g| g.flatten_all())
-            .collect::<Result<_, _>>()
-            .map_err(tensor_err)?;
-        let buffer = Tensor::cat(&flat, 0).map_err(tensor_err)?;
-        comm.all_reduce_tensor(&buffer)?;
-        let mut offset = 0;
-        for g in members {
-            let n = g.elem_count();
-            out.push(
-                buffer
-                    .narrow(0, offset, n)
-                    .and_then(|v| v.reshape(g.shape()))
-                    .map_err(tensor_err)?,
-            );
-            offset += n;
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_respect_the_size_and_keep_order() {
-        assert_eq!(plan_buckets(&[10, 10, 10], 25), [0..2, 2..3]);
-        assert_eq!(plan_buckets(&[30, 5, 5], 25), [0..1, 1..3]);
-        assert_eq!(plan_buckets(&[5, 30, 5], 25), [0..1, 1..2, 2..3]);
-        assert_eq!(plan_buckets(&[], 25), Vec::<Range<usize>>::new());
-        assert_eq!(plan_buckets(&[1; 4], 100), vec![0..4]);
-    }
-
-    #[test]
-    fn single_process_is_the_identity() {
-        let mut comm = Comm::Single;
-        let t = Tensor::new(&[1f32, 2., 3.], &candle_core::Device::Cpu).unwrap();
-        comm.all_reduce_tensor(&t).unwrap();
-        let out = all_reduce_bucketed(&mut comm, std::slice::from_ref(&t), 4).unwrap();
-        assert_eq!(out[0].to_vec1::<f32>().unwrap(), [1., 2., 3.]);
     }
 }

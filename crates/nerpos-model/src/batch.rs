@@ -7,7 +7,9 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::dropout::TokenAt;
+use nerpos_kernels::RowSpans;
+use nerpos_kernels::dropout::{Masker, Noise, TokenAt, token_at};
+
 use crate::error::{ModelError, Result};
 
 /// A packed micro-batch on the host.
@@ -93,7 +95,7 @@ impl PackedBatch {
     /// The batch's tensors on `device`, and its targets when it carries labels.
     pub fn to_device(&self, device: &Device) -> Result<(Inputs, Option<Targets>)> {
         if !self.labels.is_empty() && self.labels.len() != self.head.len() {
-            return Err(ModelError::Config(format!(
+            return Err(ModelError::Internal(format!(
                 "a packed batch has {} labels for {} head positions",
                 self.labels.len(),
                 self.head.len()
@@ -105,7 +107,7 @@ impl PackedBatch {
             .map(|&p| self.pos_ids[p as usize])
             .collect();
         if self.sentences.len() != self.rows() {
-            return Err(ModelError::Config(format!(
+            return Err(ModelError::Internal(format!(
                 "a packed batch has {} sentence ids for {} rows",
                 self.sentences.len(),
                 self.rows()
@@ -132,43 +134,6 @@ impl PackedBatch {
             })
             .transpose()?;
         Ok((inputs, targets))
-    }
-}
-
-/// Where each row of a packed batch lies in `[N]` (host data: the CPU kernels walk it; other devices
-/// build index tensors from it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowSpans {
-    /// Start of each row, and the total at the end: `[B+1]`.
-    pub starts: Vec<usize>,
-}
-
-impl RowSpans {
-    pub fn new(lengths: Vec<usize>) -> RowSpans {
-        let mut starts = Vec::with_capacity(lengths.len() + 1);
-        let mut at = 0;
-        starts.push(0);
-        for l in lengths {
-            at += l;
-            starts.push(at);
-        }
-        RowSpans { starts }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.starts.len() - 1
-    }
-
-    pub fn tokens(&self) -> usize {
-        *self.starts.last().unwrap_or(&0)
-    }
-
-    pub fn len(&self, r: usize) -> usize {
-        self.starts[r + 1] - self.starts[r]
-    }
-
-    pub fn longest(&self) -> usize {
-        (0..self.rows()).map(|r| self.len(r)).max().unwrap_or(0)
     }
 }
 
@@ -201,20 +166,24 @@ pub struct HostIndex {
 impl Inputs {
     /// Each token's row and position in it (what a token's dropout draws are keyed by).
     pub fn token_at(&self) -> Vec<TokenAt> {
-        let mut out = Vec::with_capacity(self.rows.tokens());
-        for r in 0..self.rows.rows() {
-            out.extend((0..self.rows.len(r)).map(|p| TokenAt {
-                row: r as u32,
-                position: p as u32,
-            }));
-        }
-        out
+        token_at(&self.rows)
     }
 
     /// The row and in-row position of each head position.
     pub fn head_at(&self) -> Vec<TokenAt> {
         let all = self.token_at();
         self.host.head.iter().map(|&t| all[t as usize]).collect()
+    }
+
+    /// The dropout masks of this batch in the training step `noise` describes.
+    pub fn masks(&self, noise: Noise) -> Result<Masker> {
+        Ok(Masker::new(
+            noise,
+            &self.host.sentences,
+            &self.rows,
+            &self.host.head,
+            self.input_ids.device(),
+        )?)
     }
 }
 

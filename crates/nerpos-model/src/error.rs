@@ -16,8 +16,18 @@ pub enum ModelError {
     /// Weights whose names or shapes do not match the model.
     #[error("{}: {msg}", path.display())]
     Weights { path: PathBuf, msg: String },
+    /// A model configuration that cannot work (checkpoint settings, head sizes).
     #[error("model configuration: {0}")]
     Config(String),
+    /// A fault of the engine itself (a bug, not a user's mistake): what broke, in its words.
+    #[error("internal error in the model: {0}")]
+    Internal(String),
+    /// A fused op's error.
+    #[error(transparent)]
+    Kernel(#[from] nerpos_kernels::KernelError),
+    /// Handing a gradient over to its reduction.
+    #[error(transparent)]
+    Dist(#[from] nerpos_dist::DistError),
     /// A CUDA driver call that failed (device settings, memory accounting).
     #[error("CUDA: {0}")]
     Cuda(String),

@@ -2,48 +2,32 @@
 //!
 //! BERT encoder (as Hugging Face's `BertModel`) → contextual embeddings; POS ids → dense embedding;
 //! concatenate → dropout → linear to the labels. One implementation, on packed batches ([`batch`]: no
-//! padding anywhere): forward, and backward written out ([`train`]), with fused CPU kernels
-//! ([`kernels`], [`ops`], [`attention`]) and tensor-op versions of each for other devices. Dropout is
-//! real and seeded. Loads Hugging Face checkpoint folders; saves fine-tuned folders whose encoder
-//! Hugging Face loads.
+//! padding anywhere): the layers ([`layers`]) own their parameters, forward and hand-written backward,
+//! on the fused ops of `nerpos-kernels` (CPU kernels, CUDA kernels, tensor-op references — chosen by
+//! the [`Kernels`] policy the model carries). Dropout is real and keyed by the sentence. Loads Hugging
+//! Face checkpoint folders; saves fine-tuned folders whose encoder Hugging Face loads.
 
-pub mod attention;
 pub mod batch;
-pub mod bert;
 pub mod checkpoint;
 pub mod config;
-#[cfg(feature = "cuda")]
-mod cuda;
-pub mod deferred;
-pub mod device_check;
-pub mod device_ops;
-pub mod dropout;
 pub mod error;
 pub mod gpu;
-pub mod grad;
-pub mod kernels;
 pub mod layers;
 pub mod model;
-pub mod ops;
 pub mod params;
 pub mod predict;
 pub mod profile;
-pub mod train;
 
-#[cfg(test)]
-mod emu_tests;
-
-pub use batch::{Inputs, PackedBatch, RowSpans, Targets};
+pub use batch::{HostIndex, Inputs, PackedBatch, Targets};
 pub use checkpoint::{Carried, LabelSubwords, NerposMeta};
 pub use config::{BertConfig, HeadConfig, ModelConfig};
-pub use deferred::Deferred;
-pub use dropout::Noise;
 pub use error::{ModelError, Result};
-pub use grad::Grad;
-pub use model::{BertNerPos, HeadInit};
-pub use params::Params;
+pub use model::{BertNerPos, HeadInit, StepOutput};
+pub use nerpos_dist::Grad;
+pub use nerpos_kernels::dropout::Noise;
+pub use nerpos_kernels::{Deferred, Kernels, RowSpans};
+pub use params::{Param, Params, Role};
 pub use predict::{RowView, WordPrediction, predict_rows};
-pub use train::StepOutput;
 
 /// Makes the C allocator keep freed memory for reuse instead of returning it to the system.
 ///

@@ -1,32 +1,62 @@
 //! `BertNerPos`: BERT encoder → contextual embeddings; POS ids → dense embedding; concatenate →
-//! dropout → linear to the NER labels. Its parameters and their setup; the computation (on packed
-//! batches) is in `train`, loading and saving in `checkpoint`.
+//! dropout → linear to the NER labels. The layers ([`crate::layers`]) own their parameters and maths;
+//! the model runs them on a packed batch — forward, and backward from the head down, handing out each
+//! gradient as soon as it is computed (a caller can start reducing a layer's gradients while the
+//! layers below are still being differentiated). `tests/parity.rs` checks logits and every gradient
+//! against PyTorch, and against an autograd oracle kept under `tests/`.
+
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Embedding, Linear};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal, Uniform};
-use serde::{Deserialize, Serialize};
+use nerpos_kernels::dropout::{Masker, Noise};
+use nerpos_kernels::ops::cross_entropy::CrossEntropy;
+use nerpos_kernels::ops::embedding::EmbeddingGrad;
+use nerpos_kernels::{Deferred, Kernels};
 
-use crate::bert::BertEncoder;
+use crate::batch::{Inputs, Targets};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::layers::{BertLayer, Embeddings, Head, Pass, Sink};
 use crate::params::Params;
+use crate::profile::{scope, timed};
+use nerpos_dist::Grad;
 
-/// Names of the new head's parameters.
-pub const POS_EMBEDDING: &str = "pos_embedding.weight";
-/// The word-embedding table, whose gradient is given as rows ([`crate::Grad::Rows`]).
-pub const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
-pub const CLASSIFIER_WEIGHT: &str = "classifier.weight";
-pub const CLASSIFIER_BIAS: &str = "classifier.bias";
+pub use crate::layers::embeddings::WORD_EMBEDDINGS;
+pub use crate::layers::head::{CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING};
 
 pub struct BertNerPos {
     pub config: ModelConfig,
     pub params: Params,
-    pub(crate) encoder: BertEncoder,
-    pub(crate) pos_embedding: Option<Embedding>,
-    pub(crate) classifier: Linear,
+    /// Which implementation of the fused ops runs (the `gpu_kernels` setting on a GPU).
+    pub kernels: Kernels,
+    embeddings: Embeddings,
+    layers: Vec<BertLayer>,
+    head: Head,
+    /// Every parameter in the order backward hands out its gradient.
+    order: Vec<String>,
+}
+
+/// The result of a training step on one batch.
+pub struct StepOutput {
+    /// Cross-entropy summed over the labelled positions.
+    pub loss_sum: f64,
+    /// Number of labelled positions.
+    pub count: usize,
+    /// The gradient of `loss_sum` for every parameter, by name; the word embeddings' as the rows the
+    /// batch used.
+    pub grads: BTreeMap<String, Grad>,
+}
+
+/// The forward pass's results and what backward needs.
+struct Forward {
+    logits: Tensor,
+    caches: Option<Caches>,
+}
+
+struct Caches {
+    embeddings: crate::layers::embeddings::EmbeddingsCache,
+    layers: Vec<crate::layers::bert_layer::LayerCache>,
+    head: crate::layers::head::HeadCache,
 }
 
 impl BertNerPos {
@@ -36,31 +66,34 @@ impl BertNerPos {
     }
 
     /// The model with every parameter zero, stored in `dtype`: a bf16 compute copy for mixed
-    /// precision, refreshed from the f32 master with [`copy_from`](Self::copy_from) before each step.
+    /// precision, refreshed from the f32 master with [`copy_from`](Self::copy_from).
     pub fn with_dtype(config: ModelConfig, device: &Device, dtype: DType) -> Result<BertNerPos> {
         let mut params = Params::with_dtype(device, dtype);
-        let encoder = BertEncoder::new(&mut params, &config.bert)?;
-        let h = &config.head;
-        let pos_embedding = if h.use_pos {
-            Some(Embedding::new(
-                params.var(POS_EMBEDDING, (h.num_pos, h.pos_dim))?,
-                h.pos_dim,
-            ))
-        } else {
-            None
-        };
-        let features = config.head_features();
-        let classifier = Linear::new(
-            params.var(CLASSIFIER_WEIGHT, (h.num_labels, features))?,
-            Some(params.var(CLASSIFIER_BIAS, h.num_labels)?),
-        );
+        let embeddings = Embeddings::new(&mut params, &config.bert)?;
+        let layers = (0..config.bert.num_hidden_layers)
+            .map(|i| BertLayer::new(&mut params, &config.bert, i))
+            .collect::<Result<Vec<_>>>()?;
+        let head = Head::new(&mut params, &config)?;
+        let mut order: Vec<String> = head.params().iter().map(|p| p.name.clone()).collect();
+        for l in layers.iter().rev() {
+            order.extend(l.params().iter().map(|p| p.name.clone()));
+        }
+        order.extend(embeddings.params().iter().map(|p| p.name.clone()));
         Ok(BertNerPos {
             config,
             params,
-            encoder,
-            pos_embedding,
-            classifier,
+            kernels: Kernels::default(),
+            embeddings,
+            layers,
+            head,
+            order,
         })
+    }
+
+    /// The same model running the fused ops as `kernels` says.
+    pub fn with_kernels(mut self, kernels: Kernels) -> BertNerPos {
+        self.kernels = kernels;
+        self
     }
 
     pub fn device(&self) -> &Device {
@@ -75,7 +108,7 @@ impl BertNerPos {
     pub fn copy_from(&self, master: &BertNerPos) -> Result<()> {
         for (name, var) in self.params.iter() {
             let Some(src) = master.params.get(name) else {
-                return Err(ModelError::Config(format!(
+                return Err(ModelError::Internal(format!(
                     "copy_from: the source model has no {name}"
                 )));
             };
@@ -84,71 +117,120 @@ impl BertNerPos {
         Ok(())
     }
 
-    /// Draws the new head (POS embedding, classifier) from `seed` as `init` says — the same on every
-    /// process, since every process draws from the same seed.
+    /// Draws the new head (POS embedding, classifier) from `seed` as `init` says.
     pub fn init_head(&self, init: HeadInit, seed: u64) -> Result<()> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let features = self.config.head_features();
-        let std = self.config.bert.initializer_range as f32;
-        // nn.Linear's weight (Kaiming-uniform with a = √5) and bias both reduce to U(−1/√fan_in, 1/√fan_in).
-        let bound = 1.0 / (features as f32).sqrt();
-        let draws = match init {
-            HeadInit::Torch => [
-                (POS_EMBEDDING, Draw::Normal(1.0)),
-                (CLASSIFIER_WEIGHT, Draw::Uniform(bound)),
-                (CLASSIFIER_BIAS, Draw::Uniform(bound)),
-            ],
-            HeadInit::Bert => [
-                (POS_EMBEDDING, Draw::Normal(std)),
-                (CLASSIFIER_WEIGHT, Draw::Normal(std)),
-                (CLASSIFIER_BIAS, Draw::Zero),
-            ],
-        };
-        for (name, draw) in draws {
-            if let Some(var) = self.params.get(name) {
-                let data = draw.sample(var.elem_count(), &mut rng)?;
-                var.set(&Tensor::from_vec(data, var.shape(), var.device())?)?;
-            }
-        }
-        Ok(())
+        let range = self.config.bert.initializer_range;
+        self.head.init(&self.params, init, seed, range)
     }
-}
 
-/// How a new head's parameters are drawn.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HeadInit {
-    /// As the design's PyTorch module draws it: `nn.Embedding` for POS (N(0, 1)) and `nn.Linear` for
-    /// the classifier (weight and bias U(−1/√fan_in, 1/√fan_in)). At this scale the POS vectors are
-    /// as large as the encoder's outputs they are concatenated with, and the model uses them.
-    #[default]
-    Torch,
-    /// As Hugging Face initialises new modules: weights N(0, initializer_range), bias 0. POS vectors
-    /// ~50× smaller than the encoder's outputs: the model learns little from POS (docs/results.md).
-    Bert,
-}
+    /// Every parameter in the order backward hands out its gradient (the head first, the layers top
+    /// down, the embeddings last), with its number of values and whether its gradient comes as rows
+    /// ([`Grad::Rows`]): what gradient buckets are cut from. Backward checks it follows it.
+    pub fn gradient_order(&self) -> Vec<(String, usize, bool)> {
+        self.order
+            .iter()
+            .map(|n| {
+                let size = self.params.get(n).map_or(0, |v| v.elem_count());
+                (n.clone(), size, n == WORD_EMBEDDINGS)
+            })
+            .collect()
+    }
 
-/// One parameter's distribution.
-#[derive(Clone, Copy)]
-enum Draw {
-    Normal(f32),
-    Uniform(f32),
-    Zero,
-}
+    /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
+    /// a backward pass.
+    pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
+        Ok(self.run_forward(&self.pass(inputs, None, false))?.logits)
+    }
 
-impl Draw {
-    fn sample(self, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
-        Ok(match self {
-            Draw::Normal(std) => {
-                let d = Normal::new(0f32, std).map_err(|e| ModelError::Config(e.to_string()))?;
-                (0..n).map(|_| d.sample(rng)).collect()
-            }
-            Draw::Uniform(bound) => {
-                let d = Uniform::new_inclusive(-bound, bound)
-                    .map_err(|e| ModelError::Config(e.to_string()))?;
-                (0..n).map(|_| d.sample(rng)).collect()
-            }
-            Draw::Zero => vec![0.0; n],
+    /// Forward and backward on one batch: dropout keyed by `noise` and the batch's sentences when
+    /// given (training), none otherwise.
+    pub fn forward_backward(
+        &self,
+        inputs: &Inputs,
+        targets: &Targets,
+        noise: Option<Noise>,
+    ) -> Result<StepOutput> {
+        let mut grads = BTreeMap::new();
+        let (loss_sum, count) = self.forward_backward_with(inputs, targets, noise, |name, g| {
+            grads.insert(name.to_owned(), g);
+            Ok(())
+        })?;
+        Ok(StepOutput {
+            loss_sum: loss_sum.read()?,
+            count,
+            grads,
         })
+    }
+
+    /// As [`forward_backward`](Self::forward_backward), handing each gradient to `sink` as soon as it
+    /// is computed: the head's first, then layer by layer down to the embeddings. The summed loss stays
+    /// on the device until read (no synchronisation per batch).
+    pub fn forward_backward_with(
+        &self,
+        inputs: &Inputs,
+        targets: &Targets,
+        noise: Option<Noise>,
+        mut sink: impl FnMut(&str, Grad) -> Result<()>,
+    ) -> Result<(Deferred, usize)> {
+        let masks = noise.map(|n| inputs.masks(n)).transpose()?;
+        let pass = self.pass(inputs, masks.as_ref(), true);
+        let fwd = self.run_forward(&pass)?;
+        let caches = fwd
+            .caches
+            .ok_or_else(|| ModelError::Internal("a training pass kept no caches".into()))?;
+        let (loss_sum, dlogits) = timed("fwd/bwd: loss", || {
+            CrossEntropy::forward_backward(self.kernels, &fwd.logits, &targets.labels)
+        })?;
+        let mut sink = Sink::new(&self.order, &mut sink);
+        let mut dx = self
+            .head
+            .backward(&pass, caches.head, &dlogits, &mut sink)?;
+        if self.layers.is_empty() {
+            // Head positions are distinct: summing into zeros places each row.
+            let n = inputs.rows.tokens();
+            dx = EmbeddingGrad::dense(self.kernels, &inputs.head, &dx, n)?;
+        }
+        for (layer, cache) in self.layers.iter().zip(caches.layers).rev() {
+            dx = layer.backward(&pass, cache, &dx, &mut sink)?;
+        }
+        self.embeddings
+            .backward(&pass, caches.embeddings, &dx, &mut sink)?;
+        sink.finish()?;
+        Ok((loss_sum, targets.count))
+    }
+
+    fn pass<'a>(&self, inputs: &'a Inputs, masks: Option<&'a Masker>, keep: bool) -> Pass<'a> {
+        Pass {
+            kernels: self.kernels,
+            inputs,
+            masks,
+            keep,
+        }
+    }
+
+    /// The forward pass: logits at the head positions and (when the pass keeps them) the caches.
+    fn run_forward(&self, pass: &Pass) -> Result<Forward> {
+        let (mut x, embeddings) = self.embeddings.forward(pass)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let last = self.layers.len().checked_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (next, cache) = layer.forward(pass, x, Some(i) == last)?;
+            layers.extend(cache);
+            x = next;
+        }
+        // The last layer's output is at the head positions already.
+        let at_head = if last.is_some() {
+            x
+        } else {
+            let _t = scope("fwd/bwd: head");
+            x.index_select(&pass.inputs.head, 0)?
+        };
+        let (logits, head) = self.head.forward(pass, at_head)?;
+        let caches = pass.keep.then_some(Caches {
+            embeddings,
+            layers,
+            head,
+        });
+        Ok(Forward { logits, caches })
     }
 }

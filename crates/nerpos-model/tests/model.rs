@@ -375,22 +375,22 @@ fn dropout_is_real_in_training_and_absent_in_evaluation() {
 
     // The mask zeroes the expected fraction and scales the rest by 1/(1-p).
     let ones = Tensor::ones((200, 500), candle_core::DType::F32, &dev).unwrap();
-    let key = nerpos_model::dropout::sentence_key(3, 0, 0);
+    let key = nerpos_kernels::dropout::sentence_key(3, 0, 0);
     let at: Vec<_> = (0..200)
-        .map(|position| nerpos_model::dropout::TokenAt { row: 0, position })
+        .map(|position| nerpos_kernels::dropout::TokenAt { row: 0, position })
         .collect();
-    let site = nerpos_model::dropout::Site::Embeddings;
-    let bytes = nerpos_model::dropout::token_mask(&[key], &at, 500, site, 0.2);
-    let mask = nerpos_model::kernels::Mask {
+    let site = nerpos_kernels::dropout::Site::Embeddings;
+    let bytes = nerpos_kernels::dropout::token_mask(&[key], &at, 500, site, 0.2);
+    let mask = nerpos_kernels::Mask {
         tensor: Tensor::from_vec(bytes, (200, 500), &dev).unwrap(),
         p: 0.2,
     };
-    let y = nerpos_model::kernels::masked(&ones, Some(&mask)).unwrap();
+    let y = nerpos_kernels::ops::residual::masked(&ones, Some(&mask)).unwrap();
     let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let zero = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
     assert!((zero - 0.2).abs() < 0.005, "zeroed fraction {zero}");
     assert!(v.iter().all(|&x| x == 0.0 || (x - 1.25).abs() < 1e-6));
-    let same = nerpos_model::kernels::masked(&ones, None).unwrap();
+    let same = nerpos_kernels::ops::residual::masked(&ones, None).unwrap();
     assert_eq!(
         same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         vec![1.0; 100_000]

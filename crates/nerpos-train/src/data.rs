@@ -154,7 +154,7 @@ pub struct PosDropout {
 impl PosDropout {
     /// Row `sentence`'s POS ids with the dropped ones replaced.
     fn apply(&self, sentence: u64, row: &Row, out: &mut Vec<u32>) {
-        use nerpos_model::dropout::{Site, draw, sentence_key, site_key};
+        use nerpos_kernels::dropout::{Site, draw, sentence_key, site_key};
         out.clear();
         let key = site_key(
             sentence_key(self.seed, self.epoch as u64, sentence),

@@ -6,19 +6,19 @@
 //! with batch W·b trains. Runs write `config.toml`, `metrics.jsonl`, `eval/`, `best/`, `last/`,
 //! resumable `checkpoints/`, `summary.json` and `curves.svg` into their folder.
 
-pub mod checkpoint;
+mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod optim;
-pub mod output;
-pub mod reduce;
-pub mod report;
-pub mod run;
-pub mod setup;
-pub mod trainer;
+mod output;
+mod report;
+mod run;
+mod setup;
+mod trainer;
 
 pub use config::TrainConfig;
 pub use output::Output;
 pub use run::{Outcome, run};
-pub use trainer::{StepSettings, StepStats, Trainer};
+pub use setup::device;
+pub use trainer::{Means, StepSettings, StepStats, Trainer};

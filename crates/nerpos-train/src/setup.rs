@@ -20,46 +20,8 @@ use crate::config::Precision;
 use crate::config::{DeviceKind, TrainConfig};
 use crate::data::{Batching, steps_per_epoch};
 use crate::evaluate::EvalData;
-use crate::optim::{AdamWConfig, lr_factor};
+use crate::optim::Schedule;
 use crate::trainer::{StepSettings, Trainer};
-
-/// The run's length and learning-rate schedule.
-#[derive(Debug, Clone, Copy)]
-pub struct Schedule {
-    pub per_epoch: usize,
-    pub total: usize,
-    pub epochs: usize,
-    pub warmup: usize,
-}
-
-impl Schedule {
-    fn new(cfg: &TrainConfig, per_epoch: usize) -> Schedule {
-        let total = if cfg.max_steps > 0 {
-            cfg.max_steps
-        } else {
-            cfg.epochs * per_epoch
-        };
-        let epochs = if cfg.max_steps > 0 {
-            total.div_ceil(per_epoch)
-        } else {
-            cfg.epochs
-        };
-        let warmup = cfg
-            .warmup_steps
-            .unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize);
-        Schedule {
-            per_epoch,
-            total,
-            epochs,
-            warmup,
-        }
-    }
-
-    /// The multiplier of the base learning rates at step `step` (0-based).
-    pub fn lr_factor(&self, step: usize) -> f64 {
-        lr_factor(step, self.warmup, self.total)
-    }
-}
 
 /// A run, set up.
 pub struct Job {
@@ -85,7 +47,6 @@ pub fn device(cfg: &TrainConfig, local_rank: usize) -> anyhow::Result<Device> {
                 format!("opening GPU {local_rank} (LOCAL_RANK); built with the cuda feature?")
             })?;
             nerpos_model::gpu::tune_for_training(&dev)?;
-            nerpos_model::device_ops::set_fused_kernels(cfg.gpu_kernels);
             // TF32 matrix products for f32 runs (cuBLAS's reduced-precision f32 mode).
             #[cfg(feature = "cuda")]
             candle_core::cuda_backend::set_gemm_reduced_precision_f32(
@@ -293,6 +254,8 @@ impl Job {
         let m = &ds.manifest;
         check_tokenizer(&cfg, m)?;
         let (model, carried) = load_model(&cfg, m, &dev)?;
+        // The fused CUDA kernels when configured (the CPU kernels always run on the CPU).
+        let model = model.with_kernels(nerpos_model::Kernels::with_gpu(cfg.gpu_kernels));
         let meta = meta_of(&cfg, m, &model);
         let run = RunDir::new(resume.map_or_else(|| cfg.out.clone(), Path::to_owned));
         let (state, optimizer_state) =
@@ -305,22 +268,7 @@ impl Job {
         if batching.step_tokens > 0 {
             cfg.global_batch_tokens = Some(batching.step_tokens);
         }
-        let settings = StepSettings {
-            seed: cfg.seed,
-            grad_accum: batching.grad_accum,
-            max_grad_norm: cfg.max_grad_norm,
-            precision: cfg.precision,
-            reduce_dtype: cfg.allreduce_dtype,
-            bucket_bytes: (cfg.bucket_mb * 1e6) as usize,
-            adamw: AdamWConfig {
-                beta1: cfg.adam_beta1,
-                beta2: cfg.adam_beta2,
-                eps: cfg.adam_eps,
-                weight_decay: cfg.weight_decay,
-                decay_all: cfg.decay_all,
-            },
-            fused_adamw: cfg.fused_adamw,
-        };
+        let settings = StepSettings::from_config(&cfg, batching.grad_accum);
         let mut trainer = Trainer::new(model, comm, settings)?;
         if let Some(p) = &optimizer_state {
             trainer.optimizer.load_state(p, state.adam_steps)?;

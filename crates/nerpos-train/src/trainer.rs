@@ -25,9 +25,9 @@ use tracing::info;
 use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
 use crate::evaluate::{EvalData, EvalSpec, evaluate};
-use crate::optim::{AdamW, AdamWConfig, GradScale};
-use crate::reduce::{self, Buckets};
-use nerpos_model::PackedBatch;
+use crate::optim::{AdamW, AdamWConfig, GradScale, Update, squared_norm};
+use nerpos_dist::reduce::{Buckets, Handover, Reduced, reduce_gradients};
+use nerpos_model::{Kernels, PackedBatch};
 
 /// What a step needs beyond the model.
 #[derive(Debug, Clone)]
@@ -44,6 +44,28 @@ pub struct StepSettings {
     pub adamw: AdamWConfig,
     /// Device AdamW as one fused kernel per parameter.
     pub fused_adamw: bool,
+}
+
+impl StepSettings {
+    /// The settings `cfg` gives a step of `grad_accum` micro-batches.
+    pub fn from_config(cfg: &crate::TrainConfig, grad_accum: usize) -> StepSettings {
+        StepSettings {
+            seed: cfg.seed,
+            grad_accum,
+            max_grad_norm: cfg.max_grad_norm,
+            precision: cfg.precision,
+            reduce_dtype: cfg.allreduce_dtype,
+            bucket_bytes: (cfg.bucket_mb * 1e6) as usize,
+            adamw: AdamWConfig {
+                beta1: cfg.adam_beta1,
+                beta2: cfg.adam_beta2,
+                eps: cfg.adam_eps,
+                weight_decay: cfg.weight_decay,
+                decay_all: cfg.decay_all,
+            },
+            fused_adamw: cfg.fused_adamw,
+        }
+    }
 }
 
 /// One optimiser step's counts, summed over all ranks (its loss and gradient norm: [`Trainer::take_means`]).
@@ -103,19 +125,21 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(model: BertNerPos, comm: Comm, settings: StepSettings) -> anyhow::Result<Trainer> {
         let compute = match settings.precision {
-            Precision::Bf16 => Some(BertNerPos::with_dtype(
-                model.config.clone(),
-                model.device(),
-                DType::BF16,
-            )?),
+            Precision::Bf16 => Some(
+                BertNerPos::with_dtype(model.config.clone(), model.device(), DType::BF16)?
+                    .with_kernels(model.kernels),
+            ),
             Precision::F32 | Precision::Tf32 => None,
         };
-        let mut optimizer = AdamW::new(model.params.iter(), settings.adamw)?;
-        optimizer.fused = settings.fused_adamw;
+        let update = if settings.fused_adamw {
+            Update::Fused
+        } else {
+            Update::Composed
+        };
+        let mut optimizer = AdamW::new(model.params.with_roles(), settings.adamw, update)?;
+        // With the fused GPU kernels the AdamW kernel also writes the bf16 copy.
         let copy_by_optimizer = match &compute {
-            Some(c) if nerpos_model::device_ops::fused_kernels() => {
-                optimizer.write_compute_copy(c)?
-            }
+            Some(c) if model.kernels == Kernels::Fused => optimizer.write_compute_copy(c)?,
             _ => false,
         };
         let element = settings.reduce_dtype.dtype().size_in_bytes();
@@ -160,20 +184,6 @@ impl Trainer {
         head_lr: f64,
         stop: bool,
     ) -> anyhow::Result<StepStats> {
-        self.step_observed(micro, step, lr, head_lr, stop, |_, _| Ok(()))
-    }
-
-    /// As [`Trainer::step`], showing `observe` the reduced gradients and the factor the optimiser
-    /// multiplies them by, before the update (the GPU checks feed a second optimiser the same ones).
-    pub fn step_observed(
-        &mut self,
-        micro: &[PackedBatch],
-        step: usize,
-        lr: f64,
-        head_lr: f64,
-        stop: bool,
-        observe: impl FnOnce(&BTreeMap<String, Grad>, &GradScale) -> anyhow::Result<()>,
-    ) -> anyhow::Result<StepStats> {
         let (local, grads, mut comm_time) = self.gradients(micro, step)?;
         let t_scalars = Instant::now();
         let mut scalars = [
@@ -190,10 +200,9 @@ impl Trainer {
 
         if count > 0.0 {
             let scale = 1.0 / count;
-            let squared = profile::timed("step: gradient norm", || AdamW::squared_norm(&grads))?;
+            let squared = profile::timed("step: gradient norm", || squared_norm(&grads))?;
             let (grad_scale, norm) =
                 GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
-            observe(&grads, &grad_scale)?;
             // The master weights change here; the bf16 copy with them only if the optimiser writes it.
             self.compute_fresh = false;
             profile::timed("step: AdamW", || {
@@ -233,9 +242,9 @@ impl Trainer {
         })
     }
 
-    /// This rank's forward and backward, and the gradients summed over all ranks (in f32): reduced
-    /// bucket by bucket while backward runs on the CPU ring; after backward with NCCL (the device
-    /// queues them); not at all alone.
+    /// This rank's forward and backward, and the gradients summed over all ranks (in f32): bucket by
+    /// bucket while backward runs on the CPU ring, after backward with NCCL, not at all alone
+    /// (`nerpos_dist::reduce`).
     fn gradients(
         &mut self,
         micro: &[PackedBatch],
@@ -248,89 +257,30 @@ impl Trainer {
             }
         }
         let dtype = self.settings.reduce_dtype.dtype();
-        let Trainer {
-            model,
-            compute,
-            comm,
-            settings,
-            buckets,
-            ..
-        } = self;
         let pass = Pass {
-            master: model,
-            stepper: compute.as_ref().unwrap_or(model),
-            settings,
+            master: &self.model,
+            stepper: self.compute.as_ref().unwrap_or(&self.model),
+            settings: &self.settings,
         };
-        match comm {
-            Comm::Single => {
-                let mut local = LocalStep::default();
-                let mut grads = BTreeMap::new();
-                pass.run(micro, step, &mut local, |n, g| {
-                    grads.insert(n.to_owned(), g.to_dtype(DType::F32)?);
-                    Ok(())
-                })?;
-                let rest = pass.finish(&mut local, |n| grads.contains_key(n))?;
-                for (n, g) in rest {
-                    grads.insert(n, g.to_dtype(DType::F32)?);
-                }
-                Ok((local, grads, CommTime::default()))
+        let (local, reduced) = reduce_gradients(&mut self.comm, &self.buckets, dtype, |h| {
+            let mut local = LocalStep::default();
+            pass.run(micro, step, &mut local, h)?;
+            for (name, g) in pass.finish(&mut local, |n| h.given(n))? {
+                h.push(&name, g)?;
             }
-            Comm::Tcp(_) => {
-                let (local, reduced, exposed) =
-                    reduce::overlapped(comm, buckets, dtype, |reducer| {
-                        let mut local = LocalStep::default();
-                        pass.run(micro, step, &mut local, |n, g| reducer.push(n, g))?;
-                        let pending = reducer.pending();
-                        let rest = pass.finish(&mut local, |n| !pending.iter().any(|p| p == n))?;
-                        for (name, g) in rest {
-                            reducer.push(&name, g)?;
-                        }
-                        Ok(local)
-                    })?;
-                let time = CommTime {
-                    exposed,
-                    total: reduced.busy,
-                };
-                Ok((local, reduced.grads, time))
-            }
-            #[cfg(feature = "cuda")]
-            Comm::Nccl(_) => {
-                let mut local = LocalStep::default();
-                let mut all = BTreeMap::new();
-                pass.run(micro, step, &mut local, |n, g| {
-                    all.insert(n.to_owned(), g);
-                    Ok(())
-                })?;
-                let rest = pass.finish(&mut local, |n| all.contains_key(n))?;
-                all.extend(rest);
-                let t0 = Instant::now();
-                let mut grads = BTreeMap::new();
-                for members in &buckets.members {
-                    let bucket = members
-                        .iter()
-                        .map(|n| {
-                            all.remove(n)
-                                .ok_or_else(|| anyhow::anyhow!("no gradient for {n}"))
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
-                    for (n, g) in members
-                        .iter()
-                        .zip(reduce::reduce_bucket(comm, bucket, dtype)?)
-                    {
-                        grads.insert(n.clone(), g);
-                    }
-                }
-                let spent = t0.elapsed();
-                Ok((
-                    local,
-                    grads,
-                    CommTime {
-                        exposed: spent,
-                        total: spent,
-                    },
-                ))
-            }
-        }
+            anyhow::Ok(local)
+        })?;
+        let Reduced {
+            grads,
+            busy,
+            exposed,
+            ..
+        } = reduced;
+        let time = CommTime {
+            exposed,
+            total: busy,
+        };
+        Ok((local, grads, time))
     }
 
     /// Scores `data` (every rank its share of sentences; every rank gets the whole report).
@@ -435,14 +385,14 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Runs every micro-batch: the gradients of all but the last are summed into `local`; the last
-    /// one's (plus what `local` holds for the same parameter) go to `hand_over` as backward produces
+    /// one's (plus what `local` holds for the same parameter) are handed over as backward produces
     /// them — gradients are reduced only once per optimiser step.
     fn run(
         &self,
         micro: &[PackedBatch],
         step: usize,
         local: &mut LocalStep,
-        mut hand_over: impl FnMut(&str, Grad) -> anyhow::Result<()>,
+        hand_over: &mut Handover,
     ) -> anyhow::Result<()> {
         let device = self.master.device();
         let last = micro.len().saturating_sub(1);
@@ -459,7 +409,6 @@ impl Pass<'_> {
                 seed: self.settings.seed,
                 step: step as u64,
             };
-            let mut failure: Option<anyhow::Error> = None;
             let mut sink = |name: &str, g: Grad| -> nerpos_model::Result<()> {
                 let summed = match local.grads.remove(name) {
                     Some(acc) => acc.add(&g)?,
@@ -469,19 +418,13 @@ impl Pass<'_> {
                     local.grads.insert(name.to_owned(), summed);
                     return Ok(());
                 }
-                hand_over(name, summed).map_err(|e| {
-                    failure = Some(e);
-                    nerpos_model::ModelError::Config("handing over a gradient failed".into())
-                })
+                Ok(hand_over.push(name, summed)?)
             };
-            let result = profile::timed("step: forward+backward (all fwd/bwd: rows)", || {
-                self.stepper
-                    .forward_backward_with(&inputs, &targets, Some(noise), &mut sink)
-            });
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            let (loss_sum, count) = result?;
+            let (loss_sum, count) =
+                profile::timed("step: forward+backward (all fwd/bwd: rows)", || {
+                    self.stepper
+                        .forward_backward_with(&inputs, &targets, Some(noise), &mut sink)
+                })?;
             local.loss_sum = local.loss_sum.add(&loss_sum)?;
             local.count += count as f64;
         }

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
+use nerpos_dist::reduce::{Buckets, reduce_gradients};
 use nerpos_dist::{Comm, Rendezvous, Timeouts};
 use nerpos_model::{BertNerPos, Grad, PackedBatch};
-use nerpos_train::reduce::{Buckets, overlapped};
 
 fn tiny() -> BertNerPos {
     let dir =
@@ -63,13 +63,9 @@ fn rank(r: usize, port: u16) -> RankRun {
     let (inputs, targets) = batch().to_device(&Device::Cpu).unwrap();
     let targets = targets.unwrap();
     let started = Instant::now();
-    let (backward_done, reduced, _exposed) = overlapped(&mut comm, &plan, DType::F32, |reducer| {
-        model.forward_backward_with(&inputs, &targets, None, |name, g| {
-            reducer
-                .push(name, g)
-                .map_err(|e| nerpos_model::ModelError::Config(e.to_string()))
-        })?;
-        Ok(started.elapsed())
+    let (backward_done, reduced) = reduce_gradients(&mut comm, &plan, DType::F32, |h| {
+        model.forward_backward_with(&inputs, &targets, None, |name, g| Ok(h.push(name, g)?))?;
+        anyhow::Ok(started.elapsed())
     })
     .unwrap();
     RankRun {

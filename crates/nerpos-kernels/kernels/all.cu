@@ -1,0 +1,10 @@
+// Every kernel of nerpos-kernels in one translation unit: what build.rs compiles into the fatbin and
+// what the emulator library (emu/lib.cpp) builds for the CPU. A new kernel file is one more line here.
+#include "columns.cu"
+#include "layer_norm.cu"
+#include "gelu.cu"
+#include "residual.cu"
+#include "attention.cu"
+#include "cross_entropy.cu"
+#include "dropout_masks.cu"
+#include "adamw.cu"

@@ -1,0 +1,241 @@
+// Attention within each packed row, forward and backward: the GPU twin of the CPU kernel in
+// src/ops/attention.rs.
+#include "common.cuh"
+#include "dropout.cuh"
+
+// Attention within each packed row. One block per (row, head), 4 warps; keys and values staged in
+// shared memory in tiles of ATT_TILE rows; a warp handles queries warp, warp + 4, ... The softmax
+// output P (f32, heads·L² per row at `poff[row]`) is kept for the backward pass, as on the CPU.
+// Dropout on P is keyed by the sentence (dropout.cuh): element h·L² + i·L + j of the row's mask at the
+// layer's site, which forward and backward regenerate (nothing is stored) and which does not depend on
+// the row's place in the batch. Q, K, V are read from the fused projection qkv [N, 3H].
+
+// ATT_TILE, ATT_WARPS and AttShape's layout come from layout.h (build.rs), which the Rust launch code
+// reads too: the shared-memory size it asks for and the struct it passes cannot drift from these.
+struct AttShape {
+  uint64_t site;       // dropout site (Site::code; used when threshold < 65536)
+  int heads, dh;
+  float scale;
+  uint32_t threshold;  // 65536: no dropout
+  float keep_scale;    // 1/(1−p)
+  uint32_t pad;
+};
+static_assert(sizeof(AttShape) == ATT_SHAPE_SIZE, "AttShape's size differs from the Rust launch code's");
+static_assert(offsetof(AttShape, heads) == ATT_SHAPE_HEADS_OFFSET, "AttShape.heads moved");
+static_assert(offsetof(AttShape, keep_scale) == ATT_SHAPE_KEEP_SCALE_OFFSET, "AttShape.keep_scale moved");
+
+// Loads `count` rows (≤ ATT_TILE) of one head's dh columns from `src` (row stride `stride`, starting at
+// token `t0`) into shared `dst` as f32 with row pitch dh + 1 (no bank conflicts on column walks).
+template <typename T>
+__device__ void load_tile(float *dst, const T *src, int t0, int count, int stride, int col0, int dh) {
+  for (int e = threadIdx.x + threadIdx.y * 32; e < count * dh; e += 32 * ATT_WARPS) {
+    int rr = e / dh, d = e % dh;
+    dst[rr * (dh + 1) + d] = ld(src, (size_t)(t0 + rr) * stride + col0 + d);
+  }
+}
+
+// Forward: P (softmax of the scaled scores) into `probs`, context accumulated in f32 into `ctx` [N, H].
+// The key of this block's row at the layer's dropout site (unused without dropout, when keys is null).
+__device__ __forceinline__ uint64_t row_key(const uint64_t *keys, int row, const AttShape &s) {
+  return s.threshold < 65536u ? nerpos_site_key(keys[row], s.site) : 0;
+}
+
+template <typename T>
+__device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, const long long *poff,
+                         float *probs, float *ctx, AttShape s) {
+  NERPOS_DYNAMIC_SHARED(smem);
+  int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
+  int t0 = starts[row], L = starts[row + 1] - t0;
+  int H = s.heads * s.dh, stride = 3 * H, dh = s.dh;
+  int warp = threadIdx.y, lane = threadIdx.x;
+  float *tile = smem;                                  // ATT_TILE × (dh + 1)
+  float *qrow = smem + ATT_TILE * (dh + 1) + warp * dh;  // this warp's query
+  float *P = probs + poff[row] + (size_t)hd * L * L;
+  uint64_t key = row_key(keys, row, s);
+  // Scores, tile by tile of keys.
+  for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
+    int kn = min(ATT_TILE, L - k0);
+    __syncthreads();
+    load_tile(tile, qkv, t0 + k0, kn, stride, H + hd * dh, dh);
+    __syncthreads();
+    for (int i = warp; i < L; i += ATT_WARPS) {
+      for (int d = lane; d < dh; d += 32) qrow[d] = ld(qkv, (size_t)(t0 + i) * stride + hd * dh + d);
+      __syncwarp();
+      for (int j = lane; j < kn; j += 32) {
+        float acc = 0.0f;
+        for (int d = 0; d < dh; ++d) acc += qrow[d] * tile[j * (dh + 1) + d];
+        P[(size_t)i * L + k0 + j] = acc * s.scale;
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  // Softmax of each query's row.
+  for (int i = warp; i < L; i += ATT_WARPS) {
+    float *pr = P + (size_t)i * L;
+    float m = -INFINITY;
+    for (int j = lane; j < L; j += 32) m = fmaxf(m, pr[j]);
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < L; j += 32) {
+      float e = expf(pr[j] - m);
+      pr[j] = e;
+      sum += e;
+    }
+    float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < L; j += 32) pr[j] *= inv;
+  }
+  __syncthreads();
+  // Context = dropout(P)·V, tile by tile of values; lane owns output dims lane, lane + 32, ...
+  for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
+    int kn = min(ATT_TILE, L - k0);
+    __syncthreads();
+    load_tile(tile, qkv, t0 + k0, kn, stride, 2 * H + hd * dh, dh);
+    __syncthreads();
+    for (int i = warp; i < L; i += ATT_WARPS) {
+      const float *pr = P + (size_t)i * L + k0;
+      size_t mrow = (size_t)hd * L * L + (size_t)i * L + k0;
+      for (int d = lane; d < dh; d += 32) {
+        float acc = 0.0f;
+        for (int j = 0; j < kn; ++j) {
+          float p = pr[j];
+          if (s.threshold < 65536u) p = nerpos_keep(key, mrow + j, s.threshold) ? p * s.keep_scale : 0.0f;
+          acc += p * tile[j * (dh + 1) + d];
+        }
+        float *c = ctx + (size_t)(t0 + i) * H + hd * dh + d;
+        *c = (k0 == 0 ? 0.0f : *c) + acc;
+      }
+    }
+  }
+}
+
+// Backward, phase 1: dZ (into `dz`, the same layout as P) = P ⊙ (dP − Σⱼ P·dP) with dP = mask ⊙ (dctx·Vᵀ).
+template <typename T>
+__device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+                                const long long *poff, const float *probs, float *dz, AttShape s) {
+  NERPOS_DYNAMIC_SHARED(smem);
+  int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
+  int t0 = starts[row], L = starts[row + 1] - t0;
+  int H = s.heads * s.dh, stride = 3 * H, dh = s.dh;
+  int warp = threadIdx.y, lane = threadIdx.x;
+  float *tile = smem;
+  float *grow = smem + ATT_TILE * (dh + 1) + warp * dh;
+  size_t local = (size_t)hd * L * L, base = poff[row] + local;
+  uint64_t key = row_key(keys, row, s);
+  const float *P = probs + base;
+  float *DZ = dz + base;
+  for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
+    int kn = min(ATT_TILE, L - k0);
+    __syncthreads();
+    load_tile(tile, qkv, t0 + k0, kn, stride, 2 * H + hd * dh, dh);
+    __syncthreads();
+    for (int i = warp; i < L; i += ATT_WARPS) {
+      for (int d = lane; d < dh; d += 32) grow[d] = ld(dctx, (size_t)(t0 + i) * H + hd * dh + d);
+      __syncwarp();
+      for (int j = lane; j < kn; j += 32) {
+        float acc = 0.0f;
+        for (int d = 0; d < dh; ++d) acc += grow[d] * tile[j * (dh + 1) + d];
+        size_t at = (size_t)i * L + k0 + j;
+        if (s.threshold < 65536u) acc = nerpos_keep(key, local + at, s.threshold) ? acc * s.keep_scale : 0.0f;
+        DZ[at] = acc;
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  for (int i = warp; i < L; i += ATT_WARPS) {
+    const float *pr = P + (size_t)i * L;
+    float *dr = DZ + (size_t)i * L;
+    float dot = 0.0f;
+    for (int j = lane; j < L; j += 32) dot += pr[j] * dr[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < L; j += 32) dr[j] = pr[j] * (dr[j] - dot);
+  }
+}
+
+// Backward, phase 2: dQ = scale·dZ·K (rows of queries) into dqkv [N, 3H] (f32), columns of Q.
+template <typename T>
+__device__ void attn_bwd_dq(const T *qkv, const int *starts, const long long *poff, const float *dz,
+                            float *dqkv, AttShape s) {
+  NERPOS_DYNAMIC_SHARED(smem);
+  int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
+  int t0 = starts[row], L = starts[row + 1] - t0;
+  int H = s.heads * s.dh, stride = 3 * H, dh = s.dh;
+  int warp = threadIdx.y, lane = threadIdx.x;
+  float *tile = smem;
+  const float *DZ = dz + poff[row] + (size_t)hd * L * L;
+  for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
+    int kn = min(ATT_TILE, L - k0);
+    __syncthreads();
+    load_tile(tile, qkv, t0 + k0, kn, stride, H + hd * dh, dh);
+    __syncthreads();
+    for (int i = warp; i < L; i += ATT_WARPS) {
+      const float *dr = DZ + (size_t)i * L + k0;
+      for (int d = lane; d < dh; d += 32) {
+        float acc = 0.0f;
+        for (int j = 0; j < kn; ++j) acc += dr[j] * tile[j * (dh + 1) + d];
+        float *o = dqkv + (size_t)(t0 + i) * stride + hd * dh + d;
+        *o = (k0 == 0 ? 0.0f : *o) + acc * s.scale;
+      }
+    }
+  }
+}
+
+// Backward, phase 3: dK = scale·dZᵀ·Q and dV = dropout(P)ᵀ·dctx (rows of keys), tile by tile of
+// queries (two tiles in shared memory: Q and dctx).
+template <typename T>
+__device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+                             const long long *poff, const float *probs, const float *dz, float *dqkv,
+                             AttShape s) {
+  NERPOS_DYNAMIC_SHARED(smem);
+  int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
+  int t0 = starts[row], L = starts[row + 1] - t0;
+  int H = s.heads * s.dh, stride = 3 * H, dh = s.dh;
+  int warp = threadIdx.y, lane = threadIdx.x;
+  float *qt = smem;
+  float *gt = smem + ATT_TILE * (dh + 1);
+  size_t local = (size_t)hd * L * L, base = poff[row] + local;
+  uint64_t key = row_key(keys, row, s);
+  const float *P = probs + base;
+  const float *DZ = dz + base;
+  for (int q0 = 0; q0 < L; q0 += ATT_TILE) {
+    int qn = min(ATT_TILE, L - q0);
+    __syncthreads();
+    load_tile(qt, qkv, t0 + q0, qn, stride, hd * dh, dh);
+    load_tile(gt, dctx, t0 + q0, qn, H, hd * dh, dh);
+    __syncthreads();
+    for (int j = warp; j < L; j += ATT_WARPS) {
+      for (int d = lane; d < dh; d += 32) {
+        float ak = 0.0f, av = 0.0f;
+        for (int ii = 0; ii < qn; ++ii) {
+          size_t at = (size_t)(q0 + ii) * L + j;
+          float p = P[at];
+          if (s.threshold < 65536u) p = nerpos_keep(key, local + at, s.threshold) ? p * s.keep_scale : 0.0f;
+          ak += DZ[at] * qt[ii * (dh + 1) + d];
+          av += p * gt[ii * (dh + 1) + d];
+        }
+        float *ok = dqkv + (size_t)(t0 + j) * stride + H + hd * dh + d;
+        float *ov = dqkv + (size_t)(t0 + j) * stride + 2 * H + hd * dh + d;
+        *ok = (q0 == 0 ? 0.0f : *ok) + ak * s.scale;
+        *ov = (q0 == 0 ? 0.0f : *ov) + av;
+      }
+    }
+  }
+}
+
+NERPOS_EXPORT_TYPED(attn_fwd,
+                    (const T *qkv, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
+                     float *ctx, AttShape s),
+                    (qkv, starts, keys, poff, probs, ctx, s))
+NERPOS_EXPORT_TYPED(attn_bwd_scores,
+                    (const T *qkv, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
+                     const float *probs, float *dz, AttShape s),
+                    (qkv, dctx, starts, keys, poff, probs, dz, s))
+NERPOS_EXPORT_TYPED(attn_bwd_dq,
+                    (const T *qkv, const int *starts, const long long *poff, const float *dz, float *dqkv,
+                     AttShape s),
+                    (qkv, starts, poff, dz, dqkv, s))
+NERPOS_EXPORT_TYPED(attn_bwd_dkv,
+                    (const T *qkv, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
+                     const float *probs, const float *dz, float *dqkv, AttShape s),
+                    (qkv, dctx, starts, keys, poff, probs, dz, dqkv, s))

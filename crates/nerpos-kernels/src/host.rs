@@ -1,0 +1,102 @@
+//! What the CPU kernels share: the host data of a tensor, tensors from host data, and vectorised
+//! reductions.
+
+use candle_core::{Device, Shape, Storage, Tensor, WithDType};
+
+use crate::error::{KernelError, Result};
+
+/// Elements per parallel task: enough work per task to amortise scheduling.
+pub(crate) const TASK: usize = 16_384;
+
+/// Rows of width `width` per parallel task.
+pub(crate) fn task_rows(width: usize) -> usize {
+    (TASK / width.max(1)).max(1)
+}
+
+/// Runs `f` on the contiguous host data of `t`, a CPU tensor of element type `T`.
+pub(crate) fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(KernelError::Internal(
+            "a CPU kernel got a device tensor".into(),
+        ));
+    };
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| KernelError::Internal("a CPU kernel got a strided tensor".into()))?;
+    Ok(f(&cpu.as_slice::<T>()?[a..b]))
+}
+
+/// A CPU f32 tensor of `shape` holding `data`.
+pub(crate) fn tensor<S: Into<Shape>>(data: Vec<f32>, shape: S) -> Result<Tensor> {
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+}
+
+/// Column sums of per-task partial sums, in task order (deterministic).
+pub(crate) fn sum_partials(partials: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; width];
+    for p in partials {
+        out.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+    }
+    out
+}
+
+/// Runs `$kernel` compiled for AVX-512 when the CPU has it (the kernels are the same code; the
+/// compiler vectorises them wider), else for the baseline.
+macro_rules! dispatch {
+    ($name:ident, $kernel:ident, ($($arg:ident : $ty:ty),*)) => {
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn wide($($arg: $ty),*) {
+                    $kernel($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU was just found to support every feature `wide` is compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// Σ x with 16 running sums: the compiler vectorises it (one running sum is a chain of dependent
+/// additions it may not reorder).
+#[inline(always)]
+pub(crate) fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ a·b, vectorised as [`sum16`].
+#[inline(always)]
+pub(crate) fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

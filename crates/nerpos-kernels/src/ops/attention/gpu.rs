@@ -1,0 +1,237 @@
+//! The CUDA attention kernels' launches (`kernels/attention.cu`): one block per (row, head) of
+//! `ATT_WARPS` warps, keys and values staged in shared memory in tiles of `ATT_TILE` rows. The
+//! probabilities are kept (f32, the CPU kernel's layout) for the backward pass; the dropout mask is
+//! regenerated from the sentences' keys in both passes.
+
+use candle_core::{DType, Tensor};
+
+use super::{Heads, RowSpans};
+use crate::error::Result;
+use crate::launch::{ATT_TILE, ATT_WARPS, AttShape, Elem, Exec, Launch, Ptr, int};
+use crate::on_gpu;
+
+/// Attention dropout on the GPU: the sentences' keys (`[B]` i64 on the GPU), the layer's site, p.
+#[derive(Debug, Clone)]
+pub struct GpuDropout {
+    pub keys: Tensor,
+    pub site: u64,
+    pub p: f64,
+}
+
+/// One call's row tables and parameters, as the kernels take them.
+pub(crate) struct Problem {
+    pub starts: Vec<i32>,
+    pub offsets: Vec<i64>,
+    pub shape: AttShape,
+}
+
+impl Problem {
+    pub(crate) fn new(
+        rows: &RowSpans,
+        shape: Heads,
+        dropout: Option<(u64, f64)>,
+    ) -> Result<Problem> {
+        let (site, threshold, keep_scale) = match dropout {
+            Some((site, p)) if p > 0.0 => {
+                (site, crate::dropout::threshold(p), (1.0 / (1.0 - p)) as f32)
+            }
+            _ => (0, 65536, 1.0),
+        };
+        let starts = rows
+            .starts
+            .iter()
+            .map(|&s| int(s, "token index"))
+            .collect::<Result<_>>()?;
+        let offsets = super::cpu::prob_offsets(rows, shape.heads)
+            .into_iter()
+            .map(|o| o as i64)
+            .collect();
+        Ok(Problem {
+            starts,
+            offsets,
+            shape: AttShape {
+                site,
+                heads: int(shape.heads, "heads")?,
+                head_dim: int(shape.head_dim, "head size")?,
+                scale: shape.scale(),
+                threshold,
+                keep_scale,
+                pad: 0,
+            },
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub(crate) fn probs(&self) -> usize {
+        *self.offsets.last().unwrap_or(&0) as usize
+    }
+
+    fn launch(&self, kernel: String, shared_floats: usize) -> Launch {
+        let blocks = (self.rows() * self.shape.heads as usize).max(1) as u32;
+        Launch::new(kernel, (blocks, 1), (32, ATT_WARPS as u32)).shared(shared_floats * 4)
+    }
+
+    /// Shared memory of one tile of keys or values and a query row per warp.
+    fn one_tile(&self) -> usize {
+        let dh = self.shape.head_dim as usize;
+        ATT_TILE * (dh + 1) + ATT_WARPS * dh
+    }
+
+    /// Shared memory of two tiles (queries and the context's gradient).
+    fn two_tiles(&self) -> usize {
+        2 * ATT_TILE * (self.shape.head_dim as usize + 1)
+    }
+}
+
+/// The tables of a problem on the device: row starts (i32) and probability offsets (i64).
+pub(crate) struct Tables {
+    pub starts: Ptr,
+    pub offsets: Ptr,
+}
+
+/// [context (N·H); probabilities (Σ heads·L²)] in f32 from qkv, for `[qkv, keys (or null), out]`.
+pub(crate) fn forward_launches(
+    e: &mut dyn Exec,
+    s: Elem,
+    pr: &Problem,
+    t: &Tables,
+    [qkv, keys, out]: [Ptr; 3],
+    ctx_len: usize,
+) -> Result<()> {
+    let probs = out.offset(ctx_len * 4);
+    e.launch(
+        pr.launch(s.kernel("attn_fwd"), pr.one_tile())
+            .arg(qkv)
+            .arg(t.starts)
+            .arg(keys)
+            .arg(t.offsets)
+            .arg(probs)
+            .arg(out)
+            .arg(pr.shape),
+    )
+}
+
+/// dqkv (N·3H f32) from qkv, the context's gradient and the kept probabilities, for
+/// `[qkv, dctx, keys (or null), probs, dqkv]`: the scores' gradient (scratch), then dQ, then dK and dV.
+pub(crate) fn backward_launches(
+    e: &mut dyn Exec,
+    s: Elem,
+    pr: &Problem,
+    t: &Tables,
+    [qkv, dctx, keys, probs, dqkv]: [Ptr; 5],
+) -> Result<()> {
+    let dz = e.scratch(pr.probs().max(1) * 4)?;
+    e.launch(
+        pr.launch(s.kernel("attn_bwd_scores"), pr.one_tile())
+            .arg(qkv)
+            .arg(dctx)
+            .arg(t.starts)
+            .arg(keys)
+            .arg(t.offsets)
+            .arg(probs)
+            .arg(dz)
+            .arg(pr.shape),
+    )?;
+    e.launch(
+        pr.launch(s.kernel("attn_bwd_dq"), pr.two_tiles())
+            .arg(qkv)
+            .arg(t.starts)
+            .arg(t.offsets)
+            .arg(dz)
+            .arg(dqkv)
+            .arg(pr.shape),
+    )?;
+    e.launch(
+        pr.launch(s.kernel("attn_bwd_dkv"), pr.two_tiles())
+            .arg(qkv)
+            .arg(dctx)
+            .arg(t.starts)
+            .arg(keys)
+            .arg(t.offsets)
+            .arg(probs)
+            .arg(dz)
+            .arg(dqkv)
+            .arg(pr.shape),
+    )
+}
+
+/// The row tables uploaded next to `like` (the batch's tensors).
+fn tables(pr: &Problem, like: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dev = like.device();
+    Ok((
+        Tensor::from_slice(&pr.starts, pr.starts.len(), dev)?,
+        Tensor::from_slice(&pr.offsets, pr.offsets.len(), dev)?,
+    ))
+}
+
+/// The context `[N, H]` (qkv's dtype) and the probabilities (f32) from qkv `[N, 3H]`.
+pub(crate) fn forward(
+    qkv: &Tensor,
+    rows: &RowSpans,
+    shape: Heads,
+    dropout: Option<&GpuDropout>,
+) -> Result<(Tensor, Tensor)> {
+    let pr = Problem::new(rows, shape, dropout.map(|d| (d.site, d.p)))?;
+    let (starts, offsets) = tables(&pr, qkv)?;
+    let s = Elem::of(qkv.dtype())?;
+    let (n, h) = (rows.tokens(), shape.hidden());
+    let out = on_gpu(
+        &[
+            Some(qkv),
+            Some(&starts),
+            Some(&offsets),
+            dropout.map(|d| &d.keys),
+        ],
+        &[(DType::F32, n * h + pr.probs())],
+        |e, i, o| {
+            let t = Tables {
+                starts: i[1],
+                offsets: i[2],
+            };
+            forward_launches(e, s, &pr, &t, [i[0], i[3], o[0]], n * h)
+        },
+    )?;
+    let ctx = out[0].narrow(0, 0, n * h)?.reshape((n, h))?;
+    let probs = out[0].narrow(0, n * h, pr.probs())?;
+    Ok((ctx.to_dtype(qkv.dtype())?, probs))
+}
+
+/// dqkv `[N, 3H]` (qkv's dtype) from the context's gradient and the kept probabilities.
+pub(crate) fn backward(
+    dctx: &Tensor,
+    qkv: &Tensor,
+    probs: &Tensor,
+    rows: &RowSpans,
+    shape: Heads,
+    dropout: Option<&GpuDropout>,
+) -> Result<Tensor> {
+    let pr = Problem::new(rows, shape, dropout.map(|d| (d.site, d.p)))?;
+    let (starts, offsets) = tables(&pr, qkv)?;
+    let s = Elem::of(qkv.dtype())?;
+    let dctx = dctx.to_dtype(qkv.dtype())?;
+    let n = rows.tokens();
+    let out = on_gpu(
+        &[
+            Some(qkv),
+            Some(&dctx),
+            Some(&starts),
+            Some(&offsets),
+            dropout.map(|d| &d.keys),
+            Some(probs),
+        ],
+        &[(DType::F32, n * 3 * shape.hidden())],
+        |e, i, o| {
+            let t = Tables {
+                starts: i[2],
+                offsets: i[3],
+            };
+            backward_launches(e, s, &pr, &t, [i[0], i[1], i[4], i[5], o[0]])
+        },
+    )?;
+    Ok(out[0]
+        .reshape((n, 3 * shape.hidden()))?
+        .to_dtype(qkv.dtype())?)
+}

@@ -1,0 +1,136 @@
+//! Self-attention over packed rows: each row attends only to itself, so no padding is ever multiplied
+//! and no mask is needed. Three implementations: the fused CPU kernel ([`cpu`]), the CUDA kernels
+//! ([`gpu`], `kernels/attention.cu`: one block per row × head, keys and values in shared-memory tiles,
+//! the dropout mask regenerated from the sentences' keys rather than stored) and the padded tensor-op
+//! reference ([`padded`]).
+
+mod cpu;
+pub(crate) mod gpu;
+mod padded;
+
+use candle_core::Tensor;
+
+use crate::dropout::{Masker, Site};
+use crate::error::Result;
+use crate::rows::RowSpans;
+use crate::{Impl, Kernels, Mask};
+
+pub use padded::PaddedIndex;
+
+/// Largest head size the CUDA kernels take (two tiles of 32 rows of it fit in 48 KB of shared
+/// memory); larger heads use the padded tensor-op path.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// The shape of one attention problem.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// One layer's attention dropout: the batch's masks, the layer, p.
+#[derive(Clone, Copy)]
+pub struct Dropout<'a> {
+    pub masks: &'a Masker,
+    pub layer: usize,
+    pub p: f64,
+}
+
+/// What backward needs from forward.
+pub enum AttentionCache {
+    Cpu {
+        /// Softmax output of every (row, head), row by row: `heads · L²` values per row.
+        probs: Vec<f32>,
+        /// Dropout keep-mask in the same layout, and 1/(1−p).
+        mask: Option<(Vec<u8>, f32)>,
+    },
+    /// The CUDA kernels': the softmax output (f32, the CPU layout) and the dropout its mask is
+    /// regenerated from.
+    Device {
+        probs: Tensor,
+        dropout: Option<gpu::GpuDropout>,
+    },
+    Padded {
+        probs: Tensor,
+        mask: Option<Mask>,
+        probs_dropped: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        index: PaddedIndex,
+    },
+}
+
+/// Attention within the rows of a packed batch.
+pub struct Attention;
+
+impl Attention {
+    /// Context `[N, H]` from the fused projection `qkv` `[N, 3H]` (bias included), with attention
+    /// dropout when given (training); the cache when `keep`.
+    pub fn forward(
+        k: Kernels,
+        qkv: &Tensor,
+        rows: &RowSpans,
+        shape: Heads,
+        dropout: Option<Dropout>,
+        keep: bool,
+    ) -> Result<(Tensor, Option<AttentionCache>)> {
+        let dropout = dropout.filter(|d| d.p > 0.0);
+        match k.pick(qkv) {
+            Impl::Cuda if shape.head_dim <= MAX_HEAD_DIM => {
+                let dropout = dropout.and_then(|d| {
+                    d.masks.gpu().map(|g| gpu::GpuDropout {
+                        keys: g.keys.clone(),
+                        site: Site::Attention(d.layer).code(),
+                        p: d.p,
+                    })
+                });
+                let (ctx, probs) = gpu::forward(qkv, rows, shape, dropout.as_ref())?;
+                Ok((
+                    ctx,
+                    keep.then_some(AttentionCache::Device { probs, dropout }),
+                ))
+            }
+            Impl::Cpu => {
+                let mask = dropout.and_then(|d| {
+                    let bytes = d.masks.attention_bytes(shape.heads, d.layer, d.p)?;
+                    Some((bytes, (1.0 / (1.0 - d.p)) as f32))
+                });
+                cpu::forward(qkv, rows, shape, mask, keep)
+            }
+            _ => padded::forward(qkv, rows, shape, dropout, keep),
+        }
+    }
+
+    /// `dqkv` `[N, 3H]` from the context's gradient `dctx` `[N, H]` (the path of the cache's forward).
+    pub fn backward(
+        dctx: &Tensor,
+        qkv: &Tensor,
+        rows: &RowSpans,
+        shape: Heads,
+        cache: &AttentionCache,
+    ) -> Result<Tensor> {
+        match cache {
+            AttentionCache::Cpu { probs, mask } => {
+                cpu::backward(dctx, qkv, rows, shape, probs, mask)
+            }
+            AttentionCache::Device { probs, dropout } => {
+                gpu::backward(dctx, qkv, probs, rows, shape, dropout.as_ref())
+            }
+            AttentionCache::Padded { .. } => padded::backward(dctx, rows, shape, cache),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

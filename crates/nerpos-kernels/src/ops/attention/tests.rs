@@ -1,0 +1,250 @@
+//! The attention op's tests: the CPU kernel against the padded reference and against finite
+//! differences, the emulated CUDA launches against the CPU kernel, and a row's result independent of
+//! the batch around it.
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::gpu::{Problem, Tables, backward_launches, forward_launches};
+use super::*;
+use crate::dropout::Noise;
+use crate::emu::{self, EmuExec, HostBuf};
+use crate::launch::Elem;
+use crate::ops::testing::{flat, random, rng};
+
+/// The masks of a batch of rows of these lengths (sentences `ids`), at step 5 of seed 77.
+fn masks(lengths: &[usize], ids: &[u64]) -> Masker {
+    let rows = RowSpans::new(lengths.to_vec());
+    Masker::new(Noise { seed: 77, step: 5 }, ids, &rows, &[], &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The fused CPU kernel (forward and backward) equals the padded tensor-op path, without dropout
+/// and with it (the same sentence-keyed masks in either layout).
+#[test]
+fn cpu_kernel_matches_the_padded_path() {
+    let lengths = [5, 1, 9, 3];
+    let m = masks(&lengths, &[0, 1, 2, 3]);
+    for p in [0.0, 0.3] {
+        let dropout = Dropout {
+            masks: &m,
+            layer: 2,
+            p,
+        };
+        kernel_matches_padded(&lengths, Some(dropout));
+    }
+}
+
+fn kernel_matches_padded(lengths: &[usize], dropout: Option<Dropout>) {
+    let rows = RowSpans::new(lengths.to_vec());
+    let shape = Heads {
+        heads: 3,
+        head_dim: 4,
+    };
+    let (n, h) = (rows.tokens(), shape.hidden());
+    let mut r = rand::rngs::SmallRng::seed_from_u64(5);
+    let mut random = |len: usize| -> Tensor {
+        let v: Vec<f32> = (0..len).map(|_| r.random_range(-2.0f32..2.0)).collect();
+        Tensor::from_vec(v, len, &Device::Cpu).unwrap()
+    };
+    let qkv = random(n * 3 * h).reshape((n, 3 * h)).unwrap();
+    let dctx = random(n * h).reshape((n, h)).unwrap();
+    let run =
+        |k: Kernels, keep: bool| Attention::forward(k, &qkv, &rows, shape, dropout, keep).unwrap();
+    let (ctx_cpu, cache_cpu) = run(Kernels::CpuOnly, true);
+    let (ctx_pad, cache_pad) = run(Kernels::Reference, true);
+    assert!(max_diff(&ctx_cpu, &ctx_pad) < 1e-5);
+    let d_cpu = Attention::backward(&dctx, &qkv, &rows, shape, &cache_cpu.unwrap()).unwrap();
+    let d_pad = Attention::backward(&dctx, &qkv, &rows, shape, &cache_pad.unwrap()).unwrap();
+    assert!(
+        max_diff(&d_cpu, &d_pad) < 1e-5,
+        "{}",
+        max_diff(&d_cpu, &d_pad)
+    );
+    // Nothing kept gives the same context.
+    let (ctx_eval, none) = run(Kernels::CpuOnly, false);
+    assert!(none.is_none());
+    assert_eq!(max_diff(&ctx_eval, &ctx_cpu), 0.0);
+}
+
+/// With dropout, the CPU kernel's backward is the gradient of its forward (finite differences).
+#[test]
+fn cpu_kernel_backward_with_dropout_is_the_gradient() {
+    let rows = RowSpans::new(vec![4, 6]);
+    let shape = Heads {
+        heads: 2,
+        head_dim: 3,
+    };
+    let (n, h) = (rows.tokens(), shape.hidden());
+    let mut r = rand::rngs::SmallRng::seed_from_u64(9);
+    let x: Vec<f32> = (0..n * 3 * h)
+        .map(|_| r.random_range(-1.0f32..1.0))
+        .collect();
+    let g: Vec<f32> = (0..n * h).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let dctx = Tensor::from_vec(g.clone(), (n, h), &Device::Cpu).unwrap();
+    // The loss Σ g ⊙ ctx(x), with the same masks every time.
+    let m = masks(&[4, 6], &[0, 1]);
+    let dropout = Some(Dropout {
+        masks: &m,
+        layer: 0,
+        p: 0.3,
+    });
+    let loss = |x: &[f32]| -> f64 {
+        let qkv = Tensor::from_vec(x.to_vec(), (n, 3 * h), &Device::Cpu).unwrap();
+        let (ctx, _) =
+            Attention::forward(Kernels::CpuOnly, &qkv, &rows, shape, dropout, false).unwrap();
+        let c = ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        c.iter().zip(&g).map(|(a, b)| f64::from(a * b)).sum()
+    };
+    let qkv = Tensor::from_vec(x.clone(), (n, 3 * h), &Device::Cpu).unwrap();
+    let (_, cache) =
+        Attention::forward(Kernels::CpuOnly, &qkv, &rows, shape, dropout, true).unwrap();
+    let grad = flat(&Attention::backward(&dctx, &qkv, &rows, shape, &cache.unwrap()).unwrap());
+    for i in (0..x.len()).step_by(7) {
+        let eps = 1e-2f32;
+        let (mut up, mut down) = (x.clone(), x.clone());
+        up[i] += eps;
+        down[i] -= eps;
+        let numeric = (loss(&up) - loss(&down)) / f64::from(2.0 * eps);
+        assert!(
+            (numeric - f64::from(grad[i])).abs() < 2e-3,
+            "d/dx[{i}]: numeric {numeric}, kernel {}",
+            grad[i]
+        );
+    }
+}
+
+/// The emulated launches of one problem: (context, probabilities) and dqkv.
+fn emulate(
+    rows: &RowSpans,
+    shape: Heads,
+    dropout: Option<(u64, f64)>,
+    keys: &[u64],
+    qkv: &[f32],
+    dctx: &[f32],
+) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let lib = emu::emulator("attention::tests (emulated launches)")?;
+    let pr = Problem::new(rows, shape, dropout).unwrap();
+    let t = Tables {
+        starts: emu::ptr(&pr.starts),
+        offsets: emu::ptr(&pr.offsets),
+    };
+    let (n, h) = (rows.tokens(), shape.hidden());
+    let keys_at = if dropout.is_some() {
+        emu::ptr(keys)
+    } else {
+        crate::launch::Ptr::NULL
+    };
+    let mut out = HostBuf::zeros(Elem::F32, n * h + pr.probs());
+    let at = out.ptr_mut();
+    forward_launches(
+        &mut EmuExec::new(lib),
+        Elem::F32,
+        &pr,
+        &t,
+        [emu::ptr(qkv), keys_at, at],
+        n * h,
+    )
+    .unwrap();
+    let out = out.values();
+    let (ctx, probs) = (out[..n * h].to_vec(), out[n * h..].to_vec());
+    let mut dqkv = HostBuf::zeros(Elem::F32, n * 3 * h);
+    let ptrs = [
+        emu::ptr(qkv),
+        emu::ptr(dctx),
+        keys_at,
+        emu::ptr(&probs),
+        dqkv.ptr_mut(),
+    ];
+    backward_launches(&mut EmuExec::new(lib), Elem::F32, &pr, &t, ptrs).unwrap();
+    Some((ctx, probs, dqkv.values()))
+}
+
+/// The CUDA kernels on the emulator against the CPU kernel: probabilities, context and dqkv, with and
+/// without dropout (the GPU kernel drawing its mask from the sentences' keys, the CPU kernel given
+/// the Rust masks of the same sentences), for rows shorter and longer than a key tile (32) and head
+/// sizes below and above a warp's width.
+#[test]
+fn emulated_launches_match_the_cpu_kernel() {
+    let mut r = rng(3);
+    let lengths = [5, 1, 40, 33, 64, 7];
+    let ids = [8, 3, 12, 0, 5, 40];
+    let rows = RowSpans::new(lengths.to_vec());
+    let m = masks(&lengths, &ids);
+    let keys = Noise { seed: 77, step: 5 }.keys(&ids);
+    for (heads, head_dim) in [(3, 20), (2, 40)] {
+        let shape = Heads { heads, head_dim };
+        let (n, h) = (rows.tokens(), shape.hidden());
+        let qkv = random(&mut r, n * 3 * h, 1.5);
+        let dctx = random(&mut r, n * h, 1.0);
+        for p in [0.0f64, 0.1] {
+            let layer = 4;
+            let dropout = (p > 0.0).then_some((Site::Attention(layer).code(), p));
+            let Some((ctx, probs, dqkv)) = emulate(&rows, shape, dropout, &keys, &qkv, &dctx)
+            else {
+                return;
+            };
+            let d = Dropout {
+                masks: &m,
+                layer,
+                p,
+            };
+            let q = Tensor::from_vec(qkv.clone(), (n, 3 * h), &Device::Cpu).unwrap();
+            let (rctx, cache) =
+                Attention::forward(Kernels::CpuOnly, &q, &rows, shape, Some(d), true).unwrap();
+            let cache = cache.unwrap();
+            let AttentionCache::Cpu { probs: rp, .. } = &cache else {
+                unreachable!("the CPU kernel keeps a CPU cache")
+            };
+            let what = format!("attention {heads}×{head_dim}, p {p}");
+            emu::close(&format!("{what}: probabilities"), &probs, rp, 1e-6);
+            emu::close(&format!("{what}: context"), &ctx, &flat(&rctx), 1e-5);
+            let g = Tensor::from_vec(dctx.clone(), (n, h), &Device::Cpu).unwrap();
+            let rdqkv = Attention::backward(&g, &q, &rows, shape, &cache).unwrap();
+            emu::close(&format!("{what}: dqkv"), &dqkv, &flat(&rdqkv), 1e-5);
+        }
+    }
+}
+
+/// A sentence's context from the emulated forward kernel is the same in two batches that hold it at
+/// different places beside other sentences: its probabilities' dropout is keyed by the sentence, not
+/// by the offset of its block in the batch.
+#[test]
+fn emulated_dropout_is_keyed_by_the_sentence() {
+    let shape = Heads {
+        heads: 2,
+        head_dim: 8,
+    };
+    let h = shape.hidden();
+    let p = 0.25;
+    let site = Site::Attention(0).code();
+    let own = random(&mut rng(8), 6 * 3 * h, 1.5);
+    // Sentence 7 (length 6) first in one batch, last in another.
+    let context_of_7 = |lengths: &[usize], ids: &[u64], first: usize| -> Option<Vec<f32>> {
+        let rows = RowSpans::new(lengths.to_vec());
+        let n = rows.tokens();
+        let mut qkv = random(&mut rng(9), n * 3 * h, 1.5);
+        qkv[first * 3 * h..(first + 6) * 3 * h].copy_from_slice(&own);
+        let keys = Noise { seed: 77, step: 5 }.keys(ids);
+        let dctx = vec![0f32; n * h];
+        let (ctx, _, _) = emulate(&rows, shape, Some((site, p)), &keys, &qkv, &dctx)?;
+        Some(ctx[first * h..(first + 6) * h].to_vec())
+    };
+    let (Some(a), Some(b)) = (
+        context_of_7(&[6, 3, 9], &[7, 2, 11], 0),
+        context_of_7(&[4, 3, 6], &[30, 2, 7], 7),
+    ) else {
+        return;
+    };
+    assert_eq!(a, b);
+}

@@ -1,0 +1,136 @@
+//! Global gradient-norm clipping, as PyTorch's `clip_grad_norm_`: the norm of all summed gradients
+//! (after the all-reduce), and the factor the optimiser multiplies them by — kept on the GPU there (no
+//! read-back per step; the AdamW kernel reads it from device memory).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Storage, Tensor};
+use nerpos_model::{Deferred, Grad};
+use rayon::prelude::*;
+
+/// What the optimiser multiplies the summed gradients by: `scale` (1/count, known on the host) times
+/// the clipping factor `clip`, which a GPU computes from the gradient norm and keeps.
+#[derive(Clone, Debug)]
+pub struct GradScale {
+    pub scale: f64,
+    pub clip: Deferred,
+}
+
+impl GradScale {
+    /// No clipping.
+    pub fn plain(scale: f64) -> GradScale {
+        GradScale {
+            scale,
+            clip: Deferred::Host(1.0),
+        }
+    }
+
+    /// From the squared norm of the summed gradients: clip to `max_norm` (0 = no clipping), as
+    /// PyTorch's `clip_grad_norm_` (factor max/(norm + 1e-6), at most 1). Returns the scale and the
+    /// norm of the scaled gradients (before clipping), both where the squared norm is.
+    pub fn clipped(
+        scale: f64,
+        squared_norm: &Deferred,
+        max_norm: f64,
+    ) -> candle_core::Result<(GradScale, Deferred)> {
+        let (clip, norm) = match squared_norm {
+            Deferred::Host(s) => {
+                let norm = s.sqrt() * scale;
+                let clip = if max_norm > 0.0 {
+                    (max_norm / (norm + 1e-6)).min(1.0)
+                } else {
+                    1.0
+                };
+                (Deferred::Host(clip), Deferred::Host(norm))
+            }
+            Deferred::Device(s) => {
+                let norm = s.sqrt()?.affine(scale, 0.0)?;
+                let clip = if max_norm > 0.0 {
+                    Deferred::Device(
+                        norm.affine(1.0, 1e-6)?
+                            .recip()?
+                            .affine(max_norm, 0.0)?
+                            .minimum(1.0)?,
+                    )
+                } else {
+                    Deferred::Host(1.0)
+                };
+                (clip, Deferred::Device(norm))
+            }
+        };
+        Ok((GradScale { scale, clip }, norm))
+    }
+}
+
+/// Σ g² over all gradients (before any scaling): CPU f32 gradients summed in place, in parallel, in
+/// f64; others summed on their device and left there (a GPU's is not read back). Row gradients:
+/// their rows.
+pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<Deferred> {
+    let mut host = 0f64;
+    let mut total: Option<Tensor> = None;
+    for g in grads.values() {
+        let g = match g {
+            Grad::Dense(t) => t,
+            Grad::Rows { values, .. } => values,
+        };
+        if g.device().is_cpu() && g.dtype() == DType::F32 {
+            host += host_squares(g)?;
+            continue;
+        }
+        let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+        total = Some(match total {
+            Some(t) => (t + s)?,
+            None => s,
+        });
+    }
+    Ok(match total {
+        None => Deferred::Host(host),
+        Some(t) if t.device().is_cpu() => Deferred::Host(host + f64::from(t.to_scalar::<f32>()?)),
+        Some(t) => Deferred::Device(t).add(&Deferred::Host(host))?,
+    })
+}
+
+/// Σ x² of a CPU f32 tensor: f32 partial sums of 1,024 squares (vectorised), added up in f64.
+fn host_squares(t: &Tensor) -> candle_core::Result<f64> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*s else {
+        candle_core::bail!("expected a CPU tensor");
+    };
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("non-contiguous tensor".into()))?;
+    Ok(s.as_slice::<f32>()?[a..b]
+        .par_chunks(65_536)
+        .map(|c| {
+            c.chunks(1024)
+                .map(|k| f64::from(k.iter().map(|&v| v * v).sum::<f32>()))
+                .sum::<f64>()
+        })
+        .sum::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clipping computed from a host norm and from a tensor-held one (the GPU's way, here on the CPU)
+    /// agree with PyTorch's `clip_grad_norm_` factor.
+    #[test]
+    fn clipping_factor_on_host_and_device_agree() {
+        let sq = 400.0f64; // Σg² of the summed gradients: norm 20, scaled by 1/4 → 5
+        let held = Deferred::Device(Tensor::new(sq as f32, &candle_core::Device::Cpu).unwrap());
+        for (max_norm, want) in [(0.0, 1.0), (10.0, 1.0), (2.5, 2.5 / (5.0 + 1e-6))] {
+            for sq in [Deferred::Host(sq), held.clone()] {
+                let (s, norm) = GradScale::clipped(0.25, &sq, max_norm).unwrap();
+                assert_eq!(s.scale, 0.25);
+                assert!((norm.read().unwrap() - 5.0).abs() < 1e-6);
+                let clip = s.clip.read().unwrap();
+                assert!(
+                    (clip - want).abs() < 1e-6,
+                    "max {max_norm}: {clip} vs {want}"
+                );
+            }
+        }
+    }
+}
