@@ -4,7 +4,6 @@
 //! processes). `check` runs every collective against results computed in one process; `bench` measures
 //! all-reduce bus bandwidth; `fault` is for the tests of peer death and stalls.
 
-use std::io::IsTerminal;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -60,28 +59,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NERPOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: stderr is often a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    nerpos_run::cli::init_logging("warn");
     let cli = Cli::parse();
     let result = match cli.spawn {
         Some(n) => spawn(n),
         None => run(&cli.device, cli.command),
     };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e:#}");
+    let code = |pass: bool| {
+        if pass {
+            ExitCode::SUCCESS
+        } else {
             ExitCode::FAILURE
         }
-    }
+    };
+    nerpos_run::cli::exit(result.map(code))
 }
 
 /// Re-runs this program as `n` local ranks, prefixing their output with the rank.

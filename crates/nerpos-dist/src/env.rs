@@ -54,81 +54,11 @@ impl Rendezvous {
     /// Reads the given variables: torchrun's if `RANK` or `WORLD_SIZE` is set, else Slurm's if
     /// `SLURM_PROCID` is set, else a single process.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Rendezvous, DistError> {
-        let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let num = |k: &str| -> Result<Option<usize>, DistError> {
-            get(k)
-                .map(|v| {
-                    v.parse::<usize>().map_err(|_| {
-                        DistError::Env(format!("{k}={v:?} is not a non-negative integer"))
-                    })
-                })
-                .transpose()
-        };
-        let port =
-            |default: u16| -> Result<u16, DistError> {
-                match get("MASTER_PORT") {
-                    None => Ok(default),
-                    Some(v) => v.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| {
-                        DistError::Env(format!("MASTER_PORT={v:?} is not a TCP port"))
-                    }),
-                }
-            };
-
-        let r = if get("RANK").is_some() || get("WORLD_SIZE").is_some() {
-            let need = |k: &str| -> Result<usize, DistError> {
-                num(k)?.ok_or_else(|| DistError::Env(format!("{k} is not set (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT together)")))
-            };
-            let rank = need("RANK")?;
-            let world_size = need("WORLD_SIZE")?;
-            let master_addr = get("MASTER_ADDR")
-                .map(str::to_owned)
-                .or_else(|| (world_size == 1).then(|| "127.0.0.1".to_owned()))
-                .ok_or_else(|| DistError::Env("MASTER_ADDR is not set".into()))?;
-            Rendezvous {
-                mode: LaunchMode::Torchrun,
-                rank,
-                world_size,
-                local_rank: num("LOCAL_RANK")?.unwrap_or(rank),
-                local_world_size: num("LOCAL_WORLD_SIZE")?.unwrap_or(world_size),
-                master_addr,
-                master_port: port(DEFAULT_PORT)?,
-            }
-        } else if get("SLURM_PROCID").is_some() {
-            let need = |k: &str| -> Result<usize, DistError> {
-                num(k)?
-                    .ok_or_else(|| DistError::Env(format!("{k} is not set (expected inside srun)")))
-            };
-            let rank = need("SLURM_PROCID")?;
-            let world_size = need("SLURM_NTASKS")?;
-            let nodelist = get("SLURM_JOB_NODELIST")
-                .or_else(|| get("SLURM_NODELIST"))
-                .ok_or_else(|| DistError::Env("SLURM_JOB_NODELIST is not set".into()))?;
-            let hosts = expand_hostlist(nodelist)?;
-            let master_addr = match get("MASTER_ADDR") {
-                Some(a) => a.to_owned(),
-                None => hosts.first().cloned().ok_or_else(|| {
-                    DistError::Env(format!("SLURM_JOB_NODELIST={nodelist:?} names no host"))
-                })?,
-            };
-            // Jobs sharing a node must not share a port: derive the default from the job id.
-            let job_port =
-                num("SLURM_JOB_ID")?.map_or(DEFAULT_PORT, |id| 20000 + (id % 20000) as u16);
-            let local_world_size = match num("SLURM_NTASKS_PER_NODE")? {
-                Some(n) => n,
-                None => get("SLURM_TASKS_PER_NODE")
-                    .map(|v| tasks_on_node(v, num("SLURM_NODEID")?.unwrap_or(0)))
-                    .transpose()?
-                    .unwrap_or(world_size),
-            };
-            Rendezvous {
-                mode: LaunchMode::Slurm,
-                rank,
-                world_size,
-                local_rank: num("SLURM_LOCALID")?.unwrap_or(0),
-                local_world_size,
-                master_addr,
-                master_port: port(job_port)?,
-            }
+        let v = Vars(vars);
+        let r = if v.get("RANK").is_some() || v.get("WORLD_SIZE").is_some() {
+            v.torchrun()?
+        } else if v.get("SLURM_PROCID").is_some() {
+            v.slurm()?
         } else {
             return Ok(Rendezvous::single());
         };
@@ -145,6 +75,101 @@ impl Rendezvous {
             )));
         }
         Ok(r)
+    }
+}
+
+/// The launch variables, read with the errors that name them.
+struct Vars<'a>(&'a HashMap<String, String>);
+
+impl Vars<'_> {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn num(&self, k: &str) -> Result<Option<usize>, DistError> {
+        self.get(k)
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| DistError::Env(format!("{k}={v:?} is not a non-negative integer")))
+            })
+            .transpose()
+    }
+
+    /// `k`, which must be set (`hint` says who sets it).
+    fn need(&self, k: &str, hint: &str) -> Result<usize, DistError> {
+        self.num(k)?
+            .ok_or_else(|| DistError::Env(format!("{k} is not set ({hint})")))
+    }
+
+    fn port(&self, default: u16) -> Result<u16, DistError> {
+        match self.get("MASTER_PORT") {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| DistError::Env(format!("MASTER_PORT={v:?} is not a TCP port"))),
+        }
+    }
+
+    /// torchrun's variables.
+    fn torchrun(&self) -> Result<Rendezvous, DistError> {
+        let hint = "torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT together";
+        let rank = self.need("RANK", hint)?;
+        let world_size = self.need("WORLD_SIZE", hint)?;
+        let master_addr = self
+            .get("MASTER_ADDR")
+            .map(str::to_owned)
+            .or_else(|| (world_size == 1).then(|| "127.0.0.1".to_owned()))
+            .ok_or_else(|| DistError::Env("MASTER_ADDR is not set".into()))?;
+        Ok(Rendezvous {
+            mode: LaunchMode::Torchrun,
+            rank,
+            world_size,
+            local_rank: self.num("LOCAL_RANK")?.unwrap_or(rank),
+            local_world_size: self.num("LOCAL_WORLD_SIZE")?.unwrap_or(world_size),
+            master_addr,
+            master_port: self.port(DEFAULT_PORT)?,
+        })
+    }
+
+    /// Slurm's variables (inside `srun`).
+    fn slurm(&self) -> Result<Rendezvous, DistError> {
+        let hint = "expected inside srun";
+        let rank = self.need("SLURM_PROCID", hint)?;
+        let world_size = self.need("SLURM_NTASKS", hint)?;
+        let nodelist = self
+            .get("SLURM_JOB_NODELIST")
+            .or_else(|| self.get("SLURM_NODELIST"))
+            .ok_or_else(|| DistError::Env("SLURM_JOB_NODELIST is not set".into()))?;
+        let hosts = expand_hostlist(nodelist)?;
+        let master_addr = match self.get("MASTER_ADDR") {
+            Some(a) => a.to_owned(),
+            None => hosts.first().cloned().ok_or_else(|| {
+                DistError::Env(format!("SLURM_JOB_NODELIST={nodelist:?} names no host"))
+            })?,
+        };
+        // Jobs sharing a node must not share a port: derive the default from the job id.
+        let job_port = self
+            .num("SLURM_JOB_ID")?
+            .map_or(DEFAULT_PORT, |id| 20000 + (id % 20000) as u16);
+        let local_world_size = match self.num("SLURM_NTASKS_PER_NODE")? {
+            Some(n) => n,
+            None => self
+                .get("SLURM_TASKS_PER_NODE")
+                .map(|v| tasks_on_node(v, self.num("SLURM_NODEID")?.unwrap_or(0)))
+                .transpose()?
+                .unwrap_or(world_size),
+        };
+        Ok(Rendezvous {
+            mode: LaunchMode::Slurm,
+            rank,
+            world_size,
+            local_rank: self.num("SLURM_LOCALID")?.unwrap_or(0),
+            local_world_size,
+            master_addr,
+            master_port: self.port(job_port)?,
+        })
     }
 }
 

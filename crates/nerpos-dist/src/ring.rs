@@ -415,16 +415,11 @@ impl TcpComm {
         result.map_err(|e| self.fail(e))
     }
 
+    /// The ring algorithm: reduce-scatter, then all-gather, of `w` segments; a thread sends while
+    /// this one receives and adds.
     fn ring_all_reduce<T: Element>(&mut self, buf: &mut [T]) -> Result<(), DistError> {
         let (w, r, seq, t) = (self.world, self.rank, self.seq, self.t);
-        let bounds: Vec<usize> = (0..=w).map(|k| buf.len() * k / w).collect();
-        let mut slots: Vec<Option<&mut [T]>> = Vec::with_capacity(w);
-        let mut rest = buf;
-        for k in 0..w {
-            let (seg, tail) = rest.split_at_mut(bounds[k + 1] - bounds[k]);
-            slots.push(Some(seg));
-            rest = tail;
-        }
+        let (bounds, mut slots) = segments(buf, w);
         let header = |k: usize| Header {
             op: Op::AllReduce,
             dtype: T::DTYPE,
@@ -617,4 +612,17 @@ impl TcpComm {
         })?;
         Ok(items.into_iter().map(|v| v.unwrap_or_default()).collect())
     }
+}
+
+/// `buf` cut into `w` near-equal segments: their bounds (`w + 1`) and the segments.
+fn segments<T>(buf: &mut [T], w: usize) -> (Vec<usize>, Vec<Option<&mut [T]>>) {
+    let bounds: Vec<usize> = (0..=w).map(|k| buf.len() * k / w).collect();
+    let mut slots = Vec::with_capacity(w);
+    let mut rest = buf;
+    for k in 0..w {
+        let (seg, tail) = rest.split_at_mut(bounds[k + 1] - bounds[k]);
+        slots.push(Some(seg));
+        rest = tail;
+    }
+    (bounds, slots)
 }

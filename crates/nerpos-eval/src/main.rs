@@ -64,13 +64,7 @@ enum SchemeArg {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nerpos_run::cli::exit(run(Cli::parse()).map(|()| ExitCode::SUCCESS))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

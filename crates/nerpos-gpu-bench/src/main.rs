@@ -107,8 +107,13 @@ fn kernels() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let (result, out) = match Cli::parse().cmd {
+fn main() -> std::process::ExitCode {
+    nerpos_run::cli::init_logging("warn");
+    nerpos_run::cli::exit(run(Cli::parse()).map(|()| std::process::ExitCode::SUCCESS))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (result, out) = match cli.cmd {
         Cmd::Kernels => return kernels(),
         Cmd::Correctness {
             data,

@@ -13,8 +13,9 @@ pub(crate) fn task_rows(width: usize) -> usize {
     (TASK / width.max(1)).max(1)
 }
 
-/// Runs `f` on the contiguous host data of `t`, a CPU tensor of element type `T`.
-pub(crate) fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+/// Runs `f` on the contiguous host data of `t`, a CPU tensor of element type `T` (the one way the
+/// CPU kernels and the optimiser's CPU loops reach a tensor's values).
+pub fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {

@@ -12,7 +12,7 @@
 mod deferred;
 pub mod dropout;
 mod error;
-mod host;
+pub mod host;
 pub mod launch;
 pub mod ops;
 mod rows;

@@ -144,13 +144,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match run(Cli::parse(), &stop) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nerpos_run::cli::exit(run(Cli::parse(), &stop).map(ExitCode::from))
 }
 
 /// The processes of a run: GPUs given or detected, else CPU processes.

@@ -55,16 +55,7 @@ pub struct NerposMeta {
     pub tokenizer_fingerprint: Option<String>,
 }
 
-/// Which sub-words of a word carry its label in training (`nerpos.json`: `first` or `all`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LabelSubwords {
-    /// The word's first sub-word (predictions are read there too).
-    #[default]
-    First,
-    /// Every sub-word of the word.
-    All,
-}
+pub use nerpos_prep::LabelSubwords;
 
 impl NerposMeta {
     pub fn head(&self) -> HeadConfig {

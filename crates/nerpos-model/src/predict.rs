@@ -19,6 +19,18 @@ pub struct RowView<'a> {
     pub owned: Range<u32>,
 }
 
+impl<'a, S> From<&'a nerpos_prep::Row<S>> for RowView<'a> {
+    /// A prepared dataset's row.
+    fn from(r: &'a nerpos_prep::Row<S>) -> RowView<'a> {
+        RowView {
+            input_ids: &r.input_ids,
+            pos_ids: &r.pos_ids,
+            word_ids: &r.word_ids,
+            owned: r.label_start..r.label_end,
+        }
+    }
+}
+
 /// The prediction for one word.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WordPrediction {

@@ -70,16 +70,7 @@ fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
     assert_eq!(common::rel_error(&reloaded, &ours), 0.0);
 
     // 3. Saved by us, read by transformers' BertModel.from_pretrained plus the head: same logits.
-    let inputs = tmp.path().join("inputs.safetensors");
-    let batch: HashMap<String, Tensor> = [
-        ("input_ids", &reference.tensors["input_ids"]),
-        ("attention_mask", &reference.tensors["attention_mask"]),
-        ("pos_ids", &reference.tensors["pos_ids"]),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.clone()))
-    .collect();
-    candle_core::safetensors::save(&batch, &inputs).unwrap();
+    let inputs = save_inputs(&reference, tmp.path());
     let out = tmp.path().join("hf_logits.safetensors");
     run(&[
         "reload".as_ref(),
@@ -91,6 +82,17 @@ fn minilm_matches_pytorch_and_saved_folder_loads_in_transformers() {
     let e = common::rel_error(&ours, &reference.at_real_tokens(&hf["logits"]));
     eprintln!("saved folder through BertModel.from_pretrained: logits max relative error {e:.2e}");
     assert!(e <= 1e-4, "{e}");
+}
+
+/// The reference's padded batch as the reference script's `reload` reads it.
+fn save_inputs(reference: &common::Reference, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("inputs.safetensors");
+    let batch: HashMap<String, Tensor> = ["input_ids", "attention_mask", "pos_ids"]
+        .into_iter()
+        .map(|k| (k.to_string(), reference.tensors[k].clone()))
+        .collect();
+    candle_core::safetensors::save(&batch, &path).unwrap();
+    path
 }
 
 /// On the real checkpoint: the packed pass equals the padded autograd oracle (logits and gradients)

@@ -286,18 +286,7 @@ impl Tagger {
             .map(|s| vec![None; s.words.len()])
             .collect();
         for batch in order.chunks(batch_size.max(1)) {
-            let views: Vec<RowView> = batch
-                .iter()
-                .map(|&k| {
-                    let r = &rows[k].1;
-                    RowView {
-                        input_ids: &r.input_ids,
-                        pos_ids: &r.pos_ids,
-                        word_ids: &r.word_ids,
-                        owned: r.label_start..r.label_end,
-                    }
-                })
-                .collect();
+            let views: Vec<RowView> = batch.iter().map(|&k| RowView::from(&rows[k].1)).collect();
             let preds = predict_rows(&self.model, &views, keep_logits, &self.device)?;
             for (&k, words) in batch.iter().zip(preds) {
                 let s = rows[k].0;

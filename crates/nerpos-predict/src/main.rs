@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,23 +48,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     nerpos_model::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NERPOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: stderr is often a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nerpos_run::cli::init_logging("info");
+    nerpos_run::cli::exit(run(Cli::parse()).map(|()| ExitCode::SUCCESS))
 }
 
 fn device(spec: &str) -> anyhow::Result<Device> {
@@ -108,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.batch_size,
         cli.window_overlap,
         cli.logits.is_some(),
-        std::io::stderr().is_terminal(),
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(secs, words_per_sec = words as f64 / secs, "tagged");

@@ -23,7 +23,7 @@ pub mod vocab;
 
 pub use dataset::{Columns, Dataset, Part, RowReader};
 pub use error::{PrepError, Result};
-pub use manifest::{Manifest, Split};
+pub use manifest::{LabelSubwords, Manifest, Split};
 pub use prepare::{Input, PrepareOptions, prepare};
 pub use shards::Row;
 pub use tokenize::{SubwordTokenizer, fingerprint};

@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -100,23 +99,8 @@ struct PrepareArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NERPOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: stderr is often a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nerpos_run::cli::init_logging("info");
+    nerpos_run::cli::exit(run(Cli::parse()).map(|()| ExitCode::SUCCESS))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -162,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.seed = a.seed;
             opts.shard_rows = a.shard_rows;
             opts.force = a.force;
-            opts.progress = std::io::stderr().is_terminal();
+            opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let manifest = prepare(&opts)?;
             print!("{}", summary(&manifest, &opts.out.display().to_string()));
             Ok(())

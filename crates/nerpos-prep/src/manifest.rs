@@ -132,10 +132,15 @@ pub struct Options {
     pub jsonl: Option<crate::corpus::JsonlKeys>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Which sub-words of a word carry its label in training (the manifest's and a fine-tuned model's
+/// `nerpos.json`: `first` or `all`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelSubwords {
+    /// The word's first sub-word (predictions are read there too).
+    #[default]
     First,
+    /// Every sub-word of the word.
     All,
 }
 

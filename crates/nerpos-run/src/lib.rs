@@ -12,6 +12,7 @@
 //! - [`EXIT_INTERRUPTED`]: the exit code of a run stopped by a signal after checkpointing.
 
 pub mod atomic;
+pub mod cli;
 pub mod config;
 pub mod layout;
 pub mod metrics;

@@ -26,6 +26,12 @@ pub struct LoopState {
     pub best_step: Option<usize>,
     pub evals_since_best: usize,
     pub world_size: usize,
+    /// The run's global batch (rows, real tokens; 0 = no token budget): what it keeps when resumed
+    /// on another number of processes. Derived from the configuration at the start and recorded here,
+    /// not written into the user's configuration. Absent in checkpoints of earlier versions, whose
+    /// config.toml holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<(usize, usize)>,
     /// The labels and POS tags the run trains with (a resume with other vocabularies is refused).
     pub labels: Vec<String>,
     pub pos: Vec<String>,

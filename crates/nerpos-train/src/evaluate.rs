@@ -62,15 +62,7 @@ pub fn evaluate(
     for batch in rows.chunks(spec.batch_rows.max(1)) {
         let views: Vec<RowView> = batch
             .iter()
-            .map(|&i| {
-                let r = &data.rows[i];
-                RowView {
-                    input_ids: &r.input_ids,
-                    pos_ids: &r.pos_ids,
-                    word_ids: &r.word_ids,
-                    owned: r.label_start..r.label_end,
-                }
-            })
+            .map(|&i| RowView::from(&data.rows[i]))
             .collect();
         for (&i, words) in batch
             .iter()

@@ -8,13 +8,12 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use nerpos_run::cli::{Clock, log_filter};
 use nerpos_run::progress::{Bar, PIPE_ENV, Progress};
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 /// How rank 0 shows progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +60,7 @@ impl Output {
             file: Arc::default(),
         };
         // NERPOS_LOG (tracing's filter syntax) overrides the per-rank default; empty means unset.
-        let filter = || {
-            std::env::var("NERPOS_LOG")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .and_then(|v| EnvFilter::try_new(v).ok())
-                .unwrap_or_else(|| EnvFilter::new(if rank == 0 { "info" } else { "warn" }))
-        };
+        let filter = || log_filter(if rank == 0 { "info" } else { "warn" });
         let terminal = tracing_subscriber::fmt::layer()
             .with_writer(BarWriter {
                 bar: out.bar.clone(),
@@ -135,40 +128,6 @@ impl Output {
     }
 }
 
-/// UTC wall time to the second: `HH:MM:SS` on the terminal, with the date in files.
-struct Clock {
-    date: bool,
-}
-
-impl FormatTime for Clock {
-    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-        if self.date {
-            let (y, mo, d) = civil_date(days as i64);
-            write!(w, "{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}Z")
-        } else {
-            write!(w, "{h:02}:{m:02}:{s:02}")
-        }
-    }
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// stderr, with the progress bar cleared while a line is written.
 struct BarWriter {
     bar: Bar,
@@ -234,17 +193,5 @@ impl<'a> MakeWriter<'a> for FileWriter {
             buf: Vec::new(),
             sink: Sink::File(self.file.clone()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::civil_date;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_date(0), (1970, 1, 1));
-        assert_eq!(civil_date(11_016), (2000, 2, 29));
-        assert_eq!(civil_date(20_786), (2026, 11, 29));
     }
 }

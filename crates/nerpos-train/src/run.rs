@@ -21,12 +21,22 @@ use crate::evaluate::EvalSpec;
 use crate::output::Output;
 use crate::report::{Reporter, StepPoint};
 use crate::setup::Job;
+use crate::trainer::StepStats;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Finished,
     /// Stopped by SIGTERM/SIGUSR1/SIGINT after writing a resumable checkpoint.
+    Interrupted,
+}
+
+/// What the loop does after a step.
+enum Flow {
+    Continue,
+    /// Dev F1 stopped improving (`patience`).
+    EarlyStop,
+    /// A signal: the checkpoint is written, the run resumes later.
     Interrupted,
 }
 
@@ -119,67 +129,12 @@ impl Job {
         while self.state.step < s.total {
             let Ok(loaded) = loader.recv() else { break };
             let data_wait_s = wait_started.elapsed().as_secs_f64();
-            let t0 = Instant::now();
-            let factor = s.lr_factor(self.state.step);
-            let lr = self.cfg.lr * factor;
-            let head_lr = self.cfg.head_lr.unwrap_or(self.cfg.lr) * factor;
-            let stats = self.trainer.step(
-                &loaded.micro,
-                self.state.step,
-                lr,
-                head_lr,
-                stop.load(Ordering::Relaxed),
-            )?;
-            self.advance(&loaded);
-            let point = StepPoint {
-                step: self.state.step,
-                epoch: loaded.epoch + 1,
-                lr,
-                step_s: t0.elapsed().as_secs_f64() + data_wait_s,
-                data_wait_s,
-            };
-            // At the end of a log interval (every rank: the loss is summed over them), the loss and
-            // gradient norm are read from the device — once per interval, not every step.
-            let means = if report.logs_at(self.state.step) {
-                Some(self.trainer.take_means()?)
-            } else {
-                None
-            };
-            report.step(&point, &stats, means.as_ref())?;
+            let (point, stats) = self.step(&loaded, stop, data_wait_s, &mut report)?;
             stepped = (stepped.0 + point.step_s, stepped.1 + 1);
-            nerpos_model::profile::add("step: data wait", data_wait_s);
-
-            let end_of_epoch = self.state.index_in_epoch == 0;
-            let every = self.cfg.eval_every;
-            let eval_now = (every > 0 && self.state.step % every == 0)
-                || (every == 0 && end_of_epoch)
-                || self.state.step == s.total;
-            let mut stop_early = false;
-            if eval_now && !self.dev.is_empty() {
-                stop_early = self.evaluate_dev(&mut report, &mut best)?;
-            }
-            let checkpoint_every = self.cfg.checkpoint_every;
-            if eval_now
-                || stats.stop
-                || (checkpoint_every > 0 && self.state.step % checkpoint_every == 0)
-            {
-                self.checkpoint()?;
-            }
-            if stats.stop {
-                self.trainer.comm.barrier()?;
-                report.stop(&format!(
-                    "stopped at step {}: resume with --resume {}",
-                    self.state.step,
-                    self.run.path().display()
-                ));
-                return Ok(Outcome::Interrupted);
-            }
-            if stop_early {
-                info!(
-                    patience = self.cfg.patience,
-                    "early stop: dev F1 did not improve"
-                );
-                break;
+            match self.after_step(&stats, &mut report, &mut best)? {
+                Flow::Continue => {}
+                Flow::EarlyStop => break,
+                Flow::Interrupted => return Ok(Outcome::Interrupted),
             }
             wait_started = Instant::now();
         }
@@ -187,6 +142,80 @@ impl Job {
         self.write_profile(stepped)?;
         self.finish(&mut report, best, started)?;
         Ok(Outcome::Finished)
+    }
+
+    /// One optimiser step on `loaded`, reported (its time includes the wait for the data).
+    fn step(
+        &mut self,
+        loaded: &LoadedStep,
+        stop: &AtomicBool,
+        data_wait_s: f64,
+        report: &mut Reporter,
+    ) -> anyhow::Result<(StepPoint, StepStats)> {
+        let t0 = Instant::now();
+        let factor = self.schedule.lr_factor(self.state.step);
+        let lr = self.cfg.lr * factor;
+        let head_lr = self.cfg.head_lr.unwrap_or(self.cfg.lr) * factor;
+        let wants_stop = stop.load(Ordering::Relaxed);
+        let stats = self
+            .trainer
+            .step(&loaded.micro, self.state.step, lr, head_lr, wants_stop)?;
+        self.advance(loaded);
+        let point = StepPoint {
+            step: self.state.step,
+            epoch: loaded.epoch + 1,
+            lr,
+            step_s: t0.elapsed().as_secs_f64() + data_wait_s,
+            data_wait_s,
+        };
+        // At the end of a log interval (every rank: the loss is summed over them), the loss and
+        // gradient norm are read from the device — once per interval, not every step.
+        let means = if report.logs_at(self.state.step) {
+            Some(self.trainer.take_means()?)
+        } else {
+            None
+        };
+        report.step(&point, &stats, means.as_ref())?;
+        nerpos_model::profile::add("step: data wait", data_wait_s);
+        Ok((point, stats))
+    }
+
+    /// After a step: evaluate, checkpoint, stop — as the configuration and the step's signals say.
+    fn after_step(
+        &mut self,
+        stats: &StepStats,
+        report: &mut Reporter,
+        best: &mut Option<Vec<Tensor>>,
+    ) -> anyhow::Result<Flow> {
+        let end_of_epoch = self.state.index_in_epoch == 0;
+        let (every, step) = (self.cfg.eval_every, self.state.step);
+        let eval_now = (every > 0 && step % every == 0)
+            || (every == 0 && end_of_epoch)
+            || step == self.schedule.total;
+        let mut stop_early = false;
+        if eval_now && !self.dev.is_empty() {
+            stop_early = self.evaluate_dev(report, best)?;
+        }
+        let checkpoint_every = self.cfg.checkpoint_every;
+        if eval_now || stats.stop || (checkpoint_every > 0 && step % checkpoint_every == 0) {
+            self.checkpoint()?;
+        }
+        if stats.stop {
+            self.trainer.comm.barrier()?;
+            report.stop(&format!(
+                "stopped at step {step}: resume with --resume {}",
+                self.run.path().display()
+            ));
+            return Ok(Flow::Interrupted);
+        }
+        if stop_early {
+            info!(
+                patience = self.cfg.patience,
+                "early stop: dev F1 did not improve"
+            );
+            return Ok(Flow::EarlyStop);
+        }
+        Ok(Flow::Continue)
     }
 
     /// With `NERPOS_PROFILE=1`: where the steps' time went, in `profile.json` and the log (rank 0).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use candle_core::Device;
 use nerpos_dist::{Comm, Rendezvous, Timeouts};
-use nerpos_model::{BertNerPos, Carried, HeadConfig, LabelSubwords, NerposMeta};
+use nerpos_model::{BertNerPos, Carried, HeadConfig, NerposMeta};
 use nerpos_prep::{Columns, Dataset, Manifest, Part, Row, Split};
 use nerpos_run::RunDir;
 use tracing::info;
@@ -131,10 +131,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         use_pos: model.config.head.use_pos,
         max_len: m.options.max_len,
         dropout: cfg.dropout,
-        label_subwords: match m.options.label_subwords {
-            nerpos_prep::manifest::LabelSubwords::First => LabelSubwords::First,
-            nerpos_prep::manifest::LabelSubwords::All => LabelSubwords::All,
-        },
+        label_subwords: m.options.label_subwords,
         tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
     }
 }
@@ -193,6 +190,7 @@ fn starting_point(
         best_step: None,
         evals_since_best: 0,
         world_size: world,
+        global_batch: None,
         labels: m.labels.clone(),
         pos: m.pos.clone(),
     };
@@ -235,13 +233,36 @@ fn starting_point(
     Ok((state, Some(loaded.optimizer)))
 }
 
+/// How `world` processes cut the run's optimiser steps: the global batch the run recorded (on resume),
+/// else the one `cfg` gives. A configured global batch other than the recorded one is refused.
+fn batching(
+    cfg: &TrainConfig,
+    world: usize,
+    recorded: Option<(usize, usize)>,
+) -> anyhow::Result<Batching> {
+    let Some((rows, tokens)) = recorded else {
+        return Ok(Batching::resolve(cfg, world));
+    };
+    let keep = |key: &str, set: Option<usize>, run: usize| match set {
+        Some(v) if v != run => bail!(
+            "config key `{key}` is {v} but the run being resumed keeps {run}: its steps are cut \
+             from that global batch; resume with the run's value, or start a new run"
+        ),
+        _ => Ok(()),
+    };
+    keep("global_batch_size", cfg.global_batch_size, rows)?;
+    keep("global_batch_tokens", cfg.global_batch_tokens, tokens)?;
+    let recorded = TrainConfig {
+        global_batch_size: Some(rows),
+        global_batch_tokens: (tokens > 0).then_some(tokens),
+        ..cfg.clone()
+    };
+    Ok(Batching::resolve(&recorded, world))
+}
+
 impl Job {
     /// Sets up the run `cfg` describes (or resumes the one in `resume`).
-    pub fn setup(
-        mut cfg: TrainConfig,
-        resume: Option<&Path>,
-        rdv: &Rendezvous,
-    ) -> anyhow::Result<Job> {
+    pub fn setup(cfg: TrainConfig, resume: Option<&Path>, rdv: &Rendezvous) -> anyhow::Result<Job> {
         let dev = device(&cfg, rdv.local_rank)?;
         let comm = communicator(rdv, &dev)?;
         let (rank, world) = (comm.rank(), comm.world_size());
@@ -258,16 +279,12 @@ impl Job {
         let model = model.with_kernels(nerpos_model::Kernels::with_gpu(cfg.gpu_kernels));
         let meta = meta_of(&cfg, m, &model);
         let run = RunDir::new(resume.map_or_else(|| cfg.out.clone(), Path::to_owned));
-        let (state, optimizer_state) =
+        let (mut state, optimizer_state) =
             starting_point(&run, resume.is_some(), m, &model, rank, world)?;
-
-        // The global batch is what the run keeps: recorded in its config.toml, so that a resume on
+        // The global batch is what the run keeps: recorded in its checkpoints, so that a resume on
         // another number of processes derives its micro-batches from it.
-        let batching = Batching::resolve(&cfg, world);
-        cfg.global_batch_size = Some(batching.step_rows);
-        if batching.step_tokens > 0 {
-            cfg.global_batch_tokens = Some(batching.step_tokens);
-        }
+        let batching = batching(&cfg, world, state.global_batch)?;
+        state.global_batch = Some((batching.step_rows, batching.step_tokens));
         let settings = StepSettings::from_config(&cfg, batching.grad_accum);
         let mut trainer = Trainer::new(model, comm, settings)?;
         if let Some(p) = &optimizer_state {

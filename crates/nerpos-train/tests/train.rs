@@ -298,6 +298,11 @@ fn tensorboard_reads_the_runs_scalars() {
     );
     assert!(ours.iter().any(|(_, t, _)| t == "dev/f1_per"));
 
+    tensorboard_reads_them_alike(name, &run.join("tb"), ours);
+}
+
+/// TensorBoard's own event reader (tests/reference/read_tensorboard.py) finds the scalars ours finds.
+fn tensorboard_reads_them_alike(name: &str, tb: &std::path::Path, ours: Vec<(u64, String, f32)>) {
     let Some(python) =
         nerpos_testdata::reference_python(name, &["tensorboard"], "requirements-model.txt")
     else {
@@ -306,7 +311,7 @@ fn tensorboard_reads_the_runs_scalars() {
     let script = nerpos_testdata::repo_root().join("tests/reference/read_tensorboard.py");
     let o = std::process::Command::new(python)
         .arg(script)
-        .arg(run.join("tb"))
+        .arg(tb)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -410,6 +415,43 @@ fn resumed_on_another_number_of_processes_equals_an_uninterrupted_run() {
         );
         assert!(d <= 1e-5, "{before} -> {after}: {d}");
     }
+}
+
+/// A global batch the run derived (1 process × 16 rows) is recorded in its checkpoints, not written
+/// into the run's config.toml, and kept when the run is resumed on 2 processes with 8 rows each: the
+/// result is the uninterrupted run's.
+#[test]
+fn a_derived_global_batch_is_kept_on_resume_and_not_written_into_the_config() {
+    let f = fixture(400);
+    let extra = "batch_size = 16\nmax_steps = 30\neval_every = 15\ntest_at_end = false";
+    let full = f.dir.path().join("full");
+    ok(&train(&[
+        "--config",
+        config(&f, &full, extra).to_str().unwrap(),
+    ]));
+    let run = f.dir.path().join("derived");
+    let cfg = config(&f, &run, extra);
+    let child = spawn_ranks(1, &["--config", cfg.to_str().unwrap()], &[]).remove(0);
+    wait_for_step(&run.join("metrics.jsonl"), 6, Duration::from_secs(60));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc_kill(child.id() as i32) };
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(75));
+    let written = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        !written.contains("global_batch"),
+        "derived values in config.toml:\n{written}"
+    );
+    let resumed = spawn_ranks(
+        2,
+        &["--resume", run.to_str().unwrap(), "--set", "batch_size=8"],
+        &[],
+    );
+    for c in resumed {
+        ok(&c.wait_with_output().unwrap());
+    }
+    let d = max_abs_diff(&weights(&full.join("last")), &weights(&run.join("last")));
+    eprintln!("1 process x 16, resumed on 2 x 8: max |difference| = {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
 }
 
 /// A corpus without POS tags (CoNLL `word tag`, `--pos-col none`): the trainer builds the model

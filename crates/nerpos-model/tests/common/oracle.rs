@@ -48,8 +48,7 @@ fn softmax(x: &Tensor) -> Tensor {
 pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tensor {
     let c = &m.config.bert;
     let (b, t) = ids.dims2().unwrap();
-    let (h, nh) = (c.hidden_size, c.num_attention_heads);
-    let dh = h / nh;
+    let h = c.hidden_size;
     let word = param(m, "embeddings.word_embeddings.weight")
         .index_select(&ids.flatten_all().unwrap(), 0)
         .unwrap()
@@ -78,45 +77,7 @@ pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tens
         .reshape((b, 1, 1, t))
         .unwrap();
     for i in 0..c.num_hidden_layers {
-        let pre = format!("encoder.layer.{i}");
-        let heads = |y: Tensor| {
-            y.reshape((b, t, nh, dh))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-        };
-        let q = heads(linear(&x, m, &format!("{pre}.attention.self.query")));
-        let k = heads(linear(&x, m, &format!("{pre}.attention.self.key")));
-        let v = heads(linear(&x, m, &format!("{pre}.attention.self.value")));
-        let scores = ((q.matmul(&k.t().unwrap()).unwrap() / (dh as f64).sqrt()).unwrap())
-            .broadcast_add(&bias)
-            .unwrap();
-        let context = softmax(&scores)
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((b, t, h))
-            .unwrap();
-        let attended = linear(&context, m, &format!("{pre}.attention.output.dense"));
-        x = layer_norm(
-            &(attended + &x).unwrap(),
-            &param(m, &format!("{pre}.attention.output.LayerNorm.weight")),
-            &param(m, &format!("{pre}.attention.output.LayerNorm.bias")),
-            c.layer_norm_eps,
-        );
-        let inner = linear(&x, m, &format!("{pre}.intermediate.dense"))
-            .gelu_erf()
-            .unwrap();
-        let out = linear(&inner, m, &format!("{pre}.output.dense"));
-        x = layer_norm(
-            &(out + &x).unwrap(),
-            &param(m, &format!("{pre}.output.LayerNorm.weight")),
-            &param(m, &format!("{pre}.output.LayerNorm.bias")),
-            c.layer_norm_eps,
-        );
+        x = layer(m, &x, &bias, i);
     }
     let features = match m.params.get("pos_embedding.weight") {
         Some(e) => {
@@ -131,6 +92,53 @@ pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tens
         None => x,
     };
     linear(&features, m, "classifier")
+}
+
+/// Encoder layer `i` of `x` (B, T, H), with the attention mask's additive `bias` (B, 1, 1, T).
+fn layer(m: &BertNerPos, x: &Tensor, bias: &Tensor, i: usize) -> Tensor {
+    let c = &m.config.bert;
+    let (b, t, h) = x.dims3().unwrap();
+    let nh = c.num_attention_heads;
+    let dh = h / nh;
+    let pre = format!("encoder.layer.{i}");
+    let heads = |y: Tensor| {
+        y.reshape((b, t, nh, dh))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let q = heads(linear(x, m, &format!("{pre}.attention.self.query")));
+    let k = heads(linear(x, m, &format!("{pre}.attention.self.key")));
+    let v = heads(linear(x, m, &format!("{pre}.attention.self.value")));
+    let scores = ((q.matmul(&k.t().unwrap()).unwrap() / (dh as f64).sqrt()).unwrap())
+        .broadcast_add(bias)
+        .unwrap();
+    let context = softmax(&scores)
+        .matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, t, h))
+        .unwrap();
+    let attended = linear(&context, m, &format!("{pre}.attention.output.dense"));
+    let x = layer_norm(
+        &(attended + x).unwrap(),
+        &param(m, &format!("{pre}.attention.output.LayerNorm.weight")),
+        &param(m, &format!("{pre}.attention.output.LayerNorm.bias")),
+        c.layer_norm_eps,
+    );
+    let inner = linear(&x, m, &format!("{pre}.intermediate.dense"))
+        .gelu_erf()
+        .unwrap();
+    let out = linear(&inner, m, &format!("{pre}.output.dense"));
+    layer_norm(
+        &(out + &x).unwrap(),
+        &param(m, &format!("{pre}.output.LayerNorm.weight")),
+        &param(m, &format!("{pre}.output.LayerNorm.bias")),
+        c.layer_norm_eps,
+    )
 }
 
 /// Summed cross-entropy of logits (B, T, C) over the positions whose label is not −100.

@@ -337,6 +337,11 @@ impl ParamState {
     }
 }
 
+/// Runs `f` on the values of a CPU f32 tensor.
+fn host_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    Ok(nerpos_kernels::host::read::<f32, _>(t, f)?)
+}
+
 /// A gradient as one dense tensor (devices without a row update).
 fn dense(g: &Grad) -> candle_core::Result<Tensor> {
     g.to_dense()
@@ -376,10 +381,10 @@ impl InplaceOp1 for HostStep<'_> {
             self.rows.borrow_mut(),
         );
         match (self.grad, rows.as_deref_mut()) {
-            (Grad::Rows { ids, values, .. }, Some(table)) => with_cpu_slice(values, |values| {
+            (Grad::Rows { ids, values, .. }, Some(table)) => host_values(values, |values| {
                 self.rows_update(p, ids, values, &mut m, &mut v, table)
             }),
-            (g, table) => with_cpu_slice(&dense(g)?, |g| {
+            (g, table) => host_values(&dense(g)?, |g| {
                 self.dense_update(p, g, &mut m, &mut v, table)
             }),
         }
@@ -474,19 +479,6 @@ impl HostStep<'_> {
                 }
             });
     }
-}
-
-/// Runs `f` on the values of a CPU f32 tensor.
-fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*s else {
-        candle_core::bail!("expected a CPU tensor");
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("non-contiguous tensor".into()))?;
-    Ok(f(&s.as_slice::<f32>()?[a..b]))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Storage, Tensor};
+use candle_core::{DType, Tensor};
 use nerpos_model::{Deferred, Grad};
 use rayon::prelude::*;
 
@@ -92,22 +92,15 @@ pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<Defer
 
 /// Σ x² of a CPU f32 tensor: f32 partial sums of 1,024 squares (vectorised), added up in f64.
 fn host_squares(t: &Tensor) -> candle_core::Result<f64> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*s else {
-        candle_core::bail!("expected a CPU tensor");
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("non-contiguous tensor".into()))?;
-    Ok(s.as_slice::<f32>()?[a..b]
-        .par_chunks(65_536)
-        .map(|c| {
-            c.chunks(1024)
-                .map(|k| f64::from(k.iter().map(|&v| v * v).sum::<f32>()))
-                .sum::<f64>()
-        })
-        .sum::<f64>())
+    Ok(nerpos_kernels::host::read::<f32, _>(t, |x| {
+        x.par_chunks(65_536)
+            .map(|c| {
+                c.chunks(1024)
+                    .map(|k| f64::from(k.iter().map(|&v| v * v).sum::<f32>()))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+    })?)
 }
 
 #[cfg(test)]

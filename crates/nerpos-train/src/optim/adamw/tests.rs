@@ -100,6 +100,15 @@ fn fused_update_follows_pytorch_adamw() {
     );
 }
 
+/// The configuration of the comparisons below.
+const CFG: AdamWConfig = AdamWConfig {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weight_decay: 0.01,
+    decay_all: false,
+};
+
 /// The fused update (one pass per parameter) gives what the plain, tensor-op version gives.
 #[test]
 fn fused_matches_the_plain_version() {
@@ -128,13 +137,7 @@ fn fused_matches_the_plain_version() {
             .collect()
     };
     let (a, b) = (vars(()), vars(()));
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        decay_all: false,
-    };
+    let cfg = CFG;
     let with = |vars: &[Var]| -> Vec<(&str, Var, Role)> {
         names
             .iter()
@@ -201,13 +204,7 @@ fn skipping_untouched_embedding_rows_is_exact() {
     let name = "embeddings.word_embeddings.weight";
     let a = Var::from_vec(init.clone(), (rows, width), &dev).unwrap();
     let b = Var::from_vec(init, (rows, width), &dev).unwrap();
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        decay_all: false,
-    };
+    let cfg = CFG;
     let mut fused = AdamW::new([(name, &a, Role::TABLE)].into_iter(), cfg, Update::Fused).unwrap();
     let mut plain = AdamW::new(
         [(name, &b, Role::TABLE)].into_iter(),
