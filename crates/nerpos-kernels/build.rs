@@ -29,6 +29,21 @@ const LAYOUT: &[(&str, usize, &str)] = &[
         24,
         "offset of AttShape.keep_scale",
     ),
+    (
+        "MT_THREADS",
+        256,
+        "threads per block of the multi-tensor kernels",
+    ),
+    (
+        "CHUNK_SIZE",
+        24,
+        "bytes of a multi-tensor chunk (tensor, start, length)",
+    ),
+    (
+        "ADAMW_PARAM_SIZE",
+        48,
+        "bytes of a multi-tensor AdamW parameter entry",
+    ),
 ];
 
 fn write_layout(out: &Path) {

@@ -189,8 +189,8 @@ impl Handover<'_> {
 }
 
 /// Runs `backward`, which hands this rank's gradients over, and sums them over the ranks of `comm` in
-/// the buckets of `plan`, in `dtype` (results in f32). Returns `backward`'s result and the summed
-/// gradients with the time the reduction took.
+/// the buckets of `plan`, in `dtype` (results in f32; alone on a GPU, in the dtype backward gave them).
+/// Returns `backward`'s result and the summed gradients with the time the reduction took.
 pub fn reduce_gradients<R, E: From<DistError>>(
     comm: &mut Comm,
     plan: &Buckets,
@@ -209,9 +209,18 @@ pub fn reduce_gradients<R, E: From<DistError>>(
     };
     let t0 = Instant::now();
     let grads = match comm {
+        // Alone on a GPU the gradients stay as backward gave them (the optimiser's kernels read bf16
+        // too: no cast per parameter); on the CPU the optimiser's loops read f32.
         Comm::Single => all
             .into_iter()
-            .map(|(n, g)| Ok((n, g.to_dtype(DType::F32)?)))
+            .map(|(n, g)| {
+                let g = if g.device().is_cpu() {
+                    g.to_dtype(DType::F32)?
+                } else {
+                    g
+                };
+                Ok((n, g))
+            })
             .collect::<Result<_>>()?,
         _ => after_backward(comm, plan, dtype, all)?,
     };

@@ -259,8 +259,8 @@ fn attention_kernels(c: &mut Checker) -> anyhow::Result<()> {
         let (gg, gc) = c.put(&random(&mut r, n * h, 1.0), &[n, h])?;
         for p in [0.0, 0.1] {
             let d = |masks| Some(attention::Dropout { masks, layer: 2, p });
-            let (ctx, gcache) = Attention::forward(GPU, &qg, &rows, shape, d(&gpu), true)?;
-            let (rctx, rcache) = Attention::forward(CPU, &qc, &rows, shape, d(&cpu), true)?;
+            let (ctx, gcache) = Attention::forward(GPU, &qg, (&rows, None), shape, d(&gpu), true)?;
+            let (rctx, rcache) = Attention::forward(CPU, &qc, (&rows, None), shape, d(&cpu), true)?;
             let (gcache, rcache) = (gcache.context("a cache")?, rcache.context("a cache")?);
             let what = format!("attention dh {head_dim} p {p}");
             c.record(&format!("{what} context"), &ctx, &rctx, 1e-5)?;
@@ -317,7 +317,7 @@ fn adamw(dev: &Device) -> anyhow::Result<Vec<KernelCheck>> {
         // Norm ≈ 5 after the 1/500 scale: clipped to 1.
         let lr = 1e-3 * (step + 1) as f64;
         for (opt, grads) in [(&mut on_cpu, &g_cpu), (&mut on_gpu, &g_gpu)] {
-            let (scale, _) = GradScale::clipped(1.0 / 500.0, &squared_norm(grads)?, 1.0)?;
+            let (scale, _) = GradScale::clipped(1.0 / 500.0, &squared_norm(grads, true)?, 1.0)?;
             opt.step(grads, &scale, lr, lr)?;
         }
     }

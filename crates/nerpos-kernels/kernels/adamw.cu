@@ -13,7 +13,7 @@ __device__ __forceinline__ float adamw_one(float *p, const float *g, float *m, f
   float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
   m[i] = mi;
   v[i] = vi;
-  float pn = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  float pn = as_on_gpu(pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps));
   p[i] = pn;
   return pn;
 }
@@ -35,8 +35,7 @@ extern "C" __global__ void nerpos_adamw_half(float *p, const float *g, float *m,
   grad_scale *= clip[0];
   NERPOS_GRID_STRIDE(i, n) {
     float pn = adamw_one(p, g, m, v, i, grad_scale, lr_wd, beta1, beta2, eps, step_size, bc2_sqrt);
-    unsigned int u = __float_as_uint(pn);
-    h[i] = (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    h[i] = bf16_bits(pn);
   }
 }
 NERPOS_EXPORT(nerpos_adamw_half)

@@ -8,3 +8,4 @@
 #include "cross_entropy.cu"
 #include "dropout_masks.cu"
 #include "adamw.cu"
+#include "multi_tensor.cu"

@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #define NERPOS_DYNAMIC_SHARED(name) extern __shared__ float name[]
 #endif
 
@@ -33,6 +34,37 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+
+// A float's bits, and the float of given bits.
+__device__ __forceinline__ uint32_t bits_of(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return u;
+}
+__device__ __forceinline__ float of_bits(uint32_t u) {
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+
+// A value as a GPU holds it. NVIDIA GPUs return one canonical NaN (0x7FFFFFFF) from arithmetic; x86
+// returns 0xFFC00000. On the emulator a NaN is turned into the GPU's, so that code depending on a NaN's
+// bits (a rounding of them) is tested as it runs on a GPU; on the GPU this is the value itself.
+__device__ __forceinline__ float as_on_gpu(float x) {
+#ifdef NERPOS_CUDA_EMU
+  return x != x ? of_bits(0x7FFFFFFFu) : x;
+#else
+  return x;
+#endif
+}
+
+// x rounded to bf16 (nearest even), as bits: NaN stays a (quiet) NaN and ±Inf stays ±Inf. (Adding the
+// rounding increment to a NaN's bits would carry 0x7FFFFFFF into the sign bit: −0.)
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+  uint32_t u = bits_of(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (unsigned short)((u >> 16) | 0x40u);
+  return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 // Grid-stride loop over [0, n).

@@ -68,6 +68,13 @@ impl Exec for CudaExec<'_> {
         Ok(Ptr(ptr))
     }
 
+    fn upload(&mut self, data: &[u8]) -> Result<Ptr> {
+        let s = self.stream.clone_htod(data).w()?;
+        let (ptr, _) = s.device_ptr(self.stream);
+        self.scratch.push(s);
+        Ok(Ptr(ptr))
+    }
+
     fn launch(&mut self, l: Launch) -> Result<()> {
         l.check()?;
         let f = function(self.dev, &l.kernel)?;

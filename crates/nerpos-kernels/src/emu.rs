@@ -29,11 +29,28 @@ pub(crate) struct Emu {
     launch: LaunchFn,
 }
 
+/// The sanitizer the emulator is instrumented with, from `NERPOS_EMU_SANITIZE` (`address` or
+/// `thread`; `tests/sanitize.sh` sets it and preloads the runtime).
+fn sanitizer_flags() -> Vec<String> {
+    match std::env::var("NERPOS_EMU_SANITIZE") {
+        Ok(kind) if kind == "address" || kind == "thread" => vec![
+            format!("-fsanitize={kind}"),
+            "-g".into(),
+            "-fno-omit-frame-pointer".into(),
+        ],
+        Ok(kind) if !kind.is_empty() => {
+            panic!("NERPOS_EMU_SANITIZE={kind}: expected address or thread")
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Builds the emulator library with `cxx` into `dir`.
 fn build(cxx: &str, dir: &Path) -> PathBuf {
     let lib = dir.join("libnerpos_emu.so");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(cxx)
+        .args(sanitizer_flags())
         .args([
             "-std=c++20",
             "-O2",
@@ -111,6 +128,13 @@ impl Exec for EmuExec {
         let buf = vec![0u64; bytes.div_ceil(8).max(1)];
         let p = Ptr(buf.as_ptr() as u64);
         self.scratch.push(buf);
+        Ok(p)
+    }
+
+    fn upload(&mut self, data: &[u8]) -> Result<Ptr> {
+        let p = self.scratch(data.len())?;
+        let buf = self.scratch.last_mut().expect("just pushed");
+        bytemuck::cast_slice_mut::<u64, u8>(buf)[..data.len()].copy_from_slice(data);
         Ok(p)
     }
 

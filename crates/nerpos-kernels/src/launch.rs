@@ -156,6 +156,9 @@ impl Launch {
 pub trait Exec {
     /// `bytes` of scratch memory for the launches (uninitialised; freed with the executor).
     fn scratch(&mut self, bytes: usize) -> Result<Ptr>;
+    /// A copy of `data` for the launches to read (a host → device copy on a GPU; freed with the
+    /// executor): a small table (addresses, chunks).
+    fn upload(&mut self, data: &[u8]) -> Result<Ptr>;
     /// Queues `launch`, checked first ([`Launch::check`]).
     fn launch(&mut self, launch: Launch) -> Result<()>;
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use nerpos_kernels::dropout::{Masker, Noise};
+use nerpos_kernels::ops::attention::{AttentionTables, Heads};
 use nerpos_kernels::ops::cross_entropy::CrossEntropy;
 use nerpos_kernels::ops::embedding::EmbeddingGrad;
 use nerpos_kernels::{Deferred, Kernels};
@@ -139,7 +140,7 @@ impl BertNerPos {
     /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
     /// a backward pass.
     pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
-        Ok(self.run_forward(&self.pass(inputs, None, false))?.logits)
+        Ok(self.run_forward(&self.pass(inputs, None, false)?)?.logits)
     }
 
     /// Forward and backward on one batch: dropout keyed by `noise` and the batch's sentences when
@@ -173,7 +174,7 @@ impl BertNerPos {
         mut sink: impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<(Deferred, usize)> {
         let masks = noise.map(|n| inputs.masks(n)).transpose()?;
-        let pass = self.pass(inputs, masks.as_ref(), true);
+        let pass = self.pass(inputs, masks.as_ref(), true)?;
         let fwd = self.run_forward(&pass)?;
         let caches = fwd
             .caches
@@ -199,13 +200,25 @@ impl BertNerPos {
         Ok((loss_sum, targets.count))
     }
 
-    fn pass<'a>(&self, inputs: &'a Inputs, masks: Option<&'a Masker>, keep: bool) -> Pass<'a> {
-        Pass {
+    fn pass<'a>(
+        &self,
+        inputs: &'a Inputs,
+        masks: Option<&'a Masker>,
+        keep: bool,
+    ) -> Result<Pass<'a>> {
+        let bert = &self.config.bert;
+        let shape = Heads {
+            heads: bert.num_attention_heads,
+            head_dim: bert.hidden_size / bert.num_attention_heads,
+        };
+        let device = inputs.input_ids.device();
+        Ok(Pass {
             kernels: self.kernels,
             inputs,
             masks,
             keep,
-        }
+            tables: AttentionTables::for_batch(self.kernels, &inputs.rows, shape, device)?,
+        })
     }
 
     /// The forward pass: logits at the head positions and (when the pass keeps them) the caches.

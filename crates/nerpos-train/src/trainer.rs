@@ -200,7 +200,8 @@ impl Trainer {
 
         if count > 0.0 {
             let scale = 1.0 / count;
-            let squared = profile::timed("step: gradient norm", || squared_norm(&grads))?;
+            let fused = self.settings.fused_adamw;
+            let squared = profile::timed("step: gradient norm", || squared_norm(&grads, fused))?;
             let (grad_scale, norm) =
                 GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
             // The master weights change here; the bf16 copy with them only if the optimiser writes it.

@@ -93,7 +93,9 @@ inline void launch(dim3 grid, dim3 blk, size_t shared_bytes, const std::function
         Block b;
         b.sync = std::make_unique<std::barrier<>>((std::ptrdiff_t)threads);
         for (unsigned w = 0; w < (threads + 31) / 32; ++w) b.warps.push_back(std::make_unique<Warp>());
-        b.shared.assign(shared_bytes / sizeof(float) + 1, NAN);  // unwritten shared memory reads as NaN
+        // Exactly the bytes asked for (an access past them is the address sanitizer's to catch);
+        // unwritten shared memory reads as NaN.
+        b.shared.assign(shared_bytes / sizeof(float), NAN);
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t)
           pool.emplace_back([&, t] {

@@ -236,4 +236,48 @@ mod tests {
             }
         }
     }
+
+    /// A diverged weight stays diverged in the bf16 copy: NaN stays NaN and ±Inf stays ±Inf (the
+    /// emulator gives NaNs the GPU's canonical bits, 0x7FFFFFFF, whose naive rounding to bf16 carries
+    /// into the sign bit and reads −0.0 — a weight silently zeroed, a loss that stays finite).
+    #[test]
+    fn nan_and_inf_survive_the_bf16_copy() {
+        let Some(lib) = emu::emulator("adamw::tests::nan_and_inf_survive_the_bf16_copy") else {
+            return;
+        };
+        let mut p = vec![0.5f32, f32::INFINITY, f32::NEG_INFINITY, 1.0];
+        let g = vec![f32::NAN, 0.0, 0.0, 0.1];
+        let (mut m, mut v) = (vec![0f32; 4], vec![0f32; 4]);
+        let mut h = vec![half::bf16::ZERO; 4];
+        let clip = [1.0f32];
+        let ptrs = [
+            emu::ptr_mut(&mut p),
+            emu::ptr(&g),
+            emu::ptr_mut(&mut m),
+            emu::ptr_mut(&mut v),
+            emu::ptr(&clip),
+            emu::ptr_mut(&mut h),
+        ];
+        step().launches(&mut EmuExec::new(lib), ptrs, 4).unwrap();
+        assert!(
+            p[0].is_nan() && h[0].is_nan(),
+            "NaN weight, copy {:#06x}",
+            h[0].to_bits()
+        );
+        assert_eq!(h[1], half::bf16::INFINITY);
+        assert_eq!(h[2], half::bf16::NEG_INFINITY);
+        assert_eq!(h[3], half::bf16::from_f32(p[3]));
+        // The CPU update gives the same: NaN and the infinities stay.
+        let (mut pc, mut mc, mut vc) = (
+            vec![0.5f32, f32::INFINITY, f32::NEG_INFINITY, 1.0],
+            vec![0f32; 4],
+            vec![0f32; 4],
+        );
+        AdamWStep {
+            grad_scale: 1.0,
+            ..step()
+        }
+        .cpu(&mut pc, &g, &mut mc, &mut vc);
+        assert!(pc[0].is_nan() && pc[1] == f32::INFINITY && pc[2] == f32::NEG_INFINITY);
+    }
 }

@@ -102,7 +102,8 @@ impl SelfAttention {
             p: self.attention_dropout,
         });
         let (context, cache) = timed("fwd/bwd: attention", || {
-            Attention::forward(k, &qkv, &pass.inputs.rows, self.shape, dropout, pass.keep)
+            let rows = (&pass.inputs.rows, pass.tables.as_ref());
+            Attention::forward(k, &qkv, rows, self.shape, dropout, pass.keep)
         })?;
         let (context, residual) = if only_head {
             let _t = scope("fwd/bwd: head");

@@ -29,7 +29,7 @@ use crate::params::Param;
 use nerpos_dist::Grad;
 
 /// What one forward pass runs with.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Pass<'a> {
     /// Which implementation of the fused ops runs.
     pub kernels: Kernels,
@@ -38,6 +38,8 @@ pub struct Pass<'a> {
     pub masks: Option<&'a Masker>,
     /// Keep what backward needs.
     pub keep: bool,
+    /// The batch's row tables for the CUDA attention, uploaded once for all layers (none elsewhere).
+    pub tables: Option<nerpos_kernels::ops::attention::AttentionTables>,
 }
 
 impl Pass<'_> {

@@ -12,6 +12,7 @@ use std::path::Path;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use nerpos_kernels::ops::adamw::AdamWStep;
+use nerpos_kernels::ops::multi_tensor::{ParamUpdate, adamw_all};
 use nerpos_model::{Deferred, Grad, Role};
 use rayon::prelude::*;
 
@@ -119,29 +120,56 @@ impl AdamW {
     ) -> candle_core::Result<()> {
         self.steps += 1;
         let factors = Factors::new(grad_scale, self.one.as_ref())?;
-        let (c, t) = (self.config, self.steps as i32);
-        for p in &mut self.params {
+        let mut together = Vec::new();
+        for (k, p) in self.params.iter_mut().enumerate() {
             let g = grads
                 .get(&p.name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {}", p.name)))?;
-            let lr = if p.role.head { head_lr } else { lr };
-            let wd = if p.role.decay || c.decay_all {
-                c.weight_decay
-            } else {
-                0.0
-            };
-            let constants = AdamWStep {
-                grad_scale: 0.0,
-                lr_wd: (lr * wd) as f32,
-                beta1: c.beta1 as f32,
-                beta2: c.beta2 as f32,
-                eps: c.eps as f32,
-                step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
-                bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
-            };
+            let constants = self.config.constants(p.role, (lr, head_lr), self.steps);
+            if self.update == Update::Fused && p.multi_tensor(g) {
+                together.push((k, dense(g)?, constants));
+                continue;
+            }
             p.update(g, constants, &factors, self.update)?;
         }
-        Ok(())
+        self.update_together(&together, &factors)
+    }
+
+    /// The parameters the multi-tensor kernel updates, all in one launch.
+    fn update_together(
+        &self,
+        together: &[(usize, Tensor, AdamWStep)],
+        f: &Factors,
+    ) -> candle_core::Result<()> {
+        let Some((_, _, first)) = together.first() else {
+            return Ok(());
+        };
+        let clip = f.clip.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("AdamW: no clipping factor on the GPU".into())
+        })?;
+        let updates = together
+            .iter()
+            .map(|(k, g, c)| {
+                let p = &self.params[*k];
+                let Moments::Device { m, v } = &p.moments else {
+                    unreachable!("only device parameters are updated together")
+                };
+                Ok(ParamUpdate {
+                    p: p.var.as_tensor(),
+                    g,
+                    m,
+                    v,
+                    half: p.half.as_ref(),
+                    lr_wd: c.lr_wd,
+                    step_size: c.step_size,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let common = AdamWStep {
+            grad_scale: f.device as f32,
+            ..*first
+        };
+        Ok(adamw_all(&updates, &common, clip)?)
     }
 
     /// Makes every update also write the parameter, rounded to bf16, into `copy` (a bf16 model of the
@@ -234,6 +262,29 @@ impl AdamW {
     }
 }
 
+impl AdamWConfig {
+    /// One step's constants for a parameter of `role`, at the learning rates (encoder, head) of
+    /// optimiser step `t` (1-based: bias correction).
+    fn constants(&self, role: Role, (lr, head_lr): (f64, f64), t: u64) -> AdamWStep {
+        let lr = if role.head { head_lr } else { lr };
+        let wd = if role.decay || self.decay_all {
+            self.weight_decay
+        } else {
+            0.0
+        };
+        let t = t as i32;
+        AdamWStep {
+            grad_scale: 0.0,
+            lr_wd: (lr * wd) as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            eps: self.eps as f32,
+            step_size: (lr / (1.0 - self.beta1.powi(t))) as f32,
+            bc2_sqrt: (1.0 - self.beta2.powi(t)).sqrt() as f32,
+        }
+    }
+}
+
 /// A new parameter's zero moments, where `update` runs for it.
 fn moments(var: &Var, role: Role, update: Update) -> candle_core::Result<Moments> {
     if var.device().is_cpu() && update != Update::Reference {
@@ -290,6 +341,18 @@ impl Factors<'_> {
 }
 
 impl ParamState {
+    /// Whether the multi-tensor kernel updates this parameter (device moments, an f32 parameter on a
+    /// GPU, a gradient the kernel takes).
+    fn multi_tensor(&self, g: &Grad) -> bool {
+        let g = match g {
+            Grad::Dense(t) => t,
+            Grad::Rows { values, .. } => values,
+        };
+        matches!(self.moments, Moments::Device { .. })
+            && fused_on_device(self.var.as_tensor())
+            && super::clip::multi_tensor_on(g)
+    }
+
     /// This parameter's update with `g`, on its backend.
     fn update(
         &mut self,

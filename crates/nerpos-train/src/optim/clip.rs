@@ -63,11 +63,13 @@ impl GradScale {
 }
 
 /// Σ g² over all gradients (before any scaling): CPU f32 gradients summed in place, in parallel, in
-/// f64; others summed on their device and left there (a GPU's is not read back). Row gradients:
-/// their rows.
-pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<Deferred> {
+/// f64; others summed on their device and left there (a GPU's is not read back) — with `fused`, on a
+/// GPU, by the multi-tensor kernels in two launches for all of them; else per gradient in tensor ops.
+/// Row gradients: their rows.
+pub fn squared_norm(grads: &BTreeMap<String, Grad>, fused: bool) -> candle_core::Result<Deferred> {
     let mut host = 0f64;
     let mut total: Option<Tensor> = None;
+    let mut on_gpu: Vec<&Tensor> = Vec::new();
     for g in grads.values() {
         let g = match g {
             Grad::Dense(t) => t,
@@ -77,7 +79,18 @@ pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<Defer
             host += host_squares(g)?;
             continue;
         }
+        if fused && multi_tensor_on(g) && on_gpu.first().is_none_or(|f| f.dtype() == g.dtype()) {
+            on_gpu.push(g);
+            continue;
+        }
         let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+        total = Some(match total {
+            Some(t) => (t + s)?,
+            None => s,
+        });
+    }
+    if !on_gpu.is_empty() {
+        let s = nerpos_kernels::ops::multi_tensor::sum_of_squares(&on_gpu)?.reshape(())?;
         total = Some(match total {
             Some(t) => (t + s)?,
             None => s,
@@ -88,6 +101,11 @@ pub fn squared_norm(grads: &BTreeMap<String, Grad>) -> candle_core::Result<Defer
         Some(t) if t.device().is_cpu() => Deferred::Host(host + f64::from(t.to_scalar::<f32>()?)),
         Some(t) => Deferred::Device(t).add(&Deferred::Host(host))?,
     })
+}
+
+/// Whether the multi-tensor kernels take `t` (CUDA builds, an f32 or bf16 tensor on a GPU).
+pub(crate) fn multi_tensor_on(t: &Tensor) -> bool {
+    cfg!(feature = "cuda") && t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16)
 }
 
 /// Σ x² of a CPU f32 tensor: f32 partial sums of 1,024 squares (vectorised), added up in f64.

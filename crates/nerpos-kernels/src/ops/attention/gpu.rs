@@ -158,13 +158,41 @@ pub(crate) fn backward_launches(
     )
 }
 
-/// The row tables uploaded next to `like` (the batch's tensors).
-fn tables(pr: &Problem, like: &Tensor) -> Result<(Tensor, Tensor)> {
-    let dev = like.device();
-    Ok((
-        Tensor::from_slice(&pr.starts, pr.starts.len(), dev)?,
-        Tensor::from_slice(&pr.offsets, pr.offsets.len(), dev)?,
-    ))
+/// A batch's row tables on its GPU — row starts (i32) and each row's offset into the probabilities
+/// (i64) — uploaded once per batch and read by every layer's attention, forward and backward.
+#[derive(Debug, Clone)]
+pub struct AttentionTables {
+    starts: Tensor,
+    offsets: Tensor,
+}
+
+impl AttentionTables {
+    /// The tables for a batch of `rows` on `device` when the fused CUDA attention runs there (the
+    /// fused policy, a CUDA build and device, heads of at most [`super::MAX_HEAD_DIM`]), else none.
+    pub fn for_batch(
+        k: crate::Kernels,
+        rows: &RowSpans,
+        shape: Heads,
+        device: &candle_core::Device,
+    ) -> Result<Option<AttentionTables>> {
+        let fused = k == crate::Kernels::Fused && cfg!(feature = "cuda") && device.is_cuda();
+        if !fused || shape.head_dim > super::MAX_HEAD_DIM {
+            return Ok(None);
+        }
+        Ok(Some(AttentionTables::new(rows, shape, device)?))
+    }
+
+    pub fn new(
+        rows: &RowSpans,
+        shape: Heads,
+        device: &candle_core::Device,
+    ) -> Result<AttentionTables> {
+        let pr = Problem::new(rows, shape, None)?;
+        Ok(AttentionTables {
+            starts: Tensor::from_slice(&pr.starts, pr.starts.len(), device)?,
+            offsets: Tensor::from_slice(&pr.offsets, pr.offsets.len(), device)?,
+        })
+    }
 }
 
 /// The context `[N, H]` (qkv's dtype) and the probabilities (f32) from qkv `[N, 3H]`.
@@ -173,9 +201,10 @@ pub(crate) fn forward(
     rows: &RowSpans,
     shape: Heads,
     dropout: Option<&GpuDropout>,
+    tables: &AttentionTables,
 ) -> Result<(Tensor, Tensor)> {
     let pr = Problem::new(rows, shape, dropout.map(|d| (d.site, d.p)))?;
-    let (starts, offsets) = tables(&pr, qkv)?;
+    let (starts, offsets) = (tables.starts.clone(), tables.offsets.clone());
     let s = Elem::of(qkv.dtype())?;
     let (n, h) = (rows.tokens(), shape.hidden());
     let out = on_gpu(
@@ -207,9 +236,10 @@ pub(crate) fn backward(
     rows: &RowSpans,
     shape: Heads,
     dropout: Option<&GpuDropout>,
+    tables: &AttentionTables,
 ) -> Result<Tensor> {
     let pr = Problem::new(rows, shape, dropout.map(|d| (d.site, d.p)))?;
-    let (starts, offsets) = tables(&pr, qkv)?;
+    let (starts, offsets) = (tables.starts.clone(), tables.offsets.clone());
     let s = Elem::of(qkv.dtype())?;
     let dctx = dctx.to_dtype(qkv.dtype())?;
     let n = rows.tokens();

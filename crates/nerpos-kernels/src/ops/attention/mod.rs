@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::rows::RowSpans;
 use crate::{Impl, Kernels, Mask};
 
+pub use gpu::AttentionTables;
 pub use padded::PaddedIndex;
 
 /// Largest head size the CUDA kernels take (two tiles of 32 rows of it fit in 48 KB of shared
@@ -54,11 +55,12 @@ pub enum AttentionCache {
         /// Dropout keep-mask in the same layout, and 1/(1−p).
         mask: Option<(Vec<u8>, f32)>,
     },
-    /// The CUDA kernels': the softmax output (f32, the CPU layout) and the dropout its mask is
-    /// regenerated from.
+    /// The CUDA kernels': the softmax output (f32, the CPU layout), the dropout its mask is
+    /// regenerated from, and the batch's row tables.
     Device {
         probs: Tensor,
         dropout: Option<gpu::GpuDropout>,
+        tables: AttentionTables,
     },
     Padded {
         probs: Tensor,
@@ -76,11 +78,12 @@ pub struct Attention;
 
 impl Attention {
     /// Context `[N, H]` from the fused projection `qkv` `[N, 3H]` (bias included), with attention
-    /// dropout when given (training); the cache when `keep`.
+    /// dropout when given (training); the cache when `keep`. The CUDA kernels read the batch's row
+    /// tables from `tables` when given (uploaded once per batch), else upload their own.
     pub fn forward(
         k: Kernels,
         qkv: &Tensor,
-        rows: &RowSpans,
+        (rows, tables): (&RowSpans, Option<&AttentionTables>),
         shape: Heads,
         dropout: Option<Dropout>,
         keep: bool,
@@ -95,11 +98,17 @@ impl Attention {
                         p: d.p,
                     })
                 });
-                let (ctx, probs) = gpu::forward(qkv, rows, shape, dropout.as_ref())?;
-                Ok((
-                    ctx,
-                    keep.then_some(AttentionCache::Device { probs, dropout }),
-                ))
+                let tables = match tables {
+                    Some(t) => t.clone(),
+                    None => AttentionTables::new(rows, shape, qkv.device())?,
+                };
+                let (ctx, probs) = gpu::forward(qkv, rows, shape, dropout.as_ref(), &tables)?;
+                let cache = AttentionCache::Device {
+                    probs,
+                    dropout,
+                    tables,
+                };
+                Ok((ctx, keep.then_some(cache)))
             }
             Impl::Cpu => {
                 let mask = dropout.and_then(|d| {
@@ -124,9 +133,11 @@ impl Attention {
             AttentionCache::Cpu { probs, mask } => {
                 cpu::backward(dctx, qkv, rows, shape, probs, mask)
             }
-            AttentionCache::Device { probs, dropout } => {
-                gpu::backward(dctx, qkv, probs, rows, shape, dropout.as_ref())
-            }
+            AttentionCache::Device {
+                probs,
+                dropout,
+                tables,
+            } => gpu::backward(dctx, qkv, probs, rows, shape, dropout.as_ref(), tables),
             AttentionCache::Padded { .. } => padded::backward(dctx, rows, shape, cache),
         }
     }

@@ -59,8 +59,9 @@ fn kernel_matches_padded(lengths: &[usize], dropout: Option<Dropout>) {
     };
     let qkv = random(n * 3 * h).reshape((n, 3 * h)).unwrap();
     let dctx = random(n * h).reshape((n, h)).unwrap();
-    let run =
-        |k: Kernels, keep: bool| Attention::forward(k, &qkv, &rows, shape, dropout, keep).unwrap();
+    let run = |k: Kernels, keep: bool| {
+        Attention::forward(k, &qkv, (&rows, None), shape, dropout, keep).unwrap()
+    };
     let (ctx_cpu, cache_cpu) = run(Kernels::CpuOnly, true);
     let (ctx_pad, cache_pad) = run(Kernels::Reference, true);
     assert!(max_diff(&ctx_cpu, &ctx_pad) < 1e-5);
@@ -102,13 +103,14 @@ fn cpu_kernel_backward_with_dropout_is_the_gradient() {
     let loss = |x: &[f32]| -> f64 {
         let qkv = Tensor::from_vec(x.to_vec(), (n, 3 * h), &Device::Cpu).unwrap();
         let (ctx, _) =
-            Attention::forward(Kernels::CpuOnly, &qkv, &rows, shape, dropout, false).unwrap();
+            Attention::forward(Kernels::CpuOnly, &qkv, (&rows, None), shape, dropout, false)
+                .unwrap();
         let c = ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         c.iter().zip(&g).map(|(a, b)| f64::from(a * b)).sum()
     };
     let qkv = Tensor::from_vec(x.clone(), (n, 3 * h), &Device::Cpu).unwrap();
     let (_, cache) =
-        Attention::forward(Kernels::CpuOnly, &qkv, &rows, shape, dropout, true).unwrap();
+        Attention::forward(Kernels::CpuOnly, &qkv, (&rows, None), shape, dropout, true).unwrap();
     let grad = flat(&Attention::backward(&dctx, &qkv, &rows, shape, &cache.unwrap()).unwrap());
     for i in (0..x.len()).step_by(7) {
         let eps = 1e-2f32;
@@ -201,7 +203,8 @@ fn emulated_launches_match_the_cpu_kernel() {
             };
             let q = Tensor::from_vec(qkv.clone(), (n, 3 * h), &Device::Cpu).unwrap();
             let (rctx, cache) =
-                Attention::forward(Kernels::CpuOnly, &q, &rows, shape, Some(d), true).unwrap();
+                Attention::forward(Kernels::CpuOnly, &q, (&rows, None), shape, Some(d), true)
+                    .unwrap();
             let cache = cache.unwrap();
             let AttentionCache::Cpu { probs: rp, .. } = &cache else {
                 unreachable!("the CPU kernel keeps a CPU cache")
