@@ -4,7 +4,8 @@
 #
 #   launch/train.sh [--config FILE] [--gpus N | --nproc N] [--set KEY=VALUE]... [--resume RUN_DIR]
 #                   [--nnodes N --node-rank K --master-addr HOST --master-port PORT]
-#   launch/train.sh grid --config FILE [--gpus-per-run K] [--sample N] [...]   (hyper-parameter grid)
+#   launch/train.sh grid --config FILE [--gpus-per-run K | --runs-per-gpu K [--memory-per-run MIB]]
+#                   [--sample N] [...]                                        (hyper-parameter grid)
 #   launch/train.sh collect SWEEP_DIR                                          (re-write a sweep's tables)
 #
 # Without --config: configs/quickstart.toml (a config with a [grid] runs its sweep). Without --gpus:
@@ -77,8 +78,9 @@ if [[ -n $config ]]; then
 elif [[ -f $resume/config.toml ]]; then
   data=$("$launcher" config-value --config "$resume/config.toml" "${sets[@]}" --key data)
 fi
-if [[ $data == datasets/gmb-minilm ]]; then
-  NERPOS_PREP=$release/nerpos-prep launch/prepare-gmb.sh
-fi
+case $data in
+  datasets/gmb-minilm) NERPOS_PREP=$release/nerpos-prep launch/prepare-gmb.sh ;;
+  datasets/gmb-minilm-11) NERPOS_PREP=$release/nerpos-prep launch/prepare-gmb.sh --design ;;
+esac
 
 exec "$launcher" "$sub" "${args[@]}"

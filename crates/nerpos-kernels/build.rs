@@ -30,6 +30,11 @@ const LAYOUT: &[(&str, usize, &str)] = &[
         "offset of AttShape.keep_scale",
     ),
     (
+        "FINISH_LANES",
+        8,
+        "threads per column in a column sum's finishing block (32 columns per block)",
+    ),
+    (
         "MT_THREADS",
         256,
         "threads per block of the multi-tensor kernels",

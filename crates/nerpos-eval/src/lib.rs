@@ -15,6 +15,7 @@
 
 pub mod conll;
 pub mod entities;
+pub mod reference;
 pub mod report;
 pub mod score;
 pub mod tags;
@@ -32,5 +33,6 @@ pub fn entities(tags: &[&str]) -> Vec<(String, usize, usize)> {
         .collect();
     scorer.sentence_entities(&ids)
 }
+pub use reference::ReferenceScores;
 pub use report::{Report, Scores};
 pub use score::{Counts, Mode, ScoreError, Scorer, TagId};

@@ -45,7 +45,11 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// Every fused CUDA kernel against its CPU kernel (one JSON line per kernel and dtype).
-    Kernels,
+    Kernels {
+        /// Small cases, f32 only (for compute-sanitizer).
+        #[arg(long)]
+        small: bool,
+    },
     /// Training throughput of one configuration.
     Speed {
         #[arg(long)]
@@ -80,20 +84,24 @@ enum Cmd {
         /// Write the padded batches (warm-up and timed) as JSON lines, for the PyTorch reference.
         #[arg(long)]
         dump_batches: Option<PathBuf>,
+        /// Synchronise the device between phases and report milliseconds per step for matrix
+        /// products, attention, the other kernels and the optimiser (the steps run slower).
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         out: Option<PathBuf>,
     },
 }
 
 /// One JSON line per kernel and dtype; fails when any kernel is off its CPU reference.
-fn kernels() -> anyhow::Result<()> {
+fn kernels(small: bool) -> anyhow::Result<()> {
     let cfg = setup::train_config(std::path::Path::new("none"), Precision::F32, true, true)?;
     let dev = setup::device(&cfg)?;
     if !dev.is_cuda() {
         bail!("the kernel check compares CUDA kernels with the CPU: it needs a GPU");
     }
     let mut failed = Vec::new();
-    for c in kernels::run(&dev)? {
+    for c in kernels::run(&dev, small)? {
         let mut v = serde_json::to_value(&c)?;
         v["check"] = json!("kernel");
         println!("{v}");
@@ -114,7 +122,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (result, out) = match cli.cmd {
-        Cmd::Kernels => return kernels(),
+        Cmd::Kernels { small } => return kernels(small),
         Cmd::Correctness {
             data,
             steps,
@@ -139,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gpu_kernels,
             peak_tflops,
             dump_batches,
+            profile,
             out,
         } => {
             let run = train::SpeedRun {
@@ -154,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 gpu_kernels,
                 peak_tflops,
                 dump: dump_batches.as_deref(),
+                profile,
             };
             (train::speed(&run)?, out)
         }

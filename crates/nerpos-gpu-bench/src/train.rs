@@ -65,8 +65,7 @@ impl Stepper {
             .map(|(n, v)| {
                 Ok((
                     n.to_owned(),
-                    v.as_tensor()
-                        .to_device(&Device::Cpu)?
+                    nerpos_kernels::stats::to_host(v.as_tensor())?
                         .flatten_all()?
                         .to_vec1::<f32>()?,
                 ))
@@ -212,6 +211,61 @@ pub struct SpeedRun<'a> {
     pub gpu_kernels: bool,
     pub peak_tflops: Option<f64>,
     pub dump: Option<&'a Path>,
+    /// Synchronise between phases and report where the step's time goes (slower steps).
+    pub profile: bool,
+}
+
+/// What the timed steps did besides computing.
+struct Counts {
+    /// Fused-kernel launches per step (candle's own kernels are not counted).
+    launches: f64,
+    /// Device→host reads during the timed steps, before the one read of the loss at their end.
+    read_backs: u64,
+}
+
+/// The timed steps on `plan`: the seconds they took, the mean loss and the counts.
+fn timed_steps(
+    s: &mut Stepper,
+    dev: &Device,
+    plan: &[PackedBatch],
+) -> anyhow::Result<(f64, f64, Counts)> {
+    use nerpos_kernels::stats;
+    let (launches, reads) = (stats::launches(), stats::read_backs());
+    let t0 = Instant::now();
+    for b in plan {
+        s.step(b)?;
+    }
+    let read_backs = stats::read_backs() - reads;
+    let launched = stats::launches() - launches;
+    let mean_loss = s.loss()?;
+    dev.synchronize()?;
+    let counts = Counts {
+        launches: launched as f64 / plan.len() as f64,
+        read_backs,
+    };
+    Ok((t0.elapsed().as_secs_f64(), mean_loss, counts))
+}
+
+/// The synchronised profile of the timed steps: milliseconds per step by phase, and grouped into
+/// matrix products, attention, the other kernels (glue), the optimiser and the rest of the step.
+fn profile_json(steps: usize, secs: f64) -> Value {
+    let per_step = |s: f64| 1e3 * s / steps as f64;
+    let phases = nerpos_model::profile::totals();
+    let sum =
+        |f: &dyn Fn(&str) -> bool| -> f64 { phases.iter().filter(|p| f(p.0)).map(|p| p.1).sum() };
+    let matmul = sum(&|n| n == "fwd/bwd: matmul");
+    let attention = sum(&|n| n == "fwd/bwd: attention");
+    let kernels = sum(&|n| n.starts_with("fwd/bwd: ") && !n.contains("rows"));
+    let optimiser = sum(&|n| n == "step: AdamW" || n == "step: gradient norm");
+    let by_phase: serde_json::Map<String, Value> = phases
+        .iter()
+        .map(|(n, s, _)| ((*n).to_owned(), json!(per_step(*s))))
+        .collect();
+    json!({
+        "step_ms": per_step(secs), "matmul_ms": per_step(matmul), "attention_ms": per_step(attention),
+        "glue_ms": per_step(kernels - matmul - attention), "optimiser_ms": per_step(optimiser),
+        "other_ms": per_step(secs - kernels - optimiser), "phases_ms": by_phase,
+    })
 }
 
 /// Training throughput of one configuration (no read-back until the end of the timed steps, as the
@@ -237,14 +291,22 @@ pub fn speed(r: &SpeedRun) -> anyhow::Result<Value> {
     s.loss()?;
     dev.synchronize()?;
     nerpos_model::gpu::reset_peak_memory(&dev)?;
-    let t0 = Instant::now();
-    for b in &plan[r.warmup..] {
-        s.step(b)?;
+    if r.profile {
+        let d = dev.clone();
+        nerpos_model::profile::enable_synchronised(move || {
+            // A failed wait shows again at the step's own synchronisation.
+            let _ = d.synchronize();
+        });
     }
-    let mean_loss = s.loss()?;
-    dev.synchronize()?;
-    let secs = t0.elapsed().as_secs_f64();
     let timed = &plan[r.warmup..];
+    let (secs, mean_loss, counts) = timed_steps(&mut s, &dev, timed)?;
+    if counts.read_backs > 0 {
+        anyhow::bail!(
+            "{} device→host reads during {} timed steps: a step must not wait for the device",
+            counts.read_backs,
+            r.steps
+        );
+    }
     let tokens: usize = timed.iter().map(PackedBatch::tokens).sum();
     // What the same batches would be padded to their longest row (PyTorch's reference computes that).
     let padded: usize = timed
@@ -264,5 +326,7 @@ pub fn speed(r: &SpeedRun) -> anyhow::Result<Value> {
         "mfu": r.peak_tflops.map(|p| achieved / p),
         "peak_memory_mib": nerpos_model::gpu::peak_memory(&dev)?.map(|b| b as f64 / 1048576.0),
         "mean_loss": mean_loss, "params": s.trainer.model.params.count(),
+        "launches_per_step": counts.launches, "read_backs_per_step": counts.read_backs as f64 / r.steps as f64,
+        "profiled": r.profile, "profile": r.profile.then(|| profile_json(r.steps, secs)),
     }))
 }

@@ -163,6 +163,33 @@ pub trait Exec {
     fn launch(&mut self, launch: Launch) -> Result<()>;
 }
 
+/// An executor that runs nothing: it checks each launch against the limits and records it — what a
+/// planner decides, countable without a GPU.
+#[derive(Debug, Default)]
+pub struct Counter {
+    /// The kernels launched, in order.
+    pub launched: Vec<String>,
+    next: u64,
+}
+
+impl Exec for Counter {
+    fn scratch(&mut self, bytes: usize) -> Result<Ptr> {
+        // Distinct fake addresses (never dereferenced).
+        self.next += bytes.max(1) as u64;
+        Ok(Ptr(self.next))
+    }
+
+    fn upload(&mut self, data: &[u8]) -> Result<Ptr> {
+        self.scratch(data.len())
+    }
+
+    fn launch(&mut self, launch: Launch) -> Result<()> {
+        launch.check()?;
+        self.launched.push(launch.kernel);
+        Ok(())
+    }
+}
+
 /// The element type of a kernel's tensors: the suffix of its exported name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
@@ -236,12 +263,15 @@ pub fn colsum_finish(
     chunks: usize,
     width: usize,
 ) -> Result<Launch> {
-    let (grid, block) = per_column(width, 1);
-    Ok(Launch::new(s.kernel("colsum_finish"), grid, block)
-        .arg(partial)
-        .arg(out)
-        .arg(int(chunks, "chunks")?)
-        .arg(int(width, "width")?))
+    let grid = (width.div_ceil(32).max(1) as u32, 1);
+    Ok(
+        Launch::new(s.kernel("colsum_finish"), grid, (32, FINISH_LANES as u32))
+            .shared(32 * FINISH_LANES * 4)
+            .arg(partial)
+            .arg(out)
+            .arg(int(chunks, "chunks")?)
+            .arg(int(width, "width")?),
+    )
 }
 
 #[cfg(test)]

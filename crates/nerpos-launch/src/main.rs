@@ -3,6 +3,7 @@
 mod collect;
 mod config;
 mod grid;
+mod memory;
 mod procs;
 mod sweep;
 
@@ -81,6 +82,13 @@ enum Cmd {
         /// GPUs per point: run several points at once on disjoint GPU sets.
         #[arg(long)]
         gpus_per_run: Option<usize>,
+        /// Points run at once on each GPU (each its own process and run folder): small models
+        /// leave a big GPU mostly idle.
+        #[arg(long, default_value_t = 1)]
+        runs_per_gpu: usize,
+        /// GPU memory one point needs (MiB), checked free on each GPU before K points share it.
+        #[arg(long, default_value_t = 4096)]
+        memory_per_run: u64,
         /// Run a random sample of N points of the grid instead of all.
         #[arg(long)]
         sample: Option<usize>,
@@ -226,7 +234,7 @@ fn train(
                     cfg.display(),
                     cfg.display()
                 );
-                return run_grid(cfg, &sets, None, None, &procs, stop);
+                return run_grid(cfg, &sets, sweep::Placement::default(), None, &procs, stop);
             }
             (
                 vec!["--config".to_string(), cfg.display().to_string()],
@@ -297,13 +305,19 @@ fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
             config,
             sets,
             gpus_per_run,
+            runs_per_gpu,
+            memory_per_run,
             sample,
             sample_seed,
             procs,
         } => run_grid(
             &config,
             &sets,
-            gpus_per_run,
+            sweep::Placement {
+                gpus_per_run,
+                runs_per_gpu,
+                memory_per_run_mib: memory_per_run,
+            },
             sample.map(|n| (n, sample_seed)),
             &procs,
             stop,

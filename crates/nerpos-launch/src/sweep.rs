@@ -59,25 +59,58 @@ pub fn write_point_config(
     Ok(path)
 }
 
-pub fn run_grid(
-    config: &Path,
-    sets: &[String],
-    gpus_per_run: Option<usize>,
-    sample: Option<(usize, u64)>,
-    procs: &Procs,
-    stop: &AtomicBool,
-) -> anyhow::Result<u8> {
-    let (sweep_dir, points, base) = prepare_sweep(config, sets, sample)?;
-    let gpus = procs.gpus.unwrap_or_else(detect_gpus);
-    // GPU slots: disjoint sets of `gpus_per_run` GPUs; on CPU a single slot.
-    let slots: Vec<Option<Vec<usize>>> = match (gpus, gpus_per_run) {
+/// How a sweep's points share this node's GPUs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement {
+    /// GPUs per point (default: all of them for one point at a time, one with `runs_per_gpu` > 1).
+    pub gpus_per_run: Option<usize>,
+    /// Points run at once on each GPU (small models leave a big GPU mostly idle): each its own
+    /// process and run folder.
+    pub runs_per_gpu: usize,
+    /// GPU memory a point needs, checked free on every GPU before the first point starts.
+    pub memory_per_run_mib: u64,
+}
+
+/// The slots points run in: disjoint sets of GPUs, each listed `runs_per_gpu` times; on CPU a
+/// single slot.
+pub fn slots(gpus: usize, p: Placement) -> anyhow::Result<Vec<Option<Vec<usize>>>> {
+    let shared = p.runs_per_gpu.max(1);
+    let per_run = p.gpus_per_run.or((shared > 1).then_some(1));
+    let sets: Vec<Option<Vec<usize>>> = match (gpus, per_run) {
+        (0, _) if shared > 1 => bail!("--runs-per-gpu {shared} needs GPUs, and none were found"),
         (0, _) => vec![None],
+        (_, Some(k)) if shared > 1 && k != 1 => bail!(
+            "--runs-per-gpu {shared} shares a GPU between points: each point gets one GPU, not --gpus-per-run {k}"
+        ),
         (n, Some(k)) if k > 0 && k <= n => (0..n / k)
             .map(|s| Some((s * k..(s + 1) * k).collect()))
             .collect(),
         (n, Some(k)) => bail!("--gpus-per-run {k} does not fit in {n} GPU(s)"),
         (n, None) => vec![Some((0..n).collect())],
     };
+    Ok(sets
+        .into_iter()
+        .flat_map(|s| std::iter::repeat_n(s, shared))
+        .collect())
+}
+
+pub fn run_grid(
+    config: &Path,
+    sets: &[String],
+    placement: Placement,
+    sample: Option<(usize, u64)>,
+    procs: &Procs,
+    stop: &AtomicBool,
+) -> anyhow::Result<u8> {
+    let (sweep_dir, points, base) = prepare_sweep(config, sets, sample)?;
+    let gpus = procs.gpus.unwrap_or_else(detect_gpus);
+    let slots = slots(gpus, placement)?;
+    if placement.runs_per_gpu > 1 {
+        let used: Vec<usize> = slots.iter().flatten().flatten().copied().collect();
+        let mut used = used;
+        used.dedup();
+        crate::memory::check_fits(&used, placement.runs_per_gpu, placement.memory_per_run_mib)?;
+    }
     let todo: Vec<&Point> = points
         .iter()
         .filter(|p| {

@@ -23,6 +23,10 @@ case "$FAKE_MODE" in
     trap 'exit 0' TERM; while true; do sleep 0.1; done;;
   checkpoint)
     trap 'echo checkpoint > "$out/ckpt-$RANK"; exit 75' TERM; while true; do sleep 0.1; done;;
+  slow)
+    echo "start $CUDA_VISIBLE_DEVICES" >> "$EVENTS"; sleep 1; echo "end $CUDA_VISIBLE_DEVICES" >> "$EVENTS"
+    printf '{"status":"finished","steps":3,"epochs":1,"world_size":1,"best_dev_f1":0.5,"best_step":3,"test_f1":0.5,"wall_s":1,"weights_sha256":"x"}\n' > "$out/summary.json"
+    cp "$cfg" "$out/config.toml"; exit 0;;
   *)
     lr=$(sed -n 's/^lr *= *\(.*\)/\1/p' "$cfg" 2>/dev/null)
     if [ "$RANK" = 0 ]; then printf '{"status":"finished","steps":3,"epochs":1,"world_size":%s,"best_dev_f1":%s,"best_step":3,"test_f1":0.5,"wall_s":1,"weights_sha256":"x"}\n' "$WORLD_SIZE" "${lr:-0.5}" > "$out/summary.json"; fi
@@ -294,4 +298,93 @@ fn train_on_a_grid_runs_the_sweep_and_status_reads_run_folders() {
     let empty = tmp.path().join("nothing-yet");
     assert_eq!(status(&empty, None), "pending");
     assert_eq!(status(&empty, Some("--next")), "start");
+}
+
+/// A stand-in `nvidia-smi` listing two GPUs with `free` MiB free each, in a folder to put on PATH.
+fn fake_nvidia_smi(dir: &Path, free: u64) -> PathBuf {
+    let bin = dir.join(format!("smi-{free}"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let smi = bin.join("nvidia-smi");
+    let text = format!(
+        "#!/usr/bin/env bash\ncase \"$*\" in\n  -L) printf 'GPU 0: A\\nGPU 1: B\\n';;\n  *) printf '0, GPU-a, {free}\\n1, GPU-b, {free}\\n';;\nesac\n"
+    );
+    std::fs::write(&smi, text).unwrap();
+    let mut perm = std::fs::metadata(&smi).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&smi, perm).unwrap();
+    bin
+}
+
+/// `--runs-per-gpu 2` on 2 GPUs: 4 points at once, 2 on each GPU (each its own process with one
+/// GPU visible); refused when the GPUs' free memory cannot hold them, or without GPUs.
+#[test]
+fn several_points_share_a_gpu_when_asked_and_when_they_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = setup(tmp.path());
+    let sweep = tmp.path().join("sweep");
+    let cfg = tmp.path().join("grid.toml");
+    std::fs::write(
+        &cfg,
+        format!("out = {sweep:?}\nepochs = 1\n[grid]\nlr = [0.1, 0.2, 0.3, 0.4]\n"),
+    )
+    .unwrap();
+    let events = tmp.path().join("events");
+    let path = |smi: &Path| format!("{}:{}", smi.display(), std::env::var("PATH").unwrap());
+    let grid = |smi: &Path, extra: &[&str]| {
+        let mut args = vec!["grid", "--config", cfg.to_str().unwrap(), "--gpus", "2"];
+        args.extend(extra);
+        let mut c = launcher(&fake, "slow", &args);
+        c.env("PATH", path(smi))
+            .env("EVENTS", &events)
+            .env_remove("CUDA_VISIBLE_DEVICES");
+        c.output().unwrap()
+    };
+
+    let small = fake_nvidia_smi(tmp.path(), 5000);
+    let o = grid(&small, &["--runs-per-gpu", "2", "--memory-per-run", "3000"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("GPU 0 has 5000 MiB free: 2 points of 3000 MiB each"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !events.exists(),
+        "nothing may start when the points do not fit"
+    );
+
+    let big = fake_nvidia_smi(tmp.path(), 80_000);
+    let o = grid(&big, &["--runs-per-gpu", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 8, "{log}");
+    // All four started before any ended: they ran together, two per GPU.
+    assert!(lines[..4].iter().all(|l| l.starts_with("start")), "{log}");
+    for gpu in ["0", "1"] {
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| **l == format!("start {gpu}"))
+                .count(),
+            2,
+            "{log}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(sweep.join("results.md"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+
+    let mut args = vec!["grid", "--config", cfg.to_str().unwrap(), "--gpus", "0"];
+    args.extend(["--runs-per-gpu", "2"]);
+    let o = launcher(&fake, "slow", &args).output().unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("needs GPUs"),
+        "{}",
+        text(&o)
+    );
 }

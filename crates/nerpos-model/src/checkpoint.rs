@@ -305,9 +305,7 @@ impl BertNerPos {
         for (k, v) in self.params.iter() {
             out.insert(
                 k.to_owned(),
-                v.as_tensor()
-                    .to_device(&Device::Cpu)?
-                    .to_dtype(DType::F32)?,
+                nerpos_kernels::stats::to_host(v.as_tensor())?.to_dtype(DType::F32)?,
             );
         }
         for (k, t) in &carried.tensors {

@@ -84,9 +84,8 @@ pub fn predict_rows(
     let (inputs, _) = batch.to_device(device)?;
     let logits = model
         .eval_logits(&inputs)?
-        .to_dtype(candle_core::DType::F32)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<f32>()?;
+        .to_dtype(candle_core::DType::F32)?;
+    let logits = nerpos_kernels::stats::to_host(&logits)?.to_vec2::<f32>()?;
     let mut at = logits.into_iter();
     Ok(words
         .into_iter()

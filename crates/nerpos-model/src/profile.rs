@@ -4,17 +4,37 @@
 //! puts it in docs/benchmarks.md.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 static ON: AtomicBool = AtomicBool::new(false);
 static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+/// Waits for the device's queue (a GPU profile): without it a phase's time would be the time to
+/// queue its kernels, not to run them.
+static SYNC: Mutex<Option<Arc<Waiter>>> = Mutex::new(None);
+
+type Waiter = dyn Fn() + Send + Sync;
 
 /// Starts collecting (and clears what was collected).
 pub fn enable() {
     TOTALS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    *SYNC.lock().unwrap_or_else(|e| e.into_inner()) = None;
     ON.store(true, Ordering::Relaxed);
+}
+
+/// Starts collecting with `wait` run as each phase starts and ends (a device synchronisation: the
+/// phases' times are then the device's, at the cost of the overlap a real step has).
+pub fn enable_synchronised(wait: impl Fn() + Send + Sync + 'static) {
+    enable();
+    *SYNC.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(wait));
+}
+
+fn wait() {
+    let w = SYNC.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(w) = w {
+        w();
+    }
 }
 
 pub fn enabled() -> bool {
@@ -23,9 +43,13 @@ pub fn enabled() -> bool {
 
 /// Times the phase `name` until the guard is dropped.
 pub fn scope(name: &'static str) -> Scope {
+    let on = enabled();
+    if on {
+        wait();
+    }
     Scope {
         name,
-        started: enabled().then(Instant::now),
+        started: on.then(Instant::now),
     }
 }
 
@@ -53,6 +77,7 @@ pub struct Scope {
 impl Drop for Scope {
     fn drop(&mut self) {
         if let Some(t) = self.started {
+            wait();
             let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
             let e = totals.entry(self.name).or_default();
             e.0 += t.elapsed();

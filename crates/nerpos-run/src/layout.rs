@@ -122,6 +122,11 @@ impl RunDir {
         self.eval_pair("test")
     }
 
+    /// The final test evaluation beside published scores (Markdown), when a run has them.
+    pub fn test_vs_reference(&self) -> PathBuf {
+        self.eval_dir().join("test-vs-reference.md")
+    }
+
     fn eval_pair(&self, name: &str) -> (PathBuf, PathBuf) {
         let dir = self.eval_dir();
         (

@@ -110,6 +110,10 @@ pub struct TrainConfig {
     /// CPU runs, at the price of a noisier F1.
     #[serde(default)]
     pub eval_sentences: usize,
+    /// Published scores to show the test evaluation beside (a TOML file: `name`, `[micro]` precision,
+    /// recall, f1, and `[f1]` per type), e.g. `configs/design-scores.toml`.
+    #[serde(default)]
+    pub reference_scores: Option<PathBuf>,
     /// Write a resumable checkpoint every N steps (0 = at each evaluation only).
     #[serde(default)]
     pub checkpoint_every: usize,
@@ -428,6 +432,7 @@ impl TrainConfig {
             let changes_training = !matches!(
                 key.as_str(),
                 "out"
+                    | "reference_scores"
                     | "device"
                     | "log_every"
                     | "checkpoint_every"

@@ -209,16 +209,27 @@ impl Reporter {
         write_report(&self.run.dev_eval(step), report, step, hash)
     }
 
-    /// Reports the final test evaluation.
-    pub fn test_eval(&mut self, step: usize, report: &Report, hash: &str) -> anyhow::Result<()> {
+    /// Reports the final test evaluation of `which` model ("best dev model", "final model"), beside
+    /// published scores when the run has them.
+    pub fn test_eval(
+        &mut self,
+        step: usize,
+        (report, which): (&Report, &str),
+        reference: Option<&nerpos_eval::ReferenceScores>,
+        hash: &str,
+    ) -> anyhow::Result<()> {
         if self.files.is_none() {
             return Ok(());
         }
-        self.output.print_block(&format!(
-            "test (best dev model)\n{}",
-            report.to_seqeval_string(4)
-        ));
-        write_report(&self.run.test_eval(), report, step, hash)
+        self.output
+            .print_block(&format!("test ({which})\n{}", report.to_seqeval_string(4)));
+        write_report(&self.run.test_eval(), report, step, hash)?;
+        if let Some(r) = reference {
+            let table = format!("test ({which}) beside {}\n\n{}", r.name, r.beside(report));
+            self.output.print_block(&table);
+            nerpos_run::write_atomic(&self.run.test_vs_reference(), table.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Clears the bar, leaving a last message.

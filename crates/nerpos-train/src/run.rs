@@ -329,7 +329,18 @@ impl Job {
             let spec = self.eval_spec();
             let test_report = self.trainer.evaluate(&self.test, &spec)?;
             test_f1 = Some(test_report.micro.f1);
-            report.test_eval(self.state.step, &test_report, &final_hash)?;
+            let which = if best.is_some() {
+                "best dev model"
+            } else {
+                "final model"
+            };
+            let reference = self.reference.as_ref();
+            report.test_eval(
+                self.state.step,
+                (&test_report, which),
+                reference,
+                &final_hash,
+            )?;
         }
         let s = self.schedule;
         report.finish(&Summary {
@@ -344,7 +355,20 @@ impl Job {
             weights_sha256: final_hash,
         })?;
         if rank0 {
-            info!(run = %self.run.path().display(), best_dev_f1 = ?self.state.best_dev_f1, test_f1 = ?test_f1, "done");
+            // Numbers as a person reads them; no dev score without a dev split.
+            let f = |v: f64| format!("{v:.4}");
+            match (self.state.best_dev_f1.map(f), test_f1.map(f)) {
+                (Some(dev), Some(test)) => {
+                    info!(run = %self.run.path().display(), best_dev_f1 = %dev, test_f1 = %test, "done");
+                }
+                (Some(dev), None) => {
+                    info!(run = %self.run.path().display(), best_dev_f1 = %dev, "done")
+                }
+                (None, Some(test)) => {
+                    info!(run = %self.run.path().display(), test_f1 = %test, "done")
+                }
+                (None, None) => info!(run = %self.run.path().display(), "done"),
+            }
         }
         self.trainer.comm.barrier()?;
         Ok(())

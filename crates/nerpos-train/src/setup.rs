@@ -33,6 +33,8 @@ pub struct Job {
     pub train: Arc<Vec<Row>>,
     pub dev: EvalData,
     pub test: EvalData,
+    /// Published scores the test evaluation is shown beside.
+    pub reference: Option<nerpos_eval::ReferenceScores>,
     pub state: LoopState,
     pub schedule: Schedule,
     /// How the data is cut into optimiser steps and micro-batches for this world size.
@@ -268,6 +270,12 @@ impl Job {
         let (rank, world) = (comm.rank(), comm.world_size());
         info!(rank, world, launch = ?rdv.mode, device = ?dev, "process joined");
 
+        // A bad reference file is an error now, not after hours of training.
+        let reference = cfg
+            .reference_scores
+            .as_deref()
+            .map(nerpos_eval::ReferenceScores::load)
+            .transpose()?;
         let ds = Dataset::open(&cfg.data)?;
         if rank == 0 {
             ds.verify()?;
@@ -323,6 +331,7 @@ impl Job {
             train: Arc::new(train),
             dev: dev_data,
             test: test_data,
+            reference,
             state,
             schedule,
             batching,

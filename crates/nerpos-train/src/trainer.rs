@@ -27,6 +27,7 @@ use crate::config::{Precision, ReduceDtype};
 use crate::evaluate::{EvalData, EvalSpec, evaluate};
 use crate::optim::{AdamW, AdamWConfig, GradScale, Update, squared_norm};
 use nerpos_dist::reduce::{Buckets, Handover, Reduced, reduce_gradients};
+use nerpos_kernels::stats::to_host;
 use nerpos_model::{Kernels, PackedBatch};
 
 /// What a step needs beyond the model.
@@ -294,9 +295,7 @@ impl Trainer {
         let mut h = Sha256::new();
         for (name, var) in self.model.params.iter() {
             h.update(name.as_bytes());
-            let v = var
-                .as_tensor()
-                .to_device(&Device::Cpu)?
+            let v = to_host(var.as_tensor())?
                 .flatten_all()?
                 .to_dtype(DType::F32)?
                 .to_vec1::<f32>()?;
@@ -334,7 +333,7 @@ impl Trainer {
             .model
             .params
             .iter()
-            .map(|(n, v)| Ok((n.to_owned(), v.as_tensor().to_device(&Device::Cpu)?)))
+            .map(|(n, v)| Ok((n.to_owned(), to_host(v.as_tensor())?)))
             .collect::<anyhow::Result<_>>()?;
         checkpoint::save(run, state, weights, self.optimizer.state_tensors()?, keep)
     }

@@ -126,6 +126,30 @@ fn upload(e: &mut dyn Exec, bytes: &[u8]) -> Result<Ptr> {
     e.upload(bytes)
 }
 
+/// The kernels one optimiser step launches for parameters of `sizes` elements (gradients of `elem`):
+/// the gradient norm's and AdamW's, planned and checked as on a GPU — the same few for any model.
+pub fn optimiser_launches(sizes: &[usize], elem: Elem) -> Result<Vec<String>> {
+    let chunks = plan(sizes, CHUNK).len();
+    let mut e = crate::launch::Counter::default();
+    let table = e.upload(&vec![0u8; sizes.len() * 8])?;
+    let chunk_table = e.upload(&vec![0u8; chunks * CHUNK_SIZE])?;
+    let partial = e.scratch(chunks * 4)?;
+    let out = e.scratch(4)?;
+    sumsq_launches(&mut e, elem, [table, chunk_table, partial, out], chunks)?;
+    let params = e.upload(&vec![0u8; sizes.len() * ADAMW_PARAM_SIZE])?;
+    let c = AdamWStep {
+        grad_scale: 1.0,
+        lr_wd: 0.0,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step_size: 1e-3,
+        bc2_sqrt: 1.0,
+    };
+    adamw_launches(&mut e, elem, &c, [params, chunk_table, out], chunks)?;
+    Ok(e.launched)
+}
+
 /// One parameter's update in an [`adamw_all`] call.
 pub struct ParamUpdate<'a> {
     pub p: &'a Tensor,
