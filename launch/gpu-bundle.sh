@@ -27,6 +27,10 @@ for b in nerpos-gpu-bench nerpos-dist-check nerpos-train; do
   cp "$bin/$b" "$tmp/bin/$b"
 done
 cp "$bin/cuda-env.sh" "$tmp/bin/"
+# The launcher (a CPU binary: it starts the CUDA trainer) for the grid step.
+launcher=${NERPOS_LAUNCH:-$root/target/release/nerpos-launch}
+[[ -x $launcher ]] || (cd "$root" && cargo build --release -j2 --bin nerpos-launch) || fail "could not build nerpos-launch"
+strip -o "$tmp/bin/nerpos-launch" "$launcher" 2>/dev/null || cp "$launcher" "$tmp/bin/nerpos-launch"
 # A stub cuRAND for machines without one (gpu-check.sh uses it only then): the binaries link it
 # through candle but nerpos never calls it; every function returns an error status.
 mkdir -p "$tmp/bin/stubs"

@@ -16,7 +16,7 @@
 #          --out DIR         results (default ./gpu-check-results): results.jsonl appended as each step
 #                            ends, table.md rewritten after each step, logs/STEP.log
 #          --only STEP       only these steps (repeatable): kernels sanitizer correctness base minilm
-#                            profile nccl train
+#                            profile nccl train grid
 #          --no-torch        skip the PyTorch references
 #          --data DIR        a nerpos-prep dataset   --model DIR   a checkpoint (train step)
 #          --bin DIR         the CUDA binaries (checkout default: target/cuda/bin)
@@ -34,6 +34,8 @@
 #   profile      where the GPU time goes (phases synchronised): both shapes with the kernels
 #   nccl         NCCL on this GPU (world 1: the library loads, an all-reduce is right)
 #   train        a whole GMB job (bf16 + kernels) and PyTorch's on the same data and start
+#   grid         small-model grid points per hour with K = 1, 2, 4 points sharing the GPU
+#                (launch/train.sh grid --runs-per-gpu K: 4 short MiniLM points each)
 # Trying it without a GPU: NERPOS_BENCH_DEVICE=cpu NERPOS_CHECK_DEVICE=cpu, a stand-in nvidia-smi on PATH.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -257,6 +259,47 @@ TOML
       record train-torch train-torch "$out/logs/train-torch.log" "$epochs"
   fi
   rm -rf "$work"
+fi
+
+# 7. Grid points per hour when K small-model points share the GPU (each its own process).
+if want grid && [[ -x $bin/nerpos-launch ]]; then
+  for k in 1 2 4; do
+    work=${TMPDIR:-/tmp}/nerpos-gpu-grid-$k
+    rm -rf "$work" && mkdir -p "$work"
+    start=$model
+    [[ -f $model/model.safetensors ]] || start=${TMPDIR:-/tmp}/nerpos-gpu-grid-start
+    if [[ ! -f $start/model.safetensors ]]; then
+      no_results=1 run grid-start 60 20 "$python" "$reference/random_checkpoint.py" "$model" "$start" || break
+    fi
+    cat >"$work/grid.toml" <<TOML
+data = "$data"
+model = "$start"
+out = "$work/sweep"
+precision = "bf16"
+gpu_kernels = true
+batch_size = 32
+epochs = 1
+train_sentences = 4000
+eval_sentences = 1000
+lr = 1e-4
+warmup_ratio = 0.1
+seed = 42
+[grid]
+lr = [5e-5, 1e-4, 2e-4, 3e-4]
+TOML
+    trainer=$bin/nerpos-train
+    if [[ ${NERPOS_CHECK_DEVICE:-cuda} == cpu ]]; then
+      # The CPU stand-in: the launcher gives GPU slots device=cuda; the trainer is told cpu after it.
+      trainer=$work/train-on-cpu
+      printf '#!/usr/bin/env bash\nexec "%s" "$@" --set device=cpu\n' "$bin/nerpos-train" >"$trainer"
+      chmod +x "$trainer"
+    fi
+    t0=$SECONDS
+    no_results=1 NERPOS_TRAIN=$trainer run "grid-k$k" 150 40 "$bin/nerpos-launch" grid \
+      --config "$work/grid.toml" --gpus 1 --runs-per-gpu "$k" &&
+      record grid "grid-k$k" "$k" 4 "$((SECONDS - t0))"
+    rm -rf "$work"
+  done
 fi
 
 "$python" "$here/gpu-table.py" "$results" "$out/table.md"

@@ -10,6 +10,7 @@ writes the summary table (table.md) from it.
       sanitizer STEP LOG              compute-sanitizer's error count
       train-nerpos STEP RUN EPOCHS    a nerpos-train job's summary (its run folder)
       train-torch STEP LOG EPOCHS     the PyTorch reference job's summary (its last line)
+      grid STEP K POINTS SECONDS      a grid of POINTS points run K at a time on one GPU
 Standard library only: it runs on the GPU machine's Python.
 """
 import json
@@ -102,6 +103,10 @@ def record(results, kind, step, *args):
             hazards = re.search(r"RACECHECK SUMMARY: (\d+) hazard", text)
             errors += int(hazards.group(1)) if hazards else 0
             out.append({"check": "sanitizer", "step": step, "errors": errors, "pass": errors == 0})
+    elif kind == "grid":
+        k, points, secs = int(args[0]), int(args[1]), float(args[2])
+        out.append({"check": "grid", "step": step, "runs_per_gpu": k, "points": points, "seconds": secs,
+                    "points_per_hour": 3600 * points / max(secs, 1e-9)})
     elif kind in ("train-nerpos", "train-torch"):
         r = (train_nerpos if kind == "train-nerpos" else train_torch)(step, args[0], int(args[1]))
         if r:
@@ -207,11 +212,24 @@ def train(rows):
     return out
 
 
+def grid(rows):
+    gr = [r for r in rows if r.get("check") == "grid"]
+    if not gr:
+        return []
+    out = ["", "| grid points sharing the GPU (4 MiniLM points: 4,000 sentences, 1 epoch) | seconds | points per hour | vs one at a time |",
+           "| --- | --- | --- | --- |"]
+    one = next((r for r in gr if r["runs_per_gpu"] == 1), None)
+    for r in gr:
+        gain = f"{r['points_per_hour'] / one['points_per_hour']:.2f}×" if one else ""
+        out.append(f"| K = {r['runs_per_gpu']} | {r['seconds']:.0f} | {r['points_per_hour']:.0f} | {gain} |")
+    return out
+
+
 def table(results, path):
     rows = [json.loads(l) for l in open(results) if l.strip()]
     m = next((r for r in rows if r.get("check") == "machine"), {})
     out = [f"GPU: {m.get('gpu')}, driver {m.get('driver')}, CUDA {m.get('cuda')}, {m.get('date')}; budget {m.get('budget_s')} s", ""]
-    out += checks(rows) + speed(rows) + profile(rows) + train(rows)
+    out += checks(rows) + speed(rows) + profile(rows) + train(rows) + grid(rows)
     text = "\n".join(out) + "\n"
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

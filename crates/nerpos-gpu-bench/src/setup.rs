@@ -51,6 +51,7 @@ pub fn shape_config(
             pos_dim: hidden,
             use_pos: true,
             dropout: if dropout { 0.2 } else { 0.0 },
+            crf: None,
         },
     })
 }

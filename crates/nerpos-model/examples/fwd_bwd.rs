@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         pos_dim: 384,
         use_pos: true,
         dropout: 0.2,
+        crf: None,
     };
     let (model, _) = BertNerPos::from_pretrained(&dir, head, None, (HeadInit::default(), 1), &dev)?;
     let vocab = model.config.bert.vocab_size as u32;

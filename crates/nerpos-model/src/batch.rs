@@ -130,6 +130,7 @@ impl PackedBatch {
                 Ok::<_, ModelError>(Targets {
                     labels: Tensor::from_vec(self.labels.clone(), self.labels.len(), device)?,
                     count: self.labels.len(),
+                    host: self.labels.clone(),
                 })
             })
             .transpose()?;
@@ -192,6 +193,8 @@ pub struct Targets {
     /// `[M]` u32.
     pub labels: Tensor,
     pub count: usize,
+    /// The labels on the host (the CRF's loss runs there).
+    pub host: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::config::{BertConfig, HeadConfig, ModelConfig};
+use crate::config::{BertConfig, HeadConfig, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::layers::crf::{CRF_END, CRF_START, CRF_TRANSITIONS};
 use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING};
 
 pub const NERPOS_JSON: &str = "nerpos.json";
@@ -53,6 +54,10 @@ pub struct NerposMeta {
     /// SHA-256 of the tokenizer files, as `nerpos_prep::fingerprint` computes it.
     #[serde(default)]
     pub tokenizer_fingerprint: Option<String>,
+    /// Softmax or CRF (older folders: softmax). A CRF's scores are saved with the head's weights
+    /// (`crf.transitions`, `crf.start`, `crf.end`), which Hugging Face's loaders of the encoder ignore.
+    #[serde(default)]
+    pub head: HeadKind,
 }
 
 pub use nerpos_prep::LabelSubwords;
@@ -65,6 +70,7 @@ impl NerposMeta {
             pos_dim: self.pos_dim,
             use_pos: self.use_pos,
             dropout: self.dropout,
+            crf: (self.head == HeadKind::Crf).then(|| self.labels.clone()),
         }
     }
 
@@ -177,7 +183,14 @@ impl BertNerPos {
     /// pooler is carried; anything else is an error listing the keys.
     fn load_weights(&self, dir: &Path, require_head: bool) -> Result<(Carried, bool)> {
         let (path, tensors) = read_weights(dir)?;
-        let head_keys = [POS_EMBEDDING, CLASSIFIER_WEIGHT, CLASSIFIER_BIAS];
+        let head_keys = [
+            POS_EMBEDDING,
+            CLASSIFIER_WEIGHT,
+            CLASSIFIER_BIAS,
+            CRF_TRANSITIONS,
+            CRF_START,
+            CRF_END,
+        ];
         let mut seen: HashMap<String, ()> = HashMap::new();
         let mut carried = Carried::default();
         let (mut unexpected, mut mismatched) = (Vec::new(), Vec::new());

@@ -126,6 +126,21 @@ pub struct HeadConfig {
     pub use_pos: bool,
     /// Dropout on the concatenation before the classifier.
     pub dropout: f64,
+    /// A CRF over the logits (`head = "crf"`): the labels' names, whose IOB2 scheme masks the
+    /// transitions. `None`: the softmax head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crf: Option<Vec<String>>,
+}
+
+/// What turns the logits into labels: each position's softmax, or a CRF over each row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    /// Cross-entropy per position; each position's most likely label.
+    #[default]
+    Softmax,
+    /// A linear-chain CRF: the rows' negative log-likelihood; Viterbi decoding.
+    Crf,
 }
 
 /// Dropout rates of the encoder, which a trainer may override (`encoder_dropout`).

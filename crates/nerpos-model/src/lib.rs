@@ -20,7 +20,7 @@ pub mod profile;
 
 pub use batch::{HostIndex, Inputs, PackedBatch, Targets};
 pub use checkpoint::{Carried, LabelSubwords, NerposMeta};
-pub use config::{BertConfig, HeadConfig, ModelConfig};
+pub use config::{BertConfig, HeadConfig, HeadKind, ModelConfig};
 pub use error::{ModelError, Result};
 pub use model::{BertNerPos, HeadInit, StepOutput};
 pub use nerpos_dist::Grad;

@@ -17,7 +17,7 @@ use nerpos_kernels::{Deferred, Kernels};
 use crate::batch::{Inputs, Targets};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{BertLayer, Embeddings, Head, Pass, Sink};
+use crate::layers::{BertLayer, Embeddings, Head, Pass, Sink, crf};
 use crate::params::Params;
 use crate::profile::{scope, timed};
 use nerpos_dist::Grad;
@@ -137,6 +137,11 @@ impl BertNerPos {
             .collect()
     }
 
+    /// The CRF's masked scores on the host, for decoding (none with the softmax head).
+    pub fn crf_scores(&self) -> Result<Option<crf::Scores>> {
+        self.head.crf.as_ref().map(crf::Crf::scores).transpose()
+    }
+
     /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
     /// a backward pass.
     pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
@@ -179,10 +184,17 @@ impl BertNerPos {
         let caches = fwd
             .caches
             .ok_or_else(|| ModelError::Internal("a training pass kept no caches".into()))?;
-        let (loss_sum, dlogits) = timed("fwd/bwd: loss", || {
-            CrossEntropy::forward_backward(self.kernels, &fwd.logits, &targets.labels)
-        })?;
         let mut sink = Sink::new(&self.order, &mut sink);
+        let (loss_sum, dlogits) = match &self.head.crf {
+            None => timed("fwd/bwd: loss", || {
+                CrossEntropy::forward_backward(self.kernels, &fwd.logits, &targets.labels)
+            })?,
+            Some(crf) => timed("fwd/bwd: CRF", || {
+                let segments = crf::segments(&inputs.host.head, &inputs.rows);
+                let (loss, d) = crf.loss(&fwd.logits, &targets.host, &segments, &mut sink)?;
+                Ok::<_, ModelError>((Deferred::Host(loss), d))
+            })?,
+        };
         let mut dx = self
             .head
             .backward(&pass, caches.head, &dlogits, &mut sink)?;

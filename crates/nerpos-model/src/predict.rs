@@ -37,7 +37,8 @@ pub struct WordPrediction {
     /// Sentence-level word index.
     pub word: u32,
     pub label: u32,
-    /// Softmax probability of `label`.
+    /// The probability of `label`: its softmax probability, or with a CRF head its marginal
+    /// probability at this word (forward–backward over the row).
     pub prob: f32,
     /// The first sub-word's logits, when asked for.
     pub logits: Option<Vec<f32>>,
@@ -86,16 +87,46 @@ pub fn predict_rows(
         .eval_logits(&inputs)?
         .to_dtype(candle_core::DType::F32)?;
     let logits = nerpos_kernels::stats::to_host(&logits)?.to_vec2::<f32>()?;
+    let crf = model.crf_scores()?;
     let mut at = logits.into_iter();
     Ok(words
         .into_iter()
         .map(|ws| {
-            ws.into_iter()
-                .zip(at.by_ref())
-                .map(|(word, z)| prediction(word, z, keep_logits))
-                .collect()
+            let z: Vec<Vec<f32>> = at.by_ref().take(ws.len()).collect();
+            match &crf {
+                None => ws
+                    .into_iter()
+                    .zip(z)
+                    .map(|(word, z)| prediction(word, z, keep_logits))
+                    .collect(),
+                Some(scores) => decoded(scores, ws, z, keep_logits),
+            }
         })
         .collect())
+}
+
+/// A row's words decoded by the CRF (Viterbi), each with its label's marginal probability.
+fn decoded(
+    scores: &crate::layers::crf::Scores,
+    words: Vec<u32>,
+    z: Vec<Vec<f32>>,
+    keep_logits: bool,
+) -> Vec<WordPrediction> {
+    let labels = z.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = z.iter().flatten().copied().collect();
+    let path = scores.viterbi(&flat);
+    let marginals = scores.marginals(&flat);
+    words
+        .into_iter()
+        .zip(z)
+        .enumerate()
+        .map(|(t, (word, z))| WordPrediction {
+            word,
+            label: path[t],
+            prob: marginals[t * labels + path[t] as usize] as f32,
+            logits: keep_logits.then_some(z),
+        })
+        .collect()
 }
 
 fn prediction(word: u32, z: Vec<f32>, keep_logits: bool) -> WordPrediction {

@@ -111,6 +111,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         pos_dim: 384,
         use_pos: true,
         dropout: 0.0,
+        crf: None,
     };
     let (model, _) = BertNerPos::from_pretrained(
         &minilm,
@@ -132,6 +133,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
 
     let head = nerpos_model::HeadConfig {
         dropout: 0.2,
+        crf: None,
         ..model.config.head.clone()
     };
     let (model, _) =

@@ -17,6 +17,7 @@ fn head() -> HeadConfig {
         pos_dim: 24,
         use_pos: true,
         dropout: 0.2,
+        crf: None,
     }
 }
 
@@ -253,6 +254,7 @@ fn drawn_head(init: HeadInit, seed: u64) -> HashMap<String, Vec<f32>> {
         pos_dim: POS_DIM,
         use_pos: true,
         dropout: 0.2,
+        crf: None,
     };
     let m = BertNerPos::new(nerpos_model::ModelConfig { bert, head }, &Device::Cpu).unwrap();
     m.init_head(init, seed).unwrap();

@@ -324,7 +324,8 @@ pub struct Entity {
     pub start: usize,
     pub end: usize,
     pub text: String,
-    /// Mean probability of the entity's words' predicted tags.
+    /// Mean probability of the entity's words' predicted tags (softmax probabilities, or a CRF head's
+    /// marginals).
     pub score: f32,
 }
 

@@ -80,6 +80,11 @@ pub struct TrainConfig {
     /// zero bias). Unused when `model` is a fine-tuned folder (its head is loaded).
     #[serde(default)]
     pub head_init: nerpos_model::HeadInit,
+    /// What turns the logits into labels: `softmax` (cross-entropy per word) or `crf` (a linear-chain
+    /// CRF over each row: its negative log-likelihood in training, Viterbi decoding in evaluation and
+    /// prediction, IOB2-forbidden transitions masked).
+    #[serde(default)]
+    pub head: nerpos_model::HeadKind,
     /// Width of the POS embedding (the encoder's hidden size if unset).
     #[serde(default)]
     pub pos_dim: Option<usize>,
@@ -419,7 +424,7 @@ impl TrainConfig {
                 "seed" | "length_grouping" => {
                     return Err(refused("the epochs' batch order comes from it"));
                 }
-                "model" | "use_pos" | "pos_dim" | "head_init" => {
+                "model" | "use_pos" | "pos_dim" | "head_init" | "head" => {
                     return Err(refused("the checkpoint holds a model built from it"));
                 }
                 "global_batch_size" | "global_batch_tokens" => {

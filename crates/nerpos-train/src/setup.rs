@@ -81,6 +81,14 @@ fn load_model(
     if fine_tuned {
         let (model, meta) =
             BertNerPos::load_with_dropout(&cfg.model, dev, cfg.encoder_dropout, Some(cfg.dropout))?;
+        if meta.head != cfg.head {
+            bail!(
+                "{} was fine-tuned with a {:?} head, but the configuration asks for head = {:?}",
+                cfg.model.display(),
+                meta.head,
+                cfg.head
+            );
+        }
         if meta.labels != m.labels || meta.pos != m.pos {
             bail!(
                 "{} was fine-tuned with other labels or POS tags than {} has; continue training only on \
@@ -98,6 +106,7 @@ fn load_model(
         pos_dim: cfg.pos_dim.unwrap_or(bert.hidden_size),
         use_pos: use_pos(cfg, m)?,
         dropout: cfg.dropout,
+        crf: (cfg.head == nerpos_model::HeadKind::Crf).then(|| m.labels.clone()),
     };
     Ok(BertNerPos::from_pretrained(
         &cfg.model,
@@ -121,6 +130,37 @@ fn use_pos(cfg: &TrainConfig, m: &Manifest) -> anyhow::Result<bool> {
     }
 }
 
+/// With a CRF head, the training labels must follow IOB2, whose forbidden transitions the CRF masks
+/// (a gold path through one would score −10,000): the first row that does not is an error.
+fn check_iob2(train: &[Row], labels: &[String], data: &Path) -> anyhow::Result<()> {
+    let allowed = nerpos_model::layers::crf::Allowed::iob2(labels);
+    for r in train {
+        let y: Vec<u32> = r
+            .labels
+            .iter()
+            .filter_map(|&l| u32::try_from(l).ok())
+            .collect();
+        // A window after a sentence's first may start inside an entity.
+        let from = usize::from(r.window > 0 && !y.is_empty());
+        let Some((t, prev, to)) = allowed.first_violation(&y[from.min(y.len())..]) else {
+            continue;
+        };
+        let name = |l: u32| labels.get(l as usize).map_or("?", String::as_str);
+        bail!(
+            "{}: sentence {} (source line {}): labelled word {} is {} after {}, which IOB2 forbids; the CRF \
+             head masks that transition (fix the tags, e.g. with nerpos-prep's IOB2 conversion, or train \
+             with head = \"softmax\")",
+            data.display(),
+            r.sentence_id,
+            r.source_line,
+            t + from + 1,
+            name(to),
+            prev.map_or("the sentence's start", name)
+        );
+    }
+    Ok(())
+}
+
 fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
     NerposMeta {
         format_version: nerpos_model::checkpoint::FORMAT_VERSION,
@@ -135,6 +175,11 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         dropout: cfg.dropout,
         label_subwords: m.options.label_subwords,
         tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
+        head: if model.config.head.crf.is_some() {
+            nerpos_model::HeadKind::Crf
+        } else {
+            nerpos_model::HeadKind::Softmax
+        },
     }
 }
 
@@ -306,6 +351,9 @@ impl Job {
         trainer.check_same_weights("at the start")?;
 
         let train = read_split(&ds, Split::Train, cfg.train_sentences)?;
+        if cfg.head == nerpos_model::HeadKind::Crf {
+            check_iob2(&train, &m.labels, &cfg.data)?;
+        }
         if train.is_empty() {
             bail!("{}: the training split is empty", cfg.data.display());
         }

@@ -65,8 +65,20 @@ fn learns_the_synthetic_corpus() {
 /// dropout: every mask is keyed by the sentence, not by the process or the micro-batch.
 #[test]
 fn data_parallel_and_accumulation_equal_one_process() {
+    data_parallel_and_accumulation_with("");
+}
+
+/// The same with the CRF head (its loss and gradients are the rows' own, summed in row order).
+#[test]
+fn data_parallel_and_accumulation_equal_one_process_with_a_crf_head() {
+    data_parallel_and_accumulation_with("head = \"crf\"");
+}
+
+fn data_parallel_and_accumulation_with(head: &str) {
     let f = fixture(400);
-    let common = "max_steps = 40\npos_dropout = 0.1\ntest_at_end = false\nlog_every = 5";
+    let common =
+        format!("max_steps = 40\npos_dropout = 0.1\ntest_at_end = false\nlog_every = 5\n{head}");
+    let common = common.as_str();
     let one = f.dir.path().join("one");
     ok(&train(&[
         "--config",
@@ -124,8 +136,19 @@ fn wait_for_step(metrics: &std::path::Path, step: u64, limit: Duration) {
 /// SIGTERM writes a checkpoint and exits 75; --resume finishes; the result equals an uninterrupted run.
 #[test]
 fn sigterm_then_resume_equals_an_uninterrupted_run() {
+    sigterm_then_resume_with("");
+}
+
+/// The same with the CRF head: its scores are in the checkpoint like every parameter.
+#[test]
+fn sigterm_then_resume_equals_an_uninterrupted_run_with_a_crf_head() {
+    sigterm_then_resume_with("head = \"crf\"");
+}
+
+fn sigterm_then_resume_with(head: &str) {
     let f = fixture(400);
-    let extra = "max_steps = 60\neval_every = 30\ntest_at_end = false";
+    let extra = format!("max_steps = 60\neval_every = 30\ntest_at_end = false\n{head}");
+    let extra = extra.as_str();
     let full = f.dir.path().join("full");
     ok(&train(&[
         "--config",
@@ -459,31 +482,7 @@ fn a_derived_global_batch_is_kept_on_resume_and_not_written_into_the_config() {
 /// such a dataset is an error naming the key.
 #[test]
 fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
-    use nerpos_prep::corpus::{ConllColumns, Format, ReadOptions};
-
-    let f = fixture(10);
-    let conll = f.dir.path().join("nopos.conll");
-    std::fs::write(&conll, conll_without_pos(600)).unwrap();
-    let data = f.dir.path().join("nopos-data");
-    let mut read = ReadOptions::new(Format::Conll);
-    read.conll = ConllColumns {
-        word: 0,
-        pos: None,
-        tag: 1,
-    };
-    let mut opts = nerpos_prep::PrepareOptions::new(
-        nerpos_prep::Input::One(conll.clone()),
-        read,
-        f.model.clone(),
-        data.clone(),
-    );
-    opts.max_len = 12;
-    assert!(!nerpos_prep::prepare(&opts).unwrap().has_pos);
-    let f = Fixture {
-        dir: f.dir,
-        model: f.model,
-        data,
-    };
+    let (f, conll) = corpus_without_pos();
 
     let bad = f.dir.path().join("bad");
     let o = train(&[
@@ -510,8 +509,91 @@ fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
         serde_json::from_str(&std::fs::read_to_string(best.join("nerpos.json")).unwrap()).unwrap();
     assert_eq!(meta["use_pos"], false);
     assert!(weights(&best).keys().all(|k| !k.contains("pos_embedding")));
+    let (_, f1) = predict_and_score(&best, &conll);
+    assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
+}
 
-    let tagger = nerpos_predict::Tagger::load(&best, &candle_core::Device::Cpu).unwrap();
+/// The CRF head end to end: trained (its loss), evaluated and saved (its scores in the model
+/// folder, `head` in nerpos.json), and nerpos-predict decodes with Viterbi — every predicted
+/// sentence follows IOB2, each word's probability is its label's marginal.
+#[test]
+fn a_crf_head_trains_decodes_and_predicts() {
+    let (f, conll) = corpus_without_pos();
+    let run = f.dir.path().join("crf");
+    ok(&train(&[
+        "--config",
+        config(&f, &run, "epochs = 4\neval_every = 25\nhead = \"crf\"")
+            .to_str()
+            .unwrap(),
+    ]));
+    let test = summary(&run)["test_f1"].as_f64().unwrap();
+    assert!(test > 0.85, "test F1 {test}");
+    let best = run.join("best");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("nerpos.json")).unwrap()).unwrap();
+    assert_eq!(meta["head"], "crf");
+    let w = weights(&best);
+    assert!(
+        ["crf.transitions", "crf.start", "crf.end"]
+            .iter()
+            .all(|k| w.contains_key(*k))
+    );
+    let (preds, f1) = predict_and_score(&best, &conll);
+    assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
+    let labels: Vec<String> = meta["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    let allowed = nerpos_model::layers::crf::Allowed::iob2(&labels);
+    for sentence in &preds {
+        let path: Vec<u32> = sentence.iter().map(|p| p.label).collect();
+        assert_eq!(allowed.first_violation(&path), None, "{path:?}");
+        assert!(
+            sentence
+                .iter()
+                .all(|p| p.prob > 0.0 && p.prob <= 1.0 + 1e-6)
+        );
+    }
+}
+
+/// A prepared CoNLL corpus of `word tag` lines (no POS column), and the file.
+fn corpus_without_pos() -> (Fixture, std::path::PathBuf) {
+    use nerpos_prep::corpus::{ConllColumns, Format, ReadOptions};
+
+    let f = fixture(10);
+    let conll = f.dir.path().join("nopos.conll");
+    std::fs::write(&conll, conll_without_pos(600)).unwrap();
+    let data = f.dir.path().join("nopos-data");
+    let mut read = ReadOptions::new(Format::Conll);
+    read.conll = ConllColumns {
+        word: 0,
+        pos: None,
+        tag: 1,
+    };
+    let mut opts = nerpos_prep::PrepareOptions::new(
+        nerpos_prep::Input::One(conll.clone()),
+        read,
+        f.model.clone(),
+        data.clone(),
+    );
+    opts.max_len = 12;
+    assert!(!nerpos_prep::prepare(&opts).unwrap().has_pos);
+    let f = Fixture {
+        dir: f.dir,
+        model: f.model,
+        data,
+    };
+    (f, conll)
+}
+
+/// nerpos-predict's predictions of the CoNLL file `conll` with the model in `best`, and their F1.
+fn predict_and_score(
+    best: &std::path::Path,
+    conll: &std::path::Path,
+) -> (Vec<Vec<nerpos_model::WordPrediction>>, f64) {
+    let tagger = nerpos_predict::Tagger::load(best, &candle_core::Device::Cpu).unwrap();
     let args = nerpos_prep::args::ReadArgs {
         encoding: nerpos_prep::encoding::TextEncoding::Auto,
         word_col: 0,
@@ -524,13 +606,11 @@ fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
         pos_names: None,
     };
     let sentences =
-        nerpos_predict::read_input(&conll, nerpos_predict::InputFormat::Conll, &args, None)
-            .unwrap();
+        nerpos_predict::read_input(conll, nerpos_predict::InputFormat::Conll, &args, None).unwrap();
     assert!(sentences.iter().all(|s| s.pos.is_empty()));
     let preds = tagger.tag(&sentences, 32, 4, false, false).unwrap();
     let report = nerpos_predict::score(&sentences, &preds, &tagger.meta.labels)
         .unwrap()
         .expect("the CoNLL file has gold tags");
-    let f1 = report.micro.f1;
-    assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
+    (preds, report.micro.f1)
 }

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
 
+use super::crf::{Allowed, Crf};
 use super::{Linear, Pass, Sink};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -27,6 +28,8 @@ pub struct Head {
     /// The POS embedding (absent in the no-POS model).
     pub pos: Option<Param>,
     pub classifier: Linear,
+    /// The CRF over the logits (`head = "crf"`).
+    pub crf: Option<Crf>,
     hidden: usize,
     dropout: f64,
 }
@@ -51,9 +54,16 @@ impl Head {
             })
             .transpose()?;
         let dims = (c.head_features(), h.num_labels);
+        let classifier = Linear::new(p, "classifier", dims, Role::WEIGHT.in_head())?;
+        let crf = h
+            .crf
+            .as_ref()
+            .map(|labels| Crf::new(p, h.num_labels, Allowed::iob2(labels)))
+            .transpose()?;
         Ok(Head {
             pos,
-            classifier: Linear::new(p, "classifier", dims, Role::WEIGHT.in_head())?,
+            classifier,
+            crf,
             hidden: c.bert.hidden_size,
             dropout: h.dropout,
         })
@@ -102,7 +112,8 @@ impl Head {
 
     /// Its parameters in the order backward hands out their gradients.
     pub fn params(&self) -> Vec<&Param> {
-        let mut out = vec![&self.classifier.weight, &self.classifier.bias];
+        let mut out = self.crf.as_ref().map(Crf::params).unwrap_or_default();
+        out.extend([&self.classifier.weight, &self.classifier.bias]);
         out.extend(&self.pos);
         out
     }
@@ -130,11 +141,16 @@ impl Head {
             ],
             HeadInit::Bert => [Draw::Normal(std), Draw::Normal(std), Draw::Zero],
         };
-        // The draws' order (POS embedding, weight, bias) is part of what a seed gives.
+        // The draws' order (POS embedding, weight, bias, then the CRF's as pytorch-crf draws them:
+        // U(−0.1, 0.1)) is part of what a seed gives.
+        let crf = self.crf.as_ref();
         let draws = [
             (self.pos.as_ref(), pos),
             (Some(&self.classifier.weight), weight),
             (Some(&self.classifier.bias), bias),
+            (crf.map(|c| &c.start), Draw::Uniform(0.1)),
+            (crf.map(|c| &c.end), Draw::Uniform(0.1)),
+            (crf.map(|c| &c.transitions), Draw::Uniform(0.1)),
         ];
         for (param, draw) in draws {
             let Some(var) = param.and_then(|p| params.get(&p.name)) else {

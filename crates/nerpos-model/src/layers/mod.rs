@@ -6,6 +6,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod bert_layer;
+pub mod crf;
 pub(crate) mod embeddings;
 pub(crate) mod feed_forward;
 pub(crate) mod head;
