@@ -21,6 +21,7 @@
 #          --data DIR        a nerpos-prep dataset   --model DIR   a checkpoint (train step)
 #          --bin DIR         the CUDA binaries (checkout default: target/cuda/bin)
 #          --epochs N, --train-sentences N   the train step's job (default 3 epochs, all sentences)
+#          --grid-sentences N   each grid point's training sentences (default 4000)
 #
 # Steps, most important first:
 #   kernels      every fused CUDA kernel against its CPU kernel, launches blocking (a fault names its
@@ -40,7 +41,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-bundle="" out="" torch=1 data="" model="" bin="" epochs=3 train_sentences=0 budget=480 only=()
+bundle="" out="" torch=1 data="" model="" bin="" epochs=3 train_sentences=0 grid_sentences=4000 budget=480 only=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --bundle) bundle=$2; shift ;;
@@ -52,8 +53,9 @@ while [[ $# -gt 0 ]]; do
     --bin) bin=$2; shift ;;
     --epochs) epochs=$2; shift ;;
     --train-sentences) train_sentences=$2; shift ;;
+    --grid-sentences) grid_sentences=$2; shift ;;
     --only) only+=("$2"); shift ;;
-    -h|--help) sed -n '2,37p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -279,7 +281,7 @@ precision = "bf16"
 gpu_kernels = true
 batch_size = 32
 epochs = 1
-train_sentences = 4000
+train_sentences = $grid_sentences
 eval_sentences = 1000
 lr = 1e-4
 warmup_ratio = 0.1
@@ -297,7 +299,7 @@ TOML
     t0=$SECONDS
     no_results=1 NERPOS_TRAIN=$trainer run "grid-k$k" 150 40 "$bin/nerpos-launch" grid \
       --config "$work/grid.toml" --gpus 1 --runs-per-gpu "$k" &&
-      record grid "grid-k$k" "$k" 4 "$((SECONDS - t0))"
+      record grid "grid-k$k" "$k" 4 "$((SECONDS - t0))" "$grid_sentences"
     rm -rf "$work"
   done
 fi

@@ -10,7 +10,7 @@ writes the summary table (table.md) from it.
       sanitizer STEP LOG              compute-sanitizer's error count
       train-nerpos STEP RUN EPOCHS    a nerpos-train job's summary (its run folder)
       train-torch STEP LOG EPOCHS     the PyTorch reference job's summary (its last line)
-      grid STEP K POINTS SECONDS      a grid of POINTS points run K at a time on one GPU
+      grid STEP K POINTS SECONDS [SENTENCES]  a grid of POINTS points run K at a time on one GPU
 Standard library only: it runs on the GPU machine's Python.
 """
 import json
@@ -105,7 +105,9 @@ def record(results, kind, step, *args):
             out.append({"check": "sanitizer", "step": step, "errors": errors, "pass": errors == 0})
     elif kind == "grid":
         k, points, secs = int(args[0]), int(args[1]), float(args[2])
+        sentences = int(args[3]) if len(args) > 3 else None
         out.append({"check": "grid", "step": step, "runs_per_gpu": k, "points": points, "seconds": secs,
+                    "train_sentences": sentences,
                     "points_per_hour": 3600 * points / max(secs, 1e-9)})
     elif kind in ("train-nerpos", "train-torch"):
         r = (train_nerpos if kind == "train-nerpos" else train_torch)(step, args[0], int(args[1]))
@@ -216,7 +218,9 @@ def grid(rows):
     gr = [r for r in rows if r.get("check") == "grid"]
     if not gr:
         return []
-    out = ["", "| grid points sharing the GPU (4 MiniLM points: 4,000 sentences, 1 epoch) | seconds | points per hour | vs one at a time |",
+    n = gr[0].get("train_sentences")
+    what = f"{gr[0]['points']} MiniLM points: {n:,} sentences, 1 epoch" if n else f"{gr[0]['points']} MiniLM points, 1 epoch"
+    out = ["", f"| grid points sharing the GPU ({what}) | seconds | points per hour | vs one at a time |",
            "| --- | --- | --- | --- |"]
     one = next((r for r in gr if r["runs_per_gpu"] == 1), None)
     for r in gr:
