@@ -5,7 +5,7 @@
 # docs/gpu.md explains the steps and how to read the results.
 #
 #   launch/gpu-check.sh --bundle DIR   (here, after launch/build-cuda.sh) pack the binaries, the PyTorch
-#                                      references, compute-sanitizer and a prepared dataset into DIR
+#                                      references and a prepared dataset into DIR
 #                                      (< 60 MB; no network needed on the GPU machine)
 #   DIR/gpu-check.sh [options]         (on the GPU machine) run the check from the bundle
 #   launch/gpu-check.sh [options]      run it from a checkout
@@ -16,7 +16,7 @@
 #          --out DIR         results (default ./gpu-check-results): results.jsonl appended as each step
 #                            ends, table.md rewritten after each step, logs/STEP.log
 #          --only STEP       only these steps (repeatable): kernels sanitizer correctness base minilm
-#                            profile nccl train grid
+#                            profile kernel-times nccl train grid
 #          --no-torch        skip the PyTorch references
 #          --data DIR        a nerpos-prep dataset   --model DIR   a checkpoint (train step)
 #          --bin DIR         the CUDA binaries (checkout default: target/cuda/bin)
@@ -26,13 +26,14 @@
 # Steps, most important first:
 #   kernels      every fused CUDA kernel against its CPU kernel, launches blocking (a fault names its
 #                kernel: CUDA_LAUNCH_BLOCKING=1)
-#   sanitizer    the same on small cases under compute-sanitizer memcheck and racecheck (bundled from
-#                PyPI's nvidia-cuda-sanitizer-api; skipped when absent)
+#   sanitizer    the same on small cases under compute-sanitizer memcheck and racecheck (the GPU
+#                machine's own; skipped when absent)
 #   correctness  30 training steps on the GPU against the CPU, without and with the fused kernels
 #   base         BERT-base bf16 at 16,384 real tokens a step, without and with the kernels, and PyTorch
 #                AMP on the same batches (MFU)
 #   minilm       MiniLM, batch 32, bf16: the same three
 #   profile      where the GPU time goes (phases synchronised): both shapes with the kernels
+#   kernel-times which kernels it goes to: Nsight Compute's durations for BERT-base (where ncu is)
 #   nccl         NCCL on this GPU (world 1: the library loads, an all-reduce is right)
 #   train        a whole GMB job (bf16 + kernels) and PyTorch's on the same data and start
 #   grid         small-model grid points per hour with K = 1, 2, 4 points sharing the GPU
@@ -55,7 +56,7 @@ while [[ $# -gt 0 ]]; do
     --train-sentences) train_sentences=$2; shift ;;
     --grid-sentences) grid_sentences=$2; shift ;;
     --only) only+=("$2"); shift ;;
-    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -66,17 +67,16 @@ started=$SECONDS
 # ---- where things are: a bundle (bin/ beside this script) or a checkout (launch/ inside it)
 if [[ -f $here/bundle.json ]]; then
   bin=${bin:-$here/bin} bench=$here/bench reference=$here/reference
-  data=${data:-$here/data/gmb} model=${model:-$here/model} sanitizer_dir=$here/sanitizer
+  data=${data:-$here/data/gmb} model=${model:-$here/model}
 else
   root=$(cd "$here/.." && pwd)
   bin=${bin:-$root/target/cuda/bin} bench=$root/tests/bench reference=$root/tests/reference
   data=${data:-$root/datasets/gmb-minilm} model=${model:-$root/data/models/all-MiniLM-L6-v2}
-  sanitizer_dir=${NERPOS_SANITIZER_DIR:-$root/.cuda-sanitizer}
 fi
 python=${PYTHON:-python3}
 
 if [[ -n $bundle ]]; then
-  exec "$here/gpu-bundle.sh" "$bundle" "$bin" "$data" "$model" "$sanitizer_dir"
+  exec "$here/gpu-bundle.sh" "$bundle" "$bin" "$data" "$model"
 fi
 
 # ---- unpack what travels compressed (xz, else Python's lzma)
@@ -90,9 +90,6 @@ unpack() {
 for packed in "$bin"/*.bin.xz; do
   [[ -e $packed ]] && unpack "$packed" && chmod +x "${packed%.xz}"
 done
-if [[ -f $sanitizer_dir.tar.xz && ! -d $sanitizer_dir ]]; then
-  unpack "$sanitizer_dir.tar.xz" && mkdir -p "$sanitizer_dir" && tar -xf "$sanitizer_dir.tar" -C "$sanitizer_dir" && rm -f "$sanitizer_dir.tar"
-fi
 
 out=${out:-$PWD/gpu-check-results}
 mkdir -p "$out/logs"
@@ -179,15 +176,21 @@ torch_speed() { # NAME SHAPE BATCHES
 want kernels && CUDA_LAUNCH_BLOCKING=1 run kernels 120 20 "$gb" kernels
 
 if want sanitizer; then
-  cs=$sanitizer_dir/nvidia/cu13/bin/compute-sanitizer
-  if [[ -x $cs ]]; then
+  # The machine's own compute-sanitizer (the CUDA toolkit's: PyPI's lacks the launcher it needs).
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+    /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+  if [[ -n $cs && -x $cs ]]; then
+    # The binary itself under the sanitizer, its libraries found as its wrapper finds them: run
+    # through the wrapper, the sanitizer took the wrapper's helper processes for the application
+    # and stopped ("terminated before first instrumented API call", the 2026-12-04 visit).
+    libs=$(source "$bin/cuda-env.sh" && echo "${LD_LIBRARY_PATH:-}")
     for tool in memcheck racecheck; do
-      no_results=1 LD_LIBRARY_PATH=$sanitizer_dir/nvidia/cu13/lib:${LD_LIBRARY_PATH:-} \
-        run "sanitizer-$tool" 150 40 "$cs" --tool "$tool" --error-exitcode 3 "$gb" kernels --small
+      no_results=1 LD_LIBRARY_PATH=$libs run "sanitizer-$tool" 90 40 "$cs" --tool "$tool" \
+        --target-processes all --error-exitcode 3 "$gb.bin" kernels --small
       record sanitizer "sanitizer-$tool" "$out/logs/sanitizer-$tool.log"
     done
   else
-    record skipped sanitizer "no compute-sanitizer in the bundle ($cs)"
+    record skipped sanitizer "no compute-sanitizer on this machine (the CUDA toolkit's)"
   fi
 fi
 
@@ -212,6 +215,23 @@ done
 if want profile; then
   speed profile-minilm 90 minilm bf16 --batch 32 --grouped --gpu-kernels --profile
   speed profile-base 90 base bf16 --batch 0 --batch-tokens 16384 --gpu-kernels --profile
+fi
+
+# 5b. Which kernels a BERT-base step's GPU time goes to: Nsight Compute's duration of every launch
+# (clocks left alone), where the machine has ncu. The sums cover the run's two steps (warm-up and one
+# timed) and its set-up, divided by two.
+if want kernel-times; then
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [[ -n $ncu && -x $ncu ]]; then
+    libs=$(source "$bin/cuda-env.sh" && echo "${LD_LIBRARY_PATH:-}")
+    no_results=1 LD_LIBRARY_PATH=$libs run kernel-times 120 40 "$ncu" --clock-control none \
+      --metrics gpu__time_duration.sum --csv --log-file "$out/logs/kernel-times.csv" --target-processes all \
+      "$gb.bin" speed --data "$data" --shape base --precision bf16 --batch 0 --batch-tokens 16384 \
+      --steps 1 --warmup 1 --gpu-kernels
+    record kernel-times kernel-times "$out/logs/kernel-times.csv" 2
+  else
+    record skipped kernel-times "no ncu (Nsight Compute) on this machine"
+  fi
 fi
 
 if want nccl; then

@@ -11,8 +11,10 @@ writes the summary table (table.md) from it.
       train-nerpos STEP RUN EPOCHS    a nerpos-train job's summary (its run folder)
       train-torch STEP LOG EPOCHS     the PyTorch reference job's summary (its last line)
       grid STEP K POINTS SECONDS [SENTENCES]  a grid of POINTS points run K at a time on one GPU
+      kernel-times STEP CSV STEPS     Nsight Compute's kernel durations (ncu --csv), per kernel and step
 Standard library only: it runs on the GPU machine's Python.
 """
+import csv
 import json
 import os
 import re
@@ -77,6 +79,30 @@ def train_torch(step, log, epochs):
             "train_step_s": r["train_step_seconds"], "sentences_per_s": r["sentences_per_s"]}
 
 
+UNITS = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+
+
+def kernel_times(step, log, steps):
+    """Nsight Compute's per-launch durations (--csv --log-file), summed per kernel, per step."""
+    lines = open(log, errors="replace").read().splitlines() if os.path.exists(log) else []
+    start = next((i for i, l in enumerate(lines) if l.startswith('"ID"')), None)
+    if start is None:
+        return None
+    per = {}
+    for r in csv.DictReader(lines[start:]):
+        if r.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        name = re.sub(r"\(.*", "", r.get("Kernel Name") or r.get("Function Name") or "?")
+        ms = float(r["Metric Value"].replace(",", "")) * UNITS.get(r.get("Metric Unit"), 1e-6)
+        n, t = per.get(name, (0, 0.0))
+        per[name] = (n + 1, t + ms)
+    total = sum(t for _, t in per.values())
+    top = sorted(per.items(), key=lambda kv: -kv[1][1])
+    return {"check": "kernel-times", "step": step, "steps": steps, "total_ms_per_step": total / steps,
+            "kernels": [{"name": k, "launches_per_step": n / steps, "ms_per_step": t / steps}
+                        for k, (n, t) in top]}
+
+
 def record(results, kind, step, *args):
     out = []
     if kind == "lines":
@@ -109,6 +135,10 @@ def record(results, kind, step, *args):
         out.append({"check": "grid", "step": step, "runs_per_gpu": k, "points": points, "seconds": secs,
                     "train_sentences": sentences,
                     "points_per_hour": 3600 * points / max(secs, 1e-9)})
+    elif kind == "kernel-times":
+        r = kernel_times(step, args[0], int(args[1]))
+        out.append(r or {"check": "failed", "step": step, "exit": 0, "seconds": 0, "timed_out": False,
+                         "error": "no kernel durations in " + args[0], "tail": tail(args[0])})
     elif kind in ("train-nerpos", "train-torch"):
         r = (train_nerpos if kind == "train-nerpos" else train_torch)(step, args[0], int(args[1]))
         if r:
@@ -120,13 +150,20 @@ def record(results, kind, step, *args):
             f.write(json.dumps(r) + "\n")
 
 
+def share_of_tolerance(err, tol):
+    """How much of its tolerance a check used; an exact check (tolerance 0) uses none or all of it."""
+    if tol > 0:
+        return err / tol
+    return 0.0 if err == 0 else float("inf")
+
+
 def checks(rows):
     out = ["| check | result | detail |", "| --- | --- | --- |"]
     kern = [r for r in rows if r.get("check") == "kernel"]
     for dtype in sorted({r["dtype"] for r in kern}):
         mine = [r for r in kern if r["dtype"] == dtype]
         bad = [r["kernel"] for r in mine if not r["pass"]]
-        worst = max(mine, key=lambda r: r["max_rel_err"] / r["tolerance"])
+        worst = max(mine, key=lambda r: share_of_tolerance(r["max_rel_err"], r["tolerance"]))
         out.append(f"| fused CUDA kernels vs CPU ({dtype}), launches blocking | {'PASS' if not bad else 'FAIL'} | "
                    f"{len(mine)} checks; {'failed: ' + ', '.join(bad) + '; ' if bad else ''}closest to its "
                    f"tolerance: {worst['kernel']} {worst['max_rel_err']:.1e} (≤ {worst['tolerance']:.0e}) |")
@@ -229,11 +266,29 @@ def grid(rows):
     return out
 
 
+def kernel_table(rows, top=20):
+    out = []
+    for r in (r for r in rows if r.get("check") == "kernel-times"):
+        total = r["total_ms_per_step"]
+        out += ["", f"| kernel ({r['step']}: Nsight Compute, sums over {r['steps']} steps and set-up, per step; "
+                    f"{total:.1f} ms of kernels a step) | launches/step | ms/step | share |",
+                "| --- | --- | --- | --- |"]
+        for k in r["kernels"][:top]:
+            out.append(f"| `{k['name'][:70]}` | {k['launches_per_step']:.1f} | {k['ms_per_step']:.2f} | "
+                       f"{100 * k['ms_per_step'] / max(total, 1e-9):.1f} % |")
+        rest = r["kernels"][top:]
+        if rest:
+            ms = sum(k["ms_per_step"] for k in rest)
+            out.append(f"| {len(rest)} other kernels | {sum(k['launches_per_step'] for k in rest):.1f} | "
+                       f"{ms:.2f} | {100 * ms / max(total, 1e-9):.1f} % |")
+    return out
+
+
 def table(results, path):
     rows = [json.loads(l) for l in open(results) if l.strip()]
     m = next((r for r in rows if r.get("check") == "machine"), {})
     out = [f"GPU: {m.get('gpu')}, driver {m.get('driver')}, CUDA {m.get('cuda')}, {m.get('date')}; budget {m.get('budget_s')} s", ""]
-    out += checks(rows) + speed(rows) + profile(rows) + train(rows) + grid(rows)
+    out += checks(rows) + speed(rows) + profile(rows) + kernel_table(rows) + train(rows) + grid(rows)
     text = "\n".join(out) + "\n"
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

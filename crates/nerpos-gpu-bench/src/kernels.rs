@@ -10,6 +10,7 @@ use nerpos_kernels::dropout::{Masker, Noise, Rows, Site};
 use nerpos_kernels::ops::attention::{self, Attention, AttentionCache, Heads};
 use nerpos_kernels::ops::column_sum::ColumnSum;
 use nerpos_kernels::ops::cross_entropy::CrossEntropy;
+use nerpos_kernels::ops::embedding::EmbeddingGrad;
 use nerpos_kernels::ops::gelu::BiasGelu;
 use nerpos_kernels::ops::layer_norm::LayerNorm;
 use nerpos_kernels::ops::residual::BiasDropoutResidual;
@@ -119,6 +120,7 @@ pub fn run(device: &Device, small: bool) -> anyhow::Result<Vec<KernelCheck>> {
         };
         rows_and_columns(&mut c)?;
         residual_and_loss(&mut c)?;
+        embedding_gradients(&mut c)?;
         attention_kernels(&mut c)?;
         out.append(&mut c.out);
     }
@@ -168,6 +170,29 @@ fn rows_and_columns(c: &mut Checker) -> anyhow::Result<()> {
 
 /// Bias + dropout + residual with the same keep pattern as a device mask (scaled, the dtype) and as
 /// CPU bytes, its backward, and the cross-entropy (its loss left on the device until read, here once).
+/// Embedding-table gradients: a vocabulary's used rows (a few ids repeated, as [CLS] is) and a dense
+/// table with unused rows.
+fn embedding_gradients(c: &mut Checker) -> anyhow::Result<()> {
+    let mut r = SmallRng::seed_from_u64(17);
+    let (n, h, table) = (c.rows(), 384, 512);
+    let ids: Vec<u32> = (0..n)
+        .map(|i| {
+            if i % 8 == 0 {
+                101
+            } else {
+                r.random_range(0..400)
+            }
+        })
+        .collect();
+    let (dg, dc) = c.put(&random(&mut r, n * h, 1.0), &[n, h])?;
+    let (_, rows) = EmbeddingGrad::rows(GPU, &ids, &dg)?;
+    let (_, rrows) = EmbeddingGrad::rows(CPU, &ids, &dc)?;
+    c.record("segment_sum used rows", &rows, &rrows, 1e-5)?;
+    let dense = EmbeddingGrad::dense(GPU, &ids, &dg, table)?;
+    let rdense = EmbeddingGrad::dense(CPU, &ids, &dc, table)?;
+    c.record("segment_sum dense table", &dense, &rdense, 1e-5)
+}
+
 fn residual_and_loss(c: &mut Checker) -> anyhow::Result<()> {
     let mut r = SmallRng::seed_from_u64(13);
     let (rows, h) = (c.rows(), 384);

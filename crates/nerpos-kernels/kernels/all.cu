@@ -9,3 +9,4 @@
 #include "dropout_masks.cu"
 #include "adamw.cu"
 #include "multi_tensor.cu"
+#include "embedding.cu"

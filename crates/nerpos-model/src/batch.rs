@@ -113,15 +113,18 @@ impl PackedBatch {
                 self.rows()
             )));
         }
+        let positions = self.positions();
         let inputs = Inputs {
             input_ids: Tensor::from_vec(self.input_ids.clone(), self.tokens(), device)?,
-            positions: Tensor::from_vec(self.positions(), self.tokens(), device)?,
+            positions: Tensor::from_slice(&positions, self.tokens(), device)?,
             rows: RowSpans::new(self.lengths()),
             head: Tensor::from_vec(self.head.clone(), self.head.len(), device)?,
-            head_pos_ids: Tensor::from_vec(head_pos, self.head.len(), device)?,
+            head_pos_ids: Tensor::from_slice(&head_pos, self.head.len(), device)?,
             host: HostIndex {
                 input_ids: self.input_ids.clone(),
+                positions,
                 head: self.head.clone(),
+                head_pos_ids: head_pos,
                 sentences: self.sentences.clone(),
             },
         };
@@ -158,8 +161,12 @@ pub struct Inputs {
 pub struct HostIndex {
     /// `[N]` sub-word ids (the rows of the word-embedding gradient).
     pub input_ids: Vec<u32>,
+    /// `[N]` each token's position in its row.
+    pub positions: Vec<u32>,
     /// `[M]` head positions.
     pub head: Vec<u32>,
+    /// `[M]` POS ids at the head positions.
+    pub head_pos_ids: Vec<u32>,
     /// `[B]` each row's sentence identity.
     pub sentences: Vec<u64>,
 }

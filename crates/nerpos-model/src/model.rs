@@ -201,7 +201,7 @@ impl BertNerPos {
         if self.layers.is_empty() {
             // Head positions are distinct: summing into zeros places each row.
             let n = inputs.rows.tokens();
-            dx = EmbeddingGrad::dense(self.kernels, &inputs.head, &dx, n)?;
+            dx = EmbeddingGrad::dense(self.kernels, &inputs.host.head, &dx, n)?;
         }
         for (layer, cache) in self.layers.iter().zip(caches.layers).rev() {
             dx = layer.backward(&pass, cache, &dx, &mut sink)?;

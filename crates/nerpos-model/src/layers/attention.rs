@@ -161,7 +161,7 @@ impl SelfAttention {
         let (dcontext, dz) = if c.only_head {
             // Back to all tokens: the head positions' rows, zero elsewhere.
             let _t = scope("fwd/bwd: head");
-            let (head, n) = (&pass.inputs.head, pass.inputs.rows.tokens());
+            let (head, n) = (&pass.inputs.host.head, pass.inputs.rows.tokens());
             (
                 EmbeddingGrad::dense(k, head, &dcontext, n)?,
                 EmbeddingGrad::dense(k, head, &dz, n)?,

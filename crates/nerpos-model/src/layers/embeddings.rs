@@ -89,7 +89,7 @@ impl Embeddings {
         let (positions, _) = self.position.tensor.dims2()?;
         sink.dense(
             &self.position,
-            EmbeddingGrad::dense(k, &x.positions, &dsummed, positions)?,
+            EmbeddingGrad::dense(k, &x.host.positions, &dsummed, positions)?,
         )?;
         // Every token has type 0: its row gets the column sums, the other rows nothing.
         let (types, _) = self.token_type.tensor.dims2()?;

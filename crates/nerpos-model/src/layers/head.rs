@@ -104,7 +104,7 @@ impl Head {
         if let Some(e) = &self.pos {
             let (rows, dim) = e.tensor.dims2()?;
             let dpos = dfeat.narrow(1, self.hidden, dim)?.contiguous()?;
-            let ids = &pass.inputs.head_pos_ids;
+            let ids = &pass.inputs.host.head_pos_ids;
             sink.dense(e, EmbeddingGrad::dense(k, ids, &dpos, rows)?)?;
         }
         Ok(dfeat.narrow(1, 0, self.hidden)?.contiguous()?)
