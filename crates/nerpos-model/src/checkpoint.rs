@@ -58,6 +58,10 @@ pub struct NerposMeta {
     /// (`crf.transitions`, `crf.start`, `crf.end`), which Hugging Face's loaders of the encoder ignore.
     #[serde(default)]
     pub head: HeadKind,
+    /// The POS vocabulary is POS tags crossed with word shapes (`NNP|Aa`, `nerpos-prep --pos-shape`):
+    /// prediction crosses its input's tags alike.
+    #[serde(default)]
+    pub pos_shape: bool,
 }
 
 pub use nerpos_prep::LabelSubwords;

@@ -211,6 +211,19 @@ impl Tagger {
         })
     }
 
+    /// The POS id of word `k` of `s` (crossed with its shape when the model's POS vocabulary is;
+    /// unknown tags, and sentences without tags, get the unknown id).
+    fn pos_id(&self, s: &Sentence, k: usize) -> u32 {
+        let tag = if self.meta.pos_shape {
+            let pos = s.pos.get(k).map_or("", String::as_str);
+            Some(nerpos_prep::corpus::pos_with_shape(pos, &s.words[k]))
+        } else {
+            s.pos.get(k).cloned()
+        };
+        tag.and_then(|p| self.pos_ids.get(&p).copied())
+            .unwrap_or(self.meta.pos_unk_id)
+    }
+
     /// Predictions for every word of every sentence, in order; `overlap` words of context are
     /// repeated between the windows of long sentences.
     pub fn tag(
@@ -251,15 +264,7 @@ impl Tagger {
                     .map(|w| pieces.of(distinct[w.as_str()]))
                     .collect(),
                 labels: vec![0; n],
-                pos_ids: (0..n)
-                    .map(|k| {
-                        s.pos
-                            .get(k)
-                            .and_then(|p| self.pos_ids.get(p))
-                            .copied()
-                            .unwrap_or(self.meta.pos_unk_id)
-                    })
-                    .collect(),
+                pos_ids: (0..n).map(|k| self.pos_id(s, k)).collect(),
                 words: s.words.iter().map(String::as_str).collect(),
                 pos: vec![""; n],
                 tags: vec![""; n],

@@ -157,6 +157,46 @@ impl Interner {
     }
 }
 
+/// A word's shape, as an uncased tokenizer cannot see it: `Aa` (capitalised), `AA` (all capitals, two
+/// letters or more), `a` (no capital), `0` (a digit, no letter), `.` (neither).
+pub fn word_shape(word: &str) -> &'static str {
+    let mut chars = word.chars().filter(|c| c.is_alphanumeric());
+    let Some(first) = chars.next() else {
+        return ".";
+    };
+    let letters: Vec<char> = std::iter::once(first)
+        .chain(chars)
+        .filter(|c| c.is_alphabetic())
+        .collect();
+    match letters.first() {
+        None => "0",
+        Some(c) if !c.is_uppercase() => "a",
+        Some(_) if letters.len() > 1 && letters.iter().all(|c| c.is_uppercase()) => "AA",
+        Some(_) => "Aa",
+    }
+}
+
+/// The POS tag `pos` of `word` crossed with the word's shape (`NNP|Aa`): the vocabulary of
+/// `nerpos-prep --pos-shape`, which `nerpos-predict` applies to its input alike.
+pub fn pos_with_shape(pos: &str, word: &str) -> String {
+    format!("{pos}|{}", word_shape(word))
+}
+
+impl Corpus {
+    /// Every token's POS tag crossed with its word's shape ([`pos_with_shape`]); a corpus without
+    /// POS tags gets the shapes alone as its tags.
+    pub fn with_pos_shapes(mut self) -> Corpus {
+        let mut pos = Interner::default();
+        for t in &mut self.tokens {
+            let tag = pos_with_shape(self.pos.name(t.pos), self.words.name(t.word));
+            t.pos = pos.intern(&tag);
+        }
+        self.pos = pos;
+        self.has_pos = true;
+        self
+    }
+}
+
 /// One token: ids into the corpus' interners.
 #[derive(Debug, Clone, Copy)]
 pub struct Token {
@@ -663,5 +703,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("no sentences"), "{msg}");
+    }
+
+    #[test]
+    fn shapes_cross_the_pos_tags() {
+        for (word, shape) in [
+            ("London", "Aa"),
+            ("NATO", "AA"),
+            ("U.S.", "AA"),
+            ("I", "Aa"),
+            ("iPhone", "a"),
+            ("talks", "a"),
+            ("1990s", "a"),
+            ("2,000", "0"),
+            (",", "."),
+            ("Émile", "Aa"),
+        ] {
+            assert_eq!(word_shape(word), shape, "{word}");
+        }
+        let cols = ConllColumns {
+            word: 0,
+            pos: Some(1),
+            tag: 2,
+        };
+        let text = "Paris NNP B-geo\nis VBZ O\n";
+        let c = read_conll(Path::new("c"), text, Detected::Utf8, cols)
+            .unwrap()
+            .with_pos_shapes();
+        let tags: Vec<&str> = c.tokens.iter().map(|t| c.pos.name(t.pos)).collect();
+        assert_eq!(tags, ["NNP|Aa", "VBZ|a"]);
+        assert_eq!(pos_with_shape("", "UN"), "|AA");
     }
 }

@@ -72,6 +72,10 @@ struct PrepareArgs {
     /// Entity types to map to O, e.g. art,eve,nat.
     #[arg(long, value_delimiter = ',', value_name = "TYPES")]
     drop_types: Vec<String>,
+    /// Cross each POS tag with its word's shape (NNP|Aa, NN|a, CD|0, ...): casing an uncased
+    /// checkpoint cannot see, fed to the model through the POS embedding.
+    #[arg(long)]
+    pos_shape: bool,
     /// Label vocabulary, one per line, in id order (default: the corpus' labels, sorted).
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
@@ -136,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             opts.scheme = if a.iob1 { Scheme::Iob1 } else { a.scheme };
             opts.drop_types = a.drop_types.into_iter().filter(|t| !t.is_empty()).collect();
+            opts.pos_shape = a.pos_shape;
             opts.labels_file = a.labels;
             opts.max_len = a.max_len;
             opts.window_overlap = a.window_overlap;

@@ -120,6 +120,9 @@ pub struct Options {
     #[serde(default)]
     pub scheme: crate::tags::Scheme,
     pub drop_types: Vec<String>,
+    /// POS tags crossed with their word's shape (`--pos-shape`).
+    #[serde(default)]
+    pub pos_shape: bool,
     /// Train/dev/test fractions of a corpus split at random; none for a pre-split corpus.
     pub split: Option<[f64; 3]>,
     pub seed: u64,

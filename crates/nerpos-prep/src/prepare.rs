@@ -60,6 +60,8 @@ pub struct PrepareOptions {
     /// The input's tag scheme (converted to IOB2).
     pub scheme: Scheme,
     pub drop_types: Vec<String>,
+    /// Cross each POS tag with its word's shape (`NNP|Aa`): casing for an uncased checkpoint.
+    pub pos_shape: bool,
     pub labels_file: Option<PathBuf>,
     pub max_len: usize,
     pub window_overlap: usize,
@@ -82,6 +84,7 @@ impl PrepareOptions {
             out,
             scheme: Scheme::Iob2,
             drop_types: Vec::new(),
+            pos_shape: false,
             labels_file: None,
             max_len: 128,
             window_overlap: 0,
@@ -133,6 +136,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         files,
         parts,
     } = read_files(opts)?;
+    let corpus = if opts.pos_shape {
+        corpus.with_pos_shapes()
+    } else {
+        corpus
+    };
     debug!(secs = started.elapsed().as_secs_f32(), "read and parsed");
 
     check_drop_types(&corpus, &opts.drop_types)?;
@@ -282,6 +290,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             label_subwords: opts.label_subwords,
             scheme: opts.scheme,
             drop_types: opts.drop_types.clone(),
+            pos_shape: opts.pos_shape,
             split: matches!(opts.input, Input::One(_)).then_some(opts.split),
             seed: opts.seed,
             shard_rows: opts.shard_rows,

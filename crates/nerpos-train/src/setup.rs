@@ -174,6 +174,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         max_len: m.options.max_len,
         dropout: cfg.dropout,
         label_subwords: m.options.label_subwords,
+        pos_shape: m.options.pos_shape,
         tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
         head: if model.config.head.crf.is_some() {
             nerpos_model::HeadKind::Crf
