@@ -161,6 +161,8 @@ run() {
 }
 
 gb=$bin/nerpos-gpu-bench
+# The libraries the binaries' wrappers find, for tools that run a .bin directly (sanitizer, ncu).
+libs=$(source "$bin/cuda-env.sh" && echo "${LD_LIBRARY_PATH:-}")
 speed() { # NAME CAP SHAPE PRECISION BATCH-ARGS... [--gpu-kernels] [--profile]
   local name=$1 cap=$2 shape=$3 p=$4; shift 4
   run "$name" "$cap" 30 "$gb" speed --data "$data" --shape "$shape" --precision "$p" --steps 10 --warmup 3 \
@@ -183,7 +185,6 @@ if want sanitizer; then
     # The binary itself under the sanitizer, its libraries found as its wrapper finds them: run
     # through the wrapper, the sanitizer took the wrapper's helper processes for the application
     # and stopped ("terminated before first instrumented API call", the 2026-12-04 visit).
-    libs=$(source "$bin/cuda-env.sh" && echo "${LD_LIBRARY_PATH:-}")
     for tool in memcheck racecheck; do
       no_results=1 LD_LIBRARY_PATH=$libs run "sanitizer-$tool" 90 40 "$cs" --tool "$tool" \
         --target-processes all --error-exitcode 3 "$gb.bin" kernels --small
@@ -223,7 +224,6 @@ fi
 if want kernel-times; then
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [[ -n $ncu && -x $ncu ]]; then
-    libs=$(source "$bin/cuda-env.sh" && echo "${LD_LIBRARY_PATH:-}")
     no_results=1 LD_LIBRARY_PATH=$libs run kernel-times 120 40 "$ncu" --clock-control none \
       --metrics gpu__time_duration.sum --csv --log-file "$out/logs/kernel-times.csv" --target-processes all \
       "$gb.bin" speed --data "$data" --shape base --precision bf16 --batch 0 --batch-tokens 16384 \
