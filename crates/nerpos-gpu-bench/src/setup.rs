@@ -52,6 +52,7 @@ pub fn shape_config(
             use_pos: true,
             dropout: if dropout { 0.2 } else { 0.0 },
             crf: None,
+            pos_tagger: None,
         },
     })
 }

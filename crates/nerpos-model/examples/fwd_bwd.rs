@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         use_pos: true,
         dropout: 0.2,
         crf: None,
+        pos_tagger: None,
     };
     let (model, _) = BertNerPos::from_pretrained(&dir, head, None, (HeadInit::default(), 1), &dev)?;
     let vocab = model.config.bert.vocab_size as u32;

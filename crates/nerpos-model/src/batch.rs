@@ -25,6 +25,9 @@ pub struct PackedBatch {
     pub head: Vec<u32>,
     /// The label of each head position (training); empty for prediction.
     pub labels: Vec<u32>,
+    /// The corpus's POS id at each head position, before any POS dropout (training: the POS tagger's
+    /// targets); empty when not given.
+    pub pos_targets: Vec<u32>,
     /// Each row's sentence: its identity in the run (the row's index in the training data), which
     /// keys its dropout masks ([`crate::dropout`]): `[B]`.
     pub sentences: Vec<u64>,
@@ -128,12 +131,23 @@ impl PackedBatch {
                 sentences: self.sentences.clone(),
             },
         };
+        if !self.pos_targets.is_empty() && self.pos_targets.len() != self.head.len() {
+            return Err(ModelError::Internal(format!(
+                "a packed batch has {} POS targets for {} head positions",
+                self.pos_targets.len(),
+                self.head.len()
+            )));
+        }
         let targets = (!self.labels.is_empty())
             .then(|| {
+                let pos = (!self.pos_targets.is_empty())
+                    .then(|| Tensor::from_slice(&self.pos_targets, self.head.len(), device))
+                    .transpose()?;
                 Ok::<_, ModelError>(Targets {
                     labels: Tensor::from_vec(self.labels.clone(), self.labels.len(), device)?,
                     count: self.labels.len(),
                     host: self.labels.clone(),
+                    pos,
                 })
             })
             .transpose()?;
@@ -202,6 +216,8 @@ pub struct Targets {
     pub count: usize,
     /// The labels on the host (the CRF's loss runs there).
     pub host: Vec<u32>,
+    /// `[M]` u32 the corpus's POS ids (the POS tagger's targets), when the batch carries them.
+    pub pos: Option<Tensor>,
 }
 
 #[cfg(test)]

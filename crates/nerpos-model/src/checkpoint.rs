@@ -16,7 +16,10 @@ use tracing::{debug, info};
 use crate::config::{BertConfig, HeadConfig, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::crf::{CRF_END, CRF_START, CRF_TRANSITIONS};
-use crate::model::{BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING};
+use crate::model::{
+    BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING, POS_TAGGER_BIAS,
+    POS_TAGGER_WEIGHT,
+};
 
 pub const NERPOS_JSON: &str = "nerpos.json";
 pub const WEIGHTS: &str = "model.safetensors";
@@ -62,6 +65,10 @@ pub struct NerposMeta {
     /// prediction crosses its input's tags alike.
     #[serde(default)]
     pub pos_shape: bool,
+    /// The weight of the POS tagger's loss in training, when the model has one (`pos_tagger.*`
+    /// weights): prediction tags POS itself when its input has no POS tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_tagger: Option<f64>,
 }
 
 pub use nerpos_prep::LabelSubwords;
@@ -75,6 +82,7 @@ impl NerposMeta {
             use_pos: self.use_pos,
             dropout: self.dropout,
             crf: (self.head == HeadKind::Crf).then(|| self.labels.clone()),
+            pos_tagger: self.pos_tagger,
         }
     }
 
@@ -189,6 +197,8 @@ impl BertNerPos {
         let (path, tensors) = read_weights(dir)?;
         let head_keys = [
             POS_EMBEDDING,
+            POS_TAGGER_WEIGHT,
+            POS_TAGGER_BIAS,
             CLASSIFIER_WEIGHT,
             CLASSIFIER_BIAS,
             CRF_TRANSITIONS,

@@ -130,6 +130,11 @@ pub struct HeadConfig {
     /// transitions. `None`: the softmax head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crf: Option<Vec<String>>,
+    /// A POS tagger beside the NER head (a linear layer on the encoder's output at the head positions,
+    /// trained from the corpus's POS tags), with its loss weight: it supplies the POS ids when the
+    /// input has none. `None`: no POS tagger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_tagger: Option<f64>,
 }
 
 /// What turns the logits into labels: each position's softmax, or a CRF over each row.

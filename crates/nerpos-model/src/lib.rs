@@ -22,12 +22,12 @@ pub use batch::{HostIndex, Inputs, PackedBatch, Targets};
 pub use checkpoint::{Carried, LabelSubwords, NerposMeta};
 pub use config::{BertConfig, HeadConfig, HeadKind, ModelConfig};
 pub use error::{ModelError, Result};
-pub use model::{BertNerPos, HeadInit, StepOutput};
+pub use model::{BertNerPos, HeadInit, HeadOutput, PosSource, StepOutput};
 pub use nerpos_dist::Grad;
 pub use nerpos_kernels::dropout::Noise;
 pub use nerpos_kernels::{Deferred, Kernels, RowSpans};
 pub use params::{Param, Params, Role};
-pub use predict::{RowView, WordPrediction, predict_rows};
+pub use predict::{PredictOptions, RowView, WordPrediction, predict_rows};
 
 /// Makes the C allocator keep freed memory for reuse instead of returning it to the system.
 ///

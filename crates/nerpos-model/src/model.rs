@@ -23,7 +23,10 @@ use crate::profile::{scope, timed};
 use nerpos_dist::Grad;
 
 pub use crate::layers::embeddings::WORD_EMBEDDINGS;
-pub use crate::layers::head::{CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING};
+pub use crate::layers::head::{
+    CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, HeadOutput, POS_EMBEDDING, POS_TAGGER_BIAS,
+    POS_TAGGER_WEIGHT, PosSource,
+};
 
 pub struct BertNerPos {
     pub config: ModelConfig,
@@ -50,7 +53,7 @@ pub struct StepOutput {
 
 /// The forward pass's results and what backward needs.
 struct Forward {
-    logits: Tensor,
+    out: HeadOutput,
     caches: Option<Caches>,
 }
 
@@ -145,7 +148,19 @@ impl BertNerPos {
     /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
     /// a backward pass.
     pub fn eval_logits(&self, inputs: &Inputs) -> Result<Tensor> {
-        Ok(self.run_forward(&self.pass(inputs, None, false)?)?.logits)
+        Ok(self.eval(inputs, PosSource::Given)?.logits)
+    }
+
+    /// The head's outputs in evaluation mode, the POS embedding looking up the POS ids `source` says.
+    pub fn eval(&self, inputs: &Inputs, source: PosSource) -> Result<HeadOutput> {
+        Ok(self
+            .run_forward(&self.pass(inputs, None, false)?, source)?
+            .out)
+    }
+
+    /// Whether the model has a POS tagger (and so can tag input without POS tags).
+    pub fn has_pos_tagger(&self) -> bool {
+        self.head.pos_weight().is_some()
     }
 
     /// Forward and backward on one batch: dropout keyed by `noise` and the batch's sentences when
@@ -180,24 +195,33 @@ impl BertNerPos {
     ) -> Result<(Deferred, usize)> {
         let masks = noise.map(|n| inputs.masks(n)).transpose()?;
         let pass = self.pass(inputs, masks.as_ref(), true)?;
-        let fwd = self.run_forward(&pass)?;
+        let fwd = self.run_forward(&pass, PosSource::Given)?;
         let caches = fwd
             .caches
             .ok_or_else(|| ModelError::Internal("a training pass kept no caches".into()))?;
         let mut sink = Sink::new(&self.order, &mut sink);
-        let (loss_sum, dlogits) = match &self.head.crf {
+        let logits = &fwd.out.logits;
+        let (mut loss_sum, dlogits) = match &self.head.crf {
             None => timed("fwd/bwd: loss", || {
-                CrossEntropy::forward_backward(self.kernels, &fwd.logits, &targets.labels)
+                CrossEntropy::forward_backward(self.kernels, logits, &targets.labels)
             })?,
             Some(crf) => timed("fwd/bwd: CRF", || {
                 let segments = crf::segments(&inputs.host.head, &inputs.rows);
-                let (loss, d) = crf.loss(&fwd.logits, &targets.host, &segments, &mut sink)?;
+                let (loss, d) = crf.loss(logits, &targets.host, &segments, &mut sink)?;
                 Ok::<_, ModelError>((Deferred::Host(loss), d))
             })?,
         };
+        let dpos = match (&fwd.out.pos_logits, self.head.pos_weight()) {
+            (Some(z), Some(w)) => {
+                let (loss, d) = self.pos_loss(z, targets, w)?;
+                loss_sum = loss_sum.add(&loss)?;
+                Some(d)
+            }
+            _ => None,
+        };
         let mut dx = self
             .head
-            .backward(&pass, caches.head, &dlogits, &mut sink)?;
+            .backward(&pass, caches.head, &dlogits, dpos.as_ref(), &mut sink)?;
         if self.layers.is_empty() {
             // Head positions are distinct: summing into zeros places each row.
             let n = inputs.rows.tokens();
@@ -210,6 +234,19 @@ impl BertNerPos {
             .backward(&pass, caches.embeddings, &dx, &mut sink)?;
         sink.finish()?;
         Ok((loss_sum, targets.count))
+    }
+
+    /// The POS tagger's cross-entropy against the corpus's POS ids, times `weight`, and its gradient.
+    fn pos_loss(&self, z: &Tensor, targets: &Targets, weight: f64) -> Result<(Deferred, Tensor)> {
+        let Some(ids) = &targets.pos else {
+            return Err(ModelError::Internal(
+                "a model with a POS tagger got a batch without POS targets".into(),
+            ));
+        };
+        let (loss, d) = timed("fwd/bwd: loss", || {
+            CrossEntropy::forward_backward(self.kernels, z, ids)
+        })?;
+        Ok((loss.scale(weight)?, d.affine(weight, 0.0)?))
     }
 
     fn pass<'a>(
@@ -234,7 +271,7 @@ impl BertNerPos {
     }
 
     /// The forward pass: logits at the head positions and (when the pass keeps them) the caches.
-    fn run_forward(&self, pass: &Pass) -> Result<Forward> {
+    fn run_forward(&self, pass: &Pass, source: PosSource) -> Result<Forward> {
         let (mut x, embeddings) = self.embeddings.forward(pass)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         let last = self.layers.len().checked_sub(1);
@@ -250,12 +287,12 @@ impl BertNerPos {
             let _t = scope("fwd/bwd: head");
             x.index_select(&pass.inputs.head, 0)?
         };
-        let (logits, head) = self.head.forward(pass, at_head)?;
+        let (out, head) = self.head.forward(pass, at_head, source)?;
         let caches = pass.keep.then_some(Caches {
             embeddings,
             layers,
             head,
         });
-        Ok(Forward { logits, caches })
+        Ok(Forward { out, caches })
     }
 }

@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use crate::batch::PackedBatch;
 use crate::error::Result;
-use crate::model::BertNerPos;
+use crate::model::{BertNerPos, PosSource};
 
 /// One row (window) of sub-words, as a dataset or a tokenized input holds it.
 pub struct RowView<'a> {
@@ -42,6 +42,8 @@ pub struct WordPrediction {
     pub prob: f32,
     /// The first sub-word's logits, when asked for.
     pub logits: Option<Vec<f32>>,
+    /// The POS tagger's most likely POS id (a model with a POS tagger).
+    pub pos: Option<u32>,
 }
 
 impl RowView<'_> {
@@ -54,12 +56,21 @@ impl RowView<'_> {
     }
 }
 
+/// What a prediction returns and reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PredictOptions {
+    /// Keep each word's logits.
+    pub keep_logits: bool,
+    /// The rows' POS ids, or the model's POS tagger's (input without POS tags).
+    pub pos: PosSource,
+}
+
 /// Runs the model (evaluation mode) on `rows`, packed (no padding; the head runs only on each owned
 /// word's first sub-word), and returns the owned words' predictions of each row, in word order.
 pub fn predict_rows(
     model: &BertNerPos,
     rows: &[RowView],
-    keep_logits: bool,
+    opts: PredictOptions,
     device: &Device,
 ) -> Result<Vec<Vec<WordPrediction>>> {
     if rows.is_empty() {
@@ -83,26 +94,44 @@ pub fn predict_rows(
         return Ok(words.iter().map(|_| Vec::new()).collect());
     }
     let (inputs, _) = batch.to_device(device)?;
-    let logits = model
-        .eval_logits(&inputs)?
-        .to_dtype(candle_core::DType::F32)?;
-    let logits = nerpos_kernels::stats::to_host(&logits)?.to_vec2::<f32>()?;
+    let out = model.eval(&inputs, opts.pos)?;
+    let logits = to_host_f32(&out.logits)?.to_vec2::<f32>()?;
+    let pos: Option<Vec<u32>> = out
+        .pos_logits
+        .map(|z| Ok::<_, crate::error::ModelError>(to_host_f32(&z.argmax(1)?)?.to_vec1::<u32>()?))
+        .transpose()?;
     let crf = model.crf_scores()?;
     let mut at = logits.into_iter();
+    let mut pos_at = pos.into_iter().flatten();
     Ok(words
         .into_iter()
         .map(|ws| {
             let z: Vec<Vec<f32>> = at.by_ref().take(ws.len()).collect();
-            match &crf {
+            let mut preds = match &crf {
                 None => ws
                     .into_iter()
                     .zip(z)
-                    .map(|(word, z)| prediction(word, z, keep_logits))
+                    .map(|(word, z)| prediction(word, z, opts.keep_logits))
                     .collect(),
-                Some(scores) => decoded(scores, ws, z, keep_logits),
+                Some(scores) => decoded(scores, ws, z, opts.keep_logits),
+            };
+            for p in &mut preds {
+                p.pos = pos_at.next();
             }
+            preds
         })
         .collect())
+}
+
+/// `t` on the host, floats as f32 (ids stay u32).
+fn to_host_f32(t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    let t = match t.dtype() {
+        candle_core::DType::BF16 | candle_core::DType::F16 => {
+            t.to_dtype(candle_core::DType::F32)?
+        }
+        _ => t.clone(),
+    };
+    Ok(nerpos_kernels::stats::to_host(&t)?)
 }
 
 /// A row's words decoded by the CRF (Viterbi), each with its label's marginal probability.
@@ -125,6 +154,7 @@ fn decoded(
             label: path[t],
             prob: marginals[t * labels + path[t] as usize] as f32,
             logits: keep_logits.then_some(z),
+            pos: None,
         })
         .collect()
 }
@@ -141,5 +171,6 @@ fn prediction(word: u32, z: Vec<f32>, keep_logits: bool) -> WordPrediction {
         label: label as u32,
         prob: 1.0 / sum,
         logits: keep_logits.then_some(z),
+        pos: None,
     }
 }

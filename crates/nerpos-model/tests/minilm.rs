@@ -112,6 +112,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         use_pos: true,
         dropout: 0.0,
         crf: None,
+        pos_tagger: None,
     };
     let (model, _) = BertNerPos::from_pretrained(
         &minilm,
@@ -134,6 +135,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
     let head = nerpos_model::HeadConfig {
         dropout: 0.2,
         crf: None,
+        pos_tagger: None,
         ..model.config.head.clone()
     };
     let (model, _) =

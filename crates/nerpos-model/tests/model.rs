@@ -18,6 +18,7 @@ fn head() -> HeadConfig {
         use_pos: true,
         dropout: 0.2,
         crf: None,
+        pos_tagger: None,
     }
 }
 
@@ -255,6 +256,7 @@ fn drawn_head(init: HeadInit, seed: u64) -> HashMap<String, Vec<f32>> {
         use_pos: true,
         dropout: 0.2,
         crf: None,
+        pos_tagger: None,
     };
     let m = BertNerPos::new(nerpos_model::ModelConfig { bert, head }, &Device::Cpu).unwrap();
     m.init_head(init, seed).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use nerpos_model::BertNerPos;
 
 #[test]
@@ -38,4 +38,122 @@ fn packed_equals_padded_and_rows_are_independent() {
     let d = common::dropout_composition_difference(&model, &reference.packed(true), noise);
     eprintln!("with dropout, rows alone and reordered vs packed: max relative difference {d:.2e}");
     assert!(d <= 1e-5, "{d}");
+}
+
+const TAGGER_WEIGHT: f64 = 0.7;
+
+/// The fixture's model with a POS tagger (weight 0.7) of random weights.
+fn tagger_model() -> (BertNerPos, common::Reference) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let (base, _) = BertNerPos::load(&dir.join("model"), &Device::Cpu).unwrap();
+    let mut config = base.config.clone();
+    config.head.pos_tagger = Some(TAGGER_WEIGHT);
+    let model = BertNerPos::new(config, &Device::Cpu).unwrap();
+    for (k, (name, var)) in model.params.iter().enumerate() {
+        let value = match base.params.get(name) {
+            Some(v) => v.as_tensor().clone(),
+            None => (Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu).unwrap()
+                * (1.0 + k as f64))
+                .unwrap(),
+        };
+        var.set(&value).unwrap();
+    }
+    let r = common::read_reference(&dir.join("expected.safetensors"));
+    (model, r)
+}
+
+/// The fixture's labelled batch with the POS tagger's targets (the POS ids at the head positions),
+/// and every third POS id replaced by `<unk>` when `dropped` (as POS dropout does).
+fn tagger_batch(r: &common::Reference, dropped: bool) -> nerpos_model::PackedBatch {
+    let mut batch = r.packed(true);
+    batch.pos_targets = batch
+        .head
+        .iter()
+        .map(|&p| batch.pos_ids[p as usize])
+        .collect();
+    if dropped {
+        batch.pos_ids.iter_mut().step_by(3).for_each(|p| *p = 1);
+    }
+    batch
+}
+
+/// The POS tagger (a linear layer on the encoder beside the NER head): the packed pass's loss (NER +
+/// weight × POS cross-entropy) and every gradient equal the autograd oracle's; the tagger's targets
+/// are the POS ids before POS dropout.
+#[test]
+fn pos_tagger_matches_the_oracle() {
+    let (model, r) = tagger_model();
+    let padded = common::oracle::logits(&model, &r.ids, &r.mask, &r.pos);
+    let pos_padded = common::oracle::pos_logits(&model, &r.ids, &r.mask);
+    let pos_flat = r.pos.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let pos_labels: Vec<i32> = r
+        .labels
+        .iter()
+        .zip(&pos_flat)
+        .map(|(&l, &p)| if l >= 0 { p as i32 } else { -100 })
+        .collect();
+    let loss = (common::oracle::loss(&padded, &r.labels)
+        + (common::oracle::loss(&pos_padded, &pos_labels) * TAGGER_WEIGHT).unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let step = |dropped| {
+        let (inputs, targets) = tagger_batch(&r, dropped).to_device(&Device::Cpu).unwrap();
+        model
+            .forward_backward(&inputs, &targets.unwrap(), None)
+            .unwrap()
+    };
+    let (clean, dropped) = (step(false), step(true));
+    let want = f64::from(loss.to_scalar::<f32>().unwrap());
+    let mut worst: f64 = 0.0;
+    for (name, var) in model.params.iter() {
+        if !name.ends_with("attention.self.key.bias") {
+            let theirs = grads.get(var.as_tensor()).unwrap();
+            worst = worst.max(common::rel_error(
+                &clean.grads[name].to_dense().unwrap(),
+                theirs,
+            ));
+        }
+    }
+    eprintln!(
+        "POS tagger vs oracle: loss {} / {want}, gradients {worst:.2e}",
+        clean.loss_sum
+    );
+    assert!((clean.loss_sum - want).abs() <= 1e-4 * want.abs());
+    assert!(worst <= 1e-5, "{worst}");
+    for name in [
+        nerpos_model::model::POS_TAGGER_WEIGHT,
+        nerpos_model::model::POS_TAGGER_BIAS,
+    ] {
+        let d = common::rel_error(
+            &dropped.grads[name].to_dense().unwrap(),
+            &clean.grads[name].to_dense().unwrap(),
+        );
+        assert!(
+            d <= 1e-6,
+            "{name}: POS dropout changed the tagger's targets ({d})"
+        );
+    }
+}
+
+/// Predicting POS: the tagger's tags are the oracle's argmax, and the NER logits are those of the
+/// same batch given these tags.
+#[test]
+fn predicted_pos_feeds_the_pos_embedding() {
+    let (model, r) = tagger_model();
+    let pos_padded = common::oracle::pos_logits(&model, &r.ids, &r.mask);
+    let (inputs, _) = r.packed(false).to_device(&Device::Cpu).unwrap();
+    let out = model
+        .eval(&inputs, nerpos_model::PosSource::Predicted)
+        .unwrap();
+    let tags = out.pos_logits.unwrap().argmax(1).unwrap();
+    let want = r.at_real_tokens(&pos_padded).argmax(1).unwrap();
+    assert_eq!(
+        tags.to_vec1::<u32>().unwrap(),
+        want.to_vec1::<u32>().unwrap()
+    );
+    let mut fed = r.packed(false);
+    fed.pos_ids = tags.to_vec1::<u32>().unwrap();
+    let (fed_inputs, _) = fed.to_device(&Device::Cpu).unwrap();
+    let d = common::rel_error(&out.logits, &model.eval_logits(&fed_inputs).unwrap());
+    assert!(d <= 1e-6, "{d}");
 }

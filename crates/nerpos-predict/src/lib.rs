@@ -292,7 +292,11 @@ impl Tagger {
             .collect();
         for batch in order.chunks(batch_size.max(1)) {
             let views: Vec<RowView> = batch.iter().map(|&k| RowView::from(&rows[k].1)).collect();
-            let preds = predict_rows(&self.model, &views, keep_logits, &self.device)?;
+            let opts = nerpos_model::PredictOptions {
+                keep_logits,
+                pos: Default::default(),
+            };
+            let preds = predict_rows(&self.model, &views, opts, &self.device)?;
             for (&k, words) in batch.iter().zip(preds) {
                 let s = rows[k].0;
                 for p in words {

@@ -20,6 +20,7 @@ pub mod split;
 pub mod tags;
 pub mod tokenize;
 pub mod vocab;
+pub mod words;
 
 pub use dataset::{Columns, Dataset, Part, RowReader};
 pub use error::{PrepError, Result};

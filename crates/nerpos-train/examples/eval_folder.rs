@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         nerpos_model::profile::enable();
     }
     let t0 = std::time::Instant::now();
-    let (report, _) = evaluate(&model, &mut Comm::Single, &data, &spec)?;
+    let report = evaluate(&model, &mut Comm::Single, &data, &spec)?.report;
     let secs = t0.elapsed().as_secs_f64();
     if nerpos_model::profile::enabled() {
         eprint!("{}", nerpos_model::profile::table(secs));

@@ -92,6 +92,12 @@ pub struct TrainConfig {
     /// for POS on a dataset without them is an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_pos: Option<bool>,
+    /// The weight of a POS tagger's loss beside the NER loss: a linear layer on the encoder that learns
+    /// the corpus's POS tags, so that the model tags raw text (no POS column) with its own POS
+    /// (`nerpos-predict --format text`). 0 = no POS tagger. Unset: 0.5 when the model uses POS tags,
+    /// none otherwise (asking for one without POS tags is an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_tagger: Option<f64>,
     /// Probability of replacing a POS id by the unknown id in training.
     #[serde(default)]
     pub pos_dropout: f64,
@@ -348,17 +354,14 @@ impl TrainConfig {
                 format!("{} is not in [0, 1)", self.warmup_ratio),
             );
         }
-        for (key, p) in [("dropout", self.dropout), ("pos_dropout", self.pos_dropout)] {
-            if !(0.0..1.0).contains(&p) {
+        let rates = [
+            ("dropout", Some(self.dropout)),
+            ("pos_dropout", Some(self.pos_dropout)),
+            ("encoder_dropout", self.encoder_dropout),
+        ];
+        for (key, p) in rates {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
                 return bad(key, format!("{p} is not a probability in [0, 1)"));
-            }
-        }
-        if let Some(p) = self.encoder_dropout {
-            if !(0.0..1.0).contains(&p) {
-                return bad(
-                    "encoder_dropout",
-                    format!("{p} is not a probability in [0, 1)"),
-                );
             }
         }
         if self.weight_decay < 0.0 {
@@ -375,6 +378,11 @@ impl TrainConfig {
                 "max_grad_norm",
                 "must not be negative (0 turns clipping off)".into(),
             );
+        }
+        if let Some(w) = self.pos_tagger {
+            if !(w >= 0.0 && w.is_finite()) {
+                return bad("pos_tagger", format!("{w} is not a weight ≥ 0 (0 = none)"));
+            }
         }
         if self.pos_dim == Some(0) {
             return bad("pos_dim", "must be at least 1".into());
@@ -425,7 +433,7 @@ impl TrainConfig {
                 "seed" | "length_grouping" => {
                     return Err(refused("the epochs' batch order comes from it"));
                 }
-                "model" | "use_pos" | "pos_dim" | "head_init" | "head" => {
+                "model" | "use_pos" | "pos_dim" | "head_init" | "head" | "pos_tagger" => {
                     return Err(refused("the checkpoint holds a model built from it"));
                 }
                 "global_batch_size" | "global_batch_tokens" => {

@@ -196,6 +196,9 @@ pub fn pack_batch(data: &[Row], rows: &[usize], pos_dropout: Option<&PosDropout>
             .filter(|&(_, &l)| l >= 0)
             .map(|(p, &l)| (p, Some(l as u32)));
         b.push_row(i as u64, &r.input_ids, &pos, labelled);
+        // The POS tagger learns the corpus's tags, not what POS dropout left of them.
+        let gold_pos = r.labels.iter().zip(&r.pos_ids).filter(|&(&l, _)| l >= 0);
+        b.pos_targets.extend(gold_pos.map(|(_, &p)| p));
     }
     b
 }

@@ -7,7 +7,7 @@ use std::ops::Range;
 use candle_core::Device;
 use nerpos_dist::Comm;
 use nerpos_eval::{Counts, Mode, Report, Scorer};
-use nerpos_model::{BertNerPos, RowView, predict_rows};
+use nerpos_model::{BertNerPos, RowView, WordPrediction, predict_rows};
 use nerpos_prep::Row;
 
 /// A split's rows grouped by sentence (rows of a sentence are its windows, in order).
@@ -43,6 +43,15 @@ pub struct EvalSpec {
     pub device: Device,
 }
 
+/// An evaluation's results.
+pub struct Evaluation {
+    /// The seqeval report of the NER tags.
+    pub report: Report,
+    pub counts: Counts,
+    /// The POS tagger's accuracy on the words' corpus POS tags (a model with a POS tagger).
+    pub pos_accuracy: Option<f64>,
+}
+
 /// Scores `data` with `model`: this rank scores sentences r, r+W, r+2W, …; the counts of all ranks are
 /// gathered and added, so every rank returns the same report.
 pub fn evaluate(
@@ -50,63 +59,89 @@ pub fn evaluate(
     comm: &mut Comm,
     data: &EvalData,
     spec: &EvalSpec,
-) -> anyhow::Result<(Report, Counts)> {
+) -> anyhow::Result<Evaluation> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let mine: Vec<usize> = (rank..data.sentences.len()).step_by(world).collect();
     let rows: Vec<usize> = mine
         .iter()
         .flat_map(|&s| data.sentences[s].clone())
         .collect();
-    // Per row: its owned words' predicted label ids.
-    let mut predicted: Vec<Vec<u32>> = vec![Vec::new(); data.rows.len()];
+    // Per row: its owned words' predictions.
+    let mut predicted: Vec<Vec<WordPrediction>> = vec![Vec::new(); data.rows.len()];
     for batch in rows.chunks(spec.batch_rows.max(1)) {
         let views: Vec<RowView> = batch
             .iter()
             .map(|&i| RowView::from(&data.rows[i]))
             .collect();
-        for (&i, words) in batch
-            .iter()
-            .zip(predict_rows(model, &views, false, &spec.device)?)
-        {
-            predicted[i] = words.into_iter().map(|w| w.label).collect();
+        for (&i, words) in batch.iter().zip(predict_rows(
+            model,
+            &views,
+            Default::default(),
+            &spec.device,
+        )?) {
+            predicted[i] = words;
         }
     }
     let (mut scorer, ids) = Scorer::with_tags(Mode::Default, &spec.labels)?;
+    let mut pos = [0u64; 2];
     for &s in &mine {
         let (mut gold, mut pred) = (Vec::new(), Vec::new());
         for i in data.sentences[s].clone() {
-            gold.extend(
-                gold_labels(&data.rows[i])
-                    .into_iter()
-                    .map(|l| ids[l as usize]),
-            );
-            pred.extend(predicted[i].iter().map(|&l| ids[l as usize]));
+            let (labels, gold_pos) = gold_of(&data.rows[i]);
+            gold.extend(labels.into_iter().map(|l| ids[l as usize]));
+            pred.extend(predicted[i].iter().map(|w| ids[w.label as usize]));
+            for (w, g) in predicted[i].iter().zip(gold_pos) {
+                if let Some(p) = w.pos {
+                    pos[0] += u64::from(p == g);
+                    pos[1] += 1;
+                }
+            }
         }
         scorer.add_ids(&gold, &pred)?;
     }
-    let mine = scorer.counts();
-    let bytes: Vec<u8> = mine.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut total =
-        Counts::from_vec(mine.types.clone(), &vec![0; mine.to_vec().len()]).expect("same layout");
+    let (total, pos) = gather(comm, scorer.counts(), pos)?;
+    Ok(Evaluation {
+        report: Report::new(&total),
+        counts: total,
+        pos_accuracy: (pos[1] > 0).then(|| pos[0] as f64 / pos[1] as f64),
+    })
+}
+
+/// Every rank's counts (and POS tags right and scored), added.
+fn gather(comm: &mut Comm, mine: Counts, pos: [u64; 2]) -> anyhow::Result<(Counts, [u64; 2])> {
+    let mut values = mine.to_vec();
+    values.extend(pos);
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let n = values.len() - 2;
+    let mut total = Counts::from_vec(mine.types.clone(), &vec![0; n]).expect("same layout");
+    let mut pos = [0u64; 2];
     for part in comm.all_gather(&bytes)? {
         let values: Vec<u64> = part
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        let counts = Counts::from_vec(mine.types.clone(), &values)
+        let counts = Counts::from_vec(mine.types.clone(), &values[..n.min(values.len())])
+            .filter(|_| values.len() == n + 2)
             .ok_or_else(|| anyhow::anyhow!("a rank sent evaluation counts of another shape"))?;
         total.merge(&counts);
+        pos[0] += values[n];
+        pos[1] += values[n + 1];
     }
-    Ok((Report::new(&total), total))
+    Ok((total, pos))
 }
 
-/// The gold label ids of a row's owned words (at each word's first sub-word).
-fn gold_labels(r: &Row) -> Vec<u32> {
+/// The gold label ids and the corpus's POS ids of a row's owned words (at each word's first sub-word).
+fn gold_of(r: &Row) -> (Vec<u32>, Vec<u32>) {
     let owned = r.label_start as i32..r.label_end as i32;
     r.word_ids
         .iter()
         .enumerate()
         .filter(|&(p, &w)| owned.contains(&w) && (p == 0 || r.word_ids[p - 1] != w))
-        .map(|(p, _)| r.labels[p].max(0) as u32)
-        .collect()
+        .map(|(p, _)| {
+            (
+                r.labels[p].max(0) as u32,
+                r.pos_ids.get(p).copied().unwrap_or(0),
+            )
+        })
+        .unzip()
 }

@@ -4,8 +4,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
+use crate::evaluate::Evaluation;
 use anyhow::Context;
-use nerpos_eval::Report;
 use nerpos_run::progress::Progress;
 use nerpos_run::tensorboard::EventWriter;
 use nerpos_run::{MetricsLine, RunDir, Summary};
@@ -185,10 +185,11 @@ impl Reporter {
     }
 
     /// Reports a dev evaluation at `step`: printed above the bar, saved, and in TensorBoard.
-    pub fn dev_eval(&mut self, step: usize, report: &Report, hash: &str) -> anyhow::Result<()> {
+    pub fn dev_eval(&mut self, step: usize, eval: &Evaluation, hash: &str) -> anyhow::Result<()> {
         let Some((_, tb)) = &mut self.files else {
             return Ok(());
         };
+        let report = &eval.report;
         let mut scalars = vec![
             ("dev/f1_micro".to_string(), report.micro.f1),
             ("dev/precision_micro".to_string(), report.micro.precision),
@@ -200,13 +201,15 @@ impl Reporter {
                 .iter()
                 .map(|(ty, s)| (format!("dev/f1_{ty}"), s.f1)),
         );
+        scalars.extend(
+            eval.pos_accuracy
+                .map(|a| ("dev/pos_accuracy".to_string(), a)),
+        );
         let refs: Vec<(&str, f64)> = scalars.iter().map(|(t, v)| (t.as_str(), *v)).collect();
         tb.scalars(step as u64, &refs)?;
-        self.output.print_block(&format!(
-            "dev @ step {step}\n{}",
-            report.to_seqeval_string(4)
-        ));
-        write_report(&self.run.dev_eval(step), report, step, hash)
+        self.output
+            .print_block(&format!("dev @ step {step}\n{}", report_text(eval)));
+        write_report(&self.run.dev_eval(step), eval, step, hash)
     }
 
     /// Reports the final test evaluation of `which` model ("best dev model", "final model"), beside
@@ -214,7 +217,7 @@ impl Reporter {
     pub fn test_eval(
         &mut self,
         step: usize,
-        (report, which): (&Report, &str),
+        (eval, which): (&Evaluation, &str),
         reference: Option<&nerpos_eval::ReferenceScores>,
         hash: &str,
     ) -> anyhow::Result<()> {
@@ -222,8 +225,9 @@ impl Reporter {
             return Ok(());
         }
         self.output
-            .print_block(&format!("test ({which})\n{}", report.to_seqeval_string(4)));
-        write_report(&self.run.test_eval(), report, step, hash)?;
+            .print_block(&format!("test ({which})\n{}", report_text(eval)));
+        write_report(&self.run.test_eval(), eval, step, hash)?;
+        let report = &eval.report;
         if let Some(r) = reference {
             let table = format!("test ({which}) beside {}\n\n{}", r.name, r.beside(report));
             self.output.print_block(&table);
@@ -276,19 +280,31 @@ impl Reporter {
 /// Writes an evaluation report as JSON (the report, its step and the weights' hash) and as text.
 fn write_report(
     (json_path, txt_path): &(std::path::PathBuf, std::path::PathBuf),
-    report: &Report,
+    eval: &Evaluation,
     step: usize,
     hash: &str,
 ) -> anyhow::Result<()> {
-    let mut v = serde_json::to_value(report)?;
+    let mut v = serde_json::to_value(&eval.report)?;
     v["step"] = step.into();
     v["weights_sha256"] = hash.into();
+    if let Some(a) = eval.pos_accuracy {
+        v["pos_accuracy"] = a.into();
+    }
     nerpos_run::write_atomic(
         json_path,
         (serde_json::to_string_pretty(&v)? + "\n").as_bytes(),
     )?;
-    nerpos_run::write_atomic(txt_path, report.to_seqeval_string(4).as_bytes())?;
+    nerpos_run::write_atomic(txt_path, report_text(eval).as_bytes())?;
     Ok(())
+}
+
+/// The seqeval report, and the POS tagger's accuracy under it.
+fn report_text(eval: &Evaluation) -> String {
+    let mut text = eval.report.to_seqeval_string(4);
+    if let Some(a) = eval.pos_accuracy {
+        text.push_str(&format!("\nPOS accuracy: {a:.4}\n"));
+    }
+    text
 }
 
 /// The part of an evaluation file the curves need.

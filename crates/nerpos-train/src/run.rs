@@ -259,7 +259,8 @@ impl Job {
         best: &mut Option<Vec<Tensor>>,
     ) -> anyhow::Result<bool> {
         let spec = self.eval_spec();
-        let dev_report = self.trainer.evaluate(&self.dev, &spec)?;
+        let dev = self.trainer.evaluate(&self.dev, &spec)?;
+        let dev_report = &dev.report;
         let step = self.state.step;
         let hash = self
             .trainer
@@ -275,7 +276,7 @@ impl Job {
         } else {
             st.evals_since_best += 1;
         }
-        report.dev_eval(step, &dev_report, &hash)?;
+        report.dev_eval(step, &dev, &hash)?;
         if improved && self.trainer.rank() == 0 {
             self.trainer.model.save(
                 &self.run.best(),
@@ -327,20 +328,15 @@ impl Job {
                 self.trainer.restore(w)?;
             }
             let spec = self.eval_spec();
-            let test_report = self.trainer.evaluate(&self.test, &spec)?;
-            test_f1 = Some(test_report.micro.f1);
+            let test = self.trainer.evaluate(&self.test, &spec)?;
+            test_f1 = Some(test.report.micro.f1);
             let which = if best.is_some() {
                 "best dev model"
             } else {
                 "final model"
             };
             let reference = self.reference.as_ref();
-            report.test_eval(
-                self.state.step,
-                (&test_report, which),
-                reference,
-                &final_hash,
-            )?;
+            report.test_eval(self.state.step, (&test, which), reference, &final_hash)?;
         }
         let s = self.schedule;
         report.finish(&Summary {

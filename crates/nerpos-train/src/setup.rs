@@ -107,6 +107,7 @@ fn load_model(
         use_pos: use_pos(cfg, m)?,
         dropout: cfg.dropout,
         crf: (cfg.head == nerpos_model::HeadKind::Crf).then(|| m.labels.clone()),
+        pos_tagger: pos_tagger(cfg, use_pos(cfg, m)?)?,
     };
     Ok(BertNerPos::from_pretrained(
         &cfg.model,
@@ -129,6 +130,22 @@ fn use_pos(cfg: &TrainConfig, m: &Manifest) -> anyhow::Result<bool> {
         None => Ok(m.has_pos),
     }
 }
+
+/// The POS tagger's loss weight, if the model has one (see `TrainConfig::pos_tagger`).
+fn pos_tagger(cfg: &TrainConfig, use_pos: bool) -> anyhow::Result<Option<f64>> {
+    match cfg.pos_tagger {
+        Some(w) if w > 0.0 && !use_pos => bail!(
+            "pos_tagger = {w}, but the model reads no POS tags (the dataset {} has none, or use_pos = \
+             false): there is nothing for a POS tagger to learn or to feed; remove pos_tagger",
+            cfg.data.display()
+        ),
+        Some(w) => Ok((w > 0.0).then_some(w)),
+        None => Ok(use_pos.then_some(DEFAULT_POS_TAGGER)),
+    }
+}
+
+/// The POS tagger's loss weight when a model with POS does not say (docs/results.md).
+pub const DEFAULT_POS_TAGGER: f64 = 0.5;
 
 /// With a CRF head, the training labels must follow IOB2, whose forbidden transitions the CRF masks
 /// (a gold path through one would score −10,000): the first row that does not is an error.
@@ -176,6 +193,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         label_subwords: m.options.label_subwords,
         pos_shape: m.options.pos_shape,
         tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
+        pos_tagger: model.config.head.pos_tagger,
         head: if model.config.head.crf.is_some() {
             nerpos_model::HeadKind::Crf
         } else {

@@ -16,7 +16,6 @@ use std::time::Instant;
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use nerpos_dist::Comm;
-use nerpos_eval::Report;
 use nerpos_model::{BertNerPos, Deferred, Grad, Noise, profile};
 use nerpos_run::RunDir;
 use sha2::{Digest, Sha256};
@@ -24,7 +23,7 @@ use tracing::info;
 
 use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
-use crate::evaluate::{EvalData, EvalSpec, evaluate};
+use crate::evaluate::{EvalData, EvalSpec, Evaluation, evaluate};
 use crate::optim::{AdamW, AdamWConfig, GradScale, Update, squared_norm};
 use nerpos_dist::reduce::{Buckets, Handover, Reduced, reduce_gradients};
 use nerpos_kernels::stats::to_host;
@@ -286,8 +285,8 @@ impl Trainer {
     }
 
     /// Scores `data` (every rank its share of sentences; every rank gets the whole report).
-    pub fn evaluate(&mut self, data: &EvalData, spec: &EvalSpec) -> anyhow::Result<Report> {
-        Ok(evaluate(&self.model, &mut self.comm, data, spec)?.0)
+    pub fn evaluate(&mut self, data: &EvalData, spec: &EvalSpec) -> anyhow::Result<Evaluation> {
+        evaluate(&self.model, &mut self.comm, data, spec)
     }
 
     /// SHA-256 of all parameters (name order).

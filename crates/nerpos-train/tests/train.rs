@@ -31,6 +31,12 @@ fn learns_the_synthetic_corpus() {
     assert!(f1 > 0.9 && f1 - f0 > 0.5, "dev F1 from {f0} to {f1}");
     let test = summary(&end)["test_f1"].as_f64().unwrap();
     assert!(test > 0.85, "test F1 {test}");
+    // The POS tagger learnt the corpus's tags too (evaluation reports its accuracy).
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(end.join("eval/test.json")).unwrap())
+            .unwrap();
+    let pos = eval["pos_accuracy"].as_f64().unwrap();
+    assert!(pos > 0.9, "POS accuracy {pos}");
     for f in [
         "config.toml",
         "metrics.jsonl",
@@ -111,6 +117,8 @@ fn data_parallel_and_accumulation_with(head: &str) {
         "max |1 process - 2 processes| = {d2:.2e}, max |batch 16 - 2 x 8 accumulated| = {da:.2e}"
     );
     assert!(d2 <= 1e-5 && da <= 1e-5, "{d2} {da}");
+    // The default model on a corpus with POS tags trains a POS tagger: it is part of the promise.
+    assert!(w2.contains_key("pos_tagger.weight"), "no POS tagger");
     let start = weights(&f.model);
     let key = "encoder.layer.0.attention.self.query.weight";
     assert_ne!(start[key], w1[key], "training changed the weights");

@@ -1,5 +1,8 @@
 //! The tagging head: the encoder's output at the head positions, concatenated with the POS embedding
-//! of the word there, dropout, and a linear layer to the labels.
+//! of the word there, dropout, and a linear layer to the labels. With a POS tagger, a second linear
+//! layer on the encoder's output predicts each word's POS tag: trained from the corpus's tags (which
+//! feed the POS embedding in training), it supplies the POS ids when the input has none — in the same
+//! pass, since the POS embedding joins after the encoder.
 
 use candle_core::Tensor;
 use nerpos_kernels::Mask;
@@ -23,6 +26,18 @@ use crate::profile::scope;
 pub const POS_EMBEDDING: &str = "pos_embedding.weight";
 pub const CLASSIFIER_WEIGHT: &str = "classifier.weight";
 pub const CLASSIFIER_BIAS: &str = "classifier.bias";
+pub const POS_TAGGER_WEIGHT: &str = "pos_tagger.weight";
+pub const POS_TAGGER_BIAS: &str = "pos_tagger.bias";
+
+/// Where the POS ids the POS embedding looks up come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PosSource {
+    /// The batch's (the corpus's tags; training always).
+    #[default]
+    Given,
+    /// The model's POS tagger's most likely tag at each head position (input without POS tags).
+    Predicted,
+}
 
 pub struct Head {
     /// The POS embedding (absent in the no-POS model).
@@ -30,14 +45,26 @@ pub struct Head {
     pub classifier: Linear,
     /// The CRF over the logits (`head = "crf"`).
     pub crf: Option<Crf>,
+    /// The POS tagger (hidden → POS ids) and its loss weight.
+    pub tagger: Option<(Linear, f64)>,
     hidden: usize,
     dropout: f64,
+}
+
+/// The head's outputs.
+pub struct HeadOutput {
+    /// `[M, labels]`.
+    pub logits: Tensor,
+    /// `[M, POS ids]` (with a POS tagger).
+    pub pos_logits: Option<Tensor>,
 }
 
 /// What the head's backward needs.
 pub struct HeadCache {
     features: Tensor,
     mask: Option<Mask>,
+    /// The encoder's output at the head positions (what the POS tagger read).
+    at_head: Option<Tensor>,
 }
 
 impl Head {
@@ -60,39 +87,73 @@ impl Head {
             .as_ref()
             .map(|labels| Crf::new(p, h.num_labels, Allowed::iob2(labels)))
             .transpose()?;
+        let tagger = h
+            .pos_tagger
+            .map(|w| {
+                let dims = (c.bert.hidden_size, h.num_pos);
+                let l = Linear::new(p, "pos_tagger", dims, Role::WEIGHT.in_head())?;
+                Ok::<_, ModelError>((l, w))
+            })
+            .transpose()?;
         Ok(Head {
             pos,
             classifier,
             crf,
+            tagger,
             hidden: c.bert.hidden_size,
             dropout: h.dropout,
         })
     }
 
-    /// Logits `[M, labels]` from the encoder's output at the head positions `[M, H]`.
-    pub fn forward(&self, pass: &Pass, at_head: Tensor) -> Result<(Tensor, HeadCache)> {
+    /// Logits `[M, labels]` (and POS logits) from the encoder's output at the head positions `[M, H]`.
+    pub fn forward(
+        &self,
+        pass: &Pass,
+        at_head: Tensor,
+        source: PosSource,
+    ) -> Result<(HeadOutput, HeadCache)> {
         let _t = scope("fwd/bwd: head");
+        let pos_logits = self
+            .tagger
+            .as_ref()
+            .map(|(l, _)| linear(l, &at_head))
+            .transpose()?;
         let features = match &self.pos {
             Some(e) => {
-                let pos = e.t().index_select(&pass.inputs.head_pos_ids, 0)?;
+                let ids = match (source, &pos_logits) {
+                    (PosSource::Given, _) => pass.inputs.head_pos_ids.clone(),
+                    (PosSource::Predicted, Some(z)) => z.argmax(1)?,
+                    (PosSource::Predicted, None) => {
+                        return Err(ModelError::Internal(
+                            "POS ids to predict, but the model has no POS tagger".into(),
+                        ));
+                    }
+                };
+                let pos = e.t().index_select(&ids, 0)?;
                 Tensor::cat(&[&at_head, &pos], 1)?
             }
-            None => at_head,
+            None => at_head.clone(),
         };
         let mask = pass.mask(&features, Rows::Head, Site::Head, self.dropout)?;
         let features = masked(&features, mask.as_ref())?;
-        let logits = features
-            .matmul(&self.classifier.weight.t().t()?)?
-            .broadcast_add(&self.classifier.bias.t())?;
-        Ok((logits, HeadCache { features, mask }))
+        let logits = linear(&self.classifier, &features)?;
+        let keep_input = pass.keep && self.tagger.is_some();
+        let cache = HeadCache {
+            features,
+            mask,
+            at_head: keep_input.then_some(at_head),
+        };
+        Ok((HeadOutput { logits, pos_logits }, cache))
     }
 
     /// Hands over the head's gradients; returns d(encoder output) at the head positions `[M, H]`.
+    /// `dpos_logits`: the POS tagger's loss gradient (weighted), with a POS tagger.
     pub fn backward(
         &self,
         pass: &Pass,
         c: HeadCache,
         dlogits: &Tensor,
+        dpos_logits: Option<&Tensor>,
         sink: &mut Sink,
     ) -> Result<Tensor> {
         let _t = scope("fwd/bwd: head");
@@ -101,21 +162,40 @@ impl Head {
         sink.dense(w, dlogits.t()?.matmul(&c.features)?)?;
         sink.dense(&self.classifier.bias, ColumnSum::forward(k, dlogits)?)?;
         let dfeat = masked(&dlogits.matmul(&w.t())?, c.mask.as_ref())?;
+        let mut dx = dfeat.narrow(1, 0, self.hidden)?.contiguous()?;
+        if let Some((tagger, _)) = &self.tagger {
+            let (Some(dz), Some(x)) = (dpos_logits, &c.at_head) else {
+                return Err(ModelError::Internal(
+                    "the POS tagger's backward without its gradient or input".into(),
+                ));
+            };
+            sink.dense(&tagger.weight, dz.t()?.matmul(x)?)?;
+            sink.dense(&tagger.bias, ColumnSum::forward(k, dz)?)?;
+            dx = (dx + dz.matmul(&tagger.weight.t())?)?;
+        }
         if let Some(e) = &self.pos {
             let (rows, dim) = e.tensor.dims2()?;
             let dpos = dfeat.narrow(1, self.hidden, dim)?.contiguous()?;
             let ids = &pass.inputs.host.head_pos_ids;
             sink.dense(e, EmbeddingGrad::dense(k, ids, &dpos, rows)?)?;
         }
-        Ok(dfeat.narrow(1, 0, self.hidden)?.contiguous()?)
+        Ok(dx)
     }
 
     /// Its parameters in the order backward hands out their gradients.
     pub fn params(&self) -> Vec<&Param> {
         let mut out = self.crf.as_ref().map(Crf::params).unwrap_or_default();
         out.extend([&self.classifier.weight, &self.classifier.bias]);
+        if let Some((t, _)) = &self.tagger {
+            out.extend([&t.weight, &t.bias]);
+        }
         out.extend(&self.pos);
         out
+    }
+
+    /// The POS tagger's loss weight (none without a tagger).
+    pub fn pos_weight(&self) -> Option<f64> {
+        self.tagger.as_ref().map(|(_, w)| *w)
     }
 
     /// Draws the head's parameters (in `params`) from `seed` as `init` says — the same on every
@@ -142,8 +222,14 @@ impl Head {
             HeadInit::Bert => [Draw::Normal(std), Draw::Normal(std), Draw::Zero],
         };
         // The draws' order (POS embedding, weight, bias, then the CRF's as pytorch-crf draws them:
-        // U(−0.1, 0.1)) is part of what a seed gives.
+        // U(−0.1, 0.1), then the POS tagger's as the classifier's) is part of what a seed gives.
         let crf = self.crf.as_ref();
+        let tagger = self.tagger.as_ref().map(|(l, _)| l);
+        let tagger_bound = 1.0 / (self.hidden as f32).sqrt();
+        let [tagger_w, tagger_b] = match init {
+            HeadInit::Torch => [Draw::Uniform(tagger_bound), Draw::Uniform(tagger_bound)],
+            HeadInit::Bert => [Draw::Normal(std), Draw::Zero],
+        };
         let draws = [
             (self.pos.as_ref(), pos),
             (Some(&self.classifier.weight), weight),
@@ -151,6 +237,8 @@ impl Head {
             (crf.map(|c| &c.start), Draw::Uniform(0.1)),
             (crf.map(|c| &c.end), Draw::Uniform(0.1)),
             (crf.map(|c| &c.transitions), Draw::Uniform(0.1)),
+            (tagger.map(|l| &l.weight), tagger_w),
+            (tagger.map(|l| &l.bias), tagger_b),
         ];
         for (param, draw) in draws {
             let Some(var) = param.and_then(|p| params.get(&p.name)) else {
@@ -162,6 +250,11 @@ impl Head {
         }
         Ok(())
     }
+}
+
+/// x·Wᵀ + b.
+fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&l.weight.t().t()?)?.broadcast_add(&l.bias.t())?)
 }
 
 /// How a new head's parameters are drawn.

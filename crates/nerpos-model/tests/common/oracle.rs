@@ -46,6 +46,30 @@ fn softmax(x: &Tensor) -> Tensor {
 
 /// Logits (B, T, labels) of `ids`/`mask`/`pos` (B, T), dropout off.
 pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tensor {
+    let (b, t) = ids.dims2().unwrap();
+    let x = encoder(m, ids, mask);
+    let features = match m.params.get("pos_embedding.weight") {
+        Some(e) => {
+            let p = e
+                .as_tensor()
+                .index_select(&pos.flatten_all().unwrap(), 0)
+                .unwrap()
+                .reshape((b, t, ()))
+                .unwrap();
+            Tensor::cat(&[&x, &p], D::Minus1).unwrap()
+        }
+        None => x,
+    };
+    linear(&features, m, "classifier")
+}
+
+/// The POS tagger's logits (B, T, POS ids).
+pub fn pos_logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor) -> Tensor {
+    linear(&encoder(m, ids, mask), m, "pos_tagger")
+}
+
+/// The encoder's output (B, T, H).
+fn encoder(m: &BertNerPos, ids: &Tensor, mask: &Tensor) -> Tensor {
     let c = &m.config.bert;
     let (b, t) = ids.dims2().unwrap();
     let h = c.hidden_size;
@@ -79,19 +103,7 @@ pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tens
     for i in 0..c.num_hidden_layers {
         x = layer(m, &x, &bias, i);
     }
-    let features = match m.params.get("pos_embedding.weight") {
-        Some(e) => {
-            let p = e
-                .as_tensor()
-                .index_select(&pos.flatten_all().unwrap(), 0)
-                .unwrap()
-                .reshape((b, t, ()))
-                .unwrap();
-            Tensor::cat(&[&x, &p], D::Minus1).unwrap()
-        }
-        None => x,
-    };
-    linear(&features, m, "classifier")
+    x
 }
 
 /// Encoder layer `i` of `x` (B, T, H), with the attention mask's additive `bias` (B, 1, 1, T).
