@@ -4,15 +4,19 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use candle_core::Device;
 use clap::Parser;
+use indicatif::ProgressBar;
+use nerpos_model::PosSource;
 use nerpos_predict::{
-    InputFormat, OutputFormat, Tagger, read_input, score, write_npy, write_predictions,
+    InputFormat, OutputFormat, Scoring, Sentence, TagOptions, Tagger, TextLines, read_input,
+    write_npy, write_predictions,
 };
 use nerpos_prep::args::ReadArgs;
 use nerpos_prep::tags::Scheme;
 use nerpos_run::atomic::write_atomic_with;
 
-/// Tag a CoNLL, GMB or JSON Lines file (words, and POS tags if the model uses them) or plain text (one sentence per line) with a
-/// fine-tuned BERT+POS model folder; write CoNLL or JSON Lines.
+/// Tag raw text (one sentence or paragraph per line: entities come out with character offsets) or a
+/// CoNLL, GMB or JSON Lines file (words, and POS tags if the model uses them) with a fine-tuned
+/// BERT+POS model folder; write CoNLL or JSON Lines.
 #[derive(Parser)]
 #[command(name = "nerpos-predict", version)]
 struct Cli {
@@ -27,7 +31,8 @@ struct Cli {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = OutputFormat::Conll)]
     output_format: OutputFormat,
-    /// Also write each word's first-sub-word logits as a float32 .npy array [words, labels].
+    /// Also write each word's first-sub-word logits as a float32 .npy array [words, labels] (held in
+    /// memory until the end).
     #[arg(long, value_name = "FILE.npy")]
     logits: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
@@ -35,6 +40,10 @@ struct Cli {
     /// Words of context repeated between the windows of sentences longer than the model's max length.
     #[arg(long, default_value_t = 16)]
     window_overlap: usize,
+    /// Where the POS tags come from: `auto` (the input's when it has them, else the model's POS
+    /// tagger when it has one), `input`, or `model` (the tagger's, even when the input has tags).
+    #[arg(long, value_enum, default_value_t = PosFrom::Auto)]
+    pos: PosFrom,
     #[command(flatten)]
     read: ReadArgs,
     /// Tag scheme of the input's gold tags: convert them to IOB2 as nerpos-prep does (default: keep
@@ -45,6 +54,19 @@ struct Cli {
     #[arg(long, default_value = "cpu")]
     device: String,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PosFrom {
+    Auto,
+    Input,
+    Model,
+}
+
+/// Sentences are read, tagged and written in chunks of about this many words (or bytes of text, for
+/// lines of few words): memory stays bounded however large the input, and each chunk is long enough
+/// to batch by length.
+const CHUNK_WORDS: usize = 32_768;
+const CHUNK_BYTES: usize = 4 << 20;
 
 fn main() -> ExitCode {
     nerpos_model::keep_freed_memory();
@@ -69,49 +91,206 @@ fn device(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// The input: raw text line by line, or a tokenised corpus read whole.
+enum Source {
+    Text {
+        lines: TextLines,
+        size: u64,
+    },
+    Corpus {
+        sentences: std::vec::IntoIter<Sentence>,
+        total: usize,
+        has_pos: bool,
+    },
+}
+
+impl Source {
+    fn open(cli: &Cli) -> anyhow::Result<Source> {
+        if cli.format == InputFormat::Text {
+            let size = std::fs::metadata(&cli.input)
+                .with_context(|| format!("reading {}", cli.input.display()))?
+                .len();
+            let lines = TextLines::open(&cli.input, cli.read.encoding)?;
+            return Ok(Source::Text { lines, size });
+        }
+        let all = read_input(&cli.input, cli.format, &cli.read, cli.scheme)?;
+        let words: usize = all.iter().map(|s| s.words.len()).sum();
+        tracing::info!(sentences = all.len(), words, "read {}", cli.input.display());
+        Ok(Source::Corpus {
+            has_pos: all.iter().any(|s| !s.pos.is_empty()),
+            total: all.len(),
+            sentences: all.into_iter(),
+        })
+    }
+
+    fn has_pos(&self) -> bool {
+        matches!(self, Source::Corpus { has_pos: true, .. })
+    }
+
+    /// The next sentences, about [`CHUNK_WORDS`] words of them; empty at the end.
+    fn next_chunk(&mut self) -> anyhow::Result<Vec<Sentence>> {
+        let mut chunk = Vec::new();
+        let (mut words, mut bytes) = (0, 0);
+        while words < CHUNK_WORDS && bytes < CHUNK_BYTES {
+            let next = match self {
+                Source::Text { lines, .. } => lines.next_sentence()?,
+                Source::Corpus { sentences, .. } => sentences.next(),
+            };
+            let Some(s) = next else { break };
+            words += s.words.len().max(1);
+            bytes += s.text.len();
+            chunk.push(s);
+        }
+        Ok(chunk)
+    }
+
+    /// A progress bar over the input's bytes (text) or sentences (a corpus).
+    fn bar(&self, visible: bool) -> ProgressBar {
+        if !visible {
+            return ProgressBar::hidden();
+        }
+        match self {
+            Source::Text { size, .. } => ProgressBar::new(*size).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            ),
+            Source::Corpus { total, .. } => {
+                ProgressBar::new(*total as u64).with_style(nerpos_run::cli::count_style())
+            }
+        }
+        .with_message("tagging")
+    }
+
+    fn done(&self, sentences: usize) -> u64 {
+        match self {
+            Source::Text { lines, .. } => lines.bytes_read,
+            Source::Corpus { .. } => sentences as u64,
+        }
+    }
+}
+
+/// Where the POS ids come from, as `--pos` and what the input and the model have say.
+fn pos_source(from: PosFrom, tagger: &Tagger, input_has_pos: bool) -> anyhow::Result<PosSource> {
+    let has_tagger = tagger.model.has_pos_tagger();
+    if !tagger.meta.use_pos {
+        return Ok(PosSource::Given);
+    }
+    Ok(match from {
+        PosFrom::Model if !has_tagger => bail!(
+            "--pos model: the model has no POS tagger (it was trained with pos_tagger = 0 or before \
+             POS tagging existed); use --pos input"
+        ),
+        PosFrom::Model => PosSource::Predicted,
+        PosFrom::Auto if !input_has_pos && has_tagger => {
+            tracing::info!("the input has no POS tags: the model's POS tagger supplies them");
+            PosSource::Predicted
+        }
+        _ => {
+            if !input_has_pos {
+                tracing::warn!(
+                    "the model was trained with POS tags but the input has none and the model has \
+                     no POS tagger: every POS is <unk>, which costs accuracy"
+                );
+            }
+            PosSource::Given
+        }
+    })
+}
+
+/// What a pass over the input counted.
+#[derive(Default)]
+struct Tally {
+    sentences: usize,
+    words: usize,
+    logits: Vec<f32>,
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = device(&cli.device)?;
     let tagger = Tagger::load(&cli.model, &dev)?;
-    let sentences = read_input(&cli.input, cli.format, &cli.read, cli.scheme)?;
-    if tagger.meta.use_pos && sentences.iter().all(|s| s.pos.is_empty()) {
-        tracing::warn!(
-            "the model was trained with POS tags but the input has none: every POS is <unk>, \
-             which costs accuracy"
-        );
-    }
-    let words: usize = sentences.iter().map(|s| s.words.len()).sum();
-    tracing::info!(
-        sentences = sentences.len(),
-        words,
-        "read {}",
-        cli.input.display()
-    );
-    let started = std::time::Instant::now();
-    let preds = tagger.tag(
-        &sentences,
-        cli.batch_size,
-        cli.window_overlap,
-        cli.logits.is_some(),
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    )?;
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(secs, words_per_sec = words as f64 / secs, "tagged");
+    let mut source = Source::open(&cli)?;
+    let opts = TagOptions {
+        batch_size: cli.batch_size,
+        overlap: cli.window_overlap,
+        keep_logits: cli.logits.is_some(),
+        pos: pos_source(cli.pos, &tagger, source.has_pos())?,
+    };
     let labels = &tagger.meta.labels;
+    let bar = source.bar(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut scoring = Scoring::new(labels)?;
+    let mut tally = Tally::default();
+    let started = std::time::Instant::now();
     write_atomic_with(&cli.out, |w| {
-        write_predictions(w, cli.output_format, &sentences, &preds, labels)
+        loop {
+            let mut chunk = source.next_chunk()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let preds = tagger.tag(&chunk, opts)?;
+            if opts.pos == PosSource::Predicted {
+                for (s, p) in chunk.iter_mut().zip(&preds) {
+                    let name = |w: &nerpos_model::WordPrediction| {
+                        w.pos.map_or("<unk>", |id| tagger.pos_name(id)).to_owned()
+                    };
+                    s.pos = p.iter().map(name).collect();
+                }
+            }
+            write_predictions(w, cli.output_format, &chunk, &preds, labels)?;
+            scoring.add(&chunk, &preds, labels)?;
+            tally.sentences += chunk.len();
+            tally.words += chunk.iter().map(|s| s.words.len()).sum::<usize>();
+            if opts.keep_logits {
+                let all = preds.iter().flatten();
+                tally
+                    .logits
+                    .extend(all.flat_map(|p| p.logits.clone().unwrap_or_default()));
+            }
+            bar.set_position(source.done(tally.sentences));
+        }
+        if tally.words == 0 {
+            bail!(
+                "{}: no words (expected one sentence per line)",
+                cli.input.display()
+            );
+        }
+        Ok(())
     })?;
+    bar.finish_and_clear();
+    finish(&cli, &source, &tally, started.elapsed().as_secs_f64());
     if let Some(path) = &cli.logits {
-        let data: Vec<f32> = preds
-            .iter()
-            .flatten()
-            .flat_map(|p| p.logits.clone().unwrap_or_default())
-            .collect();
-        write_atomic_with(path, |w| write_npy(w, &data, words, labels.len()))?;
+        write_atomic_with(path, |w| {
+            write_npy(w, &tally.logits, tally.words, labels.len())
+        })?;
     }
     // With gold tags, the seqeval report of this run.
-    if let Some(report) = score(&sentences, &preds, labels)? {
+    if let Some(report) = scoring.report() {
         eprint!("{}", report.to_seqeval_string(4));
     }
     eprintln!("wrote {}", cli.out.display());
     Ok(())
+}
+
+/// Logs what was tagged, how fast, and what the text reader removed.
+fn finish(cli: &Cli, source: &Source, tally: &Tally, secs: f64) {
+    if let Source::Text { lines, .. } = source {
+        if let (removed @ 1.., Some(line)) = lines.removed {
+            tracing::warn!(
+                removed,
+                first_line = line,
+                "removed control characters from {} (as the tokenizer does)",
+                cli.input.display()
+            );
+        }
+    }
+    tracing::info!(
+        sentences = tally.sentences,
+        words = tally.words,
+        secs,
+        words_per_sec = tally.words as f64 / secs,
+        "tagged {}",
+        cli.input.display()
+    );
 }

@@ -150,9 +150,130 @@ fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
     assert_eq!(lines[0]["words"].as_array().unwrap().len(), 9);
     assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 9);
     for e in lines[0]["entities"].as_array().unwrap() {
-        let (a, b) = (e["start"].as_u64().unwrap(), e["end"].as_u64().unwrap());
+        let (a, b) = (
+            e["word_start"].as_u64().unwrap(),
+            e["word_end"].as_u64().unwrap(),
+        );
         assert!(a < b && b <= 9 && e["score"].as_f64().unwrap() > 0.0);
+        // Tokenised input: offsets into the words joined by spaces.
+        let text: Vec<char> = lines[0]["text"].as_str().unwrap().chars().collect();
+        let (s, t) = (
+            e["start"].as_u64().unwrap() as usize,
+            e["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(
+            text[s..t].iter().collect::<String>(),
+            e["text"].as_str().unwrap()
+        );
     }
+    assert_eq!(lines[0]["text"], "Paris is in the New York of London .");
+}
+
+/// The tiny model with a POS tagger (random weights) beside its head.
+fn with_pos_tagger(model: &Path) {
+    use candle_core::{Device, Tensor};
+    let file = model.join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let dev = Device::Cpu;
+    w.insert(
+        "pos_tagger.weight".into(),
+        Tensor::randn(0f32, 1.0, (10, 64), &dev).unwrap(),
+    );
+    w.insert(
+        "pos_tagger.bias".into(),
+        Tensor::zeros(10, candle_core::DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&w, &file).unwrap();
+    let meta_file = model.join("nerpos.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_file).unwrap()).unwrap();
+    meta["pos_tagger"] = 0.5.into();
+    std::fs::write(&meta_file, meta.to_string()).unwrap();
+}
+
+fn jsonl_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Raw text as people write it: punctuation and clitics split off as the corpora split them, every
+/// word's and entity's character offsets pointing into the input line (non-ASCII characters counted
+/// as characters), and POS supplied by the model's POS tagger.
+#[test]
+fn raw_text_gives_entities_with_character_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_folder(tmp.path());
+    with_pos_tagger(&model);
+    let input = tmp.path().join("in.txt");
+    let text = [
+        "Peter Blackburn visited Paris.",
+        "Zoë's \"New York\" trip--London's, (the) U.S.",
+    ];
+    std::fs::write(&input, text.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let o = predict(&model, &input, "text", &out, &["--output-format", "jsonl"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("every POS is <unk>"), "{err}");
+    let lines = jsonl_lines(&out);
+    assert_eq!(lines.len(), 2);
+    let words = |l: &serde_json::Value| -> Vec<String> {
+        l["words"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        words(&lines[0]),
+        ["Peter", "Blackburn", "visited", "Paris", "."]
+    );
+    assert_eq!(
+        words(&lines[1]),
+        [
+            "Zoë", "'s", "\"", "New", "York", "\"", "trip", "--", "London", "'s", ",", "(", "the",
+            ")", "U.S."
+        ]
+    );
+    let model_tags = [
+        "<pad>", "<unk>", "DT", "NNP", "VBZ", "IN", ".", "NN", "JJ", "CD",
+    ];
+    for (l, line) in lines.iter().zip(text) {
+        assert_eq!(l["text"], line);
+        let chars: Vec<char> = line.chars().collect();
+        let slice = |a: u64, b: u64| chars[a as usize..b as usize].iter().collect::<String>();
+        for (w, span) in words(l).iter().zip(l["spans"].as_array().unwrap()) {
+            assert_eq!(
+                &slice(span[0].as_u64().unwrap(), span[1].as_u64().unwrap()),
+                w
+            );
+        }
+        let pos = l["pos"].as_array().unwrap();
+        assert_eq!(pos.len(), words(l).len());
+        assert!(
+            pos.iter()
+                .all(|p| model_tags.contains(&p.as_str().unwrap()))
+        );
+        for e in l["entities"].as_array().unwrap() {
+            let (a, b) = (e["start"].as_u64().unwrap(), e["end"].as_u64().unwrap());
+            assert_eq!(slice(a, b), e["text"].as_str().unwrap(), "{e}");
+        }
+    }
+    assert_eq!(
+        lines[1]["spans"][1],
+        serde_json::json!([3, 5]),
+        "Zoë is 3 characters"
+    );
+    // The input's POS tags can be replaced by the tagger's on request, and a model without a tagger
+    // says it has none.
+    let plain = model_folder(&tmp.path().join("plain"));
+    let o = predict(&plain, &input, "text", &out, &["--pos", "model"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no POS tagger"));
 }
 
 #[test]

@@ -112,6 +112,86 @@ pub fn decode_keeping_controls(
     Ok((text, detected))
 }
 
+/// The encoding [`decode`] would choose for the file at `path`, decided in one pass over it in blocks
+/// (a file too large to hold in memory): a UTF-8 BOM, or `wanted`, or (`Auto`) UTF-8 when the whole
+/// file is valid UTF-8, else Windows-1252 — unless earlier non-ASCII text was UTF-8 (an error).
+pub fn detect_file(path: &Path, wanted: TextEncoding) -> Result<Detected> {
+    use std::io::Read;
+    let io = |e| PrepError::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut block: Vec<u8> = Vec::new();
+    let (mut line, mut first_non_ascii, mut start) = (1u64, None, true);
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        block.extend_from_slice(&buf[..n]);
+        if start && (block.len() >= 3 || n == 0) {
+            start = false;
+            if block.starts_with(UTF8_BOM) {
+                return Ok(Detected::Utf8Bom);
+            }
+            match wanted {
+                TextEncoding::Utf8 => return Ok(Detected::Utf8),
+                TextEncoding::Windows1252 => return Ok(Detected::Windows1252),
+                TextEncoding::Auto => {}
+            }
+        }
+        let (valid, bad) = match std::str::from_utf8(&block) {
+            Ok(_) => (block.len(), false),
+            // An incomplete sequence at the block's end: its rest is in the next block.
+            Err(e) if e.error_len().is_none() && n > 0 => (e.valid_up_to(), false),
+            Err(e) => (e.valid_up_to(), true),
+        };
+        for &b in &block[..valid] {
+            if b >= 0x80 && first_non_ascii.is_none() {
+                first_non_ascii = Some(line);
+            }
+            line += u64::from(b == b'\n');
+        }
+        if bad {
+            return match first_non_ascii {
+                Some(first) => Err(PrepError::input(
+                    path,
+                    line,
+                    format!(
+                        "byte 0x{:02X} is not valid UTF-8, but the file's earlier non-ASCII text \
+                         (line {first}) is UTF-8; convert the file to a single encoding",
+                        block[valid]
+                    ),
+                )),
+                None => Ok(Detected::Windows1252),
+            };
+        }
+        if n == 0 {
+            return Ok(Detected::Utf8);
+        }
+        block.drain(..valid);
+    }
+}
+
+/// Line `line` (1-based, without its newline) of `path`, whose encoding is `encoding`; control
+/// characters stay (as in [`decode_keeping_controls`]).
+pub fn decode_line(path: &Path, line: u64, bytes: &[u8], encoding: Detected) -> Result<String> {
+    match encoding {
+        Detected::Utf8 | Detected::Utf8Bom => match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text.to_owned()),
+            Err(e) => Err(PrepError::input(
+                path,
+                line,
+                format!(
+                    "byte 0x{:02X} is not valid UTF-8 (expected UTF-8 text; use --encoding \
+                     windows-1252 for Windows-1252/latin-1 files)",
+                    bytes[e.valid_up_to()]
+                ),
+            )),
+        },
+        Detected::Windows1252 => cp1252(path, bytes).map_err(|e| match e {
+            PrepError::Input { path, msg, .. } => PrepError::Input { path, line, msg },
+            other => other,
+        }),
+    }
+}
+
 fn utf8(path: &Path, whole: &[u8], offset: usize, body: &[u8]) -> Result<String> {
     match std::str::from_utf8(body) {
         Ok(text) => Ok(text.to_owned()),

@@ -616,9 +616,17 @@ fn predict_and_score(
     let sentences =
         nerpos_predict::read_input(conll, nerpos_predict::InputFormat::Conll, &args, None).unwrap();
     assert!(sentences.iter().all(|s| s.pos.is_empty()));
-    let preds = tagger.tag(&sentences, 32, 4, false, false).unwrap();
-    let report = nerpos_predict::score(&sentences, &preds, &tagger.meta.labels)
-        .unwrap()
-        .expect("the CoNLL file has gold tags");
+    let opts = nerpos_predict::TagOptions {
+        batch_size: 32,
+        overlap: 4,
+        keep_logits: false,
+        pos: nerpos_model::PosSource::Given,
+    };
+    let preds = tagger.tag(&sentences, opts).unwrap();
+    let mut scoring = nerpos_predict::Scoring::new(&tagger.meta.labels).unwrap();
+    scoring
+        .add(&sentences, &preds, &tagger.meta.labels)
+        .unwrap();
+    let report = scoring.report().expect("the CoNLL file has gold tags");
     (preds, report.micro.f1)
 }
