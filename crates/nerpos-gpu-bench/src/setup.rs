@@ -53,6 +53,7 @@ pub fn shape_config(
             dropout: if dropout { 0.2 } else { 0.0 },
             crf: None,
             pos_tagger: None,
+            pos_from_tagger: false,
         },
     })
 }

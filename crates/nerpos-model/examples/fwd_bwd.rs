@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         dropout: 0.2,
         crf: None,
         pos_tagger: None,
+        pos_from_tagger: false,
     };
     let (model, _) = BertNerPos::from_pretrained(&dir, head, None, (HeadInit::default(), 1), &dev)?;
     let vocab = model.config.bert.vocab_size as u32;

@@ -69,6 +69,9 @@ pub struct NerposMeta {
     /// weights): prediction tags POS itself when its input has no POS tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_tagger: Option<f64>,
+    /// Training fed the POS embedding the tagger's tags (continued training does too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pos_from_tagger: bool,
 }
 
 pub use nerpos_prep::LabelSubwords;
@@ -83,6 +86,7 @@ impl NerposMeta {
             dropout: self.dropout,
             crf: (self.head == HeadKind::Crf).then(|| self.labels.clone()),
             pos_tagger: self.pos_tagger,
+            pos_from_tagger: self.pos_from_tagger,
         }
     }
 

@@ -135,6 +135,10 @@ pub struct HeadConfig {
     /// input has none. `None`: no POS tagger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_tagger: Option<f64>,
+    /// In training, feed the POS embedding the tagger's tags (as prediction on raw text will) instead
+    /// of the corpus's: the NER head learns to use the POS it will get.
+    #[serde(default)]
+    pub pos_from_tagger: bool,
 }
 
 /// What turns the logits into labels: each position's softmax, or a CRF over each row.

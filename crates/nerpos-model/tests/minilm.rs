@@ -113,6 +113,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         dropout: 0.0,
         crf: None,
         pos_tagger: None,
+        pos_from_tagger: false,
     };
     let (model, _) = BertNerPos::from_pretrained(
         &minilm,
@@ -136,6 +137,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         dropout: 0.2,
         crf: None,
         pos_tagger: None,
+        pos_from_tagger: false,
         ..model.config.head.clone()
     };
     let (model, _) =

@@ -19,6 +19,7 @@ fn head() -> HeadConfig {
         dropout: 0.2,
         crf: None,
         pos_tagger: None,
+        pos_from_tagger: false,
     }
 }
 
@@ -257,6 +258,7 @@ fn drawn_head(init: HeadInit, seed: u64) -> HashMap<String, Vec<f32>> {
         dropout: 0.2,
         crf: None,
         pos_tagger: None,
+        pos_from_tagger: false,
     };
     let m = BertNerPos::new(nerpos_model::ModelConfig { bert, head }, &Device::Cpu).unwrap();
     m.init_head(init, seed).unwrap();

@@ -157,3 +157,43 @@ fn predicted_pos_feeds_the_pos_embedding() {
     let d = common::rel_error(&out.logits, &model.eval_logits(&fed_inputs).unwrap());
     assert!(d <= 1e-6, "{d}");
 }
+
+/// `pos_from_tagger`: training feeds the POS embedding the tagger's tags — the same loss and gradients
+/// as the model fed those tags as its input (the tagger still learning the corpus's).
+#[test]
+fn training_on_the_taggers_pos_equals_being_given_them() {
+    let (model, r) = tagger_model();
+    let mut config = model.config.clone();
+    config.head.pos_from_tagger = true;
+    let fed = BertNerPos::new(config, &Device::Cpu).unwrap();
+    fed.copy_from(&model).unwrap();
+    let batch = tagger_batch(&r, false);
+    let (inputs, _) = batch.to_device(&Device::Cpu).unwrap();
+    let tags = model
+        .eval(&inputs, nerpos_model::PosSource::Predicted)
+        .unwrap()
+        .pos_logits
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let mut given = batch.clone();
+    for (&p, &t) in batch.head.iter().zip(&tags) {
+        given.pos_ids[p as usize] = t;
+    }
+    assert_ne!(
+        given.pos_ids, batch.pos_ids,
+        "the random tagger disagrees with the corpus"
+    );
+    let step = |m: &BertNerPos, b: &nerpos_model::PackedBatch| {
+        let (x, y) = b.to_device(&Device::Cpu).unwrap();
+        m.forward_backward(&x, &y.unwrap(), None).unwrap()
+    };
+    let (a, b) = (step(&fed, &batch), step(&model, &given));
+    assert!((a.loss_sum - b.loss_sum).abs() <= 1e-6 * b.loss_sum.abs());
+    for (name, g) in &a.grads {
+        let d = common::rel_error(&g.to_dense().unwrap(), &b.grads[name].to_dense().unwrap());
+        assert!(d <= 1e-6, "{name}: {d}");
+    }
+}

@@ -179,9 +179,11 @@ fn core_len(text: &str) -> usize {
     if n > 3 && norm.ends_with("n't") && letters_before(n - 3) {
         return n - 3;
     }
+    // `'s` after a word or an abbreviation (`A.U.'s`), a number (`1990's`).
+    let word_before = |k: usize| k > 0 && (chars[k - 1].is_alphanumeric() || chars[k - 1] == '.');
     for c in CLITICS {
         let k = c.chars().count();
-        if n > k && norm.ends_with(c) && letters_before(n - k) {
+        if n > k && norm.ends_with(c) && word_before(n - k) {
             return n - k;
         }
     }
@@ -256,6 +258,7 @@ mod tests {
                 ],
             ),
             ("It’s O'Connor’s.", &["It", "’s", "O'Connor", "’s", "."]),
+            ("the A.U.'s mission", &["the", "A.U.", "'s", "mission"]),
             ("'s", &["'s"]),
             ("Wait ... what?", &["Wait", "...", "what", "?"]),
             ("", &[]),

@@ -98,6 +98,10 @@ pub struct TrainConfig {
     /// none otherwise (asking for one without POS tags is an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_tagger: Option<f64>,
+    /// Feed the POS embedding the POS tagger's tags in training instead of the corpus's, as raw text
+    /// will be fed (needs a POS tagger).
+    #[serde(default)]
+    pub pos_from_tagger: bool,
     /// Probability of replacing a POS id by the unknown id in training.
     #[serde(default)]
     pub pos_dropout: f64,
@@ -433,7 +437,8 @@ impl TrainConfig {
                 "seed" | "length_grouping" => {
                     return Err(refused("the epochs' batch order comes from it"));
                 }
-                "model" | "use_pos" | "pos_dim" | "head_init" | "head" | "pos_tagger" => {
+                "model" | "use_pos" | "pos_dim" | "head_init" | "head" | "pos_tagger"
+                | "pos_from_tagger" => {
                     return Err(refused("the checkpoint holds a model built from it"));
                 }
                 "global_batch_size" | "global_batch_tokens" => {

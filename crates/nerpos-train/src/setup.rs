@@ -108,6 +108,7 @@ fn load_model(
         dropout: cfg.dropout,
         crf: (cfg.head == nerpos_model::HeadKind::Crf).then(|| m.labels.clone()),
         pos_tagger: pos_tagger(cfg, use_pos(cfg, m)?)?,
+        pos_from_tagger: cfg.pos_from_tagger,
     };
     Ok(BertNerPos::from_pretrained(
         &cfg.model,
@@ -133,6 +134,16 @@ fn use_pos(cfg: &TrainConfig, m: &Manifest) -> anyhow::Result<bool> {
 
 /// The POS tagger's loss weight, if the model has one (see `TrainConfig::pos_tagger`).
 fn pos_tagger(cfg: &TrainConfig, use_pos: bool) -> anyhow::Result<Option<f64>> {
+    let weight = tagger_weight(cfg, use_pos)?;
+    if cfg.pos_from_tagger && weight.is_none() {
+        bail!(
+            "pos_from_tagger = true needs a POS tagger (pos_tagger > 0 and POS tags in the data)"
+        );
+    }
+    Ok(weight)
+}
+
+fn tagger_weight(cfg: &TrainConfig, use_pos: bool) -> anyhow::Result<Option<f64>> {
     match cfg.pos_tagger {
         Some(w) if w > 0.0 && !use_pos => bail!(
             "pos_tagger = {w}, but the model reads no POS tags (the dataset {} has none, or use_pos = \
@@ -194,6 +205,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         pos_shape: m.options.pos_shape,
         tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
         pos_tagger: model.config.head.pos_tagger,
+        pos_from_tagger: model.config.head.pos_from_tagger,
         head: if model.config.head.crf.is_some() {
             nerpos_model::HeadKind::Crf
         } else {

@@ -47,6 +47,8 @@ pub struct Head {
     pub crf: Option<Crf>,
     /// The POS tagger (hidden → POS ids) and its loss weight.
     pub tagger: Option<(Linear, f64)>,
+    /// Training feeds the POS embedding the tagger's tags.
+    pos_from_tagger: bool,
     hidden: usize,
     dropout: f64,
 }
@@ -65,6 +67,8 @@ pub struct HeadCache {
     mask: Option<Mask>,
     /// The encoder's output at the head positions (what the POS tagger read).
     at_head: Option<Tensor>,
+    /// The POS ids the embedding looked up when they were the tagger's (`[M]`, on the device).
+    fed: Option<Tensor>,
 }
 
 impl Head {
@@ -100,6 +104,7 @@ impl Head {
             classifier,
             crf,
             tagger,
+            pos_from_tagger: h.pos_from_tagger && h.pos_tagger.is_some(),
             hidden: c.bert.hidden_size,
             dropout: h.dropout,
         })
@@ -118,6 +123,13 @@ impl Head {
             .as_ref()
             .map(|(l, _)| linear(l, &at_head))
             .transpose()?;
+        // Training feeds the tagger's tags when so configured (a training pass keeps caches).
+        let source = if pass.keep && self.pos_from_tagger {
+            PosSource::Predicted
+        } else {
+            source
+        };
+        let mut fed = None;
         let features = match &self.pos {
             Some(e) => {
                 let ids = match (source, &pos_logits) {
@@ -130,6 +142,9 @@ impl Head {
                     }
                 };
                 let pos = e.t().index_select(&ids, 0)?;
+                if source == PosSource::Predicted {
+                    fed = Some(ids);
+                }
                 Tensor::cat(&[&at_head, &pos], 1)?
             }
             None => at_head.clone(),
@@ -142,6 +157,7 @@ impl Head {
             features,
             mask,
             at_head: keep_input.then_some(at_head),
+            fed,
         };
         Ok((HeadOutput { logits, pos_logits }, cache))
     }
@@ -176,8 +192,13 @@ impl Head {
         if let Some(e) = &self.pos {
             let (rows, dim) = e.tensor.dims2()?;
             let dpos = dfeat.narrow(1, self.hidden, dim)?.contiguous()?;
-            let ids = &pass.inputs.host.head_pos_ids;
-            sink.dense(e, EmbeddingGrad::dense(k, ids, &dpos, rows)?)?;
+            let grad = match &c.fed {
+                // The tagger's ids stay on the device (no read-back): summed there.
+                Some(ids) => Tensor::zeros((rows, dim), dpos.dtype(), dpos.device())?
+                    .index_add(ids, &dpos, 0)?,
+                None => EmbeddingGrad::dense(k, &pass.inputs.host.head_pos_ids, &dpos, rows)?,
+            };
+            sink.dense(e, grad)?;
         }
         Ok(dx)
     }

@@ -1,0 +1,254 @@
+"""Benchmark: tagging raw text with a fine-tuned model folder, against the same model on the gold tokens,
+and against PyTorch on the same text, in one run on this machine. Run through tests/bench/text.sh.
+
+1. Accuracy. A dataset's split (its Parquet rows: words, POS tags, NER tags) is rendered as running
+   text — words joined by spaces, punctuation and clitics re-attached as people write them (`Paris.`,
+   `Iraq's`, `(PT)`, `"quoted"`) — one sentence per line, and each gold entity gets its character span
+   in that line. `nerpos-predict --format text` tags the text (its own word splitting, POS from the
+   model's POS tagger); its entities are matched to the gold ones by (line, type, start, end). The same
+   model on the gold tokens with the gold POS tags (`--format conll --pos input`) and with the tagger's
+   POS (`--pos model`) are scored alike, and by seqeval on the tags (the reference for the metric).
+2. Speed. Words per second of `nerpos-predict --format text` (the rate it logs over reading, splitting,
+   tagging and writing, and the whole command's wall time with the model's loading) against a PyTorch
+   `no_grad` forward of the same weights (Hugging Face BertModel, the POS tagger, the POS embedding,
+   the classifier, pytorch-crf's Viterbi for a CRF head) on the same words: the fast tokenizer, batches
+   of 64 sentences sorted by length, 2 threads; f32, and bf16 autocast.
+3. Memory. Peak resident memory of each `nerpos-predict` run; with --repeat N, also of the text
+   repeated N times (memory should not grow with the input).
+"""
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file
+from seqeval.metrics import f1_score
+from seqeval.metrics.sequence_labeling import get_entities
+from transformers import BertModel, BertTokenizerFast
+
+NO_SPACE_BEFORE = {".", ",", ";", ":", "!", "?", "%", ")", "]", "}", "...", "'", "n't"}
+CLITICS = {"'s", "'re", "'ve", "'ll", "'m", "'d"}
+NO_SPACE_AFTER = {"(", "[", "{", "$", "#"}
+
+
+def read_split(dataset, split):
+    """The split's sentences as lists of (word, pos, tag), windows re-assembled."""
+    sentences = {}
+    for f in sorted(glob.glob(os.path.join(dataset, split, "*.parquet"))):
+        table = pq.read_table(f, columns=["sentence_index", "word_start", "words", "pos", "tags"])
+        for r in table.to_pylist():
+            s = sentences.setdefault(r["sentence_index"], {})
+            for k, w in enumerate(zip(r["words"], r["pos"], r["tags"])):
+                s[r["word_start"] + k] = w
+    return [[s[k] for k in range(len(s))] for _, s in sorted(sentences.items())]
+
+
+def render(words):
+    """Running text of `words` and each word's character span in it."""
+    text, spans, open_quote, prev = "", [], False, None
+    for w in words:
+        attach = not text or w in NO_SPACE_BEFORE or w.lower() in CLITICS or prev in NO_SPACE_AFTER
+        if prev == '"' and open_quote:
+            attach = True
+        if w == '"':
+            attach = open_quote and bool(text)
+            open_quote = not open_quote
+        if not attach:
+            text += " "
+        spans.append((len(text), len(text) + len(w)))
+        text += w
+        prev = w
+    return text, spans
+
+
+def gold_entities(sentences, labels):
+    """(line, type, start, end) of every gold entity, in the rendered text and in the words joined by
+    single spaces; tags the model does not know read as O (as nerpos-prep drops types)."""
+    rendered, joined = set(), set()
+    for i, s in enumerate(sentences):
+        tags = [t if t in labels else "O" for _, _, t in s]
+        _, spans = render([w for w, _, _ in s])
+        starts = []
+        at = 0
+        for w, _, _ in s:
+            starts.append(at)
+            at += len(w) + 1
+        for ty, a, b in get_entities(tags):
+            rendered.add((i, ty, spans[a][0], spans[b][1]))
+            joined.add((i, ty, starts[a], starts[b] + len(s[b][0])))
+    return rendered, joined
+
+
+def predicted_entities(jsonl):
+    out = set()
+    with open(jsonl, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            for e in json.loads(line)["entities"]:
+                out.add((i, e["type"], e["start"], e["end"]))
+    return out
+
+
+def prf(gold, pred):
+    tp = len(gold & pred)
+    p = tp / len(pred) if pred else 0.0
+    r = tp / len(gold) if gold else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def run_predict(ours, model, inp, fmt, out, extra):
+    """Runs nerpos-predict; returns (wall seconds, logged words/s, peak memory in MB)."""
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "sys.stderr.write(r.stderr); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
+        "sys.exit(r.returncode)"
+    )
+    cmd = [ours, "--model", model, "--input", inp, "--format", fmt, "--out", out,
+           "--output-format", "jsonl", *extra]
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True,
+                       env={**os.environ, "NERPOS_LOG": "info"})
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"nerpos-predict failed:\n{r.stderr}")
+    rate = None
+    for line in r.stderr.splitlines():
+        if "words_per_sec=" in line:
+            rate = float(line.split("words_per_sec=")[1].split()[0])
+    return wall, rate, int(r.stdout.strip()) / 1024
+
+
+class Reference(torch.nn.Module):
+    """The model folder's weights in PyTorch: BertModel + POS tagger + POS embedding + classifier."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.bert = BertModel.from_pretrained(folder, add_pooling_layer=False)
+        w = load_file(os.path.join(folder, "model.safetensors"))
+        self.meta = json.load(open(os.path.join(folder, "nerpos.json")))
+        lin = lambda name: torch.nn.Linear(*reversed(w[name + ".weight"].shape))  # noqa: E731
+        self.classifier = lin("classifier")
+        self.classifier.load_state_dict({"weight": w["classifier.weight"], "bias": w["classifier.bias"]})
+        self.pos_embedding = torch.nn.Embedding.from_pretrained(w["pos_embedding.weight"])
+        self.tagger = lin("pos_tagger")
+        self.tagger.load_state_dict({"weight": w["pos_tagger.weight"], "bias": w["pos_tagger.bias"]})
+        self.crf = None
+        if "crf.transitions" in w:
+            from torchcrf import CRF
+
+            self.crf = CRF(len(self.meta["labels"]), batch_first=True)
+            self.crf.load_state_dict({"start_transitions": w["crf.start"], "end_transitions": w["crf.end"],
+                                      "transitions": w["crf.transitions"]})
+        self.eval()
+
+    def forward(self, ids, mask, first, first_mask):
+        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = torch.gather(h, 1, first.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        pos = self.tagger(h).argmax(-1)
+        logits = self.classifier(torch.cat([h, self.pos_embedding(pos)], -1))
+        if self.crf is not None:
+            return self.crf.decode(logits.float(), mask=first_mask)
+        return logits.argmax(-1)
+
+
+def torch_words_per_sec(folder, sentences, threads, bf16):
+    torch.set_num_threads(threads)
+    model = Reference(folder)
+    tok = BertTokenizerFast.from_pretrained(folder)
+    max_len = model.meta["max_len"]
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    words = sum(len(s) for s in sentences)
+    t0 = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for k in range(0, len(order), 64):
+            batch = [sentences[i] for i in order[k:k + 64]]
+            enc = tok(batch, is_split_into_words=True, truncation=True, max_length=max_len,
+                      padding=True, return_tensors="pt")
+            firsts = []
+            for b in range(len(batch)):
+                ids = enc.word_ids(b)
+                firsts.append([p for p, w in enumerate(ids) if w is not None and (p == 0 or ids[p - 1] != w)])
+            n = max(len(f) for f in firsts)
+            first = torch.tensor([f + [0] * (n - len(f)) for f in firsts])
+            first_mask = torch.tensor([[1] * len(f) + [0] * (n - len(f)) for f in firsts], dtype=torch.bool)
+            model(enc["input_ids"], enc["attention_mask"], first, first_mask)
+    return words / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ours", required=True)
+    ap.add_argument("--model", required=True, help="a fine-tuned model folder with a POS tagger")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=0, help="also tag the text repeated N times")
+    a = ap.parse_args()
+    labels = set(json.load(open(os.path.join(a.model, "nerpos.json")))["labels"])
+    sentences = read_split(a.dataset, a.split)
+    nwords = sum(len(s) for s in sentences)
+    tmp = tempfile.mkdtemp(prefix="nerpos-text-bench-")
+    text_file, conll = os.path.join(tmp, "dev.txt"), os.path.join(tmp, "dev.conll")
+    with open(text_file, "w", encoding="utf-8") as f:
+        for s in sentences:
+            f.write(render([w for w, _, _ in s])[0] + "\n")
+    with open(conll, "w", encoding="utf-8") as f:
+        for s in sentences:
+            f.write("".join(f"{w} {p} {t if t in labels else 'O'}\n" for w, p, t in s) + "\n")
+    rendered, joined = gold_entities(sentences, labels)
+    gold_tags = [[t if t in labels else "O" for _, _, t in s] for s in sentences]
+    runs = [
+        ("raw text, POS from the tagger", text_file, "text", [], rendered),
+        ("gold tokens, gold POS", conll, "conll", ["--pos-col", "1", "--tag-col", "2", "--pos", "input"], joined),
+        ("gold tokens, POS from the tagger", conll, "conll", ["--pos-col", "1", "--tag-col", "2", "--pos", "model"], joined),
+    ]
+    print(f"{a.split} split of {a.dataset}: {len(sentences):,} sentences, {nwords:,} words; model {a.model}\n")
+    print("| input | entity micro P | R | F1 (by character spans) | seqeval F1 (tags) | words/s (logged) | command s | peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    rates = {}
+    for name, inp, fmt, extra, gold in runs:
+        out = os.path.join(tmp, f"{fmt}-{len(rates)}.jsonl")
+        wall, rate, peak = run_predict(a.ours, a.model, inp, fmt, out, extra)
+        rates[name] = (rate, wall)
+        p, r, f = prf(gold, predicted_entities(out))
+        seq = "-"
+        if fmt == "conll":
+            pred = [json.loads(l)["tags"] for l in open(out, encoding="utf-8")]
+            seq = f"{f1_score(gold_tags, pred):.4f}"
+        print(f"| {name} | {p:.4f} | {r:.4f} | {f:.4f} | {seq} | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
+        if fmt == "text":
+            split = [json.loads(l)["words"] for l in open(out, encoding="utf-8")]
+            same = [x == [w for w, _, _ in s] for x, s in zip(split, sentences)]
+            diffs = [(x, [w for w, _, _ in s]) for x, s, ok in zip(split, sentences, same) if not ok]
+    print(f"\nThe raw text split back into the corpus's words exactly: {sum(same):,} of {len(same):,} sentences")
+    for x, g in diffs[:5]:
+        d = next(k for k in range(min(len(x), len(g)) + 1) if k == min(len(x), len(g)) or x[k] != g[k])
+        print(f"  e.g. ours {x[max(0, d - 2):d + 3]} vs corpus {g[max(0, d - 2):d + 3]}")
+    if a.repeat > 1:
+        big = os.path.join(tmp, "big.txt")
+        with open(big, "w", encoding="utf-8") as f:
+            for _ in range(a.repeat):
+                f.write(open(text_file, encoding="utf-8").read())
+        size = os.path.getsize(big) / 1e6
+        wall, rate, peak = run_predict(a.ours, a.model, big, "text", os.path.join(tmp, "big.jsonl"), [])
+        print(f"| raw text ×{a.repeat} ({size:.1f} MB) | | | | | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
+    print()
+    words = [[w for w, _, _ in s] for s in sentences]
+    ours_rate = rates["raw text, POS from the tagger"][0]
+    print("| precision | PyTorch no_grad words/s | nerpos-predict --format text words/s | ratio |")
+    print("|---|---|---|---|")
+    for bf16 in (False, True):
+        theirs = torch_words_per_sec(a.model, words, a.threads, bf16)
+        label = "bf16 autocast (ours: f32, no bf16 option)" if bf16 else "f32"
+        print(f"| {label} | {theirs:,.0f} | {ours_rate:,.0f} | {ours_rate / theirs:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
