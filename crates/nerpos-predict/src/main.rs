@@ -35,7 +35,9 @@ struct Cli {
     /// memory until the end).
     #[arg(long, value_name = "FILE.npy")]
     logits: Option<PathBuf>,
-    #[arg(long, default_value_t = 64)]
+    /// Rows (sentence windows) per batch: larger batches keep the matrix products efficient (on 2 CPU
+    /// cores 256 rows tag 1.26× faster than 64).
+    #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Words of context repeated between the windows of sentences longer than the model's max length.
     #[arg(long, default_value_t = 16)]
@@ -222,6 +224,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let bar = source.bar(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let mut scoring = Scoring::new(labels)?;
     let mut tally = Tally::default();
+    if std::env::var("NERPOS_PROFILE").is_ok_and(|v| v == "1") {
+        nerpos_model::profile::enable();
+    }
     let started = std::time::Instant::now();
     write_atomic_with(&cli.out, |w| {
         loop {
@@ -259,7 +264,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    finish(&cli, &source, &tally, started.elapsed().as_secs_f64());
+    let secs = started.elapsed().as_secs_f64();
+    finish(&cli, &source, &tally, secs);
+    if nerpos_model::profile::enabled() {
+        eprint!("{}", nerpos_model::profile::table(secs));
+    }
     if let Some(path) = &cli.logits {
         write_atomic_with(path, |w| {
             write_npy(w, &tally.logits, tally.words, labels.len())

@@ -1,39 +1,14 @@
 //! nerpos-predict streams raw text: its memory does not grow with the input's size, and the output
 //! keeps the input's order. (Its own test binary: the peak memory read back is its children's.)
 
+mod common;
+
 use std::io::Write;
-use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nerpos-predict");
+use common::model_folder;
 
-/// The tiny fixture model of nerpos-model, as the CLI tests build it.
-fn model_folder(dir: &Path) -> std::path::PathBuf {
-    let src = nerpos_testdata::repo_root().join("crates/nerpos-model/tests/fixtures/tiny/model");
-    let out = dir.join("model");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), out.join(f)).unwrap();
-    }
-    let mut vocab: Vec<String> = [
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "paris", "is", ".",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    while vocab.len() < 100 {
-        vocab.push(format!("tok{}", vocab.len()));
-    }
-    std::fs::write(out.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    let meta = serde_json::json!({
-        "format_version": 1, "created_by": "test",
-        "labels": ["B-geo", "B-per", "I-geo", "I-per", "O", "B-org", "I-org"],
-        "pos": ["<pad>", "<unk>", "DT", "NNP", "VBZ", "IN", ".", "NN", "JJ", "CD"],
-        "pos_pad_id": 0, "pos_unk_id": 1, "pos_dim": 24, "use_pos": true, "max_len": 8, "dropout": 0.2
-    });
-    std::fs::write(out.join("nerpos.json"), meta.to_string()).unwrap();
-    out
-}
+const BIN: &str = env!("CARGO_BIN_EXE_nerpos-predict");
 
 /// The largest resident set of the children this process has waited for, in bytes (Linux).
 fn children_max_rss() -> u64 {
