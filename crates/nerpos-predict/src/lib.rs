@@ -9,4 +9,4 @@ pub mod tagger;
 
 pub use input::{InputFormat, Sentence, TextLines, read_input};
 pub use output::{Entity, OutputFormat, Scoring, entities_of, write_npy, write_predictions};
-pub use tagger::{TagOptions, Tagger};
+pub use tagger::{Precision, TagOptions, Tagger};

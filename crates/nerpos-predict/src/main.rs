@@ -7,8 +7,8 @@ use clap::Parser;
 use indicatif::ProgressBar;
 use nerpos_model::PosSource;
 use nerpos_predict::{
-    InputFormat, OutputFormat, Scoring, Sentence, TagOptions, Tagger, TextLines, read_input,
-    write_npy, write_predictions,
+    InputFormat, OutputFormat, Precision, Scoring, Sentence, TagOptions, Tagger, TextLines,
+    read_input, write_npy, write_predictions,
 };
 use nerpos_prep::args::ReadArgs;
 use nerpos_prep::tags::Scheme;
@@ -55,6 +55,10 @@ struct Cli {
     /// `cpu`, or `cuda` / `cuda:N` (with the cuda feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// `bf16`: weights and activations in bf16 (the fast path on a GPU; on the CPU slower than f32,
+    /// for measuring what bf16 changes).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -212,7 +216,7 @@ struct Tally {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = device(&cli.device)?;
-    let tagger = Tagger::load(&cli.model, &dev)?;
+    let tagger = Tagger::load(&cli.model, &dev, cli.precision)?;
     let mut source = Source::open(&cli)?;
     let opts = TagOptions {
         batch_size: cli.batch_size,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use nerpos_model::{BertNerPos, NerposMeta, PosSource, PredictOptions, RowView, WordPrediction};
 use nerpos_model::{predict_rows, profile::scope};
 use nerpos_prep::SubwordTokenizer;
@@ -25,6 +25,17 @@ pub struct TagOptions {
     pub pos: PosSource,
 }
 
+/// The precision the model runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Weights and activations in bf16 (sums in f32 in the fused kernels). On a GPU the fast path; on
+    /// the CPU it runs candle's tensor ops (no bf16 matrix kernel there, and this CPU's bf16 dot
+    /// product is not faster than its f32 FMA: docs/benchmarks.md), useful to measure the F1 change.
+    Bf16,
+}
+
 /// A fine-tuned model with its tokenizer, ready to tag.
 pub struct Tagger {
     pub model: BertNerPos,
@@ -35,8 +46,19 @@ pub struct Tagger {
 }
 
 impl Tagger {
-    pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Tagger> {
+    pub fn load(dir: &Path, device: &Device, precision: Precision) -> anyhow::Result<Tagger> {
         let (model, meta) = BertNerPos::load(dir, device)?;
+        // On a GPU the fused kernels (what training runs); on the CPU its own kernels.
+        let model = model.with_kernels(nerpos_model::Kernels::with_gpu(device.is_cuda()));
+        let model = match precision {
+            Precision::F32 => model,
+            Precision::Bf16 => {
+                let half = BertNerPos::with_dtype(model.config.clone(), device, DType::BF16)?
+                    .with_kernels(model.kernels);
+                half.copy_from(&model)?;
+                half
+            }
+        };
         let tokenizer = SubwordTokenizer::load(dir)?;
         if let Some(expected) = &meta.tokenizer_fingerprint {
             if *expected != tokenizer.fingerprint {

@@ -162,7 +162,7 @@ fn with_pos_tagger(model: &Path) {
     std::fs::write(&meta_file, meta.to_string()).unwrap();
 }
 
-fn jsonl_lines(path: &Path) -> Vec<serde_json::Value> {
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -189,7 +189,7 @@ fn raw_text_gives_entities_with_character_offsets() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(!err.contains("every POS is <unk>"), "{err}");
-    let lines = jsonl_lines(&out);
+    let lines = jsonl(&out);
     assert_eq!(lines.len(), 2);
     let words = |l: &serde_json::Value| -> Vec<String> {
         l["words"]
@@ -354,4 +354,39 @@ fn json_lines_with_iobes_gold_tags() {
     let o = run_with(&[]);
     assert!(o.status.success(), "gold kept as written without --scheme");
     assert!(std::fs::read_to_string(&out).unwrap().contains("S-geo"));
+}
+
+/// `--precision bf16` runs the model in bf16 (on the CPU through tensor ops): the same output shape,
+/// probabilities close to f32's.
+#[test]
+fn bf16_precision_tags_like_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_folder(tmp.path());
+    let input = gmb(tmp.path());
+    let run_with = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["--output-format", "jsonl"];
+        args.extend_from_slice(extra);
+        let o = predict(&model, &input, "gmb", &out, &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        jsonl(&out)
+    };
+    let (f32s, bf16s) = (
+        run_with("f32.jsonl", &[]),
+        run_with("bf16.jsonl", &["--precision", "bf16"]),
+    );
+    assert_eq!(f32s.len(), bf16s.len());
+    let mut worst = 0f64;
+    for (a, b) in f32s.iter().zip(&bf16s) {
+        for (p, q) in a["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["probs"].as_array().unwrap())
+        {
+            worst = worst.max((p.as_f64().unwrap() - q.as_f64().unwrap()).abs());
+        }
+    }
+    eprintln!("largest |f32 - bf16| probability: {worst:.3}");
+    assert!(worst > 0.0 && worst < 0.05, "{worst}");
 }

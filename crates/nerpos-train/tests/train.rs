@@ -601,7 +601,8 @@ fn predict_and_score(
     best: &std::path::Path,
     conll: &std::path::Path,
 ) -> (Vec<Vec<nerpos_model::WordPrediction>>, f64) {
-    let tagger = nerpos_predict::Tagger::load(best, &candle_core::Device::Cpu).unwrap();
+    let tagger =
+        nerpos_predict::Tagger::load(best, &candle_core::Device::Cpu, Default::default()).unwrap();
     let args = nerpos_prep::args::ReadArgs {
         encoding: nerpos_prep::encoding::TextEncoding::Auto,
         word_col: 0,
