@@ -19,7 +19,7 @@ command -v xz >/dev/null || fail "packing needs xz (apt-get install xz-utils)"
 tmp="$bundle.tmp.$$"
 rm -rf "$tmp" && mkdir -p "$tmp"/{bin,bench,reference,data/gmb,model,wheels}
 
-for b in nerpos-gpu-bench nerpos-dist-check nerpos-train; do
+for b in nerpos-gpu-bench nerpos-dist-check nerpos-train nerpos-predict; do
   [[ -x $bin/$b.bin ]] || fail "no $bin/$b.bin: run launch/build-cuda.sh first (or --bin DIR)"
   # Stripped and compressed: candle's PTX makes each binary 40-55 MB, 4-7 MB compressed.
   strip -o "$tmp/bin/$b.bin" "$bin/$b.bin" 2>/dev/null || cp "$bin/$b.bin" "$tmp/bin/$b.bin"
@@ -48,6 +48,9 @@ cp "$root/tests/reference/"{train_reference.py,model_reference.py,random_checkpo
 cp "$model"/*.json "$tmp/model/"
 cp "$model"/*.txt "$tmp/model/" 2>/dev/null || true
 cp -r "$data"/. "$tmp/data/gmb/"
+# The dev split as CoNLL (gold POS) and as running text, for the predict step.
+"$python" "$root/tests/bench/text_bench.py" --export "$tmp/data/text" --dataset "$data" >/dev/null ||
+  fail "could not render the dev split of $data (tests/bench/text_bench.py --export; pyarrow)"
 # seqeval (the reference's scorer) is not in GPU images; PyPI has it as a source archive only.
 "$python" -m pip wheel -q --no-deps -w "$tmp/wheels" seqeval==1.2.2 || fail "could not build a seqeval wheel"
 

@@ -67,11 +67,14 @@ started=$SECONDS
 # ---- where things are: a bundle (bin/ beside this script) or a checkout (launch/ inside it)
 if [[ -f $here/bundle.json ]]; then
   bin=${bin:-$here/bin} bench=$here/bench reference=$here/reference
-  data=${data:-$here/data/gmb} model=${model:-$here/model}
+  data=${data:-$here/data/gmb} model=${model:-$here/model} texts=$here/data/text
 else
   root=$(cd "$here/.." && pwd)
   bin=${bin:-$root/target/cuda/bin} bench=$root/tests/bench reference=$root/tests/reference
   data=${data:-$root/datasets/gmb-minilm} model=${model:-$root/data/models/all-MiniLM-L6-v2}
+  texts=${TMPDIR:-/tmp}/nerpos-gpu-texts
+  [[ -f $texts/dev.conll ]] || "${PYTHON:-python3}" "$root/tests/bench/text_bench.py" --export "$texts" \
+    --dataset "$data" >/dev/null 2>&1 || true
 fi
 python=${PYTHON:-python3}
 
@@ -269,6 +272,22 @@ TOML
   [[ -f $start/model.safetensors ]] &&
     no_results=1 run train-nerpos 150 60 "$bin/nerpos-train" --config "$out/logs/train-nerpos.toml" &&
     record train-nerpos train-nerpos "$work/nerpos" "$epochs"
+  # 6b. Tagging with that job's model (it has a POS tagger): the dev split as CoNLL with gold POS (F1)
+  # and as raw text (words/s, POS from the tagger), in f32 and bf16 (target: |ΔF1| ≤ 0.002).
+  if [[ -x $bin/nerpos-predict && -f $texts/dev.conll && -d $work/nerpos/best ]]; then
+    for p in f32 bf16; do
+      tag() { # NAME INPUT FORMAT ARGS...
+        local name=$1 input=$2 format=$3; shift 3
+        no_results=1 NERPOS_LOG=info run "$name" 60 15 "$bin/nerpos-predict" --model "$work/nerpos/best" \
+          --input "$texts/$input" --format "$format" --device "${NERPOS_CHECK_DEVICE:-cuda}" --precision "$p" \
+          --out "$work/$name.jsonl" --output-format jsonl "$@"
+      }
+      tag "predict-gold-$p" dev.conll conll --pos-col 1 --tag-col 2 --pos input &&
+        record predict "predict-gold-$p" "$out/logs/predict-gold-$p.log" "$p" "gold tokens + POS"
+      tag "predict-text-$p" dev.txt text &&
+        record predict "predict-text-$p" "$out/logs/predict-text-$p.log" "$p" "raw text"
+    done
+  fi
   if [[ $torch == 1 && -f $start/model.safetensors ]]; then
     # seqeval (the reference's scorer) is not in GPU images: the bundle carries its wheel.
     if ! "$python" -c 'import seqeval' 2>/dev/null && compgen -G "$here/wheels/*.whl" >/dev/null; then

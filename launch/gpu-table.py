@@ -12,6 +12,7 @@ writes the summary table (table.md) from it.
       train-torch STEP LOG EPOCHS     the PyTorch reference job's summary (its last line)
       grid STEP K POINTS SECONDS [SENTENCES]  a grid of POINTS points run K at a time on one GPU
       kernel-times STEP CSV STEPS     Nsight Compute's kernel durations (ncu --csv), per kernel and step
+      predict STEP LOG PRECISION INPUT  nerpos-predict's words/s (its log) and, with gold tags, micro F1
 Standard library only: it runs on the GPU machine's Python.
 """
 import csv
@@ -23,6 +24,7 @@ import sys
 TARGET_RATIO = 1.3  # bf16 step against PyTorch AMP on the same batches
 TARGET_MFU = 0.25  # BERT-base at 16,384 tokens
 TARGET_TRAIN_S = 30  # full GMB, 3 epochs
+TARGET_BF16_F1 = 0.002  # nerpos-predict --precision bf16 against f32, |ΔF1|
 
 
 def tail(path, n=5):
@@ -139,6 +141,13 @@ def record(results, kind, step, *args):
         r = kernel_times(step, args[0], int(args[1]))
         out.append(r or {"check": "failed", "step": step, "exit": 0, "seconds": 0, "timed_out": False,
                          "error": "no kernel durations in " + args[0], "tail": tail(args[0])})
+    elif kind == "predict":
+        text = open(args[0], errors="replace").read() if os.path.exists(args[0]) else ""
+        rate = re.findall(r"words_per_sec=([0-9.]+)", text)
+        f1 = re.search(r"micro avg\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", text)
+        if rate:
+            out.append({"check": "predict", "step": step, "precision": args[1], "input": args[2],
+                        "words_per_s": float(rate[-1]), "f1": float(f1.group(1)) if f1 else None})
     elif kind in ("train-nerpos", "train-torch"):
         r = (train_nerpos if kind == "train-nerpos" else train_torch)(step, args[0], int(args[1]))
         if r:
@@ -266,6 +275,24 @@ def grid(rows):
     return out
 
 
+def predict(rows):
+    pr = [r for r in rows if r.get("check") == "predict"]
+    if not pr:
+        return []
+    out = ["", "| nerpos-predict (the train step's model, dev split) | precision | input | words/s | micro F1 | ΔF1 vs f32 |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    f32 = {r["input"]: r for r in pr if r["precision"] == "f32"}
+    for r in pr:
+        delta = ""
+        ref = f32.get(r["input"])
+        if r["precision"] == "bf16" and ref and r["f1"] is not None and ref["f1"] is not None:
+            d = r["f1"] - ref["f1"]
+            delta = f"{d:+.4f} ({'met' if abs(d) <= TARGET_BF16_F1 else 'not met'}: ≤ {TARGET_BF16_F1})"
+        f1 = f"{r['f1']:.4f}" if r["f1"] is not None else "—"
+        out.append(f"| {r['step']} | {r['precision']} | {r['input']} | {r['words_per_s']:,.0f} | {f1} | {delta} |")
+    return out
+
+
 def kernel_table(rows, top=20):
     out = []
     for r in (r for r in rows if r.get("check") == "kernel-times"):
@@ -288,7 +315,8 @@ def table(results, path):
     rows = [json.loads(l) for l in open(results) if l.strip()]
     m = next((r for r in rows if r.get("check") == "machine"), {})
     out = [f"GPU: {m.get('gpu')}, driver {m.get('driver')}, CUDA {m.get('cuda')}, {m.get('date')}; budget {m.get('budget_s')} s", ""]
-    out += checks(rows) + speed(rows) + profile(rows) + kernel_table(rows) + train(rows) + grid(rows)
+    out += checks(rows) + speed(rows) + profile(rows) + kernel_table(rows) + train(rows) + predict(rows)
+    out += grid(rows)
     text = "\n".join(out) + "\n"
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -14,6 +14,7 @@ and against PyTorch on the same text, in one run on this machine. Run through te
    the classifier, pytorch-crf's Viterbi for a CRF head) on the same words (already split: PyTorch does
    no word splitting): the fast tokenizer, sentences sorted by length in batches of 64 or 256 (the
    faster), 2 threads; f32, and bf16 autocast.
+   `--precision bf16` (ours on the CPU: candle's tensor ops in bf16) is scored beside f32.
 3. Memory. Peak resident memory of each `nerpos-predict` run; with --repeat N, also of the text
    repeated N times (memory should not grow with the input).
 """
@@ -68,6 +69,17 @@ def render(words):
         text += w
         prev = w
     return text, spans
+
+
+def export(sentences, labels, text_file, conll):
+    """The sentences as running text (one per line) and as CoNLL (word, POS, tag; tags the model does
+    not know as O)."""
+    with open(text_file, "w", encoding="utf-8") as f:
+        for s in sentences:
+            f.write(render([w for w, _, _ in s])[0] + "\n")
+    with open(conll, "w", encoding="utf-8") as f:
+        for s in sentences:
+            f.write("".join(f"{w} {p} {t if t in labels else 'O'}\n" for w, p, t in s) + "\n")
 
 
 def gold_entities(sentences, labels):
@@ -190,31 +202,33 @@ def torch_rate(folder, sentences, threads, bf16, batch_size):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ours", required=True)
-    ap.add_argument("--model", required=True, help="a fine-tuned model folder with a POS tagger")
+    ap.add_argument("--ours")
+    ap.add_argument("--model", help="a fine-tuned model folder with a POS tagger")
+    ap.add_argument("--export", metavar="DIR", help="only write the split as DIR/dev.txt and DIR/dev.conll")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--split", default="dev")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=0, help="also tag the text repeated N times")
     ap.add_argument("--no-torch", action="store_true", help="accuracy and memory only")
     a = ap.parse_args()
-    labels = set(json.load(open(os.path.join(a.model, "nerpos.json")))["labels"])
     sentences = read_split(a.dataset, a.split)
+    if a.export:
+        os.makedirs(a.export, exist_ok=True)
+        labels = {t for s in sentences for _, _, t in s}
+        export(sentences, labels, os.path.join(a.export, "dev.txt"), os.path.join(a.export, "dev.conll"))
+        return
+    labels = set(json.load(open(os.path.join(a.model, "nerpos.json")))["labels"])
     nwords = sum(len(s) for s in sentences)
     tmp = tempfile.mkdtemp(prefix="nerpos-text-bench-")
     text_file, conll = os.path.join(tmp, "dev.txt"), os.path.join(tmp, "dev.conll")
-    with open(text_file, "w", encoding="utf-8") as f:
-        for s in sentences:
-            f.write(render([w for w, _, _ in s])[0] + "\n")
-    with open(conll, "w", encoding="utf-8") as f:
-        for s in sentences:
-            f.write("".join(f"{w} {p} {t if t in labels else 'O'}\n" for w, p, t in s) + "\n")
+    export(sentences, labels, text_file, conll)
     rendered, joined = gold_entities(sentences, labels)
     gold_tags = [[t if t in labels else "O" for _, _, t in s] for s in sentences]
     runs = [
         ("raw text, POS from the tagger", text_file, "text", [], rendered),
         ("gold tokens, gold POS", conll, "conll", ["--pos-col", "1", "--tag-col", "2", "--pos", "input"], joined),
         ("gold tokens, POS from the tagger", conll, "conll", ["--pos-col", "1", "--tag-col", "2", "--pos", "model"], joined),
+        ("raw text, --precision bf16", text_file, "text", ["--precision", "bf16"], rendered),
     ]
     print(f"{a.split} split of {a.dataset}: {len(sentences):,} sentences, {nwords:,} words; model {a.model}\n")
     print("| input | entity micro P | R | F1 (by character spans) | seqeval F1 (tags) | words/s (logged) | command s | peak MB |")
@@ -230,7 +244,7 @@ def main():
             pred = [json.loads(l)["tags"] for l in open(out, encoding="utf-8")]
             seq = f"{f1_score(gold_tags, pred):.4f}"
         print(f"| {name} | {p:.4f} | {r:.4f} | {f:.4f} | {seq} | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
-        if fmt == "text":
+        if fmt == "text" and not extra:
             split = [json.loads(l)["words"] for l in open(out, encoding="utf-8")]
             same = [x == [w for w, _, _ in s] for x, s in zip(split, sentences)]
             diffs = [(x, [w for w, _, _ in s]) for x, s, ok in zip(split, sentences, same) if not ok]
@@ -251,12 +265,16 @@ def main():
         return
     words = [[w for w, _, _ in s] for s in sentences]
     ours_rate = rates["raw text, POS from the tagger"][0]
+    bf16_rate = rates["raw text, --precision bf16"][0]
     print("| precision | PyTorch no_grad words/s | nerpos-predict --format text words/s | ratio |")
     print("|---|---|---|---|")
-    for bf16 in (False, True):
-        theirs = torch_words_per_sec(a.model, words, a.threads, bf16)
-        label = "bf16 autocast (ours: f32, no bf16 option)" if bf16 else "f32"
-        print(f"| {label} | {theirs:,.0f} | {ours_rate:,.0f} | {ours_rate / theirs:.2f}× |")
+    theirs = torch_words_per_sec(a.model, words, a.threads, False)
+    print(f"| f32 | {theirs:,.0f} | {ours_rate:,.0f} | {ours_rate / theirs:.2f}× |")
+    theirs_bf16 = torch_words_per_sec(a.model, words, a.threads, True)
+    print(f"| bf16 (PyTorch autocast; ours --precision bf16) | {theirs_bf16:,.0f} | {bf16_rate:,.0f} | "
+          f"{bf16_rate / theirs_bf16:.2f}× |")
+    print(f"| PyTorch bf16 autocast against our f32 | {theirs_bf16:,.0f} | {ours_rate:,.0f} | "
+          f"{ours_rate / theirs_bf16:.2f}× |")
 
 
 if __name__ == "__main__":

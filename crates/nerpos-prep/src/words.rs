@@ -7,8 +7,9 @@
 //! 2. Closing punctuation is split off the end: `,` `;` `:` `!` `?` `"` `)` `]` `}` `%` `”` `’` `»`,
 //!    `'` (a closing quote, or the possessive of a plural: `Workers'` → `Workers` `'`), and `...`.
 //! 3. A final `.` is split off unless the chunk is an abbreviation: it has another `.` inside
-//!    (`U.S.`, `p.m.`), is one letter (`J.`), or is a known title or short form (`Mr.`, `Corp.`,
-//!    `Jan.`, ...; [`ABBREVIATIONS`]). GMB keeps a sentence-final abbreviation whole (`... the U.S.`).
+//!    (`U.S.`, `p.m.`), is one letter (`J.`) not ending the line, or is a known title or short form
+//!    (`Mr.`, `Corp.`, `Jan.`, ...; [`ABBREVIATIONS`]). GMB keeps a sentence-final abbreviation whole
+//!    (`... the U.S.`).
 //! 4. Clitics are split off the end of a word: `'s` `'re` `'ve` `'ll` `'m` `'d` (`Iraq's` → `Iraq`
 //!    `'s`) and `n't` (`don't` → `do` `n't`, `can't` → `ca` `n't`); `’` counts as `'`.
 //! 5. `--` splits a chunk (`war--and` → `war` `--` `and`); hyphens, apostrophes and dots inside a
@@ -27,12 +28,12 @@ pub struct Word {
 }
 
 /// Titles and short forms that end in `.` and keep it (rule 3), compared case-insensitively.
+// Not the short forms that are also words ending a sentence: `no`, `sun`, `sat`, `wed`, `mar`.
 pub const ABBREVIATIONS: &[&str] = &[
     "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "gen", "lt", "col", "sgt", "capt", "cmdr",
     "adm", "maj", "rep", "sen", "gov", "pres", "rev", "hon", "corp", "inc", "co", "ltd", "bros",
-    "dept", "univ", "assn", "mt", "ft", "ave", "blvd", "no", "vs", "etc", "jan", "feb", "mar",
-    "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed", "thu",
-    "fri", "sat", "sun", "approx", "est", "fig", "vol", "ca",
+    "dept", "univ", "assn", "mt", "ft", "ave", "blvd", "vs", "etc", "jan", "feb", "apr", "jun",
+    "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "thu", "fri", "approx",
 ];
 
 const OPENING: &[char] = &['"', '(', '[', '{', '`', '$', '#', '“', '‘', '«', '£', '€'];
@@ -85,8 +86,9 @@ fn split_chunk(chars: &[char], span: Range<usize>, out: &mut Vec<Word>) {
         a += 1;
     }
     let mut tail = Vec::new();
+    let line_end = chars[span.end..].iter().all(|c| c.is_whitespace());
     while a < b {
-        let n = closing_len(&chars[a..b]);
+        let n = closing_len(&chars[a..b], line_end);
         if n == 0 {
             break;
         }
@@ -133,7 +135,7 @@ fn is_clitic_start(chunk: &[char]) -> bool {
 }
 
 /// How many characters of closing punctuation end `chunk` (rules 2 and 3), 0 if none.
-fn closing_len(chunk: &[char]) -> usize {
+fn closing_len(chunk: &[char], line_end: bool) -> usize {
     let n = chunk.len();
     if n < 2 {
         return 0;
@@ -152,19 +154,24 @@ fn closing_len(chunk: &[char]) -> usize {
         // A closing quote, or a plural's possessive (`Workers'`); not `o'` inside a name.
         return 1;
     }
-    if last == '.' && !is_abbreviation(&chunk[..n - 1]) {
+    if last == '.' && !is_abbreviation(&chunk[..n - 1], line_end) {
         return 1;
     }
     0
 }
 
-/// Whether `stem` followed by `.` is an abbreviation (rule 3).
-fn is_abbreviation(stem: &[char]) -> bool {
+/// Whether `stem` followed by `.` is an abbreviation (rule 3). `line_end`: the chunk ends the line,
+/// where a one-letter word with a full stop ends a sentence (`World War I.`) rather than an initial.
+fn is_abbreviation(stem: &[char], line_end: bool) -> bool {
+    if stem.last() == Some(&'.') {
+        // `week..`: stops, not an abbreviation.
+        return false;
+    }
     if stem.contains(&'.') {
         return stem.iter().any(|c| c.is_alphabetic());
     }
     if stem.len() == 1 && stem[0].is_alphabetic() {
-        return true;
+        return !line_end;
     }
     let s: String = stem.iter().collect::<String>().to_lowercase();
     ABBREVIATIONS.contains(&s.as_str())
@@ -259,6 +266,12 @@ mod tests {
             ),
             ("It’s O'Connor’s.", &["It", "’s", "O'Connor", "’s", "."]),
             ("the A.U.'s mission", &["the", "A.U.", "'s", "mission"]),
+            (
+                "John F. Kennedy said no.",
+                &["John", "F.", "Kennedy", "said", "no", "."],
+            ),
+            ("after World War I.", &["after", "World", "War", "I", "."]),
+            ("later this week..", &["later", "this", "week", ".", "."]),
             ("'s", &["'s"]),
             ("Wait ... what?", &["Wait", "...", "what", "?"]),
             ("", &[]),
