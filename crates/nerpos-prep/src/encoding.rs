@@ -127,13 +127,12 @@ pub fn detect_file(path: &Path, wanted: TextEncoding) -> Result<Detected> {
         block.extend_from_slice(&buf[..n]);
         if start && (block.len() >= 3 || n == 0) {
             start = false;
-            if block.starts_with(UTF8_BOM) {
-                return Ok(Detected::Utf8Bom);
-            }
-            match wanted {
-                TextEncoding::Utf8 => return Ok(Detected::Utf8),
-                TextEncoding::Windows1252 => return Ok(Detected::Windows1252),
-                TextEncoding::Auto => {}
+            // As `decode_keeping_controls` decides: Windows-1252 when asked, else a BOM means UTF-8.
+            match (wanted, block.starts_with(UTF8_BOM)) {
+                (TextEncoding::Windows1252, _) => return Ok(Detected::Windows1252),
+                (_, true) => return Ok(Detected::Utf8Bom),
+                (TextEncoding::Utf8, false) => return Ok(Detected::Utf8),
+                (TextEncoding::Auto, false) => {}
             }
         }
         let (valid, bad) = match std::str::from_utf8(&block) {
@@ -259,6 +258,47 @@ mod tests {
 
     fn dec(bytes: &[u8], enc: TextEncoding) -> Result<(String, Detected)> {
         decode(Path::new("t.csv"), bytes, enc)
+    }
+
+    /// A file's encoding decided in blocks agrees with the whole-file decision, across block ends.
+    #[test]
+    fn detect_file_decides_as_decode_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let detect = |bytes: &[u8], wanted| {
+            let path = dir.path().join("t.txt");
+            std::fs::write(&path, bytes).unwrap();
+            detect_file(&path, wanted)
+        };
+        // An `é` (2 bytes) straddling the first 1 MiB block's end.
+        let mut long = vec![b'a'; (1 << 20) - 1];
+        long.extend("é\n".as_bytes());
+        assert_eq!(detect(&long, TextEncoding::Auto).unwrap(), Detected::Utf8);
+        assert_eq!(
+            detect(b"caf\xe9\n", TextEncoding::Auto).unwrap(),
+            Detected::Windows1252
+        );
+        assert_eq!(
+            detect(b"\xEF\xBB\xBFa\n", TextEncoding::Auto).unwrap(),
+            Detected::Utf8Bom
+        );
+        let bom = b"\xEF\xBB\xBFa\n";
+        assert_eq!(
+            detect(bom, TextEncoding::Windows1252).unwrap(),
+            Detected::Windows1252
+        );
+        assert_eq!(detect(b"", TextEncoding::Auto).unwrap(), Detected::Utf8);
+        let mixed = "Zo\u{eb}\nParis\n"
+            .bytes()
+            .chain(*b"\xff\n")
+            .collect::<Vec<u8>>();
+        let err = detect(&mixed, TextEncoding::Auto).unwrap_err().to_string();
+        assert!(err.contains(":3") && err.contains("line 1"), "{err}");
+        assert_eq!(
+            decode_line(Path::new("t"), 7, b"caf\xe9", Detected::Windows1252).unwrap(),
+            "café"
+        );
+        let err = decode_line(Path::new("t"), 7, b"\xff", Detected::Utf8).unwrap_err();
+        assert!(err.to_string().contains(":7"), "{err}");
     }
 
     #[test]
