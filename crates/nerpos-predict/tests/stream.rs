@@ -4,11 +4,30 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Command;
 
 use common::model_folder;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nerpos-predict");
+
+/// `nerpos-predict --format text --output-format jsonl` of `input` into `out`.
+fn tag_text(model: &Path, input: &Path, out: &Path) -> std::process::Output {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    Command::new(BIN)
+        .args([
+            "--model",
+            &path(model),
+            "--input",
+            &path(input),
+            "--out",
+            &path(out),
+        ])
+        .args(["--format", "text", "--output-format", "jsonl"])
+        .env("NERPOS_LOG", "warn")
+        .output()
+        .unwrap()
+}
 
 /// The largest resident set of the children this process has waited for, in bytes (Linux).
 fn children_max_rss() -> u64 {
@@ -47,24 +66,7 @@ fn a_large_text_file_streams_in_bounded_memory() {
     drop(f);
     let size = std::fs::metadata(&input).unwrap().len();
     let out = tmp.path().join("out.jsonl");
-    let o = Command::new(BIN)
-        .args([
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ])
-        .args([
-            "--format",
-            "text",
-            "--output-format",
-            "jsonl",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("NERPOS_LOG", "warn")
-        .output()
-        .unwrap();
+    let o = tag_text(&model, &input, &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rss = children_max_rss();
     eprintln!(
@@ -97,24 +99,7 @@ fn encodings_and_bad_bytes_while_streaming() {
         let input = tmp.path().join("in.txt");
         std::fs::write(&input, bytes).unwrap();
         let out = tmp.path().join("out.jsonl");
-        let o = Command::new(BIN)
-            .args([
-                "--model",
-                model.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-            ])
-            .args([
-                "--format",
-                "text",
-                "--output-format",
-                "jsonl",
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .env("NERPOS_LOG", "warn")
-            .output()
-            .unwrap();
+        let o = tag_text(&model, &input, &out);
         (o, std::fs::read_to_string(&out).unwrap_or_default())
     };
     let (o, out) = run(b"Paris is\ncaf\xe9 Paris.\n");
