@@ -205,7 +205,9 @@ impl TextLines {
         }
         self.bytes_read += n as u64;
         self.line += 1;
+        // A line ends at `\n`; a Windows `\r\n` leaves no `\r` in the sentence's text.
         let mut bytes = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         if self.line == 1 && self.encoding == Detected::Utf8Bom {
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }

@@ -182,6 +182,9 @@ impl Source {
 fn pos_source(from: PosFrom, tagger: &Tagger, input_has_pos: bool) -> anyhow::Result<PosSource> {
     let has_tagger = tagger.model.has_pos_tagger();
     if !tagger.meta.use_pos {
+        if from == PosFrom::Model {
+            bail!("--pos model: the model reads no POS tags (trained without them)");
+        }
         return Ok(PosSource::Given);
     }
     Ok(match from {

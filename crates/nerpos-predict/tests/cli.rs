@@ -183,7 +183,8 @@ fn raw_text_gives_entities_with_character_offsets() {
         "Peter Blackburn visited Paris.",
         "Zoë's \"New York\" trip--London's, (the) U.S.",
     ];
-    std::fs::write(&input, text.join("\n") + "\n").unwrap();
+    // Windows line ends: the `\r` is not part of a line's text.
+    std::fs::write(&input, text.join("\r\n") + "\r\n").unwrap();
     let out = tmp.path().join("out.jsonl");
     let o = predict(&model, &input, "text", &out, &["--output-format", "jsonl"]);
     let err = String::from_utf8_lossy(&o.stderr);
