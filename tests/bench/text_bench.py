@@ -210,6 +210,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=0, help="also tag the text repeated N times")
     ap.add_argument("--no-torch", action="store_true", help="accuracy and memory only")
+    ap.add_argument("--no-bf16", action="store_true", help="without the (slow on a CPU) bf16 run")
     a = ap.parse_args()
     sentences = read_split(a.dataset, a.split)
     if a.export:
@@ -230,6 +231,8 @@ def main():
         ("gold tokens, POS from the tagger", conll, "conll", ["--pos-col", "1", "--tag-col", "2", "--pos", "model"], joined),
         ("raw text, --precision bf16", text_file, "text", ["--precision", "bf16"], rendered),
     ]
+    if a.no_bf16:
+        runs = runs[:-1]
     print(f"{a.split} split of {a.dataset}: {len(sentences):,} sentences, {nwords:,} words; model {a.model}\n")
     print("| input | entity micro P | R | F1 (by character spans) | seqeval F1 (tags) | words/s (logged) | command s | peak MB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -261,7 +264,7 @@ def main():
         wall, rate, peak = run_predict(a.ours, a.model, big, "text", os.path.join(tmp, "big.jsonl"), [])
         print(f"| raw text ×{a.repeat} ({size:.1f} MB) | | | | | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
     print()
-    if a.no_torch:
+    if a.no_torch or a.no_bf16:
         return
     words = [[w for w, _, _ in s] for s in sentences]
     ours_rate = rates["raw text, POS from the tagger"][0]
