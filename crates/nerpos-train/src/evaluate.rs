@@ -112,20 +112,20 @@ fn gather(comm: &mut Comm, mine: Counts, pos: [u64; 2]) -> anyhow::Result<(Count
     let mut values = mine.to_vec();
     values.extend(pos);
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let n = values.len() - 2;
-    let mut total = Counts::from_vec(mine.types.clone(), &vec![0; n]).expect("same layout");
+    let zeros = vec![0; values.len() - 2];
+    let mut total = Counts::from_vec(mine.types.clone(), &zeros).expect("same layout");
     let mut pos = [0u64; 2];
     for part in comm.all_gather(&bytes)? {
         let values: Vec<u64> = part
-            .chunks(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8 bytes")))
             .collect();
-        let counts = Counts::from_vec(mine.types.clone(), &values[..n.min(values.len())])
-            .filter(|_| values.len() == n + 2)
-            .ok_or_else(|| anyhow::anyhow!("a rank sent evaluation counts of another shape"))?;
-        total.merge(&counts);
-        pos[0] += values[n];
-        pos[1] += values[n + 1];
+        // The counts, then the POS tags right and scored.
+        let shape_error = || anyhow::anyhow!("a rank sent evaluation counts of another shape");
+        let (counts, [right, scored]) = values.split_last_chunk::<2>().ok_or_else(shape_error)?;
+        total.merge(&Counts::from_vec(mine.types.clone(), counts).ok_or_else(shape_error)?);
+        pos[0] += right;
+        pos[1] += scored;
     }
     Ok((total, pos))
 }

@@ -132,19 +132,10 @@ impl Head {
         let mut fed = None;
         let features = match &self.pos {
             Some(e) => {
-                let ids = match (source, &pos_logits) {
-                    (PosSource::Given, _) => pass.inputs.head_pos_ids.clone(),
-                    (PosSource::Predicted, Some(z)) => z.argmax(1)?,
-                    (PosSource::Predicted, None) => {
-                        return Err(ModelError::Internal(
-                            "POS ids to predict, but the model has no POS tagger".into(),
-                        ));
-                    }
-                };
+                let ids = pos_ids(pass, source, pos_logits.as_ref())?;
                 let pos = e.t().index_select(&ids, 0)?;
-                if source == PosSource::Predicted {
-                    fed = Some(ids);
-                }
+                // Backward sums the embedding's gradient by these ids when they are the tagger's.
+                fed = (source == PosSource::Predicted).then_some(ids);
                 Tensor::cat(&[&at_head, &pos], 1)?
             }
             None => at_head.clone(),
@@ -270,6 +261,17 @@ impl Head {
             var.set(&value.to_dtype(var.dtype())?)?;
         }
         Ok(())
+    }
+}
+
+/// The POS ids the embedding looks up: the batch's, or the tagger's most likely at each position.
+fn pos_ids(pass: &Pass, source: PosSource, pos_logits: Option<&Tensor>) -> Result<Tensor> {
+    match (source, pos_logits) {
+        (PosSource::Given, _) => Ok(pass.inputs.head_pos_ids.clone()),
+        (PosSource::Predicted, Some(z)) => Ok(z.argmax(1)?),
+        (PosSource::Predicted, None) => Err(ModelError::Internal(
+            "POS ids to predict, but the model has no POS tagger".into(),
+        )),
     }
 }
 
