@@ -210,7 +210,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=0, help="also tag the text repeated N times")
     ap.add_argument("--no-torch", action="store_true", help="accuracy and memory only")
-    ap.add_argument("--no-bf16", action="store_true", help="without the (slow on a CPU) bf16 run")
+    ap.add_argument("--no-bf16", action="store_true", help="without the bf16 runs (ours and PyTorch's; slow on a CPU)")
     a = ap.parse_args()
     sentences = read_split(a.dataset, a.split)
     if a.export:
@@ -264,15 +264,17 @@ def main():
         wall, rate, peak = run_predict(a.ours, a.model, big, "text", os.path.join(tmp, "big.jsonl"), [])
         print(f"| raw text ×{a.repeat} ({size:.1f} MB) | | | | | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
     print()
-    if a.no_torch or a.no_bf16:
+    if a.no_torch:
         return
     words = [[w for w, _, _ in s] for s in sentences]
     ours_rate = rates["raw text, POS from the tagger"][0]
-    bf16_rate = rates["raw text, --precision bf16"][0]
     print("| precision | PyTorch no_grad words/s | nerpos-predict --format text words/s | ratio |")
     print("|---|---|---|---|")
     theirs = torch_words_per_sec(a.model, words, a.threads, False)
     print(f"| f32 | {theirs:,.0f} | {ours_rate:,.0f} | {ours_rate / theirs:.2f}× |")
+    if a.no_bf16:
+        return
+    bf16_rate = rates["raw text, --precision bf16"][0]
     theirs_bf16 = torch_words_per_sec(a.model, words, a.threads, True)
     print(f"| bf16 (PyTorch autocast; ours --precision bf16) | {theirs_bf16:,.0f} | {bf16_rate:,.0f} | "
           f"{bf16_rate / theirs_bf16:.2f}× |")

@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 
 use crate::error::{KernelError, Result};
-use crate::host::{read, tensor};
+use crate::host::{read, tensor, zeros};
 use crate::launch::{Elem, Exec, Launch, Ptr, int};
 use crate::{Impl, Kernels, on_gpu};
 
@@ -65,7 +65,7 @@ fn check_rows(ids: &[u32], d: &Tensor, rows: usize) -> Result<()> {
 
 fn cpu(ids: &[u32], d: &Tensor, rows: usize) -> Result<Tensor> {
     let dim = d.dim(1)?;
-    let mut out = vec![0f32; rows * dim];
+    let mut out = zeros(rows * dim);
     read::<f32, _>(d, |d| {
         for (i, &id) in ids.iter().enumerate() {
             let dst = &mut out[id as usize * dim..][..dim];

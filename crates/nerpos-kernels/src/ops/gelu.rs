@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::column_sum;
 use super::math::{INV_SQRT_2PI, SQRT_HALF, erf_and_gauss};
 use crate::error::Result;
-use crate::host::{TASK, dispatch, read, sum_partials, tensor};
+use crate::host::{TASK, dispatch, read, sum_partials, task_rows, tensor, zeros};
 use crate::launch::{self, Elem, Exec, Launch, Ptr, int};
 use crate::{Impl, Kernels, on_gpu};
 
@@ -52,8 +52,8 @@ pub fn reference_backward(u: &Tensor, dg: &Tensor) -> Result<Tensor> {
 fn cpu_forward(y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
     let width = bias.dim(0)?;
     let n = y.elem_count();
-    let mut u = vec![0f32; n];
-    let mut g = vec![0f32; n];
+    let mut u = zeros(n);
+    let mut g = zeros(n);
     read::<f32, _>(y, |y| {
         read::<f32, _>(bias, |b| {
             let chunk = (TASK / width).max(1) * width;
@@ -75,7 +75,7 @@ fn cpu_forward(y: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
 
 fn cpu_backward(u: &Tensor, dg: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, width) = u.dims2()?;
-    let mut du = vec![0f32; n * width];
+    let mut du = zeros(n * width);
     let rows = (TASK / width).max(1);
     let partials: Vec<Vec<f32>> = read::<f32, _>(u, |u| {
         read::<f32, _>(dg, |g| {
@@ -145,7 +145,28 @@ fn gelu_bwd_kernel(x: &[f32], g: &[f32], d: &mut [f32]) {
     }
 }
 
+/// Rows of `y` (width `bias.len()`) replaced by gelu(row + bias).
+#[inline(always)]
+fn bias_gelu_in_place_kernel(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            let u = *v + b;
+            let (erf, _) = erf_and_gauss(u * SQRT_HALF);
+            *v = 0.5 * u * (1.0 + erf);
+        }
+    }
+}
+
 dispatch!(gelu_fwd, gelu_fwd_kernel, (x: &[f32], y: &mut [f32]));
+dispatch!(bias_gelu_in_place_rows, bias_gelu_in_place_kernel, (y: &mut [f32], bias: &[f32]));
+
+/// gelu(y + bias) in place over whole rows of `y`, by the thread pool: the forward when nothing
+/// keeps u for a backward pass (inference), on a product that is still the caller's own buffer.
+pub(crate) fn bias_gelu_in_place(y: &mut [f32], bias: &[f32]) {
+    let width = bias.len().max(1);
+    y.par_chunks_mut(task_rows(width) * width)
+        .for_each(|c| bias_gelu_in_place_rows(c, bias));
+}
 dispatch!(gelu_bwd, gelu_bwd_kernel, (x: &[f32], g: &[f32], d: &mut [f32]));
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host::{dispatch, dot16, read, sum_partials, sum16, task_rows, tensor};
+use crate::host::{dispatch, dot16, read, sum_partials, sum16, task_rows, tensor, zeros};
 use crate::launch::{self, Elem, Exec, Launch, Ptr, int};
 use crate::{Impl, Kernels, on_gpu};
 
@@ -44,7 +44,7 @@ impl LayerNorm {
     fn cpu_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         let h = w.dim(0)?;
         let eps = self.eps as f32;
-        let mut y = vec![0f32; x.elem_count()];
+        let mut y = zeros(x.elem_count());
         let chunk = task_rows(h) * h;
         read::<f32, _>(x, |x| {
             read::<f32, _>(w, |w| {
@@ -61,7 +61,7 @@ impl LayerNorm {
     fn cpu_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<LayerNormGrads> {
         let (rows, h) = x.dims2()?;
         let eps = self.eps as f32;
-        let mut dx = vec![0f32; rows * h];
+        let mut dx = zeros(rows * h);
         let chunk = task_rows(h) * h;
         // Each task: dx for its rows, and its partial sums of dweight and dbias.
         let partials: Vec<Vec<f32>> = read::<f32, _>(x, |x| {

@@ -16,7 +16,11 @@ pub(crate) const INV_SQRT_2PI: f32 = 0.398_942_3;
 #[inline(always)]
 pub(crate) fn exp_neg(x: f32) -> f32 {
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // n = round(x·log2 e) by adding 1.5·2²³: the sum's low mantissa bits are then n (two's
+    // complement). No float → int cast: Rust's saturating `as i32` is scalar code per lane, which
+    // kept every kernel using this function from vectorising (3.4 ns per GELU element).
+    let shifted = x * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     // Cody–Waite: ln 2 split in a part exact in few bits and a correction, so r keeps its precision.
     let r = n.mul_add(-0.693_359_4, x);
     let r = n.mul_add(2.121_944_4e-4, r);
@@ -24,8 +28,13 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = p.mul_add(r, c);
     }
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ: n + 127 in the exponent field (n ≥ −126 here, so the bits stay a normal number).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
+
+/// 1.5·2²³: adding it to a float of magnitude < 2²² rounds it to an integer held in the low bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// erf(x) and, sharing the exponential, e^(−x²).
 #[inline(always)]

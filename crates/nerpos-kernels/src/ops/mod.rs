@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
 pub(crate) mod math;
+pub mod matmul;
 pub mod multi_tensor;
 pub mod residual;
 

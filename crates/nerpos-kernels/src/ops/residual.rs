@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::column_sum;
 use crate::error::Result;
-use crate::host::{TASK, read, sum_partials, task_rows, tensor};
+use crate::host::{TASK, read, sum_partials, task_rows, tensor, zeros};
 use crate::launch::{self, Elem, Exec, Launch, Ptr, int};
 use crate::{Impl, Kernels, on_gpu};
 
@@ -33,7 +33,7 @@ pub fn masked(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
     match mask {
         Some(m) if x.device().is_cpu() && x.dtype() == DType::F32 && m.is_bytes() => {
             let scale = m.scale();
-            let mut out = vec![0f32; x.elem_count()];
+            let mut out = zeros(x.elem_count());
             read::<f32, _>(x, |x| {
                 read::<u8, _>(&m.tensor, |m| {
                     out.par_chunks_mut(TASK)
@@ -112,7 +112,7 @@ fn cpu_forward(
     let h = bias.dim(0)?;
     let scale = mask.map_or(1.0, Mask::scale);
     let chunk = task_rows(h) * h;
-    let mut z = vec![0f32; y.elem_count()];
+    let mut z = zeros(y.elem_count());
     let body = |y: &[f32], b: &[f32], r: &[f32], m: Option<&[u8]>, z: &mut [f32]| {
         z.par_chunks_mut(chunk).enumerate().for_each(|(c, zc)| {
             let at = c * chunk;
@@ -153,7 +153,7 @@ fn cpu_backward(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tensor)> {
     let (n, h) = dz.dims2()?;
     let scale = mask.map_or(1.0, Mask::scale);
     let chunk = task_rows(h) * h;
-    let mut dy = vec![0f32; n * h];
+    let mut dy = zeros(n * h);
     let run = |g: &[f32], m: Option<&[u8]>, dy: &mut [f32]| -> Vec<Vec<f32>> {
         dy.par_chunks_mut(chunk)
             .enumerate()

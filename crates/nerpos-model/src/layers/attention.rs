@@ -9,12 +9,13 @@ use nerpos_kernels::ops::embedding::EmbeddingGrad;
 use nerpos_kernels::ops::residual::BiasDropoutResidual;
 use nerpos_kernels::{Kernels, Mask};
 
-use super::linear::matmul_t;
+use super::linear::{MATMUL, matmul_t, product};
 use super::{Linear, Norm, Pass, Sink};
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::params::{Param, Params, Role};
 use crate::profile::{scope, timed};
+use nerpos_kernels::ops::matmul::Epilogue;
 
 pub struct SelfAttention {
     /// The layer's index (its dropout sites).
@@ -94,8 +95,7 @@ impl SelfAttention {
             &[self.query.bias.t(), self.key.bias.t(), self.value.bias.t()],
             0,
         )?;
-        let qkv = matmul_t(k, &x, &w_qkv)?;
-        let qkv = timed("fwd/bwd: bias", || qkv.broadcast_add(&b_qkv))?;
+        let qkv = timed(MATMUL, || matmul_t(k, &x, &w_qkv, Epilogue::Bias(&b_qkv)))?;
         let dropout = pass.masks.map(|masks| attention::Dropout {
             masks,
             layer: self.layer,
@@ -155,9 +155,9 @@ impl SelfAttention {
         sink.dense(&self.output.bias, db)?;
         sink.dense(
             &self.output.weight,
-            Linear::weight_grad(&dattended, &c.context)?,
+            Linear::weight_grad(k, &dattended, &c.context)?,
         )?;
-        let dcontext = self.output.input_grad(&dattended)?;
+        let dcontext = self.output.input_grad(k, &dattended)?;
         let (dcontext, dz) = if c.only_head {
             // Back to all tokens: the head positions' rows, zero elsewhere.
             let _t = scope("fwd/bwd: head");
@@ -179,14 +179,15 @@ impl SelfAttention {
             )
         })?;
         self.qkv_backward(k, &dqkv, &c.x, sink)?;
-        Ok(timed("fwd/bwd: matmul", || dqkv.matmul(&c.w_qkv)? + dz)?)
+        let dx = timed(MATMUL, || product(k, &dqkv, &c.w_qkv, Epilogue::None))?;
+        Ok((dx + dz)?)
     }
 
     /// Hands over the query, key and value projections' gradients from d(qkv).
     fn qkv_backward(&self, k: Kernels, dqkv: &Tensor, x: &Tensor, sink: &mut Sink) -> Result<()> {
         let h = self.shape.hidden();
         let db = timed("fwd/bwd: bias", || ColumnSum::forward(k, dqkv))?;
-        let dw = Linear::weight_grad(dqkv, x)?;
+        let dw = Linear::weight_grad(k, dqkv, x)?;
         for (j, l) in [&self.query, &self.key, &self.value]
             .into_iter()
             .enumerate()

@@ -60,10 +60,16 @@ impl FeedForward {
         rows: Rows,
     ) -> Result<(Tensor, Option<FeedForwardCache>)> {
         let k = pass.kernels;
-        let raw = self.intermediate.matmul(k, &x)?;
-        let (inter, act) = timed("fwd/bwd: bias+GELU", || {
-            activation_forward(k, self.activation, &raw, &self.intermediate.bias.t())
-        })?;
+        let (inter, act) = if !pass.keep && self.activation == Activation::GeluErf {
+            // Nothing keeps the pre-activation: product, bias and GELU in one op, one buffer.
+            (None, self.intermediate.bias_gelu(k, &x)?)
+        } else {
+            let raw = self.intermediate.matmul(k, &x)?;
+            let (inter, act) = timed("fwd/bwd: bias+GELU", || {
+                activation_forward(k, self.activation, &raw, &self.intermediate.bias.t())
+            })?;
+            (Some(inter), act)
+        };
         let y = self.output.matmul(k, &act)?;
         let site = Site::FeedForwardOutput(self.layer);
         let mask = pass.mask(&y, rows, site, self.dropout)?;
@@ -71,7 +77,7 @@ impl FeedForward {
             BiasDropoutResidual::forward(k, &y, &self.output.bias.t(), mask.as_ref(), &x)
         })?;
         let out = self.norm.forward(k, &ln_in)?;
-        let cache = pass.keep.then_some(FeedForwardCache {
+        let cache = inter.filter(|_| pass.keep).map(|inter| FeedForwardCache {
             x,
             inter,
             act,
@@ -95,19 +101,17 @@ impl FeedForward {
             BiasDropoutResidual::backward(k, &dz, c.mask.as_ref())
         })?;
         sink.dense(&self.output.bias, db)?;
-        sink.dense(&self.output.weight, Linear::weight_grad(&dy, &c.act)?)?;
-        let dact = self.output.input_grad(&dy)?;
+        sink.dense(&self.output.weight, Linear::weight_grad(k, &dy, &c.act)?)?;
+        let dact = self.output.input_grad(k, &dy)?;
         let (dinter, db) = timed("fwd/bwd: bias+GELU", || {
             activation_backward(k, self.activation, &c.inter, &dact)
         })?;
         sink.dense(&self.intermediate.bias, db)?;
         sink.dense(
             &self.intermediate.weight,
-            Linear::weight_grad(&dinter, &c.x)?,
+            Linear::weight_grad(k, &dinter, &c.x)?,
         )?;
-        Ok(timed("fwd/bwd: matmul", || {
-            dinter.matmul(&self.intermediate.weight.t())? + &dz
-        })?)
+        Ok((self.intermediate.input_grad(k, &dinter)? + &dz)?)
     }
 
     /// Its parameters in the order backward hands out their gradients.

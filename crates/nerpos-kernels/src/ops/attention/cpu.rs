@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::{AttentionCache, Heads, RowSpans};
 use crate::error::Result;
-use crate::host::{dot16, read};
+use crate::host::{dot16, read, zeros};
 use crate::ops::math::softmax_in_place;
 
 /// Keep-bytes of the probabilities in the cache's layout, and 1/(1−p).
@@ -92,8 +92,8 @@ pub(crate) fn forward(
 ) -> Result<(Tensor, Option<AttentionCache>)> {
     let (n, h, nh) = (rows.tokens(), shape.hidden(), shape.heads);
     let offsets = prob_offsets(rows, nh);
-    let mut ctx = vec![0f32; n * h];
-    let mut probs = vec![0f32; if keep { offsets[rows.rows()] } else { 0 }];
+    let mut ctx = zeros(n * h);
+    let mut probs = zeros(if keep { offsets[rows.rows()] } else { 0 });
     read::<f32, _>(qkv, |x| {
         let ctx_rows = split_at_offsets(&mut ctx, &rows.starts, h);
         let prob_rows = if keep {
@@ -146,7 +146,7 @@ pub(crate) fn backward(
 ) -> Result<Tensor> {
     let (n, h, nh) = (rows.tokens(), shape.hidden(), shape.heads);
     let offsets = prob_offsets(rows, nh);
-    let mut dqkv = vec![0f32; n * 3 * h];
+    let mut dqkv = zeros(n * 3 * h);
     read::<f32, _>(qkv, |x| {
         read::<f32, _>(dctx, |g| {
             let out_rows = split_at_offsets(&mut dqkv, &rows.starts, 3 * h);
