@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark tagging raw text (see text_bench.py): entity F1 of raw text against the gold tokens, words/s
-# against PyTorch, peak memory. Usage: tests/bench/text.sh MODEL_DIR DATASET_DIR [SPLIT] [REPEAT] [--no-torch] [--no-bf16]
+# against PyTorch, peak memory. Usage: tests/bench/text.sh MODEL_DIR DATASET_DIR [SPLIT] [REPEAT] [--no-torch] [--no-bf16] [--big-gb GB]
 # MODEL_DIR: a fine-tuned folder with a POS tagger (e.g. a run's best/); DATASET_DIR: the dataset it
 # was trained on (its SPLIT, dev by default, is rendered as running text).
 set -euo pipefail

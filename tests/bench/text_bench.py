@@ -200,6 +200,25 @@ def torch_rate(folder, sentences, threads, bf16, batch_size):
     return words / (time.perf_counter() - t0)
 
 
+def big_file(a, text_file, tmp):
+    """Peak memory on a file of a.big_gb GB: the split's lines, each padded with spaces (many bytes,
+    the split's words: tagging it all as real text would take hours on 2 cores)."""
+    lines = open(text_file, encoding="utf-8").read().splitlines()
+    pad = " " * max(0, int(a.big_gb * 1e9) // len(lines) - max(len(l) for l in lines))
+    big = os.path.join(tmp, "padded.txt")
+    with open(big, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + pad + "\n")
+    size = os.path.getsize(big) / 1e9
+    out = os.path.join(tmp, "padded.jsonl")
+    wall, rate, peak = run_predict(a.ours, a.model, big, "text", out, [])
+    os.remove(big)
+    tagged = sum(1 for _ in open(out, encoding="utf-8"))
+    os.remove(out)
+    assert tagged == len(lines), (tagged, len(lines))
+    print(f"| raw text, each line padded with spaces ({size:.2f} GB) | | | | | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours")
@@ -210,6 +229,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=0, help="also tag the text repeated N times")
     ap.add_argument("--no-torch", action="store_true", help="accuracy and memory only")
+    ap.add_argument("--big-gb", type=float, default=0, help="also tag the split padded to a file of this many GB")
     ap.add_argument("--no-bf16", action="store_true", help="without the bf16 runs (ours and PyTorch's; slow on a CPU)")
     a = ap.parse_args()
     sentences = read_split(a.dataset, a.split)
@@ -263,6 +283,8 @@ def main():
         size = os.path.getsize(big) / 1e6
         wall, rate, peak = run_predict(a.ours, a.model, big, "text", os.path.join(tmp, "big.jsonl"), [])
         print(f"| raw text ×{a.repeat} ({size:.1f} MB) | | | | | {rate:,.0f} | {wall:.1f} | {peak:.0f} |")
+    if a.big_gb:
+        big_file(a, text_file, tmp)
     print()
     if a.no_torch:
         return

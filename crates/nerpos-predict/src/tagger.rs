@@ -53,6 +53,13 @@ impl Tagger {
         let model = match precision {
             Precision::F32 => model,
             Precision::Bf16 => {
+                if device.is_cpu() {
+                    tracing::warn!(
+                        "--precision bf16 on the CPU is slower than f32 (no bf16 matrix kernel; \
+                         this CPU's bf16 dot product is not faster than f32 FMA: \
+                         docs/benchmarks.md): it measures bf16's effect on F1, f32 is the fast CPU path"
+                    );
+                }
                 let half = BertNerPos::with_dtype(model.config.clone(), device, DType::BF16)?
                     .with_kernels(model.kernels);
                 half.copy_from(&model)?;
