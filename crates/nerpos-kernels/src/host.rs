@@ -113,6 +113,25 @@ pub(crate) fn sum16(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// max x (−∞ for none) with 16 running maxima, vectorised as [`sum16`] (one running maximum is a
+/// chain of dependent comparisons).
+#[inline(always)]
+pub(crate) fn max16(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Σ a·b, vectorised as [`sum16`].
 #[inline(always)]
 pub(crate) fn dot16(a: &[f32], b: &[f32]) -> f32 {

@@ -237,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     write_atomic_with(&cli.out, |w| {
         loop {
-            let mut chunk = source.next_chunk()?;
+            let mut chunk = nerpos_model::profile::timed("read+split", || source.next_chunk())?;
             if chunk.is_empty() {
                 break;
             }
@@ -250,8 +250,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     s.pos = p.iter().map(name).collect();
                 }
             }
-            write_predictions(w, cli.output_format, &chunk, &preds, labels)?;
-            scoring.add(&chunk, &preds, labels)?;
+            nerpos_model::profile::timed("write", || {
+                write_predictions(w, cli.output_format, &chunk, &preds, labels)?;
+                scoring.add(&chunk, &preds, labels)
+            })?;
             tally.sentences += chunk.len();
             tally.words += chunk.iter().map(|s| s.words.len()).sum::<usize>();
             if opts.keep_logits {

@@ -6,7 +6,7 @@
 //! polynomial (relative error < 3e-7 in f32), erf by Abramowitz & Stegun 7.1.26 (absolute error
 //! 1.5e-7 in exact arithmetic, < 5e-7 in f32).
 
-use crate::host::{dispatch, sum16};
+use crate::host::{dispatch, max16, sum16};
 
 pub(crate) const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π)
@@ -51,7 +51,7 @@ pub(crate) fn erf_and_gauss(x: f32) -> (f32, f32) {
 
 #[inline(always)]
 fn softmax_kernel(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max16(row);
     for v in row.iter_mut() {
         *v = exp_neg(*v - max);
     }

@@ -78,6 +78,28 @@ fn kernel_matches_padded(lengths: &[usize], dropout: Option<Dropout>) {
     assert_eq!(max_diff(&ctx_eval, &ctx_cpu), 0.0);
 }
 
+/// Inference (nothing kept, no dropout) on MiniLM's head shape and rows across the vector widths,
+/// against the padded tensor-op path.
+#[test]
+fn cpu_inference_matches_the_padded_path() {
+    let rows = RowSpans::new(vec![27, 1, 16, 64, 130, 33]);
+    let shape = Heads {
+        heads: 12,
+        head_dim: 32,
+    };
+    let (n, h) = (rows.tokens(), shape.hidden());
+    let mut r = rand::rngs::SmallRng::seed_from_u64(7);
+    let v: Vec<f32> = (0..n * 3 * h)
+        .map(|_| r.random_range(-2.0f32..2.0))
+        .collect();
+    let qkv = Tensor::from_vec(v, (n, 3 * h), &Device::Cpu).unwrap();
+    let run = |k: Kernels| Attention::forward(k, &qkv, (&rows, None), shape, None, false).unwrap();
+    let (ours, none) = run(Kernels::CpuOnly);
+    assert!(none.is_none());
+    let d = max_diff(&ours, &run(Kernels::Reference).0);
+    assert!(d < 1e-5, "{d}");
+}
+
 /// With dropout, the CPU kernel's backward is the gradient of its forward (finite differences).
 #[test]
 fn cpu_kernel_backward_with_dropout_is_the_gradient() {
