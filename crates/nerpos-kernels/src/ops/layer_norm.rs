@@ -27,6 +27,25 @@ impl LayerNorm {
         }
     }
 
+    /// LayerNorm(y + bias + residual): a block's end when nothing is dropped and nothing kept for a
+    /// backward pass (inference). On the CPU one pass over rows (the same arithmetic as
+    /// bias + residual then LayerNorm, without the intermediate tensor); elsewhere those two ops.
+    pub fn forward_residual(
+        &self,
+        k: Kernels,
+        (y, bias, residual): (&Tensor, &Tensor, &Tensor),
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor> {
+        match k.pick(y) {
+            Impl::Cpu => self.cpu_forward_residual((y, bias, residual), w, b),
+            _ => {
+                let z = super::residual::BiasDropoutResidual::forward(k, y, bias, None, residual)?;
+                self.forward(k, &z, w, b)
+            }
+        }
+    }
+
     pub fn backward(
         &self,
         k: Kernels,
@@ -39,6 +58,34 @@ impl LayerNorm {
             Impl::Cuda => self.gpu_backward(x, w, dy),
             Impl::Tensor => self.reference_backward(x, w, dy),
         }
+    }
+
+    fn cpu_forward_residual(
+        &self,
+        (y, bias, residual): (&Tensor, &Tensor, &Tensor),
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor> {
+        let h = w.dim(0)?;
+        let eps = self.eps as f32;
+        let mut out = zeros(y.elem_count());
+        let chunk = task_rows(h) * h;
+        read::<f32, _>(y, |y| {
+            read::<f32, _>(residual, |r| {
+                read::<f32, _>(bias, |bias| {
+                    read::<f32, _>(w, |w| {
+                        read::<f32, _>(b, |b| {
+                            out.par_chunks_mut(chunk)
+                                .zip(y.par_chunks(chunk).zip(r.par_chunks(chunk)))
+                                .for_each(|(o, (y, r))| {
+                                    ln_residual_fwd(Rows { y, bias, r }, w, b, o, eps)
+                                });
+                        })
+                    })
+                })
+            })
+        })?????;
+        tensor(out, y.shape())
     }
 
     fn cpu_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -241,6 +288,38 @@ fn ln_fwd_kernel(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps: f32) {
     }
 }
 
+/// A block's rows before its LayerNorm: the product `y`, the bias, the residual `r`.
+pub(crate) struct Rows<'a> {
+    pub(crate) y: &'a [f32],
+    pub(crate) bias: &'a [f32],
+    pub(crate) r: &'a [f32],
+}
+
+/// Rows of LayerNorm(y + bias + r) into `out` (z = y + bias + r first, in `out`, as the
+/// bias + residual op computes it; then centred and scaled there).
+#[inline(always)]
+fn ln_residual_fwd_kernel(x: Rows, w: &[f32], b: &[f32], out: &mut [f32], eps: f32) {
+    let h = w.len();
+    let n = h as f32;
+    for ((o, yr), rr) in out.chunks_mut(h).zip(x.y.chunks(h)).zip(x.r.chunks(h)) {
+        for i in 0..h {
+            o[i] = yr[i] + x.bias[i] + rr[i];
+        }
+        let mean = sum16(o) / n;
+        o.iter_mut().for_each(|v| *v -= mean);
+        let rstd = 1.0 / (dot16(o, o) / n + eps).sqrt();
+        for i in 0..h {
+            o[i] = o[i] * rstd * w[i] + b[i];
+        }
+    }
+}
+
+dispatch!(
+    ln_residual_fwd,
+    ln_residual_fwd_kernel,
+    (x: Rows, w: &[f32], b: &[f32], out: &mut [f32], eps: f32)
+);
+
 /// Rows of dx, and the rows' contributions to dweight (`acc[..h]`) and dbias (`acc[h..]`).
 #[inline(always)]
 fn ln_bwd_kernel(
@@ -292,6 +371,40 @@ mod tests {
             random(&mut r, h, 1.0),
             random(&mut r, rows * h, 1.0),
         )
+    }
+
+    /// The fused bias + residual + LayerNorm equals the two ops on the CPU bit for bit, and the
+    /// reference within rounding.
+    #[test]
+    fn residual_then_norm_in_one_pass() {
+        let (rows, h) = (37, 72);
+        let (y, w, b, r) = data(rows, h);
+        let mut g = rng(4);
+        let (y, w, b, r, bias) = (
+            cpu(&y, &[rows, h]),
+            cpu(&w, &[h]),
+            cpu(&b, &[h]),
+            cpu(&r, &[rows, h]),
+            cpu(&random(&mut g, h, 1.0), &[h]),
+        );
+        let fused = |k| LN.forward_residual(k, (&y, &bias, &r), &w, &b).unwrap();
+        let ours = fused(Kernels::CpuOnly);
+        let z = crate::ops::residual::BiasDropoutResidual::forward(
+            Kernels::CpuOnly,
+            &y,
+            &bias,
+            None,
+            &r,
+        )
+        .unwrap();
+        let two_ops = LN.forward(Kernels::CpuOnly, &z, &w, &b).unwrap();
+        assert_eq!(flat(&ours), flat(&two_ops));
+        emu::close(
+            "fused",
+            &flat(&ours),
+            &flat(&fused(Kernels::Reference)),
+            2e-5,
+        );
     }
 
     #[test]

@@ -73,17 +73,25 @@ impl FeedForward {
         let y = self.output.matmul(k, &act)?;
         let site = Site::FeedForwardOutput(self.layer);
         let mask = pass.mask(&y, rows, site, self.dropout)?;
-        let ln_in = timed("fwd/bwd: bias+dropout+residual", || {
-            BiasDropoutResidual::forward(k, &y, &self.output.bias.t(), mask.as_ref(), &x)
-        })?;
-        let out = self.norm.forward(k, &ln_in)?;
-        let cache = inter.filter(|_| pass.keep).map(|inter| FeedForwardCache {
-            x,
-            inter,
-            act,
-            mask,
-            ln_in,
-        });
+        let bias = self.output.bias.t();
+        let (out, ln_in) = if pass.keep || mask.is_some() {
+            let ln_in = timed("fwd/bwd: bias+dropout+residual", || {
+                BiasDropoutResidual::forward(k, &y, &bias, mask.as_ref(), &x)
+            })?;
+            (self.norm.forward(k, &ln_in)?, Some(ln_in))
+        } else {
+            (self.norm.forward_residual(k, &y, &bias, &x)?, None)
+        };
+        let cache = inter
+            .filter(|_| pass.keep)
+            .zip(ln_in)
+            .map(|(inter, ln_in)| FeedForwardCache {
+                x,
+                inter,
+                act,
+                mask,
+                ln_in,
+            });
         Ok((out, cache))
     }
 

@@ -31,6 +31,21 @@ impl Norm {
         })
     }
 
+    /// LayerNorm(y + bias + residual) in one op: a block's end when nothing is dropped and nothing
+    /// kept for a backward pass (inference).
+    pub fn forward_residual(
+        &self,
+        k: Kernels,
+        y: &Tensor,
+        bias: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        timed("fwd: bias+residual+layer norm", || {
+            let (w, b) = (self.weight.t(), self.bias.t());
+            Ok(self.op.forward_residual(k, (y, bias, residual), &w, &b)?)
+        })
+    }
+
     /// Hands over d(weight) and d(bias); returns d(x) for the forward's input `x`.
     pub fn backward(&self, k: Kernels, x: &Tensor, dy: &Tensor, sink: &mut Sink) -> Result<Tensor> {
         let (dx, dw, db) = timed("fwd/bwd: layer norm", || {
