@@ -116,16 +116,13 @@ impl SelfAttention {
         let attended = self.output.matmul(k, &context)?;
         let site = Site::AttentionOutput(self.layer);
         let mask = pass.mask(&attended, rows, site, self.hidden_dropout)?;
-        let bias = self.output.bias.t();
-        let (out, ln_in) = if pass.keep || mask.is_some() {
-            let ln_in = timed("fwd/bwd: bias+dropout+residual", || {
-                BiasDropoutResidual::forward(k, &attended, &bias, mask.as_ref(), &residual)
-            })?;
-            (self.norm.forward(k, &ln_in)?, Some(ln_in))
-        } else {
-            let out = self.norm.forward_residual(k, &attended, &bias, &residual)?;
-            (out, None)
-        };
+        let (out, ln_in) = self.norm.after_residual(
+            k,
+            pass.keep,
+            (&attended, &self.output.bias.t()),
+            mask.as_ref(),
+            &residual,
+        )?;
         let cache = cache
             .zip(ln_in)
             .map(|(attention, ln_in)| AttentionBlockCache {

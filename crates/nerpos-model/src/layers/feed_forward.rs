@@ -73,15 +73,13 @@ impl FeedForward {
         let y = self.output.matmul(k, &act)?;
         let site = Site::FeedForwardOutput(self.layer);
         let mask = pass.mask(&y, rows, site, self.dropout)?;
-        let bias = self.output.bias.t();
-        let (out, ln_in) = if pass.keep || mask.is_some() {
-            let ln_in = timed("fwd/bwd: bias+dropout+residual", || {
-                BiasDropoutResidual::forward(k, &y, &bias, mask.as_ref(), &x)
-            })?;
-            (self.norm.forward(k, &ln_in)?, Some(ln_in))
-        } else {
-            (self.norm.forward_residual(k, &y, &bias, &x)?, None)
-        };
+        let (out, ln_in) = self.norm.after_residual(
+            k,
+            pass.keep,
+            (&y, &self.output.bias.t()),
+            mask.as_ref(),
+            &x,
+        )?;
         let cache = inter
             .filter(|_| pass.keep)
             .zip(ln_in)

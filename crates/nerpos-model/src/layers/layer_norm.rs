@@ -1,8 +1,9 @@
 //! A LayerNorm layer: its weight and bias, and the fused op.
 
 use candle_core::Tensor;
-use nerpos_kernels::Kernels;
 use nerpos_kernels::ops::layer_norm::LayerNorm;
+use nerpos_kernels::ops::residual::BiasDropoutResidual;
+use nerpos_kernels::{Kernels, Mask};
 
 use super::Sink;
 use crate::error::Result;
@@ -31,19 +32,28 @@ impl Norm {
         })
     }
 
-    /// LayerNorm(y + bias + residual) in one op: a block's end when nothing is dropped and nothing
-    /// kept for a backward pass (inference).
-    pub fn forward_residual(
+    /// A block's end: LayerNorm(dropout(y + bias) + residual), and the LayerNorm's input when `keep`
+    /// (for the backward pass). With nothing dropped and nothing kept (inference) one fused op;
+    /// otherwise bias + dropout + residual, then LayerNorm.
+    pub fn after_residual(
         &self,
         k: Kernels,
-        y: &Tensor,
-        bias: &Tensor,
+        keep: bool,
+        (y, bias): (&Tensor, &Tensor),
+        mask: Option<&Mask>,
         residual: &Tensor,
-    ) -> Result<Tensor> {
-        timed("fwd: bias+residual+layer norm", || {
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if keep || mask.is_some() {
+            let ln_in = timed("fwd/bwd: bias+dropout+residual", || {
+                BiasDropoutResidual::forward(k, y, bias, mask, residual)
+            })?;
+            return Ok((self.forward(k, &ln_in)?, Some(ln_in)));
+        }
+        let out = timed("fwd: bias+residual+layer norm", || {
             let (w, b) = (self.weight.t(), self.bias.t());
-            Ok(self.op.forward_residual(k, (y, bias, residual), &w, &b)?)
-        })
+            self.op.forward_residual(k, (y, bias, residual), &w, &b)
+        })?;
+        Ok((out, None))
     }
 
     /// Hands over d(weight) and d(bias); returns d(x) for the forward's input `x`.
