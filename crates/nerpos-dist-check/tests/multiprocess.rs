@@ -58,10 +58,10 @@ fn finish(mut children: Vec<Child>, limit: Duration) -> Vec<Outcome> {
     let mut ended: Vec<Option<(i32, Duration)>> = vec![None; children.len()];
     while started.elapsed() < limit && ended.iter().any(Option::is_none) {
         for (c, e) in children.iter_mut().zip(&mut ended) {
-            if e.is_none() {
-                if let Some(status) = c.try_wait().unwrap() {
-                    *e = Some((status.code().unwrap_or(-1), started.elapsed()));
-                }
+            if e.is_none()
+                && let Some(status) = c.try_wait().unwrap()
+            {
+                *e = Some((status.code().unwrap_or(-1), started.elapsed()));
             }
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -52,14 +52,14 @@ impl DefaultChunker {
     /// Feeds one token; pushes the entity that ends before it, if any.
     pub fn step(&mut self, t: DefaultTag, out: &mut Vec<Entity>) {
         let i = self.offset;
-        if end_of_chunk(self.prev_tag, t.tag, self.prev_type, t.ty) {
-            if let Some(ty) = self.prev_type {
-                out.push(Entity {
-                    start: self.begin,
-                    end: i - 1,
-                    ty,
-                });
-            }
+        if end_of_chunk(self.prev_tag, t.tag, self.prev_type, t.ty)
+            && let Some(ty) = self.prev_type
+        {
+            out.push(Entity {
+                start: self.begin,
+                end: i - 1,
+                ty,
+            });
         }
         if start_of_chunk(self.prev_tag, t.tag, self.prev_type, t.ty) {
             self.begin = i;

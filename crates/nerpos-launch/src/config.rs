@@ -5,10 +5,12 @@
 /// Renders a value as it would appear after `key = ` in TOML.
 pub fn toml_value(v: &toml::Value) -> String {
     // Learning rates read better as 3e-5 than as 0.00003 (what the toml crate writes).
-    if let toml::Value::Float(f) = v {
-        if *f != 0.0 && f.is_finite() && (f.abs() < 1e-3 || f.abs() >= 1e6) {
-            return format!("{f:e}");
-        }
+    if let toml::Value::Float(f) = v
+        && *f != 0.0
+        && f.is_finite()
+        && (f.abs() < 1e-3 || f.abs() >= 1e6)
+    {
+        return format!("{f:e}");
     }
     let mut t = toml::Table::new();
     t.insert("v".into(), v.clone());

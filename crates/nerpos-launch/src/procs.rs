@@ -79,11 +79,11 @@ struct Pump {
 
 impl Pump {
     fn line(&self, line: String) {
-        if let Some(bar) = self.bar.as_ref().filter(|_| self.progress) {
-            if let Some(p) = Progress::from_line(&line) {
-                bar.update(&p);
-                return;
-            }
+        if let Some(bar) = self.bar.as_ref().filter(|_| self.progress)
+            && let Some(p) = Progress::from_line(&line)
+        {
+            bar.update(&p);
+            return;
         }
         if let Ok(mut f) = self.log.lock() {
             let _ = writeln!(f, "{line}");

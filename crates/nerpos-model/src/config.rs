@@ -83,10 +83,10 @@ impl BertConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if let Some(t) = &self.model_type {
-            if !["bert", "roberta", "xlm-roberta", "camembert", "electra"].contains(&t.as_str()) {
-                return Err(format!("model_type {t:?} is not a BERT-family encoder"));
-            }
+        if let Some(t) = &self.model_type
+            && !["bert", "roberta", "xlm-roberta", "camembert", "electra"].contains(&t.as_str())
+        {
+            return Err(format!("model_type {t:?} is not a BERT-family encoder"));
         }
         if self.position_embedding_type != "absolute" {
             return Err(format!(
@@ -94,7 +94,9 @@ impl BertConfig {
                 self.position_embedding_type
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -293,15 +293,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Logs what was tagged, how fast, and what the text reader removed.
 fn finish(cli: &Cli, source: &Source, tally: &Tally, secs: f64) {
-    if let Source::Text { lines, .. } = source {
-        if let (removed @ 1.., Some(line)) = lines.removed {
-            tracing::warn!(
-                removed,
-                first_line = line,
-                "removed control characters from {} (as the tokenizer does)",
-                cli.input.display()
-            );
-        }
+    if let Source::Text { lines, .. } = source
+        && let (removed @ 1.., Some(line)) = lines.removed
+    {
+        tracing::warn!(
+            removed,
+            first_line = line,
+            "removed control characters from {} (as the tokenizer does)",
+            cli.input.display()
+        );
     }
     tracing::info!(
         sentences = tally.sentences,

@@ -68,13 +68,13 @@ impl ReadArgs {
             ("--tag-names", self.tag_names.is_some()),
             ("--pos-names", self.pos_names.is_some()),
         ];
-        if format != Format::Jsonl {
-            if let Some((flag, _)) = jsonl_flags.iter().find(|(_, given)| *given) {
-                return Err(PrepError::Options(format!(
-                    "{flag} applies to --format jsonl only (the input format is {})",
-                    format.name()
-                )));
-            }
+        if format != Format::Jsonl
+            && let Some((flag, _)) = jsonl_flags.iter().find(|(_, given)| *given)
+        {
+            return Err(PrepError::Options(format!(
+                "{flag} applies to --format jsonl only (the input format is {})",
+                format.name()
+            )));
         }
         if self.pos_names.is_some() && self.pos_key.is_none() {
             return Err(PrepError::Options(

@@ -107,10 +107,10 @@ pub fn read(path: &Path, text: &str, detected: Detected, keys: &JsonlKeys) -> Re
         if tags.len() != tokens.len() {
             return Err(mismatch(&keys.tags, tags.len()));
         }
-        if let (Some(p), Some(k)) = (&pos, &keys.pos) {
-            if p.len() != tokens.len() {
-                return Err(mismatch(k, p.len()));
-            }
+        if let (Some(p), Some(k)) = (&pos, &keys.pos)
+            && p.len() != tokens.len()
+        {
+            return Err(mismatch(k, p.len()));
         }
         if tokens.is_empty() {
             empty += 1;

@@ -14,14 +14,13 @@ pub const SKIP_LOG_ENV: &str = "NERPOS_SKIP_LOG";
 /// the file named by `$NERPOS_SKIP_LOG`, which cargo's output capture does not swallow.
 pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
-    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            let _ = writeln!(f, "{test}\t{reason}");
-        }
+    {
+        let _ = writeln!(f, "{test}\t{reason}");
     }
 }
 

@@ -341,10 +341,10 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", format!("{} is not a positive learning rate", self.lr));
         }
-        if let Some(h) = self.head_lr {
-            if !(h > 0.0 && h.is_finite()) {
-                return bad("head_lr", format!("{h} is not a positive learning rate"));
-            }
+        if let Some(h) = self.head_lr
+            && !(h > 0.0 && h.is_finite())
+        {
+            return bad("head_lr", format!("{h} is not a positive learning rate"));
         }
         if self.epochs == 0 && self.max_steps == 0 {
             return bad(
@@ -383,10 +383,10 @@ impl TrainConfig {
                 "must not be negative (0 turns clipping off)".into(),
             );
         }
-        if let Some(w) = self.pos_tagger {
-            if !(w >= 0.0 && w.is_finite()) {
-                return bad("pos_tagger", format!("{w} is not a weight ≥ 0 (0 = none)"));
-            }
+        if let Some(w) = self.pos_tagger
+            && !(w >= 0.0 && w.is_finite())
+        {
+            return bad("pos_tagger", format!("{w} is not a weight ≥ 0 (0 = none)"));
         }
         if self.pos_dim == Some(0) {
             return bad("pos_dim", "must be at least 1".into());

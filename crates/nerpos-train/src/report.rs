@@ -125,7 +125,7 @@ impl Reporter {
     /// Whether `step` (steps done) ends a log interval: the steps at which the loop passes
     /// [`Trainer::take_means`](crate::trainer::Trainer::take_means) to [`Reporter::step`].
     pub fn logs_at(&self, step: usize) -> bool {
-        step % self.log_every == 0 || step == self.total
+        step.is_multiple_of(self.log_every) || step == self.total
     }
 
     /// Accounts for a finished step; writes a metrics line at the end of each log interval (`means`

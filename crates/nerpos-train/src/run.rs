@@ -54,10 +54,10 @@ pub fn run(
     let rdv = Rendezvous::from_env()?;
     let run = RunDir::new(resume.map_or_else(|| cfg.out.clone(), Path::to_owned));
     // Under the launcher, it keeps the log files (from this process's output).
-    if std::env::var_os(nerpos_run::LAUNCHER_LOGS_ENV).is_none() {
-        if let Err(e) = output.log_to(&run.rank_log(rdv.rank)) {
-            tracing::warn!("no log file in {}: {e}", run.logs().display());
-        }
+    if std::env::var_os(nerpos_run::LAUNCHER_LOGS_ENV).is_none()
+        && let Err(e) = output.log_to(&run.rank_log(rdv.rank))
+    {
+        tracing::warn!("no log file in {}: {e}", run.logs().display());
     }
     let mut job = Job::setup(cfg, resume, &rdv)?;
     let rank0 = job.trainer.rank() == 0;

@@ -251,11 +251,11 @@ impl Trainer {
         micro: &[PackedBatch],
         step: usize,
     ) -> anyhow::Result<(LocalStep, BTreeMap<String, Grad>, CommTime)> {
-        if let Some(half) = &self.compute {
-            if !self.compute_fresh {
-                half.copy_from(&self.model)?;
-                self.compute_fresh = true;
-            }
+        if let Some(half) = &self.compute
+            && !self.compute_fresh
+        {
+            half.copy_from(&self.model)?;
+            self.compute_fresh = true;
         }
         let dtype = self.settings.reduce_dtype.dtype();
         let pass = Pass {
