@@ -14,7 +14,8 @@ and against PyTorch on the same text, in one run on this machine. Run through te
    the classifier, pytorch-crf's Viterbi for a CRF head) on the same words (already split: PyTorch does
    no word splitting): the fast tokenizer, sentences sorted by length in batches of 64 or 256 (the
    faster), 2 threads; f32, and bf16 autocast.
-   `--precision bf16` (ours on the CPU: candle's tensor ops in bf16) is scored beside f32.
+   `--precision bf16` (ours on the CPU: the encoder's products in bf16 with AVX512-BF16, the rest in f32,
+   as autocast; candle's bf16 tensor ops on CPUs without it) is scored beside f32.
 3. Memory. Peak resident memory of each `nerpos-predict` run; with --repeat N, also of the text
    repeated N times (memory should not grow with the input).
 """

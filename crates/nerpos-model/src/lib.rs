@@ -25,6 +25,7 @@ pub use error::{ModelError, Result};
 pub use model::{BertNerPos, HeadInit, HeadOutput, PosSource, StepOutput};
 pub use nerpos_dist::Grad;
 pub use nerpos_kernels::dropout::Noise;
+pub use nerpos_kernels::ops::matmul::PackedBf16;
 pub use nerpos_kernels::{Deferred, Kernels, RowSpans};
 pub use params::{Param, Params, Role};
 pub use predict::{PredictOptions, RowView, WordPrediction, predict_rows};

@@ -38,6 +38,9 @@ pub struct BertNerPos {
     head: Head,
     /// Every parameter in the order backward hands out its gradient.
     order: Vec<String>,
+    /// The encoder's products run in bf16 on the CPU ([`with_bf16_products`](Self::with_bf16_products)):
+    /// inference only.
+    bf16_products: bool,
 }
 
 /// The result of a training step on one batch.
@@ -91,7 +94,20 @@ impl BertNerPos {
             layers,
             head,
             order,
+            bf16_products: false,
         })
+    }
+
+    /// The same model with the encoder's linear layers multiplying in bf16 on the CPU (inputs rounded
+    /// to bf16, sums in f32; AVX512-BF16: `PackedBf16::supported`), everything else in f32 — what
+    /// PyTorch's CPU autocast does. The weights are rounded as they are now: for inference, and the
+    /// model refuses to train afterwards.
+    pub fn with_bf16_products(mut self) -> Result<BertNerPos> {
+        for layer in &mut self.layers {
+            layer.pack_bf16()?;
+        }
+        self.bf16_products = true;
+        Ok(self)
     }
 
     /// The same model running the fused ops as `kernels` says.
@@ -193,6 +209,11 @@ impl BertNerPos {
         noise: Option<Noise>,
         mut sink: impl FnMut(&str, Grad) -> Result<()>,
     ) -> Result<(Deferred, usize)> {
+        if self.bf16_products {
+            return Err(ModelError::Internal(
+                "a model whose products were packed in bf16 for inference cannot be trained".into(),
+            ));
+        }
         let masks = noise.map(|n| inputs.masks(n)).transpose()?;
         let pass = self.pass(inputs, masks.as_ref(), true)?;
         let fwd = self.run_forward(&pass, PosSource::Given)?;

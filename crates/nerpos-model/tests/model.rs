@@ -514,6 +514,34 @@ fn bf16_compute_copy_tracks_the_f32_model() {
     assert!(dropped.loss_sum.is_finite() && (dropped.loss_sum - low.loss_sum).abs() > 1e-6);
 }
 
+/// Inference with the encoder's products in bf16 (`--precision bf16` on a CPU with AVX512-BF16): the
+/// logits move by bf16's error only, and the packed model refuses to train (its packed weights would
+/// not follow the updates). The kernel itself is held to the rounded inputs' exact product in
+/// nerpos-kernels (`bf16_products_match_the_rounded_reference`).
+#[test]
+fn bf16_products_track_the_f32_model_and_refuse_training() {
+    let test = "bf16_products_track_the_f32_model_and_refuse_training";
+    if !nerpos_model::PackedBf16::supported() {
+        nerpos_testdata::skip(test, "this CPU has no AVX512-BF16");
+        return;
+    }
+    let dev = Device::Cpu;
+    let (f32_model, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
+    let (packed, _) = BertNerPos::load(&tiny_dir(), &dev).unwrap();
+    let packed = packed.with_bf16_products().unwrap();
+    let x = inputs(&dev);
+    let (full, low) = (eval(&f32_model, &x), eval(&packed, &x));
+    let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = full
+        .iter()
+        .zip(&low)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("largest |f32 - bf16 products| logit: {worst:.2e} (largest logit {scale:.2})");
+    assert!(worst > 0.0 && worst < 0.02 * scale, "{worst} vs {scale}");
+    let err = packed.forward_backward(&x, &targets(&dev), None);
+    assert!(err.is_err_and(|e| e.to_string().contains("cannot be trained")));
+}
+
 /// Backward hands out the gradients in `gradient_order` (what the trainer's buckets are cut from),
 /// one each, the word embeddings' as rows.
 #[test]

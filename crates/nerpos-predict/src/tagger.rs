@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device};
-use nerpos_model::{BertNerPos, NerposMeta, PosSource, PredictOptions, RowView, WordPrediction};
+use nerpos_model::{
+    BertNerPos, NerposMeta, PackedBf16, PosSource, PredictOptions, RowView, WordPrediction,
+};
 use nerpos_model::{predict_rows, profile::scope};
 use nerpos_prep::SubwordTokenizer;
 use nerpos_prep::align::{Aligner, SentenceInput};
@@ -30,9 +32,11 @@ pub struct TagOptions {
 pub enum Precision {
     #[default]
     F32,
-    /// Weights and activations in bf16 (sums in f32 in the fused kernels). On a GPU the fast path; on
-    /// the CPU it runs candle's tensor ops (no bf16 matrix kernel there, and this CPU's bf16 dot
-    /// product is not faster than its f32 FMA: docs/benchmarks.md), useful to measure the F1 change.
+    /// Matrix products in bf16 with f32 sums. On a GPU, weights and activations in bf16 (the fused
+    /// kernels sum in f32). On a CPU with AVX512-BF16, the encoder's linear layers multiply bf16
+    /// inputs (`vdpbf16ps`) and everything else stays f32, as PyTorch's CPU autocast; that CPU's bf16
+    /// dot product peaks at 0.6× its f32 FMA, so f32 stays the fast CPU path (docs/benchmarks.md).
+    /// On other CPUs, candle's tensor ops in bf16 (slow; to measure bf16's effect on F1).
     Bf16,
 }
 
@@ -52,12 +56,19 @@ impl Tagger {
         let model = model.with_kernels(nerpos_model::Kernels::with_gpu(device.is_cuda()));
         let model = match precision {
             Precision::F32 => model,
+            Precision::Bf16 if device.is_cpu() && PackedBf16::supported() => {
+                tracing::info!(
+                    "--precision bf16 on the CPU: the encoder's products in bf16 (AVX512-BF16), the \
+                     rest in f32; f32 is faster on CPUs whose bf16 dot product is slower than their \
+                     f32 FMA (docs/benchmarks.md)"
+                );
+                model.with_bf16_products()?
+            }
             Precision::Bf16 => {
                 if device.is_cpu() {
                     tracing::warn!(
-                        "--precision bf16 on the CPU is slower than f32 (no bf16 matrix kernel; \
-                         this CPU's bf16 dot product is not faster than f32 FMA: \
-                         docs/benchmarks.md): it measures bf16's effect on F1, f32 is the fast CPU path"
+                        "--precision bf16 on a CPU without AVX512-BF16 runs candle's bf16 tensor ops, \
+                         far slower than f32: it measures bf16's effect on F1, f32 is the fast CPU path"
                     );
                 }
                 let half = BertNerPos::with_dtype(model.config.clone(), device, DType::BF16)?
@@ -67,14 +78,14 @@ impl Tagger {
             }
         };
         let tokenizer = SubwordTokenizer::load(dir)?;
-        if let Some(expected) = &meta.tokenizer_fingerprint {
-            if *expected != tokenizer.fingerprint {
-                bail!(
-                    "{}: the tokenizer files ({}) are not the ones the model was trained with ({expected})",
-                    dir.display(),
-                    tokenizer.fingerprint
-                );
-            }
+        if let Some(expected) = &meta.tokenizer_fingerprint
+            && *expected != tokenizer.fingerprint
+        {
+            bail!(
+                "{}: the tokenizer files ({}) are not the ones the model was trained with ({expected})",
+                dir.display(),
+                tokenizer.fingerprint
+            );
         }
         let pos_ids = meta
             .pos

@@ -9,13 +9,13 @@ use nerpos_kernels::ops::embedding::EmbeddingGrad;
 use nerpos_kernels::ops::residual::BiasDropoutResidual;
 use nerpos_kernels::{Kernels, Mask};
 
-use super::linear::{MATMUL, matmul_t, product};
+use super::linear::{MATMUL, packed_or_f32, product};
 use super::{Linear, Norm, Pass, Sink};
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::params::{Param, Params, Role};
 use crate::profile::{scope, timed};
-use nerpos_kernels::ops::matmul::Epilogue;
+use nerpos_kernels::ops::matmul::{Epilogue, PackedBf16};
 
 pub struct SelfAttention {
     /// The layer's index (its dropout sites).
@@ -28,6 +28,8 @@ pub struct SelfAttention {
     shape: Heads,
     hidden_dropout: f64,
     attention_dropout: f64,
+    /// The query/key/value weights rounded to bf16 for the CPU's bf16 products (inference).
+    packed_qkv: Option<PackedBf16>,
 }
 
 /// What the block's backward needs.
@@ -69,7 +71,21 @@ impl SelfAttention {
             },
             hidden_dropout: c.hidden_dropout_prob,
             attention_dropout: c.attention_probs_dropout_prob,
+            packed_qkv: None,
         })
+    }
+
+    /// The block's forward products on the CPU in bf16 from now on (inference: the weights as they
+    /// are now; see [`Linear::pack_bf16`]).
+    pub fn pack_bf16(&mut self) -> Result<()> {
+        self.packed_qkv = Some(PackedBf16::new(&self.w_qkv()?)?);
+        self.output.pack_bf16()
+    }
+
+    /// The query, key and value weights stacked, (3H, H).
+    fn w_qkv(&self) -> Result<Tensor> {
+        let w = [&self.query, &self.key, &self.value].map(|l| l.weight.t());
+        Ok(Tensor::cat(&w, 0)?)
     }
 
     /// The block's output from its input `x` `[N, H]`; with `only_head`, everything after attention
@@ -83,19 +99,15 @@ impl SelfAttention {
     ) -> Result<(Tensor, Option<AttentionBlockCache>)> {
         let k = pass.kernels;
         // One projection for query, key and value: a (N, 3H) product instead of three (N, H) ones.
-        let w_qkv = Tensor::cat(
-            &[
-                self.query.weight.t(),
-                self.key.weight.t(),
-                self.value.weight.t(),
-            ],
-            0,
-        )?;
+        let w_qkv = self.w_qkv()?;
         let b_qkv = Tensor::cat(
             &[self.query.bias.t(), self.key.bias.t(), self.value.bias.t()],
             0,
         )?;
-        let qkv = timed(MATMUL, || matmul_t(k, &x, &w_qkv, Epilogue::Bias(&b_qkv)))?;
+        let qkv = timed(MATMUL, || {
+            let packed = self.packed_qkv.as_ref();
+            packed_or_f32(k, &x, packed, &w_qkv, Epilogue::Bias(&b_qkv))
+        })?;
         let dropout = pass.masks.map(|masks| attention::Dropout {
             masks,
             layer: self.layer,

@@ -30,6 +30,13 @@ impl BertLayer {
         })
     }
 
+    /// The layer's forward products on the CPU in bf16 from now on (inference; see
+    /// [`super::Linear::pack_bf16`]).
+    pub fn pack_bf16(&mut self) -> Result<()> {
+        self.attention.pack_bf16()?;
+        self.feed_forward.pack_bf16()
+    }
+
     /// The layer's output; with `only_head` (the last layer) on the head positions only.
     pub fn forward(
         &self,

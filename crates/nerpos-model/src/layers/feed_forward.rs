@@ -52,6 +52,13 @@ impl FeedForward {
         })
     }
 
+    /// The block's forward products on the CPU in bf16 from now on (inference; see
+    /// [`Linear::pack_bf16`]).
+    pub fn pack_bf16(&mut self) -> Result<()> {
+        self.intermediate.pack_bf16()?;
+        self.output.pack_bf16()
+    }
+
     /// The block's output from its input `x` (the tokens `rows` says).
     pub fn forward(
         &self,

@@ -2,7 +2,7 @@
 //! (bias + GELU, bias + dropout + residual) adds it in the same pass.
 
 use candle_core::Tensor;
-use nerpos_kernels::ops::matmul::{Epilogue, MatMul};
+use nerpos_kernels::ops::matmul::{Epilogue, MatMul, PackedBf16};
 use nerpos_kernels::{Impl, Kernels};
 
 use crate::error::Result;
@@ -12,6 +12,9 @@ use crate::profile::timed;
 pub struct Linear {
     pub weight: Param,
     pub bias: Param,
+    /// The weight rounded to bf16 for the CPU's bf16 products (inference with `--precision bf16`):
+    /// set by [`pack_bf16`](Self::pack_bf16), then used by `matmul` and `bias_gelu`.
+    packed: Option<PackedBf16>,
 }
 
 impl Linear {
@@ -31,20 +34,34 @@ impl Linear {
         Ok(Linear {
             weight: p.add(format!("{name}.weight"), (out, inp), weight)?,
             bias: p.add(format!("{name}.bias"), out, bias)?,
+            packed: None,
         })
+    }
+
+    /// From now on the forward products on the CPU take bf16 inputs (the weight as it is now, rounded
+    /// once; the activation rounded per call) and sum in f32. Inference only: the packed weight does
+    /// not follow later updates.
+    pub fn pack_bf16(&mut self) -> Result<()> {
+        self.packed = Some(PackedBf16::new(&self.weight.t())?);
+        Ok(())
     }
 
     /// x·Wᵀ for x (N, inp).
     pub fn matmul(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
-        timed(MATMUL, || matmul_t(k, x, &self.weight.t(), Epilogue::None))
+        timed(MATMUL, || self.forward(k, x, Epilogue::None))
     }
 
     /// gelu(x·Wᵀ + bias) in one op (inference: nothing keeps x·Wᵀ + bias for a backward pass).
     pub fn bias_gelu(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         let bias = self.bias.t();
         timed("fwd: matmul+bias+GELU", || {
-            matmul_t(k, x, &self.weight.t(), Epilogue::BiasGelu(&bias))
+            self.forward(k, x, Epilogue::BiasGelu(&bias))
         })
+    }
+
+    /// x·Wᵀ then `epilogue`: in bf16 where the weight is packed for it and `x` is on the CPU.
+    fn forward(&self, k: Kernels, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        packed_or_f32(k, x, self.packed.as_ref(), &self.weight.t(), epilogue)
     }
 
     /// d(input) = dy·W.
@@ -69,6 +86,20 @@ pub(crate) const MATMUL: &str = "fwd/bwd: matmul";
 /// a·b then `epilogue`.
 pub(crate) fn product(k: Kernels, a: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     Ok(MatMul::forward(k, a, b, epilogue)?)
+}
+
+/// x·wᵀ then `epilogue`, with `packed` (w in bf16) where there is one and the CPU kernels run on `x`.
+pub(crate) fn packed_or_f32(
+    k: Kernels,
+    x: &Tensor,
+    packed: Option<&PackedBf16>,
+    w: &Tensor,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    match packed {
+        Some(p) if k.pick(x) == Impl::Cpu => Ok(MatMul::forward_bf16(x, p, epilogue)?),
+        _ => matmul_t(k, x, w, epilogue),
+    }
 }
 
 /// y = x·wᵀ then `epilogue`, for x (N, in), w (out, in).

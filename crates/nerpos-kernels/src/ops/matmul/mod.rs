@@ -11,6 +11,10 @@ use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+mod bf16;
+
+pub use bf16::PackedBf16;
+
 use super::gelu::{BiasGelu, bias_gelu_in_place};
 use crate::error::{KernelError, Result};
 use crate::host::{read, read_strided, task_rows};
@@ -43,6 +47,14 @@ impl MatMul {
                 }
             }
         }
+    }
+}
+
+impl MatMul {
+    /// `x (m×k) · wᵀ` then `epilogue` with bf16 inputs and f32 sums (`--precision bf16` on a CPU with
+    /// AVX512-BF16: [`PackedBf16::supported`]); `x` a CPU f32 tensor.
+    pub fn forward_bf16(x: &Tensor, w: &PackedBf16, epilogue: Epilogue) -> Result<Tensor> {
+        bf16::forward(x, w, epilogue)
     }
 }
 
