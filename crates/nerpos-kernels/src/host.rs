@@ -1,7 +1,7 @@
 //! What the CPU kernels share: the host data of a tensor, tensors from host data, and vectorised
 //! reductions.
 
-use candle_core::{Device, Shape, Storage, Tensor, WithDType};
+use candle_core::{Device, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
@@ -19,7 +19,33 @@ pub(crate) fn task_rows(width: usize) -> usize {
 pub fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
+    Ok(f(host_slice(&storage, layout)?))
+}
+
+/// As [`read`] for several f32 tensors at once: `f` gets their data in the order given (instead of
+/// one closure nested in another per tensor).
+pub(crate) fn read_all<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Result<R> {
+    let owned = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(storage, layout)| host_slice::<f32>(storage, layout))
+        .collect::<Result<Vec<_>>>()?;
+    let slices: [&[f32]; N] = slices
+        .try_into()
+        .map_err(|_| KernelError::Internal("read_all: tensors lost on the way".into()))?;
+    Ok(f(slices))
+}
+
+/// The values of a contiguous CPU tensor's storage.
+fn host_slice<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Result<&'a [T]> {
+    let Storage::Cpu(cpu) = storage else {
         return Err(KernelError::Internal(
             "a CPU kernel got a device tensor".into(),
         ));
@@ -27,7 +53,7 @@ pub fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R>
     let (a, b) = layout
         .contiguous_offsets()
         .ok_or_else(|| KernelError::Internal("a CPU kernel got a strided tensor".into()))?;
-    Ok(f(&cpu.as_slice::<T>()?[a..b]))
+    Ok(&cpu.as_slice::<T>()?[a..b])
 }
 
 /// Runs `f` on the host data of `t` as it lies in memory (from the tensor's first element) with its

@@ -5,7 +5,7 @@ use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host::{dispatch, dot16, read, sum_partials, sum16, task_rows, tensor, zeros};
+use crate::host::{dispatch, dot16, read_all, sum_partials, sum16, task_rows, tensor, zeros};
 use crate::launch::{self, Elem, Exec, Launch, Ptr, int};
 use crate::{Impl, Kernels, on_gpu};
 
@@ -70,21 +70,11 @@ impl LayerNorm {
         let eps = self.eps as f32;
         let mut out = zeros(y.elem_count());
         let chunk = task_rows(h) * h;
-        read::<f32, _>(y, |y| {
-            read::<f32, _>(residual, |r| {
-                read::<f32, _>(bias, |bias| {
-                    read::<f32, _>(w, |w| {
-                        read::<f32, _>(b, |b| {
-                            out.par_chunks_mut(chunk)
-                                .zip(y.par_chunks(chunk).zip(r.par_chunks(chunk)))
-                                .for_each(|(o, (y, r))| {
-                                    ln_residual_fwd(Rows { y, bias, r }, w, b, o, eps)
-                                });
-                        })
-                    })
-                })
-            })
-        })?????;
+        read_all([y, residual, bias, w, b], |[y, r, bias, w, b]| {
+            out.par_chunks_mut(chunk)
+                .zip(y.par_chunks(chunk).zip(r.par_chunks(chunk)))
+                .for_each(|(o, (y, r))| ln_residual_fwd(Rows { y, bias, r }, w, b, o, eps));
+        })?;
         tensor(out, y.shape())
     }
 
@@ -93,15 +83,11 @@ impl LayerNorm {
         let eps = self.eps as f32;
         let mut y = zeros(x.elem_count());
         let chunk = task_rows(h) * h;
-        read::<f32, _>(x, |x| {
-            read::<f32, _>(w, |w| {
-                read::<f32, _>(b, |b| {
-                    y.par_chunks_mut(chunk)
-                        .zip(x.par_chunks(chunk))
-                        .for_each(|(yc, xc)| ln_fwd(xc, w, b, yc, eps));
-                })
-            })
-        })???;
+        read_all([x, w, b], |[x, w, b]| {
+            y.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk))
+                .for_each(|(yc, xc)| ln_fwd(xc, w, b, yc, eps));
+        })?;
         tensor(y, x.shape())
     }
 
@@ -111,21 +97,17 @@ impl LayerNorm {
         let mut dx = zeros(rows * h);
         let chunk = task_rows(h) * h;
         // Each task: dx for its rows, and its partial sums of dweight and dbias.
-        let partials: Vec<Vec<f32>> = read::<f32, _>(x, |x| {
-            read::<f32, _>(w, |w| {
-                read::<f32, _>(dy, |g| {
-                    dx.par_chunks_mut(chunk)
-                        .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
-                        .map(|(dxc, (xc, gc))| {
-                            let mut acc = vec![0f32; 2 * h];
-                            let mut xhat = vec![0f32; h];
-                            ln_bwd(xc, w, gc, dxc, &mut acc, &mut xhat, eps);
-                            acc
-                        })
-                        .collect()
+        let partials: Vec<Vec<f32>> = read_all([x, w, dy], |[x, w, g]| {
+            dx.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+                .map(|(dxc, (xc, gc))| {
+                    let mut acc = vec![0f32; 2 * h];
+                    let mut xhat = vec![0f32; h];
+                    ln_bwd(xc, w, gc, dxc, &mut acc, &mut xhat, eps);
+                    acc
                 })
-            })
-        })???;
+                .collect()
+        })?;
         let dwb = sum_partials(partials, 2 * h);
         Ok((
             tensor(dx, (rows, h))?,

@@ -9,7 +9,7 @@ use nerpos_kernels::ops::embedding::EmbeddingGrad;
 use nerpos_kernels::ops::residual::BiasDropoutResidual;
 use nerpos_kernels::{Kernels, Mask};
 
-use super::linear::{MATMUL, packed_or_f32, product};
+use super::linear::{MATMUL, bf16_product, matmul_t, packed_for, product};
 use super::{Linear, Norm, Pass, Sink};
 use crate::config::BertConfig;
 use crate::error::Result;
@@ -99,15 +99,20 @@ impl SelfAttention {
     ) -> Result<(Tensor, Option<AttentionBlockCache>)> {
         let k = pass.kernels;
         // One projection for query, key and value: a (N, 3H) product instead of three (N, H) ones.
-        let w_qkv = self.w_qkv()?;
         let b_qkv = Tensor::cat(
             &[self.query.bias.t(), self.key.bias.t(), self.value.bias.t()],
             0,
         )?;
-        let qkv = timed(MATMUL, || {
-            let packed = self.packed_qkv.as_ref();
-            packed_or_f32(k, &x, packed, &w_qkv, Epilogue::Bias(&b_qkv))
-        })?;
+        let bias = Epilogue::Bias(&b_qkv);
+        // The stacked f32 weight only where it is multiplied (then kept for backward); the packed
+        // bf16 one (inference) needs no copy per batch.
+        let (qkv, w_qkv) = match packed_for(k, &x, self.packed_qkv.as_ref()) {
+            Some(w) => (timed(MATMUL, || bf16_product(&x, w, bias))?, None),
+            None => {
+                let w = self.w_qkv()?;
+                (timed(MATMUL, || matmul_t(k, &x, &w, bias))?, Some(w))
+            }
+        };
         let dropout = pass.masks.map(|masks| attention::Dropout {
             masks,
             layer: self.layer,
@@ -135,9 +140,11 @@ impl SelfAttention {
             mask.as_ref(),
             &residual,
         )?;
+        // A packed model never trains (BertNerPos refuses), so a kept pass always has w_qkv.
         let cache = cache
             .zip(ln_in)
-            .map(|(attention, ln_in)| AttentionBlockCache {
+            .zip(w_qkv)
+            .map(|((attention, ln_in), w_qkv)| AttentionBlockCache {
                 x,
                 w_qkv,
                 qkv,

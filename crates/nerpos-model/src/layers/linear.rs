@@ -61,7 +61,10 @@ impl Linear {
 
     /// x·Wᵀ then `epilogue`: in bf16 where the weight is packed for it and `x` is on the CPU.
     fn forward(&self, k: Kernels, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        packed_or_f32(k, x, self.packed.as_ref(), &self.weight.t(), epilogue)
+        match packed_for(k, x, self.packed.as_ref()) {
+            Some(w) => bf16_product(x, w, epilogue),
+            None => matmul_t(k, x, &self.weight.t(), epilogue),
+        }
     }
 
     /// d(input) = dy·W.
@@ -88,18 +91,18 @@ pub(crate) fn product(k: Kernels, a: &Tensor, b: &Tensor, epilogue: Epilogue) ->
     Ok(MatMul::forward(k, a, b, epilogue)?)
 }
 
-/// x·wᵀ then `epilogue`, with `packed` (w in bf16) where there is one and the CPU kernels run on `x`.
-pub(crate) fn packed_or_f32(
+/// `packed` where the CPU kernels run on `x` (the bf16 products are a CPU kernel), else none.
+pub(crate) fn packed_for<'a>(
     k: Kernels,
     x: &Tensor,
-    packed: Option<&PackedBf16>,
-    w: &Tensor,
-    epilogue: Epilogue,
-) -> Result<Tensor> {
-    match packed {
-        Some(p) if k.pick(x) == Impl::Cpu => Ok(MatMul::forward_bf16(x, p, epilogue)?),
-        _ => matmul_t(k, x, w, epilogue),
-    }
+    packed: Option<&'a PackedBf16>,
+) -> Option<&'a PackedBf16> {
+    packed.filter(|_| k.pick(x) == Impl::Cpu)
+}
+
+/// x·wᵀ then `epilogue` with the bf16 weight `w`.
+pub(crate) fn bf16_product(x: &Tensor, w: &PackedBf16, epilogue: Epilogue) -> Result<Tensor> {
+    Ok(MatMul::forward_bf16(x, w, epilogue)?)
 }
 
 /// y = x·wᵀ then `epilogue`, for x (N, in), w (out, in).

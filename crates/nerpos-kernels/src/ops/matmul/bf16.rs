@@ -15,7 +15,7 @@ use std::ops::Range;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::Epilogue;
+use super::{Epilogue, add_bias_rows};
 use crate::error::{KernelError, Result};
 use crate::host::{dispatch, read, read_strided};
 use crate::ops::gelu::bias_gelu_in_place_rows;
@@ -217,11 +217,7 @@ fn task(
     match bias {
         None => {}
         Some((bias, true)) => bias_gelu_in_place_rows(out, bias),
-        Some((bias, false)) => {
-            for row in out.chunks_exact_mut(n) {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-        }
+        Some((bias, false)) => add_bias_rows(out, bias),
     }
 }
 

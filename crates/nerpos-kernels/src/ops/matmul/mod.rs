@@ -133,11 +133,15 @@ fn product(a: &Tensor, b: &Tensor, (m, inner, n): (usize, usize, usize)) -> Resu
 /// Rows of `y` plus `bias`, by the thread pool.
 fn add_bias(y: &mut [f32], bias: &[f32]) {
     let width = bias.len().max(1);
-    y.par_chunks_mut(task_rows(width) * width).for_each(|c| {
-        for row in c.chunks_mut(width) {
-            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-        }
-    });
+    y.par_chunks_mut(task_rows(width) * width)
+        .for_each(|c| add_bias_rows(c, bias));
+}
+
+/// Rows of `y` (width `bias.len()`) plus `bias`, on this thread.
+fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_mut(bias.len().max(1)) {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
 }
 
 #[cfg(test)]
