@@ -253,8 +253,13 @@ def main():
         export(sentences, labels, os.path.join(a.export, "dev.txt"), os.path.join(a.export, "dev.conll"))
         return
     labels = set(json.load(open(os.path.join(a.model, "nerpos.json")))["labels"])
+    # The exported split, the outputs and the --big-gb file (up to gigabytes) go away with the run.
+    with tempfile.TemporaryDirectory(prefix="nerpos-text-bench-") as tmp:
+        bench(a, sentences, labels, tmp)
+
+
+def bench(a, sentences, labels, tmp):
     nwords = sum(len(s) for s in sentences)
-    tmp = tempfile.mkdtemp(prefix="nerpos-text-bench-")
     text_file, conll = os.path.join(tmp, "dev.txt"), os.path.join(tmp, "dev.conll")
     export(sentences, labels, text_file, conll)
     rendered, joined = gold_entities(sentences, labels)
