@@ -121,16 +121,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             opts.out.display()
         )));
     }
-
-    let tokenizer = SubwordTokenizer::load(&opts.tokenizer)?;
-    if tokenizer.num_special() >= opts.max_len {
-        return Err(PrepError::Options(format!(
-            "--max-len {} leaves no room for words beside {} special tokens",
-            opts.max_len,
-            tokenizer.num_special()
-        )));
-    }
-
+    let tokenizer = load_tokenizer(opts)?;
     let Read {
         corpus,
         files,
@@ -144,36 +135,91 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     debug!(secs = started.elapsed().as_secs_f32(), "read and parsed");
 
     check_drop_types(&corpus, &opts.drop_types)?;
-    // Tokenizing the distinct words and fixing labels, splits and vocabularies are independent.
+    let (pieces, labelling) = tokenize_and_label(opts, &tokenizer, &corpus, parts)?;
+    debug!(
+        secs = started.elapsed().as_secs_f32(),
+        "vocabularies and sub-words ready"
+    );
+
+    let tmp = nerpos_run::staging_dir(&opts.out)?;
+    let aligner = aligner(opts, &tokenizer, &labelling.label_vocab);
+    let mut aligned = align_splits(opts, &corpus, &pieces, &aligner, &labelling);
+    debug!(secs = started.elapsed().as_secs_f32(), "aligned");
+    write_shards(opts, tmp.path(), &mut aligned)?;
+    debug!(secs = started.elapsed().as_secs_f32(), "written");
+    report_windows(opts, &aligned);
+
+    let stats = corpus_stats(&corpus, &pieces, &labelling, &aligned);
+    let splits = splits_of(aligned);
+    let manifest = Manifest {
+        format: manifest::FORMAT.into(),
+        format_version: manifest::FORMAT_VERSION,
+        created_by: format!("nerpos-prep {}", env!("CARGO_PKG_VERSION")),
+        source: files[0].source.clone(),
+        files,
+        has_pos: corpus.has_pos,
+        tokenizer: tokenizer_info(opts, &tokenizer),
+        options: options_of(opts),
+        labels: labelling.label_vocab,
+        label_ignore_id: manifest::IGNORE_LABEL,
+        pos: labelling.pos_vocab,
+        pos_pad_id: POS_PAD_ID,
+        pos_unk_id: POS_UNK_ID,
+        corpus: stats,
+        splits,
+    };
+    let manifest_path = tmp.path().join(manifest::MANIFEST);
+    std::fs::write(&manifest_path, manifest.to_json())
+        .map_err(|e| PrepError::io(&manifest_path, e))?;
+    nerpos_run::publish_dir(tmp, &opts.out)?;
+    info!(
+        out = %opts.out.display(),
+        secs = started.elapsed().as_secs_f32(),
+        "dataset written"
+    );
+    Ok(manifest)
+}
+
+/// The checkpoint's tokenizer, refused when `--max-len` leaves no room beside its special tokens.
+fn load_tokenizer(opts: &PrepareOptions) -> Result<SubwordTokenizer> {
+    let tokenizer = SubwordTokenizer::load(&opts.tokenizer)?;
+    if tokenizer.num_special() >= opts.max_len {
+        return Err(PrepError::Options(format!(
+            "--max-len {} leaves no room for words beside {} special tokens",
+            opts.max_len,
+            tokenizer.num_special()
+        )));
+    }
+    Ok(tokenizer)
+}
+
+/// Tokenizes the distinct words and fixes labels, splits and vocabularies — independent work, run
+/// side by side — then warns about what the user should know of either.
+fn tokenize_and_label(
+    opts: &PrepareOptions,
+    tokenizer: &SubwordTokenizer,
+    corpus: &Corpus,
+    parts: Option<[Vec<usize>; 3]>,
+) -> Result<(WordPieces, Labelling)> {
     let (tokenized, labelling) = rayon::join(
         || -> Result<(WordPieces, usize)> {
             let pieces = tokenizer.word_pieces(corpus.words.names())?;
-            let checked = check_sample(&tokenizer, &corpus, &pieces)?;
+            let checked = check_sample(tokenizer, corpus, &pieces)?;
             Ok((pieces, checked))
         },
-        || label(&corpus, opts, parts),
+        || label(corpus, opts, parts),
     );
     let (pieces, checked) = tokenized?;
-    let Labelling {
-        relabeler,
-        labels_of_token,
-        violations,
-        first_violation,
-        parts,
-        label_vocab,
-        label_id,
-        pos_vocab,
-        pos_id,
-    } = labelling?;
+    let labelling = labelling?;
     for &w in &pieces.empty {
         warn!(
             word = corpus.words.name(w),
             "the tokenizer gives this word no sub-word; using [UNK]"
         );
     }
-    if let Some(first) = &first_violation {
+    if let Some(first) = &labelling.first_violation {
         warn!(
-            violations,
+            violations = labelling.violations,
             first = %first,
             "tagged tokens outside any well-formed {} chunk were read as O, as seqeval's strict mode \
              reads them{}",
@@ -190,40 +236,49 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         checked_sentences = checked,
         "tokenized; sample of whole sentences agrees with per-word tokenization"
     );
+    Ok((pieces, labelling))
+}
 
-    debug!(
-        secs = started.elapsed().as_secs_f32(),
-        "vocabularies and sub-words ready"
-    );
-    let aligner = Aligner {
+fn aligner(opts: &PrepareOptions, tokenizer: &SubwordTokenizer, label_vocab: &[String]) -> Aligner {
+    Aligner {
         prefix: tokenizer.prefix.clone(),
         suffix: tokenizer.suffix.clone(),
         max_len: opts.max_len,
         overlap: opts.window_overlap,
         label_subwords: opts.label_subwords,
-        continuation: continuation_labels(&label_vocab),
-    };
-    let tmp = nerpos_run::staging_dir(&opts.out)?;
+        continuation: continuation_labels(label_vocab),
+    }
+}
 
-    let align_bar = bar(opts.progress, corpus.sentences.len(), "align");
+/// Train, dev and test aligned into rows of sub-words, in that order.
+fn align_splits<'a>(
+    opts: &PrepareOptions,
+    corpus: &'a Corpus,
+    pieces: &'a WordPieces,
+    aligner: &'a Aligner,
+    labelling: &'a Labelling,
+) -> Vec<AlignedSplit<'a>> {
     let ctx = AlignContext {
-        corpus: &corpus,
-        pieces: &pieces,
-        aligner: &aligner,
-        labels_of_token: &labels_of_token,
-        label_id: &label_id,
-        label_names: &relabeler.labels,
-        pos_id: &pos_id,
-        bar: &align_bar,
+        corpus,
+        pieces,
+        aligner,
+        labels_of_token: &labelling.labels_of_token,
+        label_id: &labelling.label_id,
+        label_names: &labelling.relabeler.labels,
+        pos_id: &labelling.pos_id,
+        bar: bar(opts.progress, corpus.sentences.len(), "align"),
     };
-    let mut aligned: Vec<AlignedSplit> = parts.iter().map(|members| ctx.split(members)).collect();
-    align_bar.finish_and_clear();
-    debug!(secs = started.elapsed().as_secs_f32(), "aligned");
+    let aligned = labelling.parts.iter().map(|m| ctx.split(m)).collect();
+    ctx.bar.finish_and_clear();
+    aligned
+}
 
-    // All splits' shards in one parallel pass, so that small dev/test shards fill idle cores.
+/// Writes every split's shards under `dir` and records them in the splits' infos — all splits in one
+/// parallel pass, so that small dev/test shards fill idle cores.
+fn write_shards(opts: &PrepareOptions, dir: &Path, aligned: &mut [AlignedSplit]) -> Result<()> {
     let jobs: Vec<(usize, String, &[Row<&str>])> = Split::ALL
         .iter()
-        .zip(&aligned)
+        .zip(aligned.iter())
         .enumerate()
         .flat_map(|(k, (split, a))| {
             a.rows
@@ -233,18 +288,21 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         })
         .collect();
     for split in Split::ALL {
-        let sub = tmp.path().join(split.name());
+        let sub = dir.join(split.name());
         std::fs::create_dir_all(&sub).map_err(|e| PrepError::io(&sub, e))?;
     }
     let written: Vec<(usize, manifest::ShardInfo)> = jobs
         .par_iter()
-        .map(|(k, file, chunk)| Ok((*k, shards::write(tmp.path(), file, chunk)?)))
+        .map(|(k, file, chunk)| Ok((*k, shards::write(dir, file, chunk)?)))
         .collect::<Result<_>>()?;
     for (k, shard) in written {
         aligned[k].info.shards.push(shard);
     }
-    debug!(secs = started.elapsed().as_secs_f32(), "written");
-    for (split, a) in Split::ALL.iter().zip(&aligned) {
+    Ok(())
+}
+
+fn report_windows(opts: &PrepareOptions, aligned: &[AlignedSplit]) {
+    for (split, a) in Split::ALL.iter().zip(aligned) {
         if a.info.windowed_sentences > 0 {
             info!(
                 split = split.name(),
@@ -254,87 +312,78 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
             );
         }
     }
-    let truncated_words = aligned.iter().map(|a| a.truncated_words).sum();
-    let longest_subwords = aligned
-        .iter()
-        .map(|a| a.longest_subwords)
-        .max()
-        .unwrap_or(0);
+}
+
+fn splits_of(aligned: Vec<AlignedSplit>) -> Splits {
     let mut infos = aligned.into_iter().map(|a| a.info);
     let mut next = || infos.next().expect("three splits");
-    let splits = Splits {
+    Splits {
         train: next(),
         dev: next(),
         test: next(),
-    };
+    }
+}
 
-    let manifest = Manifest {
-        format: manifest::FORMAT.into(),
-        format_version: manifest::FORMAT_VERSION,
-        created_by: format!("nerpos-prep {}", env!("CARGO_PKG_VERSION")),
-        source: files[0].source.clone(),
-        files,
-        has_pos: corpus.has_pos,
-        tokenizer: TokenizerInfo {
-            path: absolute(&opts.tokenizer),
-            files: tokenizer.files.clone(),
-            fingerprint: tokenizer.fingerprint.clone(),
-            pad_token_id: tokenizer.pad_id,
-            unk_token_id: tokenizer.unk_id,
-            prefix_ids: tokenizer.prefix.clone(),
-            suffix_ids: tokenizer.suffix.clone(),
-        },
-        options: Options {
-            max_len: opts.max_len,
-            window_overlap: opts.window_overlap,
-            label_subwords: opts.label_subwords,
-            scheme: opts.scheme,
-            drop_types: opts.drop_types.clone(),
-            pos_shape: opts.pos_shape,
-            split: matches!(opts.input, Input::One(_)).then_some(opts.split),
-            seed: opts.seed,
-            shard_rows: opts.shard_rows,
-            conll_columns: (opts.read.format == Format::Conll).then_some((
-                opts.read.conll.word,
-                opts.read.conll.pos,
-                opts.read.conll.tag,
-            )),
-            jsonl: (opts.read.format == Format::Jsonl).then(|| opts.read.jsonl.clone()),
-        },
-        labels: label_vocab,
-        label_ignore_id: manifest::IGNORE_LABEL,
-        pos: pos_vocab,
-        pos_pad_id: POS_PAD_ID,
-        pos_unk_id: POS_UNK_ID,
-        corpus: CorpusStats {
-            sentences: corpus.sentences.len(),
-            words: corpus.tokens.len(),
-            distinct_words: corpus.words.len(),
-            tags: corpus.tags.len(),
-            pos_tags: if corpus.has_pos { corpus.pos.len() } else { 0 },
-            longest_sentence_words: corpus.sentences.iter().map(|s| s.len).max().unwrap_or(0),
-            longest_sentence_subwords: longest_subwords,
-            words_without_subwords: corpus
-                .tokens
-                .iter()
-                .filter(|t| pieces.empty.binary_search(&t.word).is_ok())
-                .count(),
-            truncated_words,
-            scheme_violations: violations,
-            first_violation,
-        },
-        splits,
-    };
-    let manifest_path = tmp.path().join(manifest::MANIFEST);
-    std::fs::write(&manifest_path, manifest.to_json())
-        .map_err(|e| PrepError::io(&manifest_path, e))?;
-    nerpos_run::publish_dir(tmp, &opts.out)?;
-    info!(
-        out = %opts.out.display(),
-        secs = started.elapsed().as_secs_f32(),
-        "dataset written"
-    );
-    Ok(manifest)
+fn tokenizer_info(opts: &PrepareOptions, tokenizer: &SubwordTokenizer) -> TokenizerInfo {
+    TokenizerInfo {
+        path: absolute(&opts.tokenizer),
+        files: tokenizer.files.clone(),
+        fingerprint: tokenizer.fingerprint.clone(),
+        pad_token_id: tokenizer.pad_id,
+        unk_token_id: tokenizer.unk_id,
+        prefix_ids: tokenizer.prefix.clone(),
+        suffix_ids: tokenizer.suffix.clone(),
+    }
+}
+
+/// The options that shaped the dataset, as the manifest records them.
+fn options_of(opts: &PrepareOptions) -> Options {
+    Options {
+        max_len: opts.max_len,
+        window_overlap: opts.window_overlap,
+        label_subwords: opts.label_subwords,
+        scheme: opts.scheme,
+        drop_types: opts.drop_types.clone(),
+        pos_shape: opts.pos_shape,
+        split: matches!(opts.input, Input::One(_)).then_some(opts.split),
+        seed: opts.seed,
+        shard_rows: opts.shard_rows,
+        conll_columns: (opts.read.format == Format::Conll).then_some((
+            opts.read.conll.word,
+            opts.read.conll.pos,
+            opts.read.conll.tag,
+        )),
+        jsonl: (opts.read.format == Format::Jsonl).then(|| opts.read.jsonl.clone()),
+    }
+}
+
+fn corpus_stats(
+    corpus: &Corpus,
+    pieces: &WordPieces,
+    labelling: &Labelling,
+    aligned: &[AlignedSplit],
+) -> CorpusStats {
+    CorpusStats {
+        sentences: corpus.sentences.len(),
+        words: corpus.tokens.len(),
+        distinct_words: corpus.words.len(),
+        tags: corpus.tags.len(),
+        pos_tags: if corpus.has_pos { corpus.pos.len() } else { 0 },
+        longest_sentence_words: corpus.sentences.iter().map(|s| s.len).max().unwrap_or(0),
+        longest_sentence_subwords: aligned
+            .iter()
+            .map(|a| a.longest_subwords)
+            .max()
+            .unwrap_or(0),
+        words_without_subwords: corpus
+            .tokens
+            .iter()
+            .filter(|t| pieces.empty.binary_search(&t.word).is_ok())
+            .count(),
+        truncated_words: aligned.iter().map(|a| a.truncated_words).sum(),
+        scheme_violations: labelling.violations,
+        first_violation: labelling.first_violation.clone(),
+    }
 }
 
 /// The corpus read from every input file, one after the other.
@@ -520,7 +569,7 @@ struct AlignContext<'a> {
     label_names: &'a [String],
     /// Vocabulary id of each distinct POS tag of the corpus.
     pos_id: &'a [u32],
-    bar: &'a ProgressBar,
+    bar: ProgressBar,
 }
 
 /// One split's rows and counts.
