@@ -224,93 +224,127 @@ fn agree(comm: &mut Comm, h: &str) -> anyhow::Result<bool> {
     Ok(all.iter().all(|x| x == h.as_bytes()))
 }
 
-fn check(comm: &mut Comm, sizes: &[usize], dev: &Device) -> anyhow::Result<bool> {
-    let (r, w) = (comm.rank(), comm.world_size());
-    let mut ok = true;
-    let mut report = |name: String, pass: bool, h: &str| {
-        ok &= pass;
+/// Prints one JSON line per check and remembers whether all passed.
+struct Report {
+    rank: usize,
+    world: usize,
+    ok: bool,
+}
+
+impl Report {
+    fn record(&mut self, name: String, pass: bool, hash: &str) {
+        self.ok &= pass;
+        let (rank, world) = (self.rank, self.world);
         println!(
             "{}",
-            serde_json::json!({"rank": r, "world": w, "check": name, "ok": pass, "hash": h})
-        );
-    };
-    for &n in sizes {
-        let all: Vec<Vec<f32>> = (0..w).map(|q| values(q, n, true)).collect();
-        let mut buf = all[r].clone();
-        comm.all_reduce_sum(&mut buf)?;
-        let expected: Vec<f32> = (0..n).map(|i| all.iter().map(|v| v[i]).sum()).collect();
-        let h = hash(&buf);
-        let same = agree(comm, &h)?;
-        report(
-            format!("all_reduce f32 exact n={n}"),
-            buf == expected && same,
-            &h,
-        );
-
-        let all: Vec<Vec<f32>> = (0..w).map(|q| values(q, n, false)).collect();
-        let mut buf = all[r].clone();
-        comm.all_reduce_sum(&mut buf)?;
-        let naive: Vec<f32> = (0..n).map(|i| all.iter().map(|v| v[i]).sum()).collect();
-        let close = buf
-            .iter()
-            .zip(&naive)
-            .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs()));
-        let bitwise = buf == ring_order_sum(&all, n);
-        let h = hash(&buf);
-        let same = agree(comm, &h)?;
-        report(
-            format!("all_reduce f32 random n={n} (bit-identical on all ranks)"),
-            close && bitwise && same,
-            &h,
-        );
-
-        // Integers below 64 in magnitude: their sums over up to 4 ranks are exact in bf16.
-        let ints = |q: usize| -> Vec<bf16> {
-            values(q, n, true)
-                .iter()
-                .map(|v| bf16::from_f32(((v * 256.0) as i32 % 64) as f32))
-                .collect()
-        };
-        let all: Vec<Vec<bf16>> = (0..w).map(ints).collect();
-        let mut buf = all[r].clone();
-        comm.all_reduce_sum(&mut buf)?;
-        let expected: Vec<bf16> = (0..n)
-            .map(|i| bf16::from_f32(all.iter().map(|v| v[i].to_f32()).sum()))
-            .collect();
-        report(
-            format!("all_reduce bf16 n={n}"),
-            buf == expected,
-            &hash(&buf),
-        );
-
-        let root = w - 1;
-        let mut bytes: Vec<u8> = if r == root {
-            values(root, n, false)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
-        } else {
-            vec![0u8; n * 4]
-        };
-        comm.broadcast(&mut bytes, root)?;
-        let want: Vec<u8> = values(root, n, false)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        report(
-            format!("broadcast n={n} bytes from rank {root}"),
-            bytes == want,
-            &hash(&bytes),
+            serde_json::json!({"rank": rank, "world": world, "check": name, "ok": pass, "hash": hash})
         );
     }
+}
 
+fn check(comm: &mut Comm, sizes: &[usize], dev: &Device) -> anyhow::Result<bool> {
+    let mut report = Report {
+        rank: comm.rank(),
+        world: comm.world_size(),
+        ok: true,
+    };
+    for &n in sizes {
+        check_f32_sums(comm, n, &mut report)?;
+        check_bf16_sums(comm, n, &mut report)?;
+        check_broadcast(comm, n, &mut report)?;
+    }
+    check_small_collectives(comm, &mut report)?;
+    check_tensors(comm, dev, &mut report)?;
+    Ok(report.ok)
+}
+
+/// Sums of values exact in f32 (any order gives the bits expected), then of random ones (close to the
+/// plain sum, and bit-identical to the ring's order on every rank).
+fn check_f32_sums(comm: &mut Comm, n: usize, report: &mut Report) -> anyhow::Result<()> {
+    let (r, w) = (comm.rank(), comm.world_size());
+    let all: Vec<Vec<f32>> = (0..w).map(|q| values(q, n, true)).collect();
+    let mut buf = all[r].clone();
+    comm.all_reduce_sum(&mut buf)?;
+    let expected: Vec<f32> = (0..n).map(|i| all.iter().map(|v| v[i]).sum()).collect();
+    let h = hash(&buf);
+    let same = agree(comm, &h)?;
+    report.record(
+        format!("all_reduce f32 exact n={n}"),
+        buf == expected && same,
+        &h,
+    );
+
+    let all: Vec<Vec<f32>> = (0..w).map(|q| values(q, n, false)).collect();
+    let mut buf = all[r].clone();
+    comm.all_reduce_sum(&mut buf)?;
+    let naive: Vec<f32> = (0..n).map(|i| all.iter().map(|v| v[i]).sum()).collect();
+    let close = buf
+        .iter()
+        .zip(&naive)
+        .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+    let bitwise = buf == ring_order_sum(&all, n);
+    let h = hash(&buf);
+    let same = agree(comm, &h)?;
+    report.record(
+        format!("all_reduce f32 random n={n} (bit-identical on all ranks)"),
+        close && bitwise && same,
+        &h,
+    );
+    Ok(())
+}
+
+fn check_bf16_sums(comm: &mut Comm, n: usize, report: &mut Report) -> anyhow::Result<()> {
+    // Integers below 64 in magnitude: their sums over up to 4 ranks are exact in bf16.
+    let ints = |q: usize| -> Vec<bf16> {
+        values(q, n, true)
+            .iter()
+            .map(|v| bf16::from_f32(((v * 256.0) as i32 % 64) as f32))
+            .collect()
+    };
+    let all: Vec<Vec<bf16>> = (0..comm.world_size()).map(ints).collect();
+    let mut buf = all[comm.rank()].clone();
+    comm.all_reduce_sum(&mut buf)?;
+    let expected: Vec<bf16> = (0..n)
+        .map(|i| bf16::from_f32(all.iter().map(|v| v[i].to_f32()).sum()))
+        .collect();
+    report.record(
+        format!("all_reduce bf16 n={n}"),
+        buf == expected,
+        &hash(&buf),
+    );
+    Ok(())
+}
+
+fn check_broadcast(comm: &mut Comm, n: usize, report: &mut Report) -> anyhow::Result<()> {
+    let root = comm.world_size() - 1;
+    let want: Vec<u8> = values(root, n, false)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let mut bytes = if comm.rank() == root {
+        want.clone()
+    } else {
+        vec![0u8; n * 4]
+    };
+    comm.broadcast(&mut bytes, root)?;
+    report.record(
+        format!("broadcast n={n} bytes from rank {root}"),
+        bytes == want,
+        &hash(&bytes),
+    );
+    Ok(())
+}
+
+/// Integer sums, all_gather of different lengths, and the barrier's latency.
+fn check_small_collectives(comm: &mut Comm, report: &mut Report) -> anyhow::Result<()> {
+    let (r, w) = (comm.rank(), comm.world_size());
     let mut counts = vec![r as u64 + 1, 1_000_000_007 * r as u64];
     comm.all_reduce_sum(&mut counts)?;
     let want = vec![
         (1..=w as u64).sum(),
         1_000_000_007 * (0..w as u64).sum::<u64>(),
     ];
-    report(
+    report.record(
         "all_reduce u64 counts".into(),
         counts == want,
         &hash(&counts),
@@ -321,18 +355,21 @@ fn check(comm: &mut Comm, sizes: &[usize], dev: &Device) -> anyhow::Result<bool>
     let want: Vec<Vec<u8>> = (0..w)
         .map(|q| format!("rank-{q}-{}", "x".repeat(q * 3)).into_bytes())
         .collect();
-    report("all_gather".into(), gathered == want, "");
+    report.record("all_gather".into(), gathered == want, "");
 
     let started = Instant::now();
     comm.barrier()?;
-    report(
+    report.record(
         format!("barrier ({:.1} ms)", started.elapsed().as_secs_f64() * 1e3),
         true,
         "",
     );
+    Ok(())
+}
 
-    // Tensors (on `dev`: NCCL for GPU tensors): in place, and bucketed (buckets smaller than some
-    // tensors).
+/// Tensors (on `dev`: NCCL for GPU tensors): bucketed (buckets smaller than some tensors), and in place.
+fn check_tensors(comm: &mut Comm, dev: &Device, report: &mut Report) -> anyhow::Result<()> {
+    let (r, w) = (comm.rank(), comm.world_size());
     let shapes: [&[usize]; 4] = [&[3, 5], &[700], &[2, 3, 4], &[1]];
     let make = |q: usize| -> anyhow::Result<Vec<Tensor>> {
         shapes
@@ -358,7 +395,7 @@ fn check(comm: &mut Comm, sizes: &[usize], dev: &Device) -> anyhow::Result<bool>
         pass &= t.dims() == shapes[k]
             && t.flatten_all()?.to_vec1::<f32>()? == want.flatten_all()?.to_vec1::<f32>()?;
     }
-    report(
+    report.record(
         "all_reduce_bucketed tensors (1000-byte buckets)".into(),
         pass,
         "",
@@ -367,12 +404,12 @@ fn check(comm: &mut Comm, sizes: &[usize], dev: &Device) -> anyhow::Result<bool>
     comm.all_reduce_tensor(&t)?;
     let all: Vec<Vec<f32>> = (0..w).map(|q| values(q, 64, true)).collect();
     let want: Vec<f32> = (0..64).map(|i| all.iter().map(|v| v[i]).sum()).collect();
-    report(
+    report.record(
         "all_reduce_tensor in place".into(),
         t.to_vec1::<f32>()? == want,
         "",
     );
-    Ok(ok)
+    Ok(())
 }
 
 /// MiniLM-L6's parameter shapes (the encoder without its pooler, plus a POS embedding and a head for 17
