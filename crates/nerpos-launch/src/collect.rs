@@ -41,6 +41,21 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// Reads every point's outcome and writes `results.csv`, `results.md`, `best.toml` and `results.svg`.
 pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
     let sweep = Sweep::read(sweep_dir)?;
+    let rows = sorted_rows(sweep_dir, &sweep)?;
+    let write =
+        |name: &str, text: &str| nerpos_run::write_atomic(&sweep_dir.join(name), text.as_bytes());
+    let (csv, md) = tables(&sweep.keys, &rows);
+    write("results.csv", &csv)?;
+    write("results.md", &md)?;
+    if let Some(best) = best_config(sweep_dir, &rows)? {
+        write("best.toml", &best)?;
+    }
+    write("results.svg", &plot(&sweep.keys, &rows))?;
+    Ok(rows)
+}
+
+/// Every point's outcome, best dev F1 first (points without one last, then by id).
+fn sorted_rows(sweep_dir: &Path, sweep: &Sweep) -> anyhow::Result<Vec<Row>> {
     let mut rows: Vec<Row> = sweep
         .points
         .iter()
@@ -52,22 +67,22 @@ pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
             .total_cmp(&a.dev_f1.unwrap_or(f64::NEG_INFINITY))
             .then(a.point.id.cmp(&b.point.id))
     });
+    Ok(rows)
+}
 
-    let mut csv = format!(
-        "id,{},dev_f1,test_f1,steps,wall_s,status\n",
-        sweep.keys.join(",")
-    );
+/// The results as CSV (full precision, empty cells for what is missing) and as a Markdown table.
+fn tables(keys: &[String], rows: &[Row]) -> (String, String) {
+    let mut csv = format!("id,{},dev_f1,test_f1,steps,wall_s,status\n", keys.join(","));
     let mut md = format!(
         "| id | {} | dev micro F1 | test micro F1 | steps | wall (s) | status |\n",
-        sweep.keys.join(" | ")
+        keys.join(" | ")
     );
     md.push_str(&format!(
         "|---|{}---:|---:|---:|---:|---|\n",
-        "---|".repeat(sweep.keys.len())
+        "---|".repeat(keys.len())
     ));
-    for r in &rows {
-        let values: Vec<String> = sweep
-            .keys
+    for r in rows {
+        let values: Vec<String> = keys
             .iter()
             .map(|k| r.point.values.get(k).map_or("-".into(), toml_value))
             .collect();
@@ -98,51 +113,30 @@ pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
             r.status
         );
     }
-    let write =
-        |name: &str, text: &str| nerpos_run::write_atomic(&sweep_dir.join(name), text.as_bytes());
-    write("results.csv", &csv)?;
-    write("results.md", &md)?;
-    if let Some(best) = rows.iter().find(|r| r.dev_f1.is_some()) {
-        let cfg = point_dir(sweep_dir, &best.point).join("config.toml");
-        let text =
-            std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
-        write(
-            "best.toml",
-            &format!(
-                "# best point {} of the sweep (dev micro F1 {:.4}): {}\n{text}",
-                best.point.id,
-                best.dev_f1.unwrap_or(0.0),
-                best.point.describe()
-            ),
-        )?;
-    }
-    // F1 against each swept value; non-numeric values are placed at their index in the grid.
-    let series: Vec<(String, Vec<(f64, f64)>)> = sweep
-        .keys
+    (csv, md)
+}
+
+/// The best point's configuration, headed by a comment naming it (none when no point has a dev F1).
+fn best_config(sweep_dir: &Path, rows: &[Row]) -> anyhow::Result<Option<String>> {
+    let Some(best) = rows.iter().find(|r| r.dev_f1.is_some()) else {
+        return Ok(None);
+    };
+    let cfg = point_dir(sweep_dir, &best.point).join("config.toml");
+    let text =
+        std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+    Ok(Some(format!(
+        "# best point {} of the sweep (dev micro F1 {:.4}): {}\n{text}",
+        best.point.id,
+        best.dev_f1.unwrap_or(0.0),
+        best.point.describe()
+    )))
+}
+
+/// Dev F1 against each swept value, one panel per key, as SVG.
+fn plot(keys: &[String], rows: &[Row]) -> String {
+    let series: Vec<(String, Vec<(f64, f64)>)> = keys
         .iter()
-        .map(|k| {
-            let mut distinct: Vec<String> = Vec::new();
-            let pts = rows
-                .iter()
-                .filter_map(|r| {
-                    let v = r.point.values.get(k)?;
-                    let x = match v {
-                        toml::Value::Integer(i) => *i as f64,
-                        toml::Value::Float(f) => *f,
-                        other => {
-                            let s = toml_value(other);
-                            let i = distinct.iter().position(|d| *d == s).unwrap_or_else(|| {
-                                distinct.push(s);
-                                distinct.len() - 1
-                            });
-                            i as f64
-                        }
-                    };
-                    Some((x, r.dev_f1?))
-                })
-                .collect();
-            (k.clone(), pts)
-        })
+        .map(|k| (k.clone(), f1_by_value(k, rows)))
         .collect();
     let titles: Vec<String> = series
         .iter()
@@ -157,6 +151,28 @@ pub fn collect(sweep_dir: &Path) -> anyhow::Result<Vec<Row>> {
             points: pts,
         })
         .collect();
-    write("results.svg", &nerpos_plot::scatter_svg(&panels))?;
-    Ok(rows)
+    nerpos_plot::scatter_svg(&panels)
+}
+
+/// (value of `key`, dev F1) of each point with both; non-numeric values are placed at their index
+/// among the distinct values, in order of appearance.
+fn f1_by_value(key: &str, rows: &[Row]) -> Vec<(f64, f64)> {
+    let mut distinct: Vec<String> = Vec::new();
+    rows.iter()
+        .filter_map(|r| {
+            let x = match r.point.values.get(key)? {
+                toml::Value::Integer(i) => *i as f64,
+                toml::Value::Float(f) => *f,
+                other => {
+                    let s = toml_value(other);
+                    let i = distinct.iter().position(|d| *d == s).unwrap_or_else(|| {
+                        distinct.push(s);
+                        distinct.len() - 1
+                    });
+                    i as f64
+                }
+            };
+            Some((x, r.dev_f1?))
+        })
+        .collect()
 }
