@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::dataset::{Columns, Dataset, Part};
 use crate::error::Result;
-use crate::manifest::{IGNORE_LABEL, LabelSubwords, Manifest, Split};
+use crate::manifest::{CorpusStats, IGNORE_LABEL, LabelSubwords, Manifest, Split};
 
 /// Counts read from the shards (the manifest alone has the totals).
 #[derive(Debug, Serialize)]
@@ -167,13 +167,36 @@ pub fn thousands(n: usize) -> String {
 /// The manifest as a few human-readable lines and a per-split table.
 pub fn summary(m: &Manifest, dir: &str) -> String {
     let mut s = String::new();
-    let c = &m.corpus;
-    let o = &m.options;
     let _ = writeln!(
         s,
         "dataset    {dir} ({} v{}, {})",
         m.format, m.format_version, m.created_by
     );
+    source_lines(&mut s, m);
+    let _ = writeln!(
+        s,
+        "tokenizer  {} ({}, {})",
+        m.tokenizer.path,
+        m.tokenizer.files.join(" + "),
+        m.tokenizer.fingerprint
+    );
+    corpus_lines(&mut s, &m.corpus);
+    options_line(&mut s, m);
+    let _ = writeln!(s, "labels     {}: {}", m.labels.len(), m.labels.join(" "));
+    // A hand-edited manifest may name reserved ids outside the list: shown, not indexed blindly.
+    let pos_name = |id: u32| m.pos.get(id as usize).map_or("?", String::as_str);
+    let _ = writeln!(
+        s,
+        "POS        {} ({} and {} reserved)",
+        m.pos.len(),
+        pos_name(m.pos_pad_id),
+        pos_name(m.pos_unk_id)
+    );
+    split_table(&mut s, m);
+    s
+}
+
+fn source_lines(s: &mut String, m: &Manifest) {
     // Older manifests list only `source`.
     let files = if m.files.is_empty() {
         vec![crate::manifest::SourceFile {
@@ -192,16 +215,12 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
             f.source.format.name(),
             f.source.encoding,
             thousands(f.source.bytes as usize),
-            &f.source.sha256[..16.min(f.source.sha256.len())]
+            f.source.sha256.get(..16).unwrap_or(&f.source.sha256)
         );
     }
-    let _ = writeln!(
-        s,
-        "tokenizer  {} ({}, {})",
-        m.tokenizer.path,
-        m.tokenizer.files.join(" + "),
-        m.tokenizer.fingerprint
-    );
+}
+
+fn corpus_lines(s: &mut String, c: &CorpusStats) {
     let _ = writeln!(
         s,
         "corpus     {} sentences, {} words ({} distinct), {} tags, {} POS tags; longest {} words / {} sub-words",
@@ -224,6 +243,10 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
             .as_ref()
             .map_or(String::new(), |at| format!(" (first at {at})"))
     );
+}
+
+fn options_line(s: &mut String, m: &Manifest) {
+    let o = &m.options;
     let _ = writeln!(
         s,
         "options    max-len {}, overlap {}, labels on {} sub-words, {}, {} tags{}{}",
@@ -245,14 +268,9 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
             format!(", dropped types {}", o.drop_types.join(","))
         }
     );
-    let _ = writeln!(s, "labels     {}: {}", m.labels.len(), m.labels.join(" "));
-    let _ = writeln!(
-        s,
-        "POS        {} ({} and {} reserved)",
-        m.pos.len(),
-        m.pos[m.pos_pad_id as usize],
-        m.pos[m.pos_unk_id as usize]
-    );
+}
+
+fn split_table(s: &mut String, m: &Manifest) {
     let _ = writeln!(
         s,
         "\n{:<6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>8} {:>7}",
@@ -284,7 +302,6 @@ pub fn summary(m: &Manifest, dir: &str) -> String {
             i.shards.len()
         );
     }
-    s
 }
 
 #[cfg(test)]
