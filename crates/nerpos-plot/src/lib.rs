@@ -47,95 +47,150 @@ fn render(panels: &[Series], lines: bool) -> String {
         r#"<rect width="{width}" height="{PANEL_H}" fill="white"/>"#
     );
     for (k, p) in panels.iter().enumerate() {
-        let x0 = k as f64 * PANEL_W;
-        let (l, r, t, b) = (x0 + PAD, x0 + PANEL_W - 12.0, 24.0, PANEL_H - 28.0);
+        panel(&mut s, k as f64 * PANEL_W, p, lines);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One panel starting at `x0`: title, axes, the finite points (a line and/or dots), end ticks, x label.
+fn panel(s: &mut String, x0: f64, p: &Series, lines: bool) {
+    let (l, r, t, b) = (x0 + PAD, x0 + PANEL_W - 12.0, 24.0, PANEL_H - 28.0);
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="16" text-anchor="middle" font-weight="bold">{}</text>"#,
+        (l + r) / 2.0,
+        escape(p.title)
+    );
+    let _ = write!(
+        s,
+        r##"<path d="M{l},{t} L{l},{b} L{r},{b}" stroke="#444" fill="none"/>"##
+    );
+    let finite: Vec<(f64, f64)> = p
+        .points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let Some(scale) = Scale::fit(&finite, (l, r, t, b)) else {
         let _ = write!(
             s,
-            r#"<text x="{}" y="16" text-anchor="middle" font-weight="bold">{}</text>"#,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text>"##,
             (l + r) / 2.0,
-            p.title
+            (t + b) / 2.0
         );
+        return;
+    };
+    marks(s, &finite, &scale, lines);
+    for (v, y) in [(scale.ymin, b), (scale.ymax, t)] {
         let _ = write!(
             s,
-            r##"<path d="M{l},{t} L{l},{b} L{r},{b}" stroke="#444" fill="none"/>"##
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            l - 4.0,
+            y + 4.0,
+            fmt_tick(v)
         );
-        let finite: Vec<(f64, f64)> = p
-            .points
-            .iter()
-            .copied()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
-        if finite.is_empty() {
-            let _ = write!(
-                s,
-                r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text>"##,
-                (l + r) / 2.0,
-                (t + b) / 2.0
-            );
-            continue;
+    }
+    for (v, x) in [(scale.xmin, l), (scale.xmax, r)] {
+        let _ = write!(
+            s,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
+            b + 14.0,
+            fmt_tick(v)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">{}</text>"##,
+        (l + r) / 2.0,
+        b + 24.0,
+        escape(p.x_label)
+    );
+}
+
+/// The data range of a panel mapped onto its plotting area (left, right, top, bottom).
+struct Scale {
+    xmin: f64,
+    xmax: f64,
+    ymin: f64,
+    ymax: f64,
+    area: (f64, f64, f64, f64),
+}
+
+impl Scale {
+    /// None without points. A flat series gets a unit of room around it; a single x, a unit span.
+    fn fit(points: &[(f64, f64)], area: (f64, f64, f64, f64)) -> Option<Scale> {
+        if points.is_empty() {
+            return None;
         }
-        let (xmin, xmax) = finite
-            .iter()
-            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-        let (ymin, ymax) = finite
-            .iter()
-            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        let range = |v: &dyn Fn(&(f64, f64)) -> f64| {
+            points
+                .iter()
+                .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(v(p)), a.1.max(v(p))))
+        };
+        let (xmin, xmax) = range(&|p| p.0);
+        let (ymin, ymax) = range(&|p| p.1);
         let (ymin, ymax) = if ymax > ymin {
             (ymin, ymax)
         } else {
             (ymin - 0.5, ymax + 0.5)
         };
-        let xspan = if xmax > xmin { xmax - xmin } else { 1.0 };
-        let px = |x: f64| l + (x - xmin) / xspan * (r - l);
-        let py = |y: f64| b - (y - ymin) / (ymax - ymin) * (b - t);
-        let path: Vec<String> = finite
+        Some(Scale {
+            xmin,
+            xmax,
+            ymin,
+            ymax,
+            area,
+        })
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        let (l, r, _, _) = self.area;
+        let span = if self.xmax > self.xmin {
+            self.xmax - self.xmin
+        } else {
+            1.0
+        };
+        l + (x - self.xmin) / span * (r - l)
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        let (_, _, t, b) = self.area;
+        b - (y - self.ymin) / (self.ymax - self.ymin) * (b - t)
+    }
+}
+
+/// The points as a polyline (line charts) and as dots (scatter plots, and line charts of at most 30
+/// points, where single points are worth seeing).
+fn marks(s: &mut String, points: &[(f64, f64)], scale: &Scale, lines: bool) {
+    if lines {
+        let path: Vec<String> = points
             .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .map(|&(x, y)| format!("{:.1},{:.1}", scale.px(x), scale.py(y)))
             .collect();
-        if lines {
-            let _ = write!(
-                s,
-                r##"<polyline points="{}" stroke="#1f77b4" stroke-width="1.5" fill="none"/>"##,
-                path.join(" ")
-            );
-        }
-        if !lines || finite.len() <= 30 {
-            for &(x, y) in &finite {
-                let _ = write!(
-                    s,
-                    r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#1f77b4"/>"##,
-                    px(x),
-                    py(y)
-                );
-            }
-        }
-        for (v, y) in [(ymin, b), (ymax, t)] {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-                l - 4.0,
-                y + 4.0,
-                fmt_tick(v)
-            );
-        }
-        for (v, x) in [(xmin, l), (xmax, r)] {
-            let _ = write!(
-                s,
-                r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
-                b + 14.0,
-                fmt_tick(v)
-            );
-        }
         let _ = write!(
             s,
-            r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">{}</text>"##,
-            (l + r) / 2.0,
-            b + 24.0,
-            p.x_label
+            r##"<polyline points="{}" stroke="#1f77b4" stroke-width="1.5" fill="none"/>"##,
+            path.join(" ")
         );
     }
-    s.push_str("</svg>\n");
-    s
+    if !lines || points.len() <= 30 {
+        for &(x, y) in points {
+            let _ = write!(
+                s,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#1f77b4"/>"##,
+                scale.px(x),
+                scale.py(y)
+            );
+        }
+    }
+}
+
+/// Text made safe inside an SVG element (titles and labels come from metric and sweep key names).
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -161,5 +216,16 @@ mod tests {
                 && out.contains("no data")
                 && out.contains("loss")
         );
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let out = super::scatter_svg(&[super::Series {
+            title: "dev F1 vs <a&b>",
+            x_label: "a&b",
+            points: &[(1.0, 0.5)],
+        }]);
+        assert!(out.contains("dev F1 vs &lt;a&amp;b&gt;") && out.contains(">a&amp;b<"));
+        assert!(!out.contains("<a&b>"));
     }
 }
