@@ -74,6 +74,107 @@ fn np_sum(a: &[f64]) -> f64 {
     }
 }
 
+/// Precision, recall, F1 and support of each type in seqeval's order, as the columns numpy averages.
+struct Columns {
+    p: Vec<f64>,
+    r: Vec<f64>,
+    f: Vec<f64>,
+    support: Vec<u64>,
+}
+
+impl Columns {
+    fn new(counts: &Counts, order: &[usize]) -> Columns {
+        let mut c = Columns {
+            p: vec![],
+            r: vec![],
+            f: vec![],
+            support: vec![],
+        };
+        for &i in order {
+            let p = divide(counts.tp[i], counts.pred[i]);
+            let r = divide(counts.tp[i], counts.gold[i]);
+            c.p.push(p);
+            c.r.push(r);
+            c.f.push(f1(p, r));
+            c.support.push(counts.gold[i]);
+        }
+        c
+    }
+
+    fn per_type(&self, counts: &Counts, order: &[usize]) -> BTreeMap<String, Scores> {
+        order
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let scores = Scores {
+                    precision: self.p[k],
+                    recall: self.r[k],
+                    f1: self.f[k],
+                    support: self.support[k],
+                };
+                (counts.types[i].clone(), scores)
+            })
+            .collect()
+    }
+
+    fn macro_avg(&self, gold: u64) -> Scores {
+        // np.average over no types is nan (seqeval warns); kept as nan, shown as null in JSON.
+        let mean = |v: &[f64]| np_sum(v) / v.len() as f64;
+        Scores {
+            precision: mean(&self.p),
+            recall: mean(&self.r),
+            f1: mean(&self.f),
+            support: gold,
+        }
+    }
+
+    fn weighted(&self, gold: u64) -> Scores {
+        if gold == 0 {
+            return Scores {
+                precision: 0.0,
+                recall: 0.0,
+                f1: 0.0,
+                support: 0,
+            };
+        }
+        let weights: Vec<f64> = self.support.iter().map(|&w| w as f64).collect();
+        let scale = np_sum(&weights);
+        let avg = |v: &[f64]| {
+            np_sum(
+                &v.iter()
+                    .zip(&weights)
+                    .map(|(x, w)| x * w)
+                    .collect::<Vec<_>>(),
+            ) / scale
+        };
+        Scores {
+            precision: avg(&self.p),
+            recall: avg(&self.r),
+            f1: avg(&self.f),
+            support: gold,
+        }
+    }
+}
+
+/// Non-zero cells of the confusion between gold and predicted entity types (None: no entity there).
+fn confusion(counts: &Counts) -> Vec<Confusion> {
+    let n = counts.types.len();
+    let name = |i: usize| (i < n).then(|| counts.types[i].clone());
+    let mut confusion: Vec<Confusion> = counts
+        .confusion
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(k, &count)| Confusion {
+            gold: name(k / (n + 1)),
+            pred: name(k % (n + 1)),
+            count,
+        })
+        .collect();
+    confusion.sort_by(|a, b| (&a.gold, &a.pred).cmp(&(&b.gold, &b.pred)));
+    confusion
+}
+
 /// `tp / denominator`, 0 where the denominator is 0 (seqeval's default `zero_division`).
 fn divide(num: u64, den: u64) -> f64 {
     if den == 0 {
@@ -97,30 +198,10 @@ impl Report {
             .filter(|&i| counts.gold[i] > 0 || counts.pred[i] > 0)
             .collect();
         order.sort_by(|&a, &b| counts.types[a].cmp(&counts.types[b]));
+        let columns = Columns::new(counts, &order);
 
-        let mut per_type = BTreeMap::new();
-        let (mut ps, mut rs, mut fs, mut ws) = (vec![], vec![], vec![], vec![]);
-        for &i in &order {
-            let p = divide(counts.tp[i], counts.pred[i]);
-            let r = divide(counts.tp[i], counts.gold[i]);
-            let f = f1(p, r);
-            per_type.insert(
-                counts.types[i].clone(),
-                Scores {
-                    precision: p,
-                    recall: r,
-                    f1: f,
-                    support: counts.gold[i],
-                },
-            );
-            ps.push(p);
-            rs.push(r);
-            fs.push(f);
-            ws.push(counts.gold[i]);
-        }
         let sum = |v: &[u64]| order.iter().map(|&i| v[i]).sum::<u64>();
         let (tp, pred, gold) = (sum(&counts.tp), sum(&counts.pred), sum(&counts.gold));
-
         let (mp, mr) = (divide(tp, pred), divide(tp, gold));
         let micro = Scores {
             precision: mp,
@@ -128,61 +209,13 @@ impl Report {
             f1: f1(mp, mr),
             support: gold,
         };
-        // np.average over no types is nan (seqeval warns); kept as nan, shown as null in JSON.
-        let mean = |v: &[f64]| np_sum(v) / v.len() as f64;
-        let macro_avg = Scores {
-            precision: mean(&ps),
-            recall: mean(&rs),
-            f1: mean(&fs),
-            support: gold,
-        };
-        let weighted = if gold == 0 {
-            Scores {
-                precision: 0.0,
-                recall: 0.0,
-                f1: 0.0,
-                support: 0,
-            }
-        } else {
-            let scale = np_sum(&ws.iter().map(|&w| w as f64).collect::<Vec<_>>());
-            let avg = |v: &[f64]| {
-                np_sum(
-                    &v.iter()
-                        .zip(&ws)
-                        .map(|(x, &w)| x * w as f64)
-                        .collect::<Vec<_>>(),
-                ) / scale
-            };
-            Scores {
-                precision: avg(&ps),
-                recall: avg(&rs),
-                f1: avg(&fs),
-                support: gold,
-            }
-        };
-
-        let n = counts.types.len();
-        let name = |i: usize| (i < n).then(|| counts.types[i].clone());
-        let mut confusion: Vec<Confusion> = counts
-            .confusion
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(k, &count)| Confusion {
-                gold: name(k / (n + 1)),
-                pred: name(k % (n + 1)),
-                count,
-            })
-            .collect();
-        confusion.sort_by(|a, b| (&a.gold, &a.pred).cmp(&(&b.gold, &b.pred)));
-
         Report {
-            per_type,
+            per_type: columns.per_type(counts, &order),
             micro,
-            macro_avg,
-            weighted,
+            macro_avg: columns.macro_avg(gold),
+            weighted: columns.weighted(gold),
             accuracy: counts.correct_tokens as f64 / counts.total_tokens as f64,
-            confusion,
+            confusion: confusion(counts),
         }
     }
 
