@@ -193,6 +193,31 @@ fn start(l: &Launch, local: usize) -> anyhow::Result<Rank> {
 pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
     std::fs::create_dir_all(&l.log_dir)
         .with_context(|| format!("creating {}", l.log_dir.display()))?;
+    let mut ranks = start_all(l)?;
+    let outcome = supervise(l, &mut ranks, stop)?;
+    for r in &mut ranks {
+        for p in r.pumps.drain(..) {
+            let _ = p.join();
+        }
+    }
+    if let Some(bar) = &l.bar {
+        bar.finish();
+    }
+    if let Some((rank, code)) = outcome.failed {
+        return Err(failure(l, &ranks, rank, code));
+    }
+    if outcome.stopped
+        || ranks
+            .iter()
+            .any(|r| r.exit == Some(i32::from(EXIT_INTERRUPTED)))
+    {
+        return Ok(Ended::Interrupted);
+    }
+    Ok(Ended::Finished)
+}
+
+/// Every local rank started, or none left running: the ones started are killed when one cannot be.
+fn start_all(l: &Launch) -> anyhow::Result<Vec<Rank>> {
     let mut ranks: Vec<Rank> = Vec::with_capacity(l.nproc);
     for local in 0..l.nproc {
         match start(l, local) {
@@ -205,6 +230,20 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
             }
         }
     }
+    Ok(ranks)
+}
+
+/// How the ranks ended: the first to fail unexpectedly (rank, exit code), and whether they were told
+/// to stop.
+struct Outcome {
+    failed: Option<(usize, i32)>,
+    stopped: bool,
+}
+
+/// Polls the ranks until all have exited. The first unexpected exit, or the launcher's own signal,
+/// sends SIGTERM to the others; any still alive after the grace period (at most 15 s after a
+/// failure: the others are likely stuck in a collective) is killed.
+fn supervise(l: &Launch, ranks: &mut [Rank], stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let mut stopping: Option<Instant> = None;
     let mut failed: Option<(usize, i32)> = None;
     loop {
@@ -222,7 +261,10 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
         }
         let alive: Vec<&Rank> = ranks.iter().filter(|r| r.exit.is_none()).collect();
         if alive.is_empty() {
-            break;
+            return Ok(Outcome {
+                failed,
+                stopped: stopping.is_some(),
+            });
         }
         if stopping.is_none() && (failed.is_some() || stop.load(Ordering::Relaxed)) {
             for r in &alive {
@@ -247,40 +289,23 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    for r in &mut ranks {
-        for p in r.pumps.drain(..) {
-            let _ = p.join();
-        }
-    }
-    if let Some(bar) = &l.bar {
-        bar.finish();
-    }
-    if let Some((rank, code)) = failed {
-        let r = ranks
-            .iter()
-            .find(|r| r.rank == rank)
-            .expect("the failed rank is ours");
-        let tail: Vec<String> = r
-            .tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        bail!(
-            "rank {rank} failed (exit code {code}); the other ranks were stopped. Its last lines ({}):\n{}",
-            l.log_dir.join(format!("rank-{rank}.log")).display(),
-            tail.join("\n")
-        );
-    }
-    if stopping.is_some()
-        || ranks
-            .iter()
-            .any(|r| r.exit == Some(i32::from(EXIT_INTERRUPTED)))
-    {
-        return Ok(Ended::Interrupted);
-    }
-    Ok(Ended::Finished)
+}
+
+/// The error naming the failed rank, its exit code, its log file and its last lines.
+fn failure(l: &Launch, ranks: &[Rank], rank: usize, code: i32) -> anyhow::Error {
+    let tail: Vec<String> = ranks
+        .iter()
+        .find(|r| r.rank == rank)
+        .map(|r| {
+            let lines = r.tail.lock().unwrap_or_else(|e| e.into_inner());
+            lines.iter().cloned().collect()
+        })
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "rank {rank} failed (exit code {code}); the other ranks were stopped. Its last lines ({}):\n{}",
+        l.log_dir.join(format!("rank-{rank}.log")).display(),
+        tail.join("\n")
+    )
 }
 
 /// GPUs this process may use: the entries of `CUDA_VISIBLE_DEVICES` when it is set (as CUDA counts
