@@ -471,6 +471,53 @@ fn label(
     opts: &PrepareOptions,
     parts: Option<[Vec<usize>; 3]>,
 ) -> Result<Labelling> {
+    let Relabelled {
+        relabeler,
+        labels_of_token,
+        violations,
+        first_violation,
+    } = relabel(corpus, opts)?;
+    let parts =
+        parts.unwrap_or_else(|| split::assign(corpus.sentences.len(), opts.split, opts.seed));
+    let label_vocab = vocab::labels(
+        &relabeler.labels,
+        opts.labels_file.as_deref(),
+        opts.label_subwords,
+    )?;
+    let label_id: Vec<i32> = relabeler
+        .labels
+        .iter()
+        .map(|l| {
+            label_vocab
+                .iter()
+                .position(|v| v == l)
+                .expect("labels cover the corpus") as i32
+        })
+        .collect();
+    let (pos_vocab, pos_id) = pos_vocabulary(corpus, &parts[0])?;
+    Ok(Labelling {
+        relabeler,
+        labels_of_token,
+        violations,
+        first_violation,
+        parts,
+        label_vocab,
+        label_id,
+        pos_vocab,
+        pos_id,
+    })
+}
+
+/// Every token's tag in IOB2 with the dropped types gone, and the tagged tokens outside any
+/// well-formed chunk (read as O).
+struct Relabelled {
+    relabeler: Relabeler,
+    labels_of_token: Vec<u32>,
+    violations: usize,
+    first_violation: Option<String>,
+}
+
+fn relabel(corpus: &Corpus, opts: &PrepareOptions) -> Result<Relabelled> {
     let relabeler =
         Relabeler::new(corpus.tags.names(), &opts.drop_types, opts.scheme).map_err(|e| {
             let (file, line) = corpus.tag_lines[e.raw];
@@ -498,27 +545,19 @@ fn label(
             first_violation = Some(corpus.location(s, at));
         }
     }
+    Ok(Relabelled {
+        relabeler,
+        labels_of_token,
+        violations,
+        first_violation,
+    })
+}
 
-    let parts =
-        parts.unwrap_or_else(|| split::assign(corpus.sentences.len(), opts.split, opts.seed));
-    let label_vocab = vocab::labels(
-        &relabeler.labels,
-        opts.labels_file.as_deref(),
-        opts.label_subwords,
-    )?;
-    let label_id: Vec<i32> = relabeler
-        .labels
-        .iter()
-        .map(|l| {
-            label_vocab
-                .iter()
-                .position(|v| v == l)
-                .expect("labels cover the corpus") as i32
-        })
-        .collect();
-
+/// The POS vocabulary (the tags seen in the training sentences `train`) and each corpus POS tag's id
+/// in it.
+fn pos_vocabulary(corpus: &Corpus, train: &[usize]) -> Result<(Vec<String>, Vec<u32>)> {
     let mut in_train = vec![false; corpus.pos.len()];
-    for &i in &parts[0] {
+    for &i in train {
         for t in corpus.tokens_of(&corpus.sentences[i]) {
             in_train[t.pos as usize] = true;
         }
@@ -544,17 +583,7 @@ fn label(
                 .map_or(POS_UNK_ID, |i| i as u32 + 2)
         })
         .collect();
-    Ok(Labelling {
-        relabeler,
-        labels_of_token,
-        violations,
-        first_violation,
-        parts,
-        label_vocab,
-        label_id,
-        pos_vocab,
-        pos_id,
-    })
+    Ok((pos_vocab, pos_id))
 }
 
 /// What alignment reads, shared by all sentences.
