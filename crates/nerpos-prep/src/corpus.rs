@@ -450,70 +450,82 @@ fn read_gmb(path: &Path, text: &str, detected: Detected) -> Result<Corpus> {
             msg: "no rows (expected a header `Sentence #,Word,POS,Tag` and data)".into(),
         });
     }
+    check_gmb_header(path, &record)?;
+    let mut seen_ids: HashMap<String, u64> = HashMap::new();
+    while reader.read_record(&mut record).map_err(csv_err)? {
+        let line = lines.line_at(record.position().map_or(0, |p| p.byte() as usize));
+        gmb_row(path, line, &record, &mut seen_ids, &mut corpus)?;
+    }
+    corpus.finish()
+}
+
+/// The first row must be GMB's header (any case); a missing header is told apart from a wrong one.
+fn check_gmb_header(path: &Path, record: &csv::StringRecord) -> Result<()> {
     let header: Vec<&str> = record.iter().map(str::trim).collect();
     let matches = |want: &str, got: &str| want.eq_ignore_ascii_case(got);
-    if header.len() != GMB_COLUMNS.len()
-        || !GMB_COLUMNS.iter().zip(&header).all(|(w, g)| matches(w, g))
+    if header.len() == GMB_COLUMNS.len()
+        && GMB_COLUMNS.iter().zip(&header).all(|(w, g)| matches(w, g))
     {
-        let looks_like_data = header.len() == GMB_COLUMNS.len()
-            && !GMB_COLUMNS
-                .iter()
-                .any(|w| header.iter().any(|g| matches(w, g)));
-        let msg = if looks_like_data {
-            format!(
-                "no header: the first row is {:?}; expected the header `Sentence #,Word,POS,Tag`",
-                header.join(",")
-            )
-        } else {
-            format!(
-                "header has {} column(s) {:?}; expected the 4 columns `Sentence #,Word,POS,Tag`",
-                header.len(),
-                header.join(",")
-            )
-        };
-        return Err(PrepError::input(path, 1, msg));
+        return Ok(());
     }
+    let looks_like_data = header.len() == GMB_COLUMNS.len()
+        && !GMB_COLUMNS
+            .iter()
+            .any(|w| header.iter().any(|g| matches(w, g)));
+    let msg = if looks_like_data {
+        format!(
+            "no header: the first row is {:?}; expected the header `Sentence #,Word,POS,Tag`",
+            header.join(",")
+        )
+    } else {
+        format!(
+            "header has {} column(s) {:?}; expected the 4 columns `Sentence #,Word,POS,Tag`",
+            header.len(),
+            header.join(",")
+        )
+    };
+    Err(PrepError::input(path, 1, msg))
+}
 
-    let mut seen_ids: HashMap<String, u64> = HashMap::new();
-    loop {
-        let more = reader.read_record(&mut record).map_err(csv_err)?;
-        if !more {
-            break;
-        }
-        let line = lines.line_at(record.position().map_or(0, |p| p.byte() as usize));
-        if record.len() != GMB_COLUMNS.len() {
+/// One data row: a sentence id (unique) starts a sentence, an empty one continues the current one.
+fn gmb_row(
+    path: &Path,
+    line: u64,
+    record: &csv::StringRecord,
+    seen_ids: &mut HashMap<String, u64>,
+    corpus: &mut Corpus,
+) -> Result<()> {
+    if record.len() != GMB_COLUMNS.len() {
+        return Err(PrepError::input(
+            path,
+            line,
+            format!(
+                "{} field(s); expected 4 (Sentence #, Word, POS, Tag) — a word containing a comma \
+                 must be quoted",
+                record.len()
+            ),
+        ));
+    }
+    let id = record[0].trim();
+    if !id.is_empty() {
+        if let Some(first) = seen_ids.insert(id.to_owned(), line) {
             return Err(PrepError::input(
                 path,
                 line,
                 format!(
-                    "{} field(s); expected 4 (Sentence #, Word, POS, Tag) — a word containing a comma \
-                     must be quoted",
-                    record.len()
+                    "sentence id {id:?} was already used at line {first} (expected unique ids)"
                 ),
             ));
         }
-        let id = record[0].trim();
-        if !id.is_empty() {
-            if let Some(first) = seen_ids.insert(id.to_owned(), line) {
-                return Err(PrepError::input(
-                    path,
-                    line,
-                    format!(
-                        "sentence id {id:?} was already used at line {first} (expected unique ids)"
-                    ),
-                ));
-            }
-            corpus.start_sentence(id.to_owned(), line);
-        } else if corpus.sentences.is_empty() {
-            return Err(PrepError::input(
-                path,
-                line,
-                "the first data row has no sentence id (expected e.g. `Sentence: 1` in column `Sentence #`)",
-            ));
-        }
-        corpus.push(line, &record[1], Some(&record[2]), record[3].trim())?;
+        corpus.start_sentence(id.to_owned(), line);
+    } else if corpus.sentences.is_empty() {
+        return Err(PrepError::input(
+            path,
+            line,
+            "the first data row has no sentence id (expected e.g. `Sentence: 1` in column `Sentence #`)",
+        ));
     }
-    corpus.finish()
+    corpus.push(line, &record[1], Some(&record[2]), record[3].trim())
 }
 
 fn read_conll(path: &Path, text: &str, detected: Detected, cols: ConllColumns) -> Result<Corpus> {
