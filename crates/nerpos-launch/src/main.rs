@@ -8,7 +8,7 @@ mod procs;
 mod sweep;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -293,6 +293,32 @@ fn status(run_dir: PathBuf, next: bool, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `grid-point`: the number of points (`--count`, or no `--index`), or point INDEX's id, config file
+/// (written) and run folder, tab-separated — what a Slurm array task needs.
+fn grid_point(
+    config: &Path,
+    sets: &[String],
+    index: Option<usize>,
+    count: bool,
+) -> anyhow::Result<u8> {
+    let (sweep_dir, points, base) = prepare_sweep(config, sets, None)?;
+    let Some(index) = index.filter(|_| !count) else {
+        println!("{}", points.len());
+        return Ok(0);
+    };
+    let point = points
+        .get(index)
+        .with_context(|| format!("--index {index}: the grid has {} points", points.len()))?;
+    let cfg = write_point_config(&sweep_dir, &base, point)?;
+    println!(
+        "{}\t{}\t{}",
+        point.id,
+        cfg.display(),
+        point_dir(&sweep_dir, point).display()
+    );
+    Ok(0)
+}
+
 fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
     match cli.command {
         Cmd::Train {
@@ -336,24 +362,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
             sets,
             index,
             count,
-        } => {
-            let (sweep_dir, points, base) = prepare_sweep(&config, &sets, None)?;
-            let Some(index) = index.filter(|_| !count) else {
-                println!("{}", points.len());
-                return Ok(0);
-            };
-            let point = points.get(index).with_context(|| {
-                format!("--index {index}: the grid has {} points", points.len())
-            })?;
-            let cfg = write_point_config(&sweep_dir, &base, point)?;
-            println!(
-                "{}\t{}\t{}",
-                point.id,
-                cfg.display(),
-                point_dir(&sweep_dir, point).display()
-            );
-            Ok(0)
-        }
+        } => grid_point(&config, &sets, index, count),
         Cmd::Collect { sweep } => {
             let rows = collect::collect(&sweep)?;
             print!("{}", std::fs::read_to_string(sweep.join("results.md"))?);
