@@ -76,43 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ],
         _ => bail!("give a FILE, or --gold and --pred"),
     };
-    // Gold and predicted tags of every token, and the sentence boundaries, from one file or two.
-    fn last<'a>(t: &mut conll::Table<'a>) -> Vec<&'a str> {
-        t.columns.pop().expect("a tag column was requested")
-    }
-    let (table, gold_tags, pred_tags) = if let [(path, text)] = texts.as_slice() {
-        let cols = [
-            Column(cli.gold_col.unwrap_or(-2)),
-            Column(cli.pred_col.unwrap_or(-1)),
-        ];
-        let mut t = conll::read_table(path, text, &cols)?;
-        let pred = last(&mut t);
-        let gold = last(&mut t);
-        (t, gold, pred)
-    } else {
-        let (gp, gt) = &texts[0];
-        let (pp, pt) = &texts[1];
-        let mut g = conll::read_table(gp, gt, &[Column(0), Column(cli.gold_col.unwrap_or(-1))])?;
-        let mut p = conll::read_table(pp, pt, &[Column(0), Column(cli.pred_col.unwrap_or(-1))])?;
-        conll::check_aligned(gp, &g, pp, &p)?;
-        let (gold, pred) = (last(&mut g), last(&mut p));
-        (g, gold, pred)
-    };
+    let (table, gold_tags, pred_tags) = tag_columns(&cli, &texts)?;
     let source = texts
         .last()
         .map(|(p, _)| p.as_path())
         .unwrap_or(Path::new("-"));
-
-    // A scheme means strict mode: the default (conlleval) rules know only IOB prefixes.
-    let mode = match (cli.mode, cli.scheme) {
-        (Some(ModeArg::Default), Some(_)) => {
-            bail!("--scheme applies to strict mode; drop --mode default or --scheme")
-        }
-        (Some(ModeArg::Default), None) | (None, None) => Mode::Default,
-        (Some(ModeArg::Strict), s) | (None, s @ Some(_)) => {
-            Mode::Strict(scheme(s.unwrap_or(SchemeArg::Auto), &gold_tags)?)
-        }
-    };
+    let mode = mode_of(&cli, &gold_tags)?;
     let mut scorer = Scorer::new(mode);
     for n in 0..table.sentences() {
         let range = table.range(n);
@@ -145,6 +114,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Gold and predicted tags of every token, and the sentence boundaries, from one file (two tag
+/// columns) or two (aligned word for word).
+fn tag_columns<'a>(
+    cli: &Cli,
+    texts: &'a [(PathBuf, String)],
+) -> anyhow::Result<(conll::Table<'a>, Vec<&'a str>, Vec<&'a str>)> {
+    fn last<'a>(t: &mut conll::Table<'a>) -> Vec<&'a str> {
+        t.columns.pop().expect("a tag column was requested")
+    }
+    if let [(path, text)] = texts {
+        let cols = [
+            Column(cli.gold_col.unwrap_or(-2)),
+            Column(cli.pred_col.unwrap_or(-1)),
+        ];
+        let mut t = conll::read_table(path, text, &cols)?;
+        let pred = last(&mut t);
+        let gold = last(&mut t);
+        return Ok((t, gold, pred));
+    }
+    let (gp, gt) = &texts[0];
+    let (pp, pt) = &texts[1];
+    let mut g = conll::read_table(gp, gt, &[Column(0), Column(cli.gold_col.unwrap_or(-1))])?;
+    let mut p = conll::read_table(pp, pt, &[Column(0), Column(cli.pred_col.unwrap_or(-1))])?;
+    conll::check_aligned(gp, &g, pp, &p)?;
+    let (gold, pred) = (last(&mut g), last(&mut p));
+    Ok((g, gold, pred))
+}
+
+/// A scheme means strict mode: the default (conlleval) rules know only IOB prefixes.
+fn mode_of(cli: &Cli, gold_tags: &[&str]) -> anyhow::Result<Mode> {
+    Ok(match (cli.mode, cli.scheme) {
+        (Some(ModeArg::Default), Some(_)) => {
+            bail!("--scheme applies to strict mode; drop --mode default or --scheme")
+        }
+        (Some(ModeArg::Default), None) | (None, None) => Mode::Default,
+        (Some(ModeArg::Strict), s) | (None, s @ Some(_)) => {
+            Mode::Strict(scheme(s.unwrap_or(SchemeArg::Auto), gold_tags)?)
+        }
+    })
 }
 
 /// The strict-mode scheme: as given, or detected from the gold tags' prefixes (seqeval's auto_detect).
