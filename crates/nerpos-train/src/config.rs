@@ -281,6 +281,10 @@ pub enum ConfigError {
     },
 }
 
+fn bad(key: &'static str, msg: String) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key, msg })
+}
+
 /// A setting that differs between a run's saved configuration and the one it is resumed with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResumeChange {
@@ -317,9 +321,23 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work. TOML has `nan` and `inf`: every float check is
+    /// written so that they fail it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { key, msg });
+        self.check_batches()?;
+        self.check_schedule()?;
+        self.check_optimizer()?;
+        self.check_model()?;
+        if !(self.bucket_mb > 0.0 && self.bucket_mb.is_finite()) {
+            return bad("bucket_mb", "must be positive".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must keep at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn check_batches(&self) -> Result<(), ConfigError> {
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
         }
@@ -338,6 +356,10 @@ impl TrainConfig {
                 "needs a positive value and a per-process budget `batch_tokens`".into(),
             );
         }
+        Ok(())
+    }
+
+    fn check_schedule(&self) -> Result<(), ConfigError> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", format!("{} is not a positive learning rate", self.lr));
         }
@@ -358,6 +380,35 @@ impl TrainConfig {
                 format!("{} is not in [0, 1)", self.warmup_ratio),
             );
         }
+        Ok(())
+    }
+
+    fn check_optimizer(&self) -> Result<(), ConfigError> {
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(
+                "weight_decay",
+                format!("{} is not a weight decay ≥ 0", self.weight_decay),
+            );
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            return bad("adam_beta1", "betas must be in [0, 1)".into());
+        }
+        if !(self.adam_eps > 0.0 && self.adam_eps.is_finite()) {
+            return bad("adam_eps", format!("{} is not positive", self.adam_eps));
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad(
+                "max_grad_norm",
+                format!(
+                    "{} is not a norm ≥ 0 (0 turns clipping off)",
+                    self.max_grad_norm
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_model(&self) -> Result<(), ConfigError> {
         let rates = [
             ("dropout", Some(self.dropout)),
             ("pos_dropout", Some(self.pos_dropout)),
@@ -368,21 +419,6 @@ impl TrainConfig {
                 return bad(key, format!("{p} is not a probability in [0, 1)"));
             }
         }
-        if self.weight_decay < 0.0 {
-            return bad("weight_decay", "must not be negative".into());
-        }
-        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
-            return bad("adam_beta1", "betas must be in [0, 1)".into());
-        }
-        if self.adam_eps <= 0.0 {
-            return bad("adam_eps", "must be positive".into());
-        }
-        if self.max_grad_norm < 0.0 {
-            return bad(
-                "max_grad_norm",
-                "must not be negative (0 turns clipping off)".into(),
-            );
-        }
         if let Some(w) = self.pos_tagger
             && !(w >= 0.0 && w.is_finite())
         {
@@ -390,12 +426,6 @@ impl TrainConfig {
         }
         if self.pos_dim == Some(0) {
             return bad("pos_dim", "must be at least 1".into());
-        }
-        if self.bucket_mb <= 0.0 {
-            return bad("bucket_mb", "must be positive".into());
-        }
-        if self.keep_checkpoints == 0 {
-            return bad("keep_checkpoints", "must keep at least 1".into());
         }
         Ok(())
     }
@@ -527,6 +557,18 @@ mod tests {
         assert!(e.contains("`dropout`"), "{e}");
         let e = load(BASE, &["batch_size=0"]).unwrap_err().to_string();
         assert!(e.contains("`batch_size`"), "{e}");
+        // TOML's nan and inf are refused where a finite value is needed.
+        for (set, key) in [
+            ("adam_eps=nan", "`adam_eps`"),
+            ("weight_decay=nan", "`weight_decay`"),
+            ("max_grad_norm=inf", "`max_grad_norm`"),
+            ("bucket_mb=nan", "`bucket_mb`"),
+            ("lr=inf", "`lr`"),
+            ("warmup_ratio=nan", "`warmup_ratio`"),
+        ] {
+            let e = load(BASE, &[set]).unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
         let e = load(BASE, &["nokeyvalue"]).unwrap_err().to_string();
         assert!(e.contains("key=value"), "{e}");
         let e = load("model = \"m\"\nout = \"o\"\n", &[])
