@@ -241,27 +241,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if chunk.is_empty() {
                 break;
             }
-            let preds = tagger.tag(&chunk, opts)?;
-            if opts.pos == PosSource::Predicted {
-                for (s, p) in chunk.iter_mut().zip(&preds) {
-                    let name = |w: &nerpos_model::WordPrediction| {
-                        w.pos.map_or("<unk>", |id| tagger.pos_name(id)).to_owned()
-                    };
-                    s.pos = p.iter().map(name).collect();
-                }
-            }
-            nerpos_model::profile::timed("write", || {
-                write_predictions(w, cli.output_format, &chunk, &preds, labels)?;
-                scoring.add(&chunk, &preds, labels)
-            })?;
-            tally.sentences += chunk.len();
-            tally.words += chunk.iter().map(|s| s.words.len()).sum::<usize>();
-            if opts.keep_logits {
-                let all = preds.iter().flatten();
-                tally
-                    .logits
-                    .extend(all.flat_map(|p| p.logits.clone().unwrap_or_default()));
-            }
+            let out = Out {
+                format: cli.output_format,
+                scoring: &mut scoring,
+                tally: &mut tally,
+            };
+            tag_chunk(w, &tagger, opts, &mut chunk, out)?;
             bar.set_position(source.done(tally.sentences));
         }
         if tally.words == 0 {
@@ -288,6 +273,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         eprint!("{}", report.to_seqeval_string(4));
     }
     eprintln!("wrote {}", cli.out.display());
+    Ok(())
+}
+
+/// Where a tagged chunk goes: the output file's format, the running seqeval counts (with gold tags)
+/// and the tally.
+struct Out<'a> {
+    format: OutputFormat,
+    scoring: &'a mut Scoring,
+    tally: &'a mut Tally,
+}
+
+/// Tags one chunk and writes it. Predicted POS replace the input's (absent) ones in the output.
+fn tag_chunk(
+    w: &mut dyn std::io::Write,
+    tagger: &Tagger,
+    opts: TagOptions,
+    chunk: &mut [Sentence],
+    out: Out,
+) -> anyhow::Result<()> {
+    let labels = &tagger.meta.labels;
+    let preds = tagger.tag(chunk, opts)?;
+    if opts.pos == PosSource::Predicted {
+        for (s, p) in chunk.iter_mut().zip(&preds) {
+            let name = |w: &nerpos_model::WordPrediction| {
+                w.pos.map_or("<unk>", |id| tagger.pos_name(id)).to_owned()
+            };
+            s.pos = p.iter().map(name).collect();
+        }
+    }
+    nerpos_model::profile::timed("write", || {
+        write_predictions(w, out.format, chunk, &preds, labels)?;
+        out.scoring.add(chunk, &preds, labels)
+    })?;
+    let tally = out.tally;
+    tally.sentences += chunk.len();
+    tally.words += chunk.iter().map(|s| s.words.len()).sum::<usize>();
+    if opts.keep_logits {
+        let all = preds.iter().flatten();
+        tally
+            .logits
+            .extend(all.flat_map(|p| p.logits.clone().unwrap_or_default()));
+    }
     Ok(())
 }
 
