@@ -122,60 +122,81 @@ impl Aligner {
             .iter()
             .enumerate()
             .map(|(k, w)| {
-                let len: usize = lens[w.word_start..w.word_end].iter().sum::<usize>()
-                    + self.prefix.len()
-                    + self.suffix.len();
-                let mut row = Row {
-                    sentence_index: s.sentence_index,
-                    sentence_id: s.sentence_id,
-                    source_line: s.source_line,
-                    window: k as u16,
-                    num_windows,
-                    word_start: w.word_start as u32,
-                    label_start: w.label_start as u32,
-                    label_end: w.label_end as u32,
-                    input_ids: Vec::with_capacity(len),
-                    attention_mask: vec![1; len],
-                    labels: Vec::with_capacity(len),
-                    pos_ids: Vec::with_capacity(len),
-                    word_ids: Vec::with_capacity(len),
-                    words: s.words[w.word_start..w.word_end].to_vec(),
-                    pos: s.pos[w.word_start..w.word_end].to_vec(),
-                    tags: s.tags[w.word_start..w.word_end].to_vec(),
-                };
-                let special = |row: &mut Row<&str>, ids: &[u32]| {
-                    for &id in ids {
-                        row.input_ids.push(id);
-                        row.labels.push(IGNORE_LABEL);
-                        row.pos_ids.push(POS_PAD_ID);
-                        row.word_ids.push(-1);
-                    }
-                };
-                special(&mut row, &self.prefix);
-                let words = pieces[w.word_start..w.word_end]
-                    .iter()
-                    .zip(&s.labels[w.word_start..w.word_end])
-                    .zip(&s.pos_ids[w.word_start..w.word_end]);
-                for (i, ((word_pieces, &word_label), &pos)) in (w.word_start..).zip(words) {
-                    let owned = (w.label_start..w.label_end).contains(&i);
-                    for (j, &id) in word_pieces.iter().enumerate() {
-                        let label = match (owned, j, self.label_subwords) {
-                            (false, _, _) => IGNORE_LABEL,
-                            (true, 0, _) => word_label,
-                            (true, _, LabelSubwords::First) => IGNORE_LABEL,
-                            (true, _, LabelSubwords::All) => self.continuation[word_label as usize],
-                        };
-                        row.input_ids.push(id);
-                        row.labels.push(label);
-                        row.pos_ids.push(pos);
-                        row.word_ids.push(i as i32);
-                    }
-                }
-                special(&mut row, &self.suffix);
+                let mut row = self.empty_row(s, w, k as u16, num_windows, &lens);
+                self.push_special(&mut row, &self.prefix);
+                self.push_words(&mut row, s, w, &pieces);
+                self.push_special(&mut row, &self.suffix);
                 row
             })
             .collect();
         (rows, stats)
+    }
+
+    /// Window `k`'s row with its bookkeeping and words filled in, its token columns empty (sized
+    /// for the window's sub-words and special tokens).
+    fn empty_row<'a>(
+        &self,
+        s: &SentenceInput<'a>,
+        w: &Window,
+        k: u16,
+        num_windows: u16,
+        lens: &[usize],
+    ) -> Row<&'a str> {
+        let len: usize = lens[w.word_start..w.word_end].iter().sum::<usize>()
+            + self.prefix.len()
+            + self.suffix.len();
+        Row {
+            sentence_index: s.sentence_index,
+            sentence_id: s.sentence_id,
+            source_line: s.source_line,
+            window: k,
+            num_windows,
+            word_start: w.word_start as u32,
+            label_start: w.label_start as u32,
+            label_end: w.label_end as u32,
+            input_ids: Vec::with_capacity(len),
+            attention_mask: vec![1; len],
+            labels: Vec::with_capacity(len),
+            pos_ids: Vec::with_capacity(len),
+            word_ids: Vec::with_capacity(len),
+            words: s.words[w.word_start..w.word_end].to_vec(),
+            pos: s.pos[w.word_start..w.word_end].to_vec(),
+            tags: s.tags[w.word_start..w.word_end].to_vec(),
+        }
+    }
+
+    /// Special tokens ([CLS], [SEP]): no label, no POS, no word.
+    fn push_special(&self, row: &mut Row<&str>, ids: &[u32]) {
+        for &id in ids {
+            row.input_ids.push(id);
+            row.labels.push(IGNORE_LABEL);
+            row.pos_ids.push(POS_PAD_ID);
+            row.word_ids.push(-1);
+        }
+    }
+
+    /// The window's words' sub-words. Only words the window owns (its label span; overlap words are
+    /// context) carry labels: on the first sub-word, or on all with continuations as I-X.
+    fn push_words(&self, row: &mut Row<&str>, s: &SentenceInput, w: &Window, pieces: &[&[u32]]) {
+        let words = pieces[w.word_start..w.word_end]
+            .iter()
+            .zip(&s.labels[w.word_start..w.word_end])
+            .zip(&s.pos_ids[w.word_start..w.word_end]);
+        for (i, ((word_pieces, &word_label), &pos)) in (w.word_start..).zip(words) {
+            let owned = (w.label_start..w.label_end).contains(&i);
+            for (j, &id) in word_pieces.iter().enumerate() {
+                let label = match (owned, j, self.label_subwords) {
+                    (false, _, _) => IGNORE_LABEL,
+                    (true, 0, _) => word_label,
+                    (true, _, LabelSubwords::First) => IGNORE_LABEL,
+                    (true, _, LabelSubwords::All) => self.continuation[word_label as usize],
+                };
+                row.input_ids.push(id);
+                row.labels.push(label);
+                row.pos_ids.push(pos);
+                row.word_ids.push(i as i32);
+            }
+        }
     }
 }
 
