@@ -94,6 +94,8 @@ pub fn slots(gpus: usize, p: Placement) -> anyhow::Result<Vec<Option<Vec<usize>>
         .collect())
 }
 
+/// Runs a sweep's unfinished points, as many at a time as there are GPU slots (one on a CPU), then
+/// collects the results. Exit code: 0, or `EXIT_INTERRUPTED` when stopped; an error when points failed.
 pub fn run_grid(
     config: &Path,
     sets: &[String],
@@ -106,64 +108,31 @@ pub fn run_grid(
     let gpus = procs.gpus.unwrap_or_else(detect_gpus);
     let slots = slots(gpus, placement)?;
     if placement.runs_per_gpu > 1 {
-        let used: Vec<usize> = slots.iter().flatten().flatten().copied().collect();
-        let mut used = used;
+        let mut used: Vec<usize> = slots.iter().flatten().flatten().copied().collect();
+        used.sort_unstable();
         used.dedup();
         crate::memory::check_fits(&used, placement.runs_per_gpu, placement.memory_per_run_mib)?;
     }
-    let todo: Vec<&Point> = points
-        .iter()
-        .filter(|p| {
-            let done = RunDir::new(point_dir(&sweep_dir, p))
-                .next()
-                .is_ok_and(|n| n == Next::Done);
-            if done {
-                eprintln!("{}: finished earlier, skipped ({})", p.id, p.describe());
-            }
-            !done
-        })
-        .collect();
+    let todo = unfinished(&sweep_dir, &points);
     eprintln!(
         "{} point(s), {} to run, {} at a time",
         points.len(),
         todo.len(),
         slots.len()
     );
-    let queue = std::sync::Mutex::new(todo.into_iter());
-    let failures = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for slot in &slots {
-            scope.spawn(|| {
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Some(point) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else {
-                        return;
-                    };
-                    if let Err(e) = run_point(
-                        &sweep_dir,
-                        &base,
-                        point,
-                        procs,
-                        slot.clone(),
-                        slots.len() == 1,
-                        stop,
-                    ) {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("{}: {e:#}", point.id);
-                    }
-                }
-            });
-        }
-    });
+    let grid = Grid {
+        sweep_dir: &sweep_dir,
+        base: &base,
+        procs,
+        stop,
+    };
+    let failed = grid.run(todo, &slots);
     let rows = collect::collect(&sweep_dir)?;
     print!("{}", std::fs::read_to_string(sweep_dir.join("results.md"))?);
     eprintln!("results: {}", sweep_dir.join("results.md").display());
     if stop.load(Ordering::Relaxed) {
         return Ok(EXIT_INTERRUPTED);
     }
-    let failed = failures.load(Ordering::Relaxed);
     if failed > 0 {
         bail!(
             "{failed} of {} point(s) failed (see their status.json and logs)",
@@ -173,44 +142,88 @@ pub fn run_grid(
     Ok(0)
 }
 
-fn run_point(
-    sweep_dir: &Path,
-    base: &toml::Table,
-    point: &Point,
-    procs: &Procs,
-    gpus: Option<Vec<usize>>,
-    echo: bool,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    let run = RunDir::new(point_dir(sweep_dir, point));
-    let cfg = write_point_config(sweep_dir, base, point)?;
-    let resume = run.next()? == Next::Resume;
-    let args = if resume {
-        vec!["--resume".to_string(), run.path().display().to_string()]
-    } else {
-        vec!["--config".to_string(), cfg.display().to_string()]
-    };
-    eprintln!(
-        "{}: {} {}",
-        point.id,
-        if resume { "resuming" } else { "starting" },
-        point.describe()
-    );
-    std::fs::create_dir_all(run.path())
-        .with_context(|| format!("creating {}", run.path().display()))?;
-    let l = make_launch(procs, args, run.logs(), gpus, echo)?;
-    match launch(&l, stop) {
-        Ok(Ended::Finished) => Ok(()),
-        Ok(Ended::Interrupted) => Ok(run.record(
-            Status::Interrupted,
-            "stopped by a signal; the sweep resumes it when re-run",
-        )?),
-        Err(e) => {
-            // The trainer records its own failures; this covers a process that died without a word.
-            if run.status()? != Status::Failed {
-                run.record(Status::Failed, format!("{e:#}"))?;
+/// The points whose run folder is not finished (a resumed sweep skips the rest, saying so).
+fn unfinished<'p>(sweep_dir: &Path, points: &'p [Point]) -> Vec<&'p Point> {
+    points
+        .iter()
+        .filter(|p| {
+            let done = RunDir::new(point_dir(sweep_dir, p))
+                .next()
+                .is_ok_and(|n| n == Next::Done);
+            if done {
+                eprintln!("{}: finished earlier, skipped ({})", p.id, p.describe());
             }
-            Err(e)
+            !done
+        })
+        .collect()
+}
+
+/// What every point's run shares.
+struct Grid<'a> {
+    sweep_dir: &'a Path,
+    base: &'a toml::Table,
+    procs: &'a Procs,
+    stop: &'a AtomicBool,
+}
+
+impl Grid<'_> {
+    /// Runs `todo` with one worker per slot, each taking the next point when its run ends, until the
+    /// queue is empty or `stop` is raised. Returns how many points failed (each is reported).
+    fn run(&self, todo: Vec<&Point>, slots: &[Option<Vec<usize>>]) -> usize {
+        let queue = std::sync::Mutex::new(todo.into_iter());
+        let failures = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for slot in slots {
+                scope.spawn(|| {
+                    while !self.stop.load(Ordering::Relaxed) {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some(point) = next else {
+                            return;
+                        };
+                        let ran = self.run_point(point, slot.clone(), slots.len() == 1);
+                        if let Err(e) = ran {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("{}: {e:#}", point.id);
+                        }
+                    }
+                });
+            }
+        });
+        failures.load(Ordering::Relaxed)
+    }
+
+    /// Runs (or resumes) one point on `gpus`, its output echoed when it runs alone.
+    fn run_point(&self, point: &Point, gpus: Option<Vec<usize>>, echo: bool) -> anyhow::Result<()> {
+        let run = RunDir::new(point_dir(self.sweep_dir, point));
+        let cfg = write_point_config(self.sweep_dir, self.base, point)?;
+        let resume = run.next()? == Next::Resume;
+        let args = if resume {
+            vec!["--resume".to_string(), run.path().display().to_string()]
+        } else {
+            vec!["--config".to_string(), cfg.display().to_string()]
+        };
+        eprintln!(
+            "{}: {} {}",
+            point.id,
+            if resume { "resuming" } else { "starting" },
+            point.describe()
+        );
+        std::fs::create_dir_all(run.path())
+            .with_context(|| format!("creating {}", run.path().display()))?;
+        let l = make_launch(self.procs, args, run.logs(), gpus, echo)?;
+        match launch(&l, self.stop) {
+            Ok(Ended::Finished) => Ok(()),
+            Ok(Ended::Interrupted) => Ok(run.record(
+                Status::Interrupted,
+                "stopped by a signal; the sweep resumes it when re-run",
+            )?),
+            Err(e) => {
+                // The trainer records its own failures; this covers a process that died without a word.
+                if run.status()? != Status::Failed {
+                    run.record(Status::Failed, format!("{e:#}"))?;
+                }
+                Err(e)
+            }
         }
     }
 }
