@@ -338,6 +338,40 @@ fn batching(
     Ok(Batching::resolve(&recorded, world))
 }
 
+/// The trainer with the saved optimizer state (a resume) and rank 0's weights on every rank
+/// (identical already when every rank loaded the same files with the same seed; the broadcast makes it
+/// so even if the files differ between nodes).
+fn start_trainer(
+    model: BertNerPos,
+    comm: Comm,
+    settings: StepSettings,
+    optimizer: Option<(&Path, u64)>,
+) -> anyhow::Result<Trainer> {
+    let mut trainer = Trainer::new(model, comm, settings)?;
+    if let Some((p, adam_steps)) = optimizer {
+        trainer.optimizer.load_state(p, adam_steps)?;
+    }
+    for (_, var) in trainer.model.params.iter() {
+        trainer.comm.broadcast_tensor(var.as_tensor(), 0)?;
+    }
+    trainer.check_same_weights("at the start")?;
+    Ok(trainer)
+}
+
+/// The training rows (not empty; well-formed IOB2 for a CRF head) and the dev and test sets.
+fn read_splits(cfg: &TrainConfig, ds: &Dataset) -> anyhow::Result<(Vec<Row>, EvalData, EvalData)> {
+    let train = read_split(ds, Split::Train, cfg.train_sentences)?;
+    if cfg.head == nerpos_model::HeadKind::Crf {
+        check_iob2(&train, &ds.manifest.labels, &cfg.data)?;
+    }
+    if train.is_empty() {
+        bail!("{}: the training split is empty", cfg.data.display());
+    }
+    let dev = EvalData::new(read_split(ds, Split::Dev, cfg.eval_sentences)?);
+    let test = EvalData::new(read_split(ds, Split::Test, cfg.eval_sentences)?);
+    Ok((train, dev, test))
+}
+
 impl Job {
     /// Sets up the run `cfg` describes (or resumes the one in `resume`).
     pub fn setup(cfg: TrainConfig, resume: Option<&Path>, rdv: &Rendezvous) -> anyhow::Result<Job> {
@@ -370,26 +404,9 @@ impl Job {
         let batching = batching(&cfg, world, state.global_batch)?;
         state.global_batch = Some((batching.step_rows, batching.step_tokens));
         let settings = StepSettings::from_config(&cfg, batching.grad_accum);
-        let mut trainer = Trainer::new(model, comm, settings)?;
-        if let Some(p) = &optimizer_state {
-            trainer.optimizer.load_state(p, state.adam_steps)?;
-        }
-        // Rank 0's weights everywhere (identical already when every rank loaded the same files with
-        // the same seed; the broadcast makes it so even if the files differ between nodes).
-        for (_, var) in trainer.model.params.iter() {
-            trainer.comm.broadcast_tensor(var.as_tensor(), 0)?;
-        }
-        trainer.check_same_weights("at the start")?;
-
-        let train = read_split(&ds, Split::Train, cfg.train_sentences)?;
-        if cfg.head == nerpos_model::HeadKind::Crf {
-            check_iob2(&train, &m.labels, &cfg.data)?;
-        }
-        if train.is_empty() {
-            bail!("{}: the training split is empty", cfg.data.display());
-        }
-        let dev_data = EvalData::new(read_split(&ds, Split::Dev, cfg.eval_sentences)?);
-        let test_data = EvalData::new(read_split(&ds, Split::Test, cfg.eval_sentences)?);
+        let optimizer = optimizer_state.as_deref().map(|p| (p, state.adam_steps));
+        let trainer = start_trainer(model, comm, settings, optimizer)?;
+        let (train, dev_data, test_data) = read_splits(&cfg, &ds)?;
         let lengths: Vec<usize> = train.iter().map(|r| r.input_ids.len()).collect();
         let schedule = Schedule::new(&cfg, steps_per_epoch(&lengths, &batching));
         info!(
