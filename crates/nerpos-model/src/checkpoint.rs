@@ -6,7 +6,7 @@
 //! pooler if the source had one, plus `pos_embedding.weight`, `classifier.weight`, `classifier.bias`),
 //! `nerpos.json` (labels, POS vocabulary and head settings) and the tokenizer files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -193,82 +193,99 @@ fn list(keys: &[String]) -> String {
     s
 }
 
+/// The head's weights: loaded when their shapes fit, drawn anew otherwise (unless a head is required).
+const HEAD_KEYS: [&str; 8] = [
+    POS_EMBEDDING,
+    POS_TAGGER_WEIGHT,
+    POS_TAGGER_BIAS,
+    CLASSIFIER_WEIGHT,
+    CLASSIFIER_BIAS,
+    CRF_TRANSITIONS,
+    CRF_START,
+    CRF_END,
+];
+
+fn is_head(key: &str) -> bool {
+    HEAD_KEYS.contains(&key)
+}
+
+/// A checkpoint's tensors sorted by what loading did with them.
+#[derive(Default)]
+struct Sorted {
+    seen: HashSet<String>,
+    carried: Carried,
+    ignored: Vec<String>,
+    mismatched: Vec<String>,
+    unexpected: Vec<String>,
+}
+
+impl Sorted {
+    /// Everything that keeps the checkpoint from fitting the model, in one line (None: it fits).
+    fn problems(&self, missing: &[String]) -> Option<String> {
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!("missing weights: {}", list(missing)));
+        }
+        if !self.mismatched.is_empty() {
+            problems.push(format!("shape mismatches: {}", list(&self.mismatched)));
+        }
+        if !self.unexpected.is_empty() {
+            problems.push(format!("unexpected weights: {}", list(&self.unexpected)));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
 impl BertNerPos {
     /// Loads weights into the model's parameters. Encoder keys must all be present with the right
     /// shapes; head keys are loaded when present (`require_head` makes their absence an error); the
     /// pooler is carried; anything else is an error listing the keys.
     fn load_weights(&self, dir: &Path, require_head: bool) -> Result<(Carried, bool)> {
         let (path, tensors) = read_weights(dir)?;
-        let head_keys = [
-            POS_EMBEDDING,
-            POS_TAGGER_WEIGHT,
-            POS_TAGGER_BIAS,
-            CLASSIFIER_WEIGHT,
-            CLASSIFIER_BIAS,
-            CRF_TRANSITIONS,
-            CRF_START,
-            CRF_END,
-        ];
-        let mut seen: HashMap<String, ()> = HashMap::new();
-        let mut carried = Carried::default();
-        let (mut unexpected, mut mismatched) = (Vec::new(), Vec::new());
-        let mut ignored = Vec::new();
+        let mut sorted = Sorted::default();
         for (raw, t) in tensors {
             let key = normalize(&raw);
             match self.params.get(&key) {
                 Some(var) if var.shape() == t.shape() => {
                     var.set(&t.to_device(self.device())?)?;
-                    seen.insert(key, ());
+                    sorted.seen.insert(key);
                 }
                 // A head for other labels (e.g. a token-classification checkpoint): initialised anew.
-                Some(_) if head_keys.contains(&key.as_str()) && !require_head => ignored.push(raw),
-                Some(var) => mismatched.push(format!(
+                Some(_) if is_head(&key) && !require_head => sorted.ignored.push(raw),
+                Some(var) => sorted.mismatched.push(format!(
                     "{key}: checkpoint {:?}, model {:?}",
                     t.dims(),
                     var.dims()
                 )),
                 None if key.starts_with("pooler.") => {
-                    carried.tensors.insert(key, t);
+                    sorted.carried.tensors.insert(key, t);
                 }
-                None if ignorable(&key) => ignored.push(raw),
+                None if ignorable(&key) => sorted.ignored.push(raw),
                 // A head of another shape than configured (e.g. no POS) is not ours to load.
-                None if head_keys.contains(&key.as_str()) && !require_head => ignored.push(raw),
-                None => unexpected.push(raw),
+                None if is_head(&key) && !require_head => sorted.ignored.push(raw),
+                None => sorted.unexpected.push(raw),
             }
         }
-        if !ignored.is_empty() {
-            debug!(keys = %list(&ignored), "ignored checkpoint weights the tagger does not use");
+        if !sorted.ignored.is_empty() {
+            debug!(keys = %list(&sorted.ignored), "ignored checkpoint weights the tagger does not use");
         }
         let missing: Vec<String> = self
             .params
             .iter()
             .map(|(k, _)| k.to_owned())
-            .filter(|k| !seen.contains_key(k) && (require_head || !head_keys.contains(&k.as_str())))
+            .filter(|k| !sorted.seen.contains(k) && (require_head || !is_head(k)))
             .collect();
-        let mut problems = Vec::new();
-        if !missing.is_empty() {
-            problems.push(format!("missing weights: {}", list(&missing)));
-        }
-        if !mismatched.is_empty() {
-            problems.push(format!("shape mismatches: {}", list(&mismatched)));
-        }
-        if !unexpected.is_empty() {
-            problems.push(format!("unexpected weights: {}", list(&unexpected)));
-        }
-        if !problems.is_empty() {
+        if let Some(problems) = sorted.problems(&missing) {
             return Err(ModelError::Weights {
                 path,
-                msg: format!(
-                    "does not fit a BERT+POS model of this configuration: {}",
-                    problems.join("; ")
-                ),
+                msg: format!("does not fit a BERT+POS model of this configuration: {problems}"),
             });
         }
-        let head_loaded = head_keys
+        let head_loaded = HEAD_KEYS
             .iter()
             .filter(|k| self.params.get(k).is_some())
-            .all(|k| seen.contains_key(*k));
-        Ok((carried, head_loaded))
+            .all(|k| sorted.seen.contains(*k));
+        Ok((sorted.carried, head_loaded))
     }
 
     /// A Hugging Face BERT checkpoint folder with a new head: the head is drawn as `init` says from
