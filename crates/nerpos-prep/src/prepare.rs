@@ -217,9 +217,9 @@ fn tokenize_and_label(
             "the tokenizer gives this word no sub-word; using [UNK]"
         );
     }
-    if let Some(first) = &labelling.first_violation {
+    if let Some(first) = &labelling.relabelled.first_violation {
         warn!(
-            violations = labelling.violations,
+            violations = labelling.relabelled.violations,
             first = %first,
             "tagged tokens outside any well-formed {} chunk were read as O, as seqeval's strict mode \
              reads them{}",
@@ -262,9 +262,9 @@ fn align_splits<'a>(
         corpus,
         pieces,
         aligner,
-        labels_of_token: &labelling.labels_of_token,
+        labels_of_token: &labelling.relabelled.labels_of_token,
         label_id: &labelling.label_id,
-        label_names: &labelling.relabeler.labels,
+        label_names: &labelling.relabelled.relabeler.labels,
         pos_id: &labelling.pos_id,
         bar: bar(opts.progress, corpus.sentences.len(), "align"),
     };
@@ -381,8 +381,8 @@ fn corpus_stats(
             .filter(|t| pieces.empty.binary_search(&t.word).is_ok())
             .count(),
         truncated_words: aligned.iter().map(|a| a.truncated_words).sum(),
-        scheme_violations: labelling.violations,
-        first_violation: labelling.first_violation.clone(),
+        scheme_violations: labelling.relabelled.violations,
+        first_violation: labelling.relabelled.first_violation.clone(),
     }
 }
 
@@ -450,16 +450,11 @@ fn read_files(opts: &PrepareOptions) -> Result<Read> {
 
 /// Final labels, splits and vocabularies.
 struct Labelling {
-    relabeler: Relabeler,
-    /// Final label (index into `relabeler.labels`) of every token.
-    labels_of_token: Vec<u32>,
-    /// Tagged tokens outside any well-formed chunk, and where the first is.
-    violations: usize,
-    first_violation: Option<String>,
+    relabelled: Relabelled,
     /// Sentence indices of train, dev, test.
     parts: [Vec<usize>; 3],
     label_vocab: Vec<String>,
-    /// Vocabulary id of each of `relabeler.labels`.
+    /// Vocabulary id of each of `relabelled.relabeler.labels`.
     label_id: Vec<i32>,
     pos_vocab: Vec<String>,
     /// Vocabulary id of each distinct POS tag of the corpus.
@@ -471,21 +466,12 @@ fn label(
     opts: &PrepareOptions,
     parts: Option<[Vec<usize>; 3]>,
 ) -> Result<Labelling> {
-    let Relabelled {
-        relabeler,
-        labels_of_token,
-        violations,
-        first_violation,
-    } = relabel(corpus, opts)?;
+    let relabelled = relabel(corpus, opts)?;
+    let labels = &relabelled.relabeler.labels;
     let parts =
         parts.unwrap_or_else(|| split::assign(corpus.sentences.len(), opts.split, opts.seed));
-    let label_vocab = vocab::labels(
-        &relabeler.labels,
-        opts.labels_file.as_deref(),
-        opts.label_subwords,
-    )?;
-    let label_id: Vec<i32> = relabeler
-        .labels
+    let label_vocab = vocab::labels(labels, opts.labels_file.as_deref(), opts.label_subwords)?;
+    let label_id: Vec<i32> = labels
         .iter()
         .map(|l| {
             label_vocab
@@ -496,10 +482,7 @@ fn label(
         .collect();
     let (pos_vocab, pos_id) = pos_vocabulary(corpus, &parts[0])?;
     Ok(Labelling {
-        relabeler,
-        labels_of_token,
-        violations,
-        first_violation,
+        relabelled,
         parts,
         label_vocab,
         label_id,
@@ -512,7 +495,9 @@ fn label(
 /// well-formed chunk (read as O).
 struct Relabelled {
     relabeler: Relabeler,
+    /// Final label (index into `relabeler.labels`) of every token.
     labels_of_token: Vec<u32>,
+    /// Tagged tokens outside any well-formed chunk, and where the first is.
     violations: usize,
     first_violation: Option<String>,
 }
