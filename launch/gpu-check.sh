@@ -15,8 +15,8 @@
 #                            a step that cannot fit what is left is skipped, and the table says so
 #          --out DIR         results (default ./gpu-check-results): results.jsonl appended as each step
 #                            ends, table.md rewritten after each step, logs/STEP.log
-#          --only STEP       only these steps (repeatable): kernels sanitizer correctness base minilm
-#                            profile kernel-times nccl train grid
+#          --only STEP       only these steps (repeatable): kernels sanitizer correctness nonfinite
+#                            base minilm profile kernel-times nccl train grid
 #          --no-torch        skip the PyTorch references
 #          --data DIR        a nerpos-prep dataset   --model DIR   a checkpoint (train step)
 #          --bin DIR         the CUDA binaries (checkout default: target/cuda/bin)
@@ -29,6 +29,8 @@
 #   sanitizer    the same on small cases under compute-sanitizer memcheck and racecheck (the GPU
 #                machine's own; skipped when absent)
 #   correctness  30 training steps on the GPU against the CPU, without and with the fused kernels
+#   nonfinite    a NaN step (poisoned): the device guard leaves it out (`stop`: the steps after it
+#                too), weights bit-identical, no device→host read in any step
 #   base         BERT-base bf16 at 16,384 real tokens a step, without and with the kernels, and PyTorch
 #                AMP on the same batches (MFU)
 #   minilm       MiniLM, batch 32, bf16: the same three
@@ -56,7 +58,7 @@ while [[ $# -gt 0 ]]; do
     --train-sentences) train_sentences=$2; shift ;;
     --grid-sentences) grid_sentences=$2; shift ;;
     --only) only+=("$2"); shift ;;
-    -h|--help) sed -n '2,39p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -203,6 +205,9 @@ if want correctness; then
   run correctness 150 40 "$gb" correctness --data "$data" --steps 30 --batch 16
   run correctness-kernels 150 40 "$gb" correctness --data "$data" --steps 30 --batch 16 --gpu-kernels
 fi
+
+# 2b. A diverging step on the GPU: left out without a per-step read-back (bf16, fused kernels).
+want nonfinite && run nonfinite 90 20 "$gb" nonfinite --data "$data" --gpu-kernels
 
 # 3 and 4. Speed: ours without and with the kernels, then PyTorch AMP on the same batches.
 for s in base minilm; do

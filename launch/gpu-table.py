@@ -187,6 +187,12 @@ def checks(rows):
                        f"{r['weights_rel_l2_diff_gpu_vs_cpu']:.2e} |")
             out.append(f"| bf16 vs f32 loss after {r['steps']} steps{fk} | {'PASS' if r['pass_bf16'] else 'FAIL'} | "
                        f"{r['loss_gpu_bf16'][-1]:.4f} vs {r['loss_gpu_f32'][-1]:.4f} ({100 * r['bf16_final_loss_rel_diff']:.2f} %) |")
+        elif c == "nonfinite":
+            detail = "; ".join(f"{k}: non-finite steps {v['non_finite_steps']}, weights "
+                               f"{'unchanged' if v['weights_unchanged'] else 'CHANGED'}, {v['read_backs']} read-backs"
+                               for k, v in r["policies"].items())
+            fk = ", fused kernels" if r.get("gpu_kernels") else ""
+            out.append(f"| a NaN step left out on the device (bf16{fk}) | {'PASS' if r['pass'] else 'FAIL'} | {detail} |")
         elif c == "failed":
             out.append(f"| {r['step']} | {'TIMEOUT' if r.get('timed_out') else 'FAIL'} (exit {r['exit']}, {r['seconds']} s) | {r['error']} |")
         elif c == "skipped":

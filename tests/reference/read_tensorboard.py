@@ -1,9 +1,11 @@
 """Reads a run's TensorBoard event files with TensorBoard's own event reader and prints every scalar as
-JSON: {"tag": [[step, value], ...], ...}. The trainer's tests compare it with what the run logged.
+JSON: {"tag": [[step, value], ...], ...}. The trainer's tests compare it with what the run logged. A
+non-finite value (a diverged step's loss) is printed as null: JSON has no NaN.
 
 Usage: read_tensorboard.py TB_DIR
 """
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,5 +23,5 @@ for path in files:
                 x = value.simple_value
             else:
                 x = value.tensor.float_val[0]
-            scalars.setdefault(value.tag, []).append([event.step, x])
+            scalars.setdefault(value.tag, []).append([event.step, x if math.isfinite(x) else None])
 print(json.dumps(scalars))

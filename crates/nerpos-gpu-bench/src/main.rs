@@ -44,6 +44,14 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A NaN step on the GPU: left out by the device guard, no read-back (exit 1 when not).
+    Nonfinite {
+        #[arg(long)]
+        data: PathBuf,
+        /// With the fused CUDA kernels.
+        #[arg(long)]
+        gpu_kernels: bool,
+    },
     /// Every fused CUDA kernel against its CPU kernel (one JSON line per kernel and dtype).
     Kernels {
         /// Small cases, f32 only (for compute-sanitizer).
@@ -123,6 +131,14 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (result, out) = match cli.cmd {
         Cmd::Kernels { small } => return kernels(small),
+        Cmd::Nonfinite { data, gpu_kernels } => {
+            let v = train::nonfinite(&data, gpu_kernels)?;
+            println!("{v}");
+            if v["pass"] != json!(true) {
+                bail!("a non-finite step was not left out cleanly: {v}");
+            }
+            return Ok(());
+        }
         Cmd::Correctness {
             data,
             steps,

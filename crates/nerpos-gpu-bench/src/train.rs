@@ -32,10 +32,25 @@ impl Stepper {
         cfg: &nerpos_train::TrainConfig,
         total: usize,
     ) -> anyhow::Result<Stepper> {
+        Stepper::with(
+            config,
+            device,
+            StepSettings::from_config(cfg, 1),
+            cfg,
+            total,
+        )
+    }
+
+    fn with(
+        config: &ModelConfig,
+        device: &Device,
+        settings: StepSettings,
+        cfg: &nerpos_train::TrainConfig,
+        total: usize,
+    ) -> anyhow::Result<Stepper> {
         let master = BertNerPos::new(config.clone(), device)?
             .with_kernels(Kernels::with_gpu(cfg.gpu_kernels));
         random_init(&master, 1234)?;
-        let settings = StepSettings::from_config(cfg, 1);
         Ok(Stepper {
             trainer: Trainer::new(master, Comm::Single, settings)?,
             total,
@@ -54,7 +69,7 @@ impl Stepper {
 
     /// Mean loss of the steps since the last call (read from the device).
     pub fn loss(&mut self) -> anyhow::Result<f64> {
-        Ok(self.trainer.take_means()?.loss)
+        Ok(self.trainer.take_means()?.0.loss)
     }
 
     pub fn weights(&self) -> anyhow::Result<Weights> {
@@ -153,6 +168,73 @@ pub fn correctness(
         "trajectory_weights_rel_l2_diff_fused_vs_plain_adamw": t_rel,
         "pass_gpu_vs_cpu": ok_gpu, "pass_bf16": ok_bf16, "pass": ok_gpu && ok_bf16,
     }))
+}
+
+/// A NaN step as the trainer meets one on the GPU (step 5 of 8 poisoned: its loss and a gradient):
+/// the device guard leaves it out of the update — under `stop` the steps after it too — without a
+/// read-back in any step; the host learns of it when it reads the numbers. Weights compared exactly.
+pub fn nonfinite(data: &Path, gpu_kernels: bool) -> anyhow::Result<Value> {
+    use nerpos_kernels::stats;
+    use nerpos_train::health::{Faults, NonFinitePolicy};
+    let corpus = Corpus::read(data)?;
+    let config = shape_config(ModelShape::Minilm, corpus.num_labels, corpus.num_pos, true)?;
+    let plan = corpus.batches(16, None, 8, true, 13);
+    let mut out = serde_json::Map::new();
+    let mut pass = true;
+    for policy in [NonFinitePolicy::Stop, NonFinitePolicy::Skip] {
+        let mut cfg = train_config(data, Precision::Bf16, gpu_kernels, true)?;
+        cfg.nonfinite = policy;
+        let dev = device(&cfg)?;
+        let mut settings = StepSettings::from_config(&cfg, 1);
+        // On a GPU the numbers are on the device anyway; on the CPU (NERPOS_BENCH_DEVICE=cpu) this
+        // takes the GPU's path there.
+        settings.defer_checks = true;
+        let mut s = Stepper::with(&config, &dev, settings, &cfg, plan.len())?;
+        s.trainer.set_faults(Faults::at(&[5]));
+        for b in &plan[..4] {
+            s.step(b)?;
+        }
+        s.loss()?;
+        let before = s.weights()?;
+        let reads = stats::read_backs();
+        // `stop`: steps 5–8 all left out; `skip`: step 5 only (read before step 6).
+        let left_out = if policy == NonFinitePolicy::Stop {
+            4
+        } else {
+            1
+        };
+        for b in &plan[4..4 + left_out] {
+            s.step(b)?;
+        }
+        let read_backs = stats::read_backs() - reads;
+        let unchanged = weight_diff(&s.weights()?, &before).0 == 0.0;
+        for b in &plan[4 + left_out..] {
+            s.step(b)?;
+        }
+        let (_, late) = s.trainer.take_means()?;
+        let bad: Vec<usize> = late
+            .iter()
+            .filter(|h| !h.finite())
+            .map(|h| h.step)
+            .collect();
+        let adam_steps = s.trainer.optimizer.steps;
+        let want_adam = if policy == NonFinitePolicy::Stop {
+            8
+        } else {
+            7
+        };
+        let ok = read_backs == 0
+            && unchanged
+            && bad == [5]
+            && (policy == NonFinitePolicy::Stop || adam_steps == want_adam);
+        pass &= ok;
+        out.insert(
+            format!("{policy:?}").to_lowercase(),
+            json!({"read_backs": read_backs, "weights_unchanged": unchanged, "non_finite_steps": bad,
+                "adam_steps": adam_steps, "pass": ok}),
+        );
+    }
+    Ok(json!({"check": "nonfinite", "gpu_kernels": gpu_kernels, "policies": out, "pass": pass}))
 }
 
 /// Model FLOPs of one training step (forward + backward = 3× forward) on a packed batch: the real

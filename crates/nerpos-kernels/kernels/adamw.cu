@@ -4,7 +4,9 @@
 #include "common.cuh"
 
 // One element's update in place; returns the new weight. The gradient's factor is grad_scale · clip[0]
-// (the kernels below fold it once): the clipping factor stays on the device.
+// (the kernels below fold it once): the clipping factor stays on the device. A non-finite clip[0] is
+// the step's guard (a NaN loss or gradient norm, src/optim/clip.rs in nerpos-train): the kernels then
+// leave the step out — weights, moments and the bf16 copy untouched — with no read-back to the host.
 __device__ __forceinline__ float adamw_one(float *p, const float *g, float *m, float *v, unsigned long long i,
     float grad_scale, float lr_wd, float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
   float gi = g[i] * grad_scale;
@@ -21,6 +23,7 @@ __device__ __forceinline__ float adamw_one(float *p, const float *g, float *m, f
 extern "C" __global__ void nerpos_adamw(float *p, const float *g, float *m, float *v, const float *clip,
     unsigned long long n, float grad_scale, float lr_wd, float beta1, float beta2, float eps,
     float step_size, float bc2_sqrt) {
+  if (!finite_bits(clip[0])) return;
   grad_scale *= clip[0];
   NERPOS_GRID_STRIDE(i, n) {
     adamw_one(p, g, m, v, i, grad_scale, lr_wd, beta1, beta2, eps, step_size, bc2_sqrt);
@@ -32,6 +35,7 @@ NERPOS_EXPORT(nerpos_adamw)
 extern "C" __global__ void nerpos_adamw_half(float *p, const float *g, float *m, float *v,
     const float *clip, unsigned short *h, unsigned long long n, float grad_scale, float lr_wd,
     float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
+  if (!finite_bits(clip[0])) return;
   grad_scale *= clip[0];
   NERPOS_GRID_STRIDE(i, n) {
     float pn = adamw_one(p, g, m, v, i, grad_scale, lr_wd, beta1, beta2, eps, step_size, bc2_sqrt);

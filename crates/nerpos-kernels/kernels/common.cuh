@@ -48,6 +48,9 @@ __device__ __forceinline__ float of_bits(uint32_t u) {
   return x;
 }
 
+// Whether x is neither NaN nor ±Inf, from its bits (fast-math flags cannot fold it away).
+__device__ __forceinline__ bool finite_bits(float x) { return (bits_of(x) & 0x7F800000u) != 0x7F800000u; }
+
 // A value as a GPU holds it. NVIDIA GPUs return one canonical NaN (0x7FFFFFFF) from arithmetic; x86
 // returns 0xFFC00000. On the emulator a NaN is turned into the GPU's, so that code depending on a NaN's
 // bits (a rounding of them) is tested as it runs on a GPU; on the GPU this is the value itself.

@@ -65,9 +65,11 @@ NERPOS_EXPORT(nerpos_sum_finish)
 
 // AdamW over every chunk of every parameter (one block per chunk), the gradient's factor grad_scale ·
 // clip[0] (the clipping factor stays on the device), writing the bf16 copy where a parameter has one.
+// A non-finite clip[0] is the step's guard (as in adamw.cu): the step is left out, nothing written.
 template <typename T>
 __device__ void adamw_chunks(const AdamWParam *params, const Chunk *chunks, const float *clip, float grad_scale,
                              float beta1, float beta2, float eps, float bc2_sqrt) {
+  if (!finite_bits(clip[0])) return;
   const Chunk c = chunks[blockIdx.x];
   const AdamWParam a = params[c.tensor];
   const T *g = (const T *)a.g;

@@ -63,6 +63,31 @@ impl Deferred {
     }
 }
 
+/// The values of `all`, with one read-back for those held on a device (stacked on the first one's
+/// device: waiting once for the work queued before them, not once per value).
+pub fn read_all(all: &[Deferred]) -> Result<Vec<f64>> {
+    let held: Vec<Tensor> = all
+        .iter()
+        .filter_map(|d| match d {
+            Deferred::Device(t) => Some(t.to_dtype(DType::F32).and_then(|t| t.reshape(()))),
+            Deferred::Host(_) => None,
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mut read = if held.is_empty() {
+        Vec::new()
+    } else {
+        crate::stats::to_host(&Tensor::stack(&held, 0)?)?.to_vec1::<f32>()?
+    }
+    .into_iter();
+    Ok(all
+        .iter()
+        .map(|d| match d {
+            Deferred::Host(a) => *a,
+            Deferred::Device(_) => read.next().map_or(f64::NAN, f64::from),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +107,10 @@ mod tests {
         assert_eq!(s.add(&held).unwrap().read().unwrap(), 5.0);
         assert_eq!(held.add(&held).unwrap().read().unwrap(), 4.0);
         assert_eq!(Deferred::default().read().unwrap(), 0.0);
+        let nan = Deferred::Device(Tensor::new(f32::NAN, &dev).unwrap());
+        let all = read_all(&[s, held, Deferred::Host(-1.0), nan]).unwrap();
+        assert_eq!(&all[..3], &[3.0, 2.0, -1.0]);
+        assert!(all[3].is_nan());
+        assert_eq!(read_all(&[]).unwrap(), Vec::<f64>::new());
     }
 }

@@ -22,6 +22,21 @@ pub fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R>
     Ok(f(host_slice(&storage, layout)?))
 }
 
+/// The first of `tensors` (name, CPU tensor of any float type) holding a NaN or an infinity, with how
+/// many of its values are not finite: what must never be written to disk as weights.
+pub fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Option<(String, usize)>> {
+    for (name, t) in tensors {
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        let bad = read::<f32, _>(&t, |x| x.par_iter().filter(|v| !v.is_finite()).count())?;
+        if bad > 0 {
+            return Ok(Some((name.to_owned(), bad)));
+        }
+    }
+    Ok(None)
+}
+
 /// As [`read`] for several f32 tensors at once: `f` gets their data in the order given (instead of
 /// one closure nested in another per tensor).
 pub(crate) fn read_all<const N: usize, R>(

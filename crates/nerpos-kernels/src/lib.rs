@@ -25,7 +25,7 @@ mod emu;
 
 use candle_core::{DType, Tensor};
 
-pub use deferred::Deferred;
+pub use deferred::{Deferred, read_all};
 pub use error::{KernelError, Result};
 pub use ops::Mask;
 pub use rows::RowSpans;

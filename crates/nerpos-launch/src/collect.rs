@@ -117,8 +117,12 @@ fn tables(keys: &[String], rows: &[Row]) -> (String, String) {
 }
 
 /// The best point's configuration, headed by a comment naming it (none when no point has a dev F1).
+/// A point that diverged is not a configuration to reuse, whatever it scored before.
 fn best_config(sweep_dir: &Path, rows: &[Row]) -> anyhow::Result<Option<String>> {
-    let Some(best) = rows.iter().find(|r| r.dev_f1.is_some()) else {
+    let Some(best) = rows
+        .iter()
+        .find(|r| r.dev_f1.is_some() && r.status != Status::Diverged)
+    else {
         return Ok(None);
     };
     let cfg = point_dir(sweep_dir, &best.point).join("config.toml");
@@ -132,47 +136,58 @@ fn best_config(sweep_dir: &Path, rows: &[Row]) -> anyhow::Result<Option<String>>
     )))
 }
 
-/// Dev F1 against each swept value, one panel per key, as SVG.
+/// Dev F1 against each swept value, one panel per key, as SVG; points that diverged are marked on
+/// the axis instead.
 fn plot(keys: &[String], rows: &[Row]) -> String {
-    let series: Vec<(String, Vec<(f64, f64)>)> = keys
+    let data: Vec<ByValue> = keys.iter().map(|k| f1_by_value(k, rows)).collect();
+    let titles: Vec<String> = keys.iter().map(|k| format!("dev F1 vs {k}")).collect();
+    let panels: Vec<nerpos_plot::Series> = keys
         .iter()
-        .map(|k| (k.clone(), f1_by_value(k, rows)))
-        .collect();
-    let titles: Vec<String> = series
-        .iter()
-        .map(|(k, _)| format!("dev F1 vs {k}"))
-        .collect();
-    let panels: Vec<nerpos_plot::Series> = series
-        .iter()
+        .zip(&data)
         .zip(&titles)
-        .map(|((k, pts), t)| nerpos_plot::Series {
+        .map(|((k, d), t)| nerpos_plot::Series {
             title: t,
             x_label: k,
-            points: pts,
+            points: &d.points,
+            flagged: Some(nerpos_plot::Flags {
+                note: "diverged",
+                xs: &d.diverged,
+            }),
         })
         .collect();
     nerpos_plot::scatter_svg(&panels)
 }
 
-/// (value of `key`, dev F1) of each point with both; non-numeric values are placed at their index
-/// among the distinct values, in order of appearance.
-fn f1_by_value(key: &str, rows: &[Row]) -> Vec<(f64, f64)> {
+/// One panel's data: (value, dev F1) of the points that have both, the values of those that diverged.
+struct ByValue {
+    points: Vec<(f64, f64)>,
+    diverged: Vec<f64>,
+}
+
+/// (value of `key`, dev F1) of each point with both, and the values of the points that diverged;
+/// non-numeric values are placed at their index among the distinct values, in order of appearance.
+fn f1_by_value(key: &str, rows: &[Row]) -> ByValue {
     let mut distinct: Vec<String> = Vec::new();
-    rows.iter()
-        .filter_map(|r| {
-            let x = match r.point.values.get(key)? {
-                toml::Value::Integer(i) => *i as f64,
-                toml::Value::Float(f) => *f,
-                other => {
-                    let s = toml_value(other);
-                    let i = distinct.iter().position(|d| *d == s).unwrap_or_else(|| {
-                        distinct.push(s);
-                        distinct.len() - 1
-                    });
-                    i as f64
-                }
-            };
-            Some((x, r.dev_f1?))
-        })
-        .collect()
+    let (mut points, mut diverged) = (Vec::new(), Vec::new());
+    for r in rows {
+        let x = match r.point.values.get(key) {
+            None => continue,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(toml::Value::Float(f)) => *f,
+            Some(other) => {
+                let s = toml_value(other);
+                let i = distinct.iter().position(|d| *d == s).unwrap_or_else(|| {
+                    distinct.push(s);
+                    distinct.len() - 1
+                });
+                i as f64
+            }
+        };
+        match (r.status, r.dev_f1) {
+            (Status::Diverged, _) => diverged.push(x),
+            (_, Some(f1)) => points.push((x, f1)),
+            _ => {}
+        }
+    }
+    ByValue { points, diverged }
 }

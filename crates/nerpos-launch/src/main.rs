@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use nerpos_run::config::ConfigTable;
 use nerpos_run::progress::Bar;
-use nerpos_run::{EXIT_INTERRUPTED, RunDir};
+use nerpos_run::{EXIT_DIVERGED, EXIT_INTERRUPTED, RunDir};
 
 use crate::grid::point_dir;
 use crate::procs::{Ended, Launch, detect_gpus, free_port, launch, trainer_path};
@@ -267,6 +267,15 @@ fn train(
                 run.path().display()
             );
             Ok(EXIT_INTERRUPTED)
+        }
+        Ended::Diverged => {
+            // Rank 0 said where and why (echoed above); its status.json keeps it.
+            eprintln!(
+                "run folder: {} (diverged: stopped at a non-finite step; see {})",
+                run.path().display(),
+                run.status_file().display()
+            );
+            Ok(EXIT_DIVERGED)
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use nerpos_run::progress::{Bar, PIPE_ENV, Progress};
-use nerpos_run::{EXIT_INTERRUPTED, LAUNCHER_LOGS_ENV};
+use nerpos_run::{EXIT_DIVERGED, EXIT_INTERRUPTED, LAUNCHER_LOGS_ENV};
 
 const TAIL_LINES: usize = 20;
 
@@ -47,6 +47,8 @@ pub struct Launch {
 pub enum Ended {
     Finished,
     Interrupted,
+    /// Every rank stopped at a non-finite step (`EXIT_DIVERGED`); the run folder says where.
+    Diverged,
 }
 
 struct Rank {
@@ -206,11 +208,11 @@ pub fn launch(l: &Launch, stop: &AtomicBool) -> anyhow::Result<Ended> {
     if let Some((rank, code)) = outcome.failed {
         return Err(failure(l, &ranks, rank, code));
     }
-    if outcome.stopped
-        || ranks
-            .iter()
-            .any(|r| r.exit == Some(i32::from(EXIT_INTERRUPTED)))
-    {
+    let exited = |code: u8| ranks.iter().any(|r| r.exit == Some(i32::from(code)));
+    if exited(EXIT_DIVERGED) {
+        return Ok(Ended::Diverged);
+    }
+    if outcome.stopped || exited(EXIT_INTERRUPTED) {
         return Ok(Ended::Interrupted);
     }
     Ok(Ended::Finished)
@@ -246,11 +248,18 @@ struct Outcome {
 fn supervise(l: &Launch, ranks: &mut [Rank], stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let mut stopping: Option<Instant> = None;
     let mut failed: Option<(usize, i32)> = None;
+    // A diverged run stops on every rank at the same step, each with EXIT_DIVERGED: the first such exit
+    // gives the others a while to follow before they are told to stop.
+    let mut diverged: Option<Instant> = None;
     loop {
         for r in ranks.iter_mut().filter(|r| r.exit.is_none()) {
             if let Some(status) = r.child.try_wait()? {
                 let code = status.code().unwrap_or(-1);
                 r.exit = Some(code);
+                if code == i32::from(EXIT_DIVERGED) {
+                    diverged.get_or_insert_with(Instant::now);
+                    continue;
+                }
                 let expected = code == 0
                     || (code == i32::from(EXIT_INTERRUPTED)
                         && (stopping.is_some() || stop.load(Ordering::Relaxed)));
@@ -266,7 +275,8 @@ fn supervise(l: &Launch, ranks: &mut [Rank], stop: &AtomicBool) -> anyhow::Resul
                 stopped: stopping.is_some(),
             });
         }
-        if stopping.is_none() && (failed.is_some() || stop.load(Ordering::Relaxed)) {
+        let left_behind = diverged.is_some_and(|t| t.elapsed() > Duration::from_secs(30));
+        if stopping.is_none() && (failed.is_some() || left_behind || stop.load(Ordering::Relaxed)) {
             for r in &alive {
                 signal(&r.child, libc::SIGTERM);
             }

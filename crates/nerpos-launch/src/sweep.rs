@@ -130,6 +130,18 @@ pub fn run_grid(
     let rows = collect::collect(&sweep_dir)?;
     print!("{}", std::fs::read_to_string(sweep_dir.join("results.md"))?);
     eprintln!("results: {}", sweep_dir.join("results.md").display());
+    let diverged: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.status == Status::Diverged)
+        .map(|r| r.point.id.as_str())
+        .collect();
+    if !diverged.is_empty() {
+        eprintln!(
+            "{} point(s) diverged (stopped at a non-finite step; their status.json says where): {}",
+            diverged.len(),
+            diverged.join(", ")
+        );
+    }
     if stop.load(Ordering::Relaxed) {
         return Ok(EXIT_INTERRUPTED);
     }
@@ -212,7 +224,8 @@ impl Grid<'_> {
             .with_context(|| format!("creating {}", run.path().display()))?;
         let l = make_launch(self.procs, args, run.logs(), gpus, echo)?;
         match launch(&l, self.stop) {
-            Ok(Ended::Finished) => Ok(()),
+            // A diverged point is a result of the sweep (its summary says so), not a failure.
+            Ok(Ended::Finished | Ended::Diverged) => Ok(()),
             Ok(Ended::Interrupted) => Ok(run.record(
                 Status::Interrupted,
                 "stopped by a signal; the sweep resumes it when re-run",

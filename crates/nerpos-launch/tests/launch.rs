@@ -23,6 +23,9 @@ case "$FAKE_MODE" in
     trap 'exit 0' TERM; while true; do sleep 0.1; done;;
   checkpoint)
     trap 'echo checkpoint > "$out/ckpt-$RANK"; exit 75' TERM; while true; do sleep 0.1; done;;
+  diverge)
+    if [ "$RANK" = 0 ]; then echo "error: training diverged at step 2" >&2; fi
+    sleep 0.$RANK; exit 65;;
   slow)
     echo "start $CUDA_VISIBLE_DEVICES" >> "$EVENTS"; sleep 1; echo "end $CUDA_VISIBLE_DEVICES" >> "$EVENTS"
     printf '{"status":"finished","steps":3,"epochs":1,"world_size":1,"best_dev_f1":0.5,"best_step":3,"test_f1":0.5,"wall_s":1,"weights_sha256":"x"}\n' > "$out/summary.json"
@@ -152,6 +155,100 @@ fn sigterm_is_passed_on_and_reported_as_interrupted() {
         "every rank got SIGTERM"
     );
     assert!(text(&o).contains("--resume"));
+}
+
+/// Every rank exiting with the diverged code (65) is a diverged run, not a failed rank: the launcher
+/// exits 65 and names the run's status file.
+#[test]
+fn ranks_that_diverge_together_end_the_launch_as_diverged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = setup(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
+    let args = ["train", "--config", cfg.to_str().unwrap(), "--gpus", "0"];
+    let o = launcher(&fake, "diverge", &[&args[..], &["--nproc", "3"]].concat())
+        .output()
+        .unwrap();
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(65), "{all}");
+    assert!(!all.contains("failed"), "{all}");
+    assert!(
+        all.contains("training diverged at step 2") && all.contains("status.json"),
+        "{all}"
+    );
+}
+
+/// A sweep with a point whose learning rate (1e30) makes it diverge — no test hook, the real
+/// trainer — runs the other points to the end; the table, the plot and the summary line say which
+/// one diverged, and the diverged point is never the best configuration.
+#[test]
+fn a_grid_with_a_diverging_point_finishes_the_others() {
+    let name = "launch::a_grid_with_a_diverging_point_finishes_the_others";
+    let bins = Path::new(BIN).parent().unwrap();
+    let (trainer, world) = (bins.join("nerpos-train"), bins.join("examples/tiny_world"));
+    if !trainer.is_file() || !world.is_file() {
+        nerpos_testdata::skip(
+            name,
+            "needs the debug nerpos-train and examples/tiny_world beside nerpos-launch (`cargo test --workspace` builds them)",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(&world)
+        .arg(tmp.path().join("world"))
+        .arg("200")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let (model, data) = line.split_once('\t').expect("model and dataset folders");
+    let sweep = tmp.path().join("sweep");
+    let cfg = tmp.path().join("grid.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data = {data:?}\nmodel = {model:?}\nout = {sweep:?}\nbatch_size = 8\nmax_steps = 6\n\
+             eval_every = 3\nlog_every = 1\ntest_at_end = false\n[grid]\nlr = [1e-3, 1e30, 1e-4]\n"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "grid",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--gpus",
+        "0",
+        "--nproc",
+        "1",
+    ];
+    let o = Command::new(BIN)
+        .args(args)
+        .env("NERPOS_TRAIN", &trainer)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("1 point(s) diverged"), "{all}");
+    let md = std::fs::read_to_string(sweep.join("results.md")).unwrap();
+    let rows: Vec<&str> = md.lines().skip(2).collect();
+    assert_eq!(rows.len(), 3, "{md}");
+    let diverged: Vec<&&str> = rows
+        .iter()
+        .filter(|r| r.ends_with("| diverged |"))
+        .collect();
+    assert_eq!(diverged.len(), 1, "{md}");
+    assert!(diverged[0].contains("1e30"), "{md}");
+    assert_eq!(
+        rows.iter().filter(|r| r.ends_with("| finished |")).count(),
+        2,
+        "{md}"
+    );
+    let svg = std::fs::read_to_string(sweep.join("results.svg")).unwrap();
+    assert!(svg.contains("× diverged"), "{svg}");
+    let best = std::fs::read_to_string(sweep.join("best.toml")).unwrap();
+    assert!(!best.contains("1e30"), "{best}");
 }
 
 unsafe fn libc_kill(pid: i32, sig: i32) {

@@ -384,6 +384,17 @@ impl BertNerPos {
             }
         }
         let weights = self.named_weights(carried)?;
+        // A diverged model is never written: a NaN in a weight makes every prediction NaN.
+        if let Some((name, bad)) =
+            nerpos_kernels::host::first_non_finite(weights.iter().map(|(k, t)| (k.as_str(), t)))?
+        {
+            return Err(ModelError::Weights {
+                path: dir.to_owned(),
+                msg: format!(
+                    "not written: {bad} value(s) of {name} are not finite (NaN or infinite)"
+                ),
+            });
+        }
         let weights: HashMap<String, Tensor> = weights.into_iter().collect();
         candle_core::safetensors::save(&weights, tmp.path().join(WEIGHTS))?;
         let json = serde_json::to_string_pretty(meta).expect("meta serialises") + "\n";

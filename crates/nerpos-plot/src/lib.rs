@@ -3,11 +3,20 @@
 
 use std::fmt::Write as _;
 
-/// One panel: a title, an x-axis label and (x, y) points.
+/// One panel: a title, an x-axis label and (x, y) points. Points with a NaN or infinity are not
+/// drawn; the panel says how many.
 pub struct Series<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
     pub points: &'a [(f64, f64)],
+    /// x values without a y to draw, marked on the x axis with a red ×.
+    pub flagged: Option<Flags<'a>>,
+}
+
+/// Marks on a panel's x axis, and what they are (e.g. "diverged": grid points whose run diverged).
+pub struct Flags<'a> {
+    pub note: &'a str,
+    pub xs: &'a [f64],
 }
 
 const PANEL_W: f64 = 360.0;
@@ -72,7 +81,20 @@ fn panel(s: &mut String, x0: f64, p: &Series, lines: bool) {
         .copied()
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect();
-    let Some(scale) = Scale::fit(&finite, (l, r, t, b)) else {
+    let flags: Vec<f64> = p
+        .flagged
+        .iter()
+        .flat_map(|f| f.xs.iter().copied().filter(|x| x.is_finite()))
+        .collect();
+    let floor = finite.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let floor = if floor.is_finite() { floor } else { 0.0 };
+    let fitted: Vec<(f64, f64)> = finite
+        .iter()
+        .copied()
+        .chain(flags.iter().map(|&x| (x, floor)))
+        .collect();
+    notes(s, p, (r, t), finite.len(), flags.len());
+    let Some(scale) = Scale::fit(&fitted, (l, r, t, b)) else {
         let _ = write!(
             s,
             r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text>"##,
@@ -82,6 +104,21 @@ fn panel(s: &mut String, x0: f64, p: &Series, lines: bool) {
         return;
     };
     marks(s, &finite, &scale, lines);
+    for x in flags {
+        let (cx, cy) = (scale.px(x), b);
+        let _ = write!(
+            s,
+            r##"<path d="M{:.1},{:.1} L{:.1},{:.1} M{:.1},{:.1} L{:.1},{:.1}" stroke="#d62728" stroke-width="2"/>"##,
+            cx - 4.0,
+            cy - 4.0,
+            cx + 4.0,
+            cy + 4.0,
+            cx - 4.0,
+            cy + 4.0,
+            cx + 4.0,
+            cy - 4.0
+        );
+    }
     for (v, y) in [(scale.ymin, b), (scale.ymax, t)] {
         let _ = write!(
             s,
@@ -106,6 +143,26 @@ fn panel(s: &mut String, x0: f64, p: &Series, lines: bool) {
         b + 24.0,
         escape(p.x_label)
     );
+}
+
+/// In a panel's top right corner: how many points were not drawn (not finite), and what its flags are.
+fn notes(s: &mut String, p: &Series, (r, t): (f64, f64), drawn: usize, flags: usize) {
+    let mut lines = Vec::new();
+    let hidden = p.points.len() - drawn;
+    if hidden > 0 {
+        lines.push(format!("{hidden} non-finite point(s) not drawn"));
+    }
+    if let Some(f) = p.flagged.as_ref().filter(|_| flags > 0) {
+        lines.push(format!("× {}", f.note));
+    }
+    for (k, line) in lines.iter().enumerate() {
+        let _ = write!(
+            s,
+            r##"<text x="{r}" y="{}" text-anchor="end" fill="#d62728">{}</text>"##,
+            t + 12.0 + 13.0 * k as f64,
+            escape(line)
+        );
+    }
 }
 
 /// The data range of a panel mapped onto its plotting area (left, right, top, bottom).
@@ -203,11 +260,13 @@ mod tests {
                 title: "loss",
                 x_label: "step",
                 points: &pts,
+                flagged: None,
             },
             super::Series {
                 title: "dev F1",
                 x_label: "step",
                 points: &[],
+                flagged: None,
             },
         ]);
         assert!(
@@ -224,8 +283,37 @@ mod tests {
             title: "dev F1 vs <a&b>",
             x_label: "a&b",
             points: &[(1.0, 0.5)],
+            flagged: None,
         }]);
         assert!(out.contains("dev F1 vs &lt;a&amp;b&gt;") && out.contains(">a&amp;b<"));
         assert!(!out.contains("<a&b>"));
+    }
+
+    /// A diverged run's NaN loss is left out with a note; flagged x values are marked with a note.
+    #[test]
+    fn non_finite_points_are_counted_and_flags_marked() {
+        let pts = [(1.0, 2.0), (2.0, f64::NAN), (3.0, f64::INFINITY)];
+        let out = super::svg(&[super::Series {
+            title: "loss",
+            x_label: "step",
+            points: &pts,
+            flagged: None,
+        }]);
+        assert!(out.contains("2 non-finite point(s) not drawn"), "{out}");
+        assert!(!out.contains("NaN") && !out.contains("inf"), "{out}");
+        let out = super::scatter_svg(&[super::Series {
+            title: "dev F1 vs lr",
+            x_label: "lr",
+            points: &[],
+            flagged: Some(super::Flags {
+                note: "diverged",
+                xs: &[1e30],
+            }),
+        }]);
+        assert!(
+            out.contains("× diverged") && out.contains("#d62728"),
+            "{out}"
+        );
+        assert!(!out.contains("no data"), "{out}");
     }
 }

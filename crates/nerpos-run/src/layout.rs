@@ -3,8 +3,9 @@
 //! ```text
 //! RUN_DIR/
 //!   config.toml           the resolved configuration (what --resume reads)
-//!   status.json           running | interrupted | failed (with a message); written as the run goes
-//!   summary.json          written last: the run finished
+//!   status.json           running | interrupted | failed | diverged (with a message); written as the
+//!                         run goes
+//!   summary.json          written last: the run finished (or stopped at a non-finite step: diverged)
 //!   metrics.jsonl         one line per log interval
 //!   eval/                 step-XXXXXXXX-dev.{json,txt}, test.{json,txt}
 //!   best/ last/           Hugging Face-loadable model folders
@@ -32,6 +33,9 @@ pub enum Status {
     Interrupted,
     Finished,
     Failed,
+    /// Stopped at a non-finite loss or gradient (`nonfinite` policy); its weights on disk are the
+    /// last finite ones. Not resumed by itself: the same data and settings diverge again.
+    Diverged,
 }
 
 impl Status {
@@ -42,6 +46,7 @@ impl Status {
             Status::Interrupted => "interrupted",
             Status::Finished => "finished",
             Status::Failed => "failed",
+            Status::Diverged => "diverged",
         }
     }
 }
@@ -226,11 +231,12 @@ impl RunDir {
         .write(&self.status_file())
     }
 
-    /// Where the run stands: finished when its summary exists; else what a process last recorded;
-    /// else interrupted when it holds a checkpoint, running when it has started, pending otherwise.
+    /// Where the run stands: its summary's status (finished or diverged) when it has one; else what a
+    /// process last recorded; else interrupted when it holds a checkpoint, running when it has
+    /// started, pending otherwise.
     pub fn status(&self) -> crate::Result<Status> {
-        if self.read_summary()?.is_some() {
-            return Ok(Status::Finished);
+        if let Some(s) = self.read_summary()? {
+            return Ok(s.status);
         }
         if let Some(r) = self.read_record()? {
             return Ok(r.status);
@@ -244,16 +250,19 @@ impl RunDir {
         })
     }
 
-    /// What to do with the run: nothing once finished, resume from its newest checkpoint if it has
-    /// one (interrupted or failed after a checkpoint), else start.
+    /// What to do with the run: nothing once finished or diverged (resuming a diverged run with the
+    /// same settings diverges again: that is the user's call, with other settings), resume from its
+    /// newest checkpoint if it has one (interrupted or failed after a checkpoint), else start.
     pub fn next(&self) -> crate::Result<Next> {
-        Ok(if self.status()? == Status::Finished {
-            Next::Done
-        } else if !self.checkpoints().is_empty() && self.config().is_file() {
-            Next::Resume
-        } else {
-            Next::Start
-        })
+        Ok(
+            if matches!(self.status()?, Status::Finished | Status::Diverged) {
+                Next::Done
+            } else if !self.checkpoints().is_empty() && self.config().is_file() {
+                Next::Resume
+            } else {
+                Next::Start
+            },
+        )
     }
 }
 
@@ -290,11 +299,52 @@ mod tests {
             test_f1: None,
             wall_s: 1.0,
             weights_sha256: "x".into(),
+            diverged: None,
         }
         .write(&run.summary())
         .unwrap();
         assert_eq!(run.status().unwrap(), Status::Finished);
         assert_eq!(run.next().unwrap(), Next::Done);
+    }
+
+    /// A diverged run's summary says so, and a job script does not resume it by itself.
+    #[test]
+    fn a_diverged_run_is_done_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::write(run.config(), "").unwrap();
+        std::fs::create_dir_all(run.checkpoint(6)).unwrap();
+        std::fs::write(RunDir::checkpoint_state(&run.checkpoint(6)), "{}").unwrap();
+        let s = Summary {
+            status: Status::Diverged,
+            steps: 9,
+            epochs: 1,
+            world_size: 2,
+            best_dev_f1: Some(0.4),
+            best_step: Some(6),
+            test_f1: None,
+            wall_s: 3.0,
+            weights_sha256: "x".into(),
+            diverged: Some(crate::Divergence {
+                step: 9,
+                loss: f64::NAN,
+                grad_norm: f64::INFINITY,
+                skipped_in_a_row: 1,
+                checkpoint: Some(run.checkpoint(6)),
+            }),
+        };
+        s.write(&run.summary()).unwrap();
+        assert_eq!(run.status().unwrap(), Status::Diverged);
+        assert_eq!(run.next().unwrap(), Next::Done);
+        let text = std::fs::read_to_string(run.summary()).unwrap();
+        assert!(text.contains("\"status\": \"diverged\""), "{text}");
+        let back = run.read_summary().unwrap().unwrap();
+        let d = back.diverged.unwrap();
+        assert!(
+            d.loss.is_nan() && d.grad_norm.is_nan(),
+            "null reads back as NaN"
+        );
+        assert_eq!((d.step, d.checkpoint), (9, Some(run.checkpoint(6))));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`config`]: a TOML configuration with `--set key=value` overrides.
 //! - [`tensorboard`]: scalar event files for `tensorboard --logdir`.
 //! - [`progress`]: the progress line the trainer sends the launcher.
-//! - [`EXIT_INTERRUPTED`]: the exit code of a run stopped by a signal after checkpointing.
+//! - [`EXIT_INTERRUPTED`]: the exit code of a run stopped by a signal after checkpointing;
+//!   [`EXIT_DIVERGED`]: of a run stopped at a non-finite loss or gradient.
 
 pub mod atomic;
 pub mod cli;
@@ -23,13 +24,19 @@ pub mod tensorboard;
 pub use atomic::{publish_dir, staging_dir, write_atomic};
 pub use layout::{Next, RunDir, Status};
 pub use metrics::MetricsLine;
-pub use summary::{LaunchRecord, Summary};
+pub use summary::{Divergence, LaunchRecord, Summary};
 
 use std::path::PathBuf;
 
 /// Exit code of `nerpos-train` (and the launcher) after a signal made every rank checkpoint and stop:
 /// "interrupted, resume me". Slurm job scripts requeue on it.
 pub const EXIT_INTERRUPTED: u8 = 75;
+
+/// Exit code of `nerpos-train` (every rank) and the launcher when training stopped at a non-finite
+/// loss or gradient norm (`nonfinite = "stop"`, or too many skipped steps in a row): the run folder
+/// says `diverged` and keeps only finite weights. Not a reason to requeue: the same settings diverge
+/// again. (sysexits' EX_DATAERR: far from the 1 and 2 of ordinary failures.)
+pub const EXIT_DIVERGED: u8 = 65;
 
 /// Set by the launcher on the ranks it starts: it writes their log files (`logs/rank-N.log`) from
 /// their output, so the trainer writes none itself (one copy of every line).

@@ -1,8 +1,11 @@
 //! `metrics.jsonl`: one line per log interval, averaged over the interval's steps.
+//!
+//! A diverging run logs non-finite numbers: JSON has no NaN or infinity, so they are written as
+//! `null` (serde_json's way) and read back as NaN ([`nan_if_null`]).
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Result, RunError};
 
@@ -13,9 +16,17 @@ pub struct MetricsLine {
     pub step: usize,
     /// 1-based epoch of the interval's last step.
     pub epoch: usize,
+    /// Mean loss of the interval's applied steps; of all its steps when none was applied (`null` in
+    /// the file when not finite).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
+    /// Steps of the interval whose update was skipped: a non-finite loss or gradient norm under
+    /// `nonfinite = "skip"` (absent in files of earlier versions: 0).
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Real (non-padding) sub-word tokens per second, all ranks together.
     pub tokens_per_s: f64,
     pub sentences_per_s: f64,
@@ -62,6 +73,11 @@ impl MetricsLine {
     }
 }
 
+/// A number that may be `null` in a file, read as NaN (how a non-finite value is written).
+pub fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +95,38 @@ mod tests {
             allreduce_s: 0.0,
             allreduce_total_s: 0.0,
             data_wait_s: 0.0,
+            skipped_steps: 0,
         }
+    }
+
+    /// A diverged interval's NaN and infinity are written as `null` and read back as NaN, by
+    /// `read_all` and by a resume's truncation alike.
+    #[test]
+    fn non_finite_numbers_round_trip_as_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let bad = MetricsLine {
+            loss: f64::NAN,
+            grad_norm: f64::INFINITY,
+            skipped_steps: 2,
+            ..line(20)
+        };
+        let text = [line(10).to_json(), bad.to_json()].join("\n") + "\n";
+        assert!(
+            text.contains("\"loss\":null") && text.contains("\"grad_norm\":null"),
+            "{text}"
+        );
+        std::fs::write(&p, text).unwrap();
+        let back = MetricsLine::read_all(&p).unwrap();
+        assert_eq!(back[0], line(10));
+        assert!(back[1].loss.is_nan() && back[1].grad_norm.is_nan());
+        assert_eq!(back[1].skipped_steps, 2);
+        MetricsLine::truncate_after(&p, 20).unwrap();
+        assert_eq!(MetricsLine::read_all(&p).unwrap().len(), 2);
+        // A line of an earlier version (no skipped_steps) still reads.
+        let old = line(10).to_json().replace(",\"skipped_steps\":0", "");
+        std::fs::write(&p, old + "\n").unwrap();
+        assert_eq!(MetricsLine::read_all(&p).unwrap(), vec![line(10)]);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Progress {
     pub loss: Option<f64>,
     /// Real sub-word tokens per second, all ranks.
     pub tokens_per_s: f64,
+    /// Steps skipped so far for a non-finite loss or gradient (`nonfinite = "skip"`).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 impl Progress {
@@ -52,8 +55,12 @@ impl Progress {
             Some(l) => format!("loss {l:.4}"),
             None => "loss –".to_owned(),
         };
+        let skipped = match self.skipped {
+            0 => String::new(),
+            n => format!(" · {n} skipped"),
+        };
         format!(
-            "epoch {}/{} · {loss} · {:.0} tok/s",
+            "epoch {}/{} · {loss} · {:.0} tok/s{skipped}",
             self.epoch, self.epochs, self.tokens_per_s
         )
     }
@@ -130,6 +137,7 @@ mod tests {
             epochs: 1,
             loss: Some(1.25),
             tokens_per_s: 800.0,
+            skipped: 0,
         };
         assert_eq!(Progress::from_line(&p.to_line()), Some(p));
         assert_eq!(Progress::from_line("INFO train step=3"), None);

@@ -1,6 +1,6 @@
 //! `summary.json` (what a finished run reports) and `status.json` (what a process last recorded).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,28 @@ pub struct Summary {
     pub wall_s: f64,
     /// SHA-256 of the final weights (every rank agreed on it).
     pub weights_sha256: String,
+    /// Why the run stopped early, when its status is `diverged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
+}
+
+/// The step a diverged run stopped at (`summary.json`'s `diverged`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Divergence {
+    /// The optimiser step (1-based) whose loss or gradient norm was not finite; its update was not
+    /// applied.
+    pub step: usize,
+    /// Its mean loss and global gradient norm (`null` in the file when not finite: JSON has no NaN).
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
+    pub loss: f64,
+    #[serde(deserialize_with = "crate::metrics::nan_if_null")]
+    pub grad_norm: f64,
+    /// Non-finite steps in a row up to it (1 under `nonfinite = "stop"`).
+    pub skipped_in_a_row: usize,
+    /// The newest checkpoint, every value finite, that `--resume` continues from (none if the run
+    /// wrote none before it diverged).
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// `status.json`: the last status a process recorded, with a message (why it failed).
@@ -90,6 +112,7 @@ mod tests {
             test_f1: Some(0.55),
             wall_s: 90.5,
             weights_sha256: "ab".into(),
+            diverged: None,
         };
         s.write(&p).unwrap();
         assert_eq!(Summary::read(&p).unwrap(), Some(s));

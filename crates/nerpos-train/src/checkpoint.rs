@@ -52,6 +52,17 @@ pub fn save(
     keep: usize,
 ) -> anyhow::Result<PathBuf> {
     let dest = run.checkpoint(state.step);
+    // A resumable checkpoint must resume: never one with a NaN weight or moment.
+    let all = weights
+        .iter()
+        .chain(&optimizer)
+        .map(|(k, t)| (k.as_str(), t));
+    if let Some((name, bad)) = nerpos_kernels::host::first_non_finite(all)? {
+        bail!(
+            "{}: not written: {bad} value(s) of {name} are not finite (NaN or infinite)",
+            dest.display()
+        );
+    }
     let tmp = nerpos_run::staging_dir(&dest)?;
     save_tensors(&tmp.path().join(WEIGHTS), weights)?;
     save_tensors(&tmp.path().join(OPTIMIZER), optimizer)?;

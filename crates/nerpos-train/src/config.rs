@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use nerpos_run::config::ConfigTable;
 use serde::{Deserialize, Serialize};
 
+pub use crate::health::NonFinitePolicy;
+
 /// Every key a run can set. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +159,18 @@ pub struct TrainConfig {
     /// Device AdamW as one fused kernel per parameter (false: composed tensor ops, the reference).
     #[serde(default = "d::yes")]
     pub fused_adamw: bool,
+    /// What a step with a non-finite loss or gradient norm does: `stop` (the run ends there, exit code
+    /// 65, its update not applied, the last finite checkpoint kept) or `skip` (the update is dropped and
+    /// counted; `max_skips` in a row end the run as `stop` does).
+    #[serde(default)]
+    pub nonfinite: NonFinitePolicy,
+    /// Non-finite steps in a row that end a `skip` run.
+    #[serde(default = "d::max_skips")]
+    pub max_skips: usize,
+    /// Warn when the (smoothed) logged loss climbs above this many times the lowest it has been: a
+    /// run diverging before, or without, a NaN. 0 = never.
+    #[serde(default = "d::divergence_warning")]
+    pub divergence_warning: f64,
     /// The fused CUDA kernels for LayerNorm, bias+GELU, bias+dropout+residual, attention, the
     /// embedding gradients and the loss (GPU only; the CPU always runs its own kernels). On by
     /// default since they were measured on an H200 (docs/gpu.md, 2026-12-04): every kernel within its
@@ -257,6 +271,12 @@ mod d {
     pub fn bucket_mb() -> f64 {
         4.0
     }
+    pub fn max_skips() -> usize {
+        10
+    }
+    pub fn divergence_warning() -> f64 {
+        10.0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +353,21 @@ impl TrainConfig {
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints", "must keep at least 1".into());
+        }
+        if self.max_skips == 0 {
+            return bad(
+                "max_skips",
+                "must be at least 1 (1 stops at the first non-finite step)".into(),
+            );
+        }
+        if !(self.divergence_warning >= 0.0 && self.divergence_warning.is_finite()) {
+            return bad(
+                "divergence_warning",
+                format!(
+                    "{} is not a factor ≥ 0 (0 = never)",
+                    self.divergence_warning
+                ),
+            );
         }
         Ok(())
     }
@@ -488,6 +523,9 @@ impl TrainConfig {
                     | "keep_checkpoints"
                     | "eval_batch_size"
                     | "bucket_mb"
+                    | "nonfinite"
+                    | "max_skips"
+                    | "divergence_warning"
                     | "batch_size"
                     | "batch_tokens"
                     | "grad_accum"
@@ -617,6 +655,7 @@ mod tests {
         assert_eq!(load(BASE, &[]).unwrap().precision, Precision::F32);
         for (set, key) in [
             ("device=gpu", "device"),
+            ("nonfinite=ignore", "nonfinite"),
             ("precision=fp16", "precision"),
             ("allreduce_dtype=f16", "allreduce_dtype"),
         ] {

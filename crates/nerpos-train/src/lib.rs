@@ -10,6 +10,7 @@ mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod evaluate;
+pub mod health;
 pub mod optim;
 mod output;
 mod report;

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
-use nerpos_run::EXIT_INTERRUPTED;
+use nerpos_run::{EXIT_DIVERGED, EXIT_INTERRUPTED};
 use nerpos_train::{Outcome, Output, TrainConfig};
 
 /// Train the BERT+POS tagger: one process per device (CPU or one GPU); start several with
@@ -50,6 +50,15 @@ fn main() -> ExitCode {
     match run(Cli::parse(), output.clone()) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
         Ok(Outcome::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
+        Ok(Outcome::Diverged(why)) => {
+            // Every rank stops at the same step; rank 0 says why (the others' lines would repeat it).
+            if rank == 0 {
+                output.error(&format!("error: {why}"));
+            } else {
+                tracing::warn!("stopped: training diverged (rank 0 says where and why)");
+            }
+            ExitCode::from(EXIT_DIVERGED)
+        }
         Err(e) => {
             output.error(&format!("error (rank {rank}): {e:#}"));
             ExitCode::FAILURE

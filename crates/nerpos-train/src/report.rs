@@ -10,8 +10,9 @@ use nerpos_run::progress::Progress;
 use nerpos_run::tensorboard::EventWriter;
 use nerpos_run::{MetricsLine, RunDir, Summary};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::health::LossAlarm;
 use crate::output::Output;
 use crate::trainer::{Means, StepStats};
 
@@ -47,6 +48,7 @@ impl Window {
             loss: means.loss,
             lr,
             grad_norm: means.grad_norm,
+            skipped_steps: means.left_out,
             tokens_per_s: self.tokens / secs,
             sentences_per_s: self.rows / secs,
             step_s: self.step_s / n,
@@ -60,6 +62,7 @@ impl Window {
 }
 
 /// Where a step stands, for the report.
+#[derive(Debug, Clone)]
 pub struct StepPoint {
     /// Steps done.
     pub step: usize,
@@ -80,6 +83,9 @@ pub struct Reporter {
     /// The last metrics line's mean loss (the bar shows it: reading the loss every step would stop a
     /// GPU's queue every step).
     last_loss: Option<f64>,
+    /// The last step accounted for (its interval's line is written at it).
+    last: Option<StepPoint>,
+    alarm: LossAlarm,
     log_every: usize,
     total: usize,
     epochs: usize,
@@ -116,6 +122,8 @@ impl Reporter {
             output,
             window: Window::default(),
             last_loss: None,
+            last: None,
+            alarm: LossAlarm::new(0.0),
             log_every: log_every.max(1),
             total,
             epochs,
@@ -128,18 +136,15 @@ impl Reporter {
         step.is_multiple_of(self.log_every) || step == self.total
     }
 
-    /// Accounts for a finished step; writes a metrics line at the end of each log interval (`means`
-    /// given exactly there).
-    pub fn step(
-        &mut self,
-        at: &StepPoint,
-        stats: &StepStats,
-        means: Option<&Means>,
-    ) -> anyhow::Result<()> {
+    /// Warns when the logged loss climbs above `factor` × its lowest (`LossAlarm`; 0 = never).
+    pub fn with_alarm(mut self, factor: f64) -> Reporter {
+        self.alarm = LossAlarm::new(factor);
+        self
+    }
+
+    /// Accounts for a finished step and shows the progress (`skipped`: steps skipped so far).
+    pub fn step(&mut self, at: &StepPoint, stats: &StepStats, skipped: usize) {
         self.window.add(stats, at.step_s, at.data_wait_s);
-        if let Some(m) = means {
-            self.last_loss = Some(m.loss);
-        }
         self.output.progress(&Progress {
             step: at.step,
             total: self.total,
@@ -147,11 +152,52 @@ impl Reporter {
             epochs: self.epochs,
             loss: self.last_loss,
             tokens_per_s: stats.tokens / at.step_s.max(1e-9),
+            skipped,
         });
-        let Some(means) = means else {
+        self.last = Some(at.clone());
+    }
+
+    /// Whether steps were accounted for since the last metrics line.
+    pub fn pending(&self) -> bool {
+        self.window.n > 0
+    }
+
+    /// Writes the metrics line of the interval ending at the last step accounted for.
+    pub fn interval(&mut self, means: &Means) -> anyhow::Result<()> {
+        let Some(at) = self.last.clone() else {
             return Ok(());
         };
+        self.last_loss = Some(means.loss);
         let line = self.window.take(at.step, at.epoch, at.lr, means);
+        self.log_line(&line);
+        let Some((metrics, tb)) = &mut self.files else {
+            return Ok(());
+        };
+        writeln!(metrics, "{}", line.to_json())
+            .with_context(|| format!("writing {}", self.run.metrics().display()))?;
+        tb.scalars(
+            line.step as u64,
+            &[
+                ("train/loss", line.loss),
+                ("train/lr", line.lr),
+                ("train/grad_norm", line.grad_norm),
+                ("train/tokens_per_s", line.tokens_per_s),
+                ("train/sentences_per_s", line.sentences_per_s),
+                ("train/skipped_steps", line.skipped_steps as f64),
+            ],
+        )?;
+        if let Some((average, lowest)) = self.alarm.observe(line.loss) {
+            warn!(
+                step = line.step,
+                "the loss is climbing: {average:.4e} (smoothed) against {lowest:.4e} at its lowest; \
+                 the run may be diverging (a lower `lr` or `max_grad_norm` may help)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The interval's log line (every rank logs it; rank 0's is shown).
+    fn log_line(&self, line: &MetricsLine) {
         // The all-reduce's share of the step: waited for after backward / spent in all.
         let share = |s: f64| format!("{:.1}%", 100.0 * s / line.step_s.max(1e-9));
         info!(
@@ -167,21 +213,6 @@ impl Reporter {
             ),
             "train"
         );
-        if let Some((metrics, tb)) = &mut self.files {
-            writeln!(metrics, "{}", line.to_json())
-                .with_context(|| format!("writing {}", self.run.metrics().display()))?;
-            tb.scalars(
-                line.step as u64,
-                &[
-                    ("train/loss", line.loss),
-                    ("train/lr", line.lr),
-                    ("train/grad_norm", line.grad_norm),
-                    ("train/tokens_per_s", line.tokens_per_s),
-                    ("train/sentences_per_s", line.sentences_per_s),
-                ],
-            )?;
-        }
-        Ok(())
     }
 
     /// Reports a dev evaluation at `step`: printed above the bar, saved, and in TensorBoard.
@@ -260,16 +291,19 @@ impl Reporter {
                 title: "training loss",
                 x_label: "step",
                 points: &loss,
+                flagged: None,
             },
             nerpos_plot::Series {
                 title: "learning rate",
                 x_label: "step",
                 points: &lr,
+                flagged: None,
             },
             nerpos_plot::Series {
                 title: "dev micro F1",
                 x_label: "step",
                 points: &f1,
+                flagged: None,
             },
         ]);
         nerpos_run::write_atomic(&self.run.curves(), svg.as_bytes())?;

@@ -1,9 +1,13 @@
 //! The training loop of one process, as a user pictures it:
 //!
 //! ```text
-//! for each batch:  step → report → (evaluate on dev) → (checkpoint) → (stop?)
+//! for each batch:  step → judge → report → (evaluate on dev) → (checkpoint) → (stop?)
 //! then:            save last/ → test the best model → summary
 //! ```
+//!
+//! "Judge" applies the `nonfinite` policy (`crate::health`) to each step's numbers as soon as the host
+//! has them — at once on the CPU, at the next read on a GPU (a log line, an evaluation, a checkpoint:
+//! before anything is evaluated or written). A run that stops there ends as `diverged`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,24 +16,30 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use nerpos_dist::Rendezvous;
-use nerpos_run::{RunDir, Status, Summary};
-use tracing::info;
+use nerpos_run::{Divergence, RunDir, Status, Summary};
+use tracing::{info, warn};
 
 use crate::config::TrainConfig;
 use crate::data::{LoadedStep, LoaderSpec, start_loader};
 use crate::evaluate::EvalSpec;
+use crate::health::{StepHealth, Verdict, Watch};
 use crate::output::Output;
 use crate::report::{Reporter, StepPoint};
 use crate::setup::Job;
 use crate::trainer::StepStats;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Finished,
     /// Stopped by SIGTERM/SIGUSR1/SIGINT after writing a resumable checkpoint.
     Interrupted,
+    /// Stopped at a non-finite step (`nonfinite`): what happened and what to try.
+    Diverged(String),
 }
+
+/// The step that ends a run, and how many non-finite steps in a row led to it.
+type Stop = (StepHealth, usize);
 
 /// What the loop does after a step.
 enum Flow {
@@ -38,6 +48,8 @@ enum Flow {
     EarlyStop,
     /// A signal: the checkpoint is written, the run resumes later.
     Interrupted,
+    /// A non-finite step under the policy that ends the run.
+    Diverged(Stop),
 }
 
 /// Runs (or resumes) training; `stop` is raised by signals.
@@ -63,6 +75,8 @@ pub fn run(
     let rank0 = job.trainer.rank() == 0;
     if rank0 {
         nerpos_run::write_atomic(&job.run.config(), job.cfg.to_toml().as_bytes())?;
+        // A summary says the run is over: not while it runs again (a diverged run resumed).
+        remove_if_present(&job.run.summary())?;
         job.run.record(Status::Running, "")?;
     }
     let result = job.train(&stop, output, started);
@@ -73,6 +87,7 @@ pub fn run(
                 Some(Status::Interrupted),
                 format!("stopped by a signal at step {}", job.state.step),
             ),
+            Ok(Outcome::Diverged(why)) => (Some(Status::Diverged), why.clone()),
             Err(e) => (Some(Status::Failed), format!("{e:#}")),
         };
         if let Some(s) = status {
@@ -80,6 +95,15 @@ pub fn run(
         }
     }
     result
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("removing {}", path.display())))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Job {
@@ -120,7 +144,9 @@ impl Job {
             self.state.step,
             (s.total, s.epochs, self.cfg.log_every),
             output,
-        )?;
+        )?
+        .with_alarm(self.cfg.divergence_warning);
+        let mut watch = Watch::new(self.cfg.nonfinite, self.cfg.max_skips);
         let mut best: Option<Vec<Tensor>> = None;
         // Step time (data wait included) and steps, for the profile.
         let mut stepped = (0.0f64, 0usize);
@@ -129,12 +155,17 @@ impl Job {
         while self.state.step < s.total {
             let Ok(loaded) = loader.recv() else { break };
             let data_wait_s = wait_started.elapsed().as_secs_f64();
-            let (point, stats) = self.step(&loaded, stop, data_wait_s, &mut report)?;
+            let (point, stats, ended) =
+                self.step(&loaded, (stop, data_wait_s), &mut report, &mut watch)?;
             stepped = (stepped.0 + point.step_s, stepped.1 + 1);
-            match self.after_step(&stats, &mut report, &mut best)? {
+            if let Some(ended) = ended {
+                return self.diverged(&mut report, ended, started);
+            }
+            match self.after_step(&stats, &mut report, &mut best, &mut watch)? {
                 Flow::Continue => {}
                 Flow::EarlyStop => break,
                 Flow::Interrupted => return Ok(Outcome::Interrupted),
+                Flow::Diverged(ended) => return self.diverged(&mut report, ended, started),
             }
             wait_started = Instant::now();
         }
@@ -144,14 +175,37 @@ impl Job {
         Ok(Outcome::Finished)
     }
 
-    /// One optimiser step on `loaded`, reported (its time includes the wait for the data).
+    /// Applies the policy to steps in order; returns the one that ends the run, if any.
+    fn judge(
+        &self,
+        watch: &mut Watch,
+        steps: impl IntoIterator<Item = StepHealth>,
+    ) -> Option<Stop> {
+        for h in steps {
+            match watch.judge(h) {
+                Verdict::Applied => {}
+                Verdict::Skipped => warn!(
+                    step = h.step,
+                    loss = h.loss,
+                    grad_norm = h.grad_norm,
+                    skipped = watch.skipped,
+                    "non-finite step skipped: its update was not applied (nonfinite = \"skip\")"
+                ),
+                Verdict::Stop(h, in_a_row) => return Some((h, in_a_row)),
+            }
+        }
+        None
+    }
+
+    /// One optimiser step on `loaded`, judged and reported (its time includes the wait for the
+    /// data); the step that ends the run, if one does.
     fn step(
         &mut self,
         loaded: &LoadedStep,
-        stop: &AtomicBool,
-        data_wait_s: f64,
+        (stop, data_wait_s): (&AtomicBool, f64),
         report: &mut Reporter,
-    ) -> anyhow::Result<(StepPoint, StepStats)> {
+        watch: &mut Watch,
+    ) -> anyhow::Result<(StepPoint, StepStats, Option<Stop>)> {
         let t0 = Instant::now();
         let factor = self.schedule.lr_factor(self.state.step);
         let lr = self.cfg.lr * factor;
@@ -168,16 +222,18 @@ impl Job {
             step_s: t0.elapsed().as_secs_f64() + data_wait_s,
             data_wait_s,
         };
-        // At the end of a log interval (every rank: the loss is summed over them), the loss and
-        // gradient norm are read from the device — once per interval, not every step.
-        let means = if report.logs_at(self.state.step) {
-            Some(self.trainer.take_means()?)
-        } else {
-            None
-        };
-        report.step(&point, &stats, means.as_ref())?;
+        let mut ended = self.judge(watch, stats.health);
+        report.step(&point, &stats, watch.skipped);
+        // At the end of a log interval (every rank, at the same steps), the loss and gradient norm
+        // are read from the device — once per interval, not every step — and the steps judged; the
+        // interval a run stops in is logged too.
+        if report.logs_at(self.state.step) || ended.is_some() {
+            let (means, late) = self.trainer.take_means()?;
+            ended = ended.or_else(|| self.judge(watch, late));
+            report.interval(&means)?;
+        }
         nerpos_model::profile::add("step: data wait", data_wait_s);
-        Ok((point, stats))
+        Ok((point, stats, ended))
     }
 
     /// After a step: evaluate, checkpoint, stop — as the configuration and the step's signals say.
@@ -186,18 +242,30 @@ impl Job {
         stats: &StepStats,
         report: &mut Reporter,
         best: &mut Option<Vec<Tensor>>,
+        watch: &mut Watch,
     ) -> anyhow::Result<Flow> {
         let end_of_epoch = self.state.index_in_epoch == 0;
         let (every, step) = (self.cfg.eval_every, self.state.step);
         let eval_now = (every > 0 && step % every == 0)
             || (every == 0 && end_of_epoch)
             || step == self.schedule.total;
+        let checkpoint_every = self.cfg.checkpoint_every;
+        let checkpoint_now =
+            eval_now || stats.stop || (checkpoint_every > 0 && step % checkpoint_every == 0);
+        if eval_now || checkpoint_now {
+            // Nothing is evaluated or written before every step's numbers are judged (a GPU's come
+            // here); AdamW's step count, set back for steps left out, goes into the checkpoint.
+            let late = self.trainer.settle()?;
+            if let Some(ended) = self.judge(watch, late) {
+                return Ok(Flow::Diverged(ended));
+            }
+            self.state.adam_steps = self.trainer.optimizer.steps;
+        }
         let mut stop_early = false;
         if eval_now && !self.dev.is_empty() {
             stop_early = self.evaluate_dev(report, best)?;
         }
-        let checkpoint_every = self.cfg.checkpoint_every;
-        if eval_now || stats.stop || (checkpoint_every > 0 && step % checkpoint_every == 0) {
+        if checkpoint_now {
             self.checkpoint()?;
         }
         if stats.stop {
@@ -349,6 +417,7 @@ impl Job {
             test_f1,
             wall_s: started.elapsed().as_secs_f64(),
             weights_sha256: final_hash,
+            diverged: None,
         })?;
         if rank0 {
             // Numbers as a person reads them; no dev score without a dev split.
@@ -368,5 +437,102 @@ impl Job {
         }
         self.trainer.comm.barrier()?;
         Ok(())
+    }
+
+    /// Ends the run at a non-finite step (every rank at the same one): the interval it stopped in
+    /// logged, nothing more evaluated; `last/` (the weights as the run leaves them: after the last
+    /// applied step), the summary (`diverged`) and the curves written. Its checkpoints and `best/` are
+    /// all from before the step.
+    fn diverged(
+        &mut self,
+        report: &mut Reporter,
+        (bad, in_a_row): Stop,
+        started: Instant,
+    ) -> anyhow::Result<Outcome> {
+        if report.pending() {
+            let (means, _) = self.trainer.take_means()?;
+            report.interval(&means)?;
+        }
+        let hash = self.trainer.check_same_weights("when the run stopped")?;
+        if self.trainer.rank() == 0 {
+            let c = &self.cfg;
+            self.trainer
+                .model
+                .save(&self.run.last(), &c.model, &self.meta, &self.carried)?;
+        }
+        let checkpoint = self.run.checkpoints().pop();
+        let message = self.divergence_message(bad, in_a_row, checkpoint.as_deref());
+        report.finish(&Summary {
+            status: Status::Diverged,
+            steps: bad.step - 1,
+            epochs: self.state.epoch.min(self.schedule.epochs).max(1),
+            world_size: self.trainer.world_size(),
+            best_dev_f1: self.state.best_dev_f1,
+            best_step: self.state.best_step,
+            test_f1: None,
+            wall_s: started.elapsed().as_secs_f64(),
+            weights_sha256: hash,
+            diverged: Some(Divergence {
+                step: bad.step,
+                loss: bad.loss,
+                grad_norm: bad.grad_norm,
+                skipped_in_a_row: in_a_row,
+                checkpoint,
+            }),
+        })?;
+        self.trainer.comm.barrier()?;
+        Ok(Outcome::Diverged(message))
+    }
+
+    /// What happened at `bad`, where the good weights are, and what to try.
+    fn divergence_message(
+        &self,
+        bad: StepHealth,
+        in_a_row: usize,
+        checkpoint: Option<&Path>,
+    ) -> String {
+        let c = &self.cfg;
+        let row = match in_a_row {
+            1 => String::new(),
+            n => format!(
+                ", {n} non-finite steps in a row (max_skips = {})",
+                c.max_skips
+            ),
+        };
+        let run = self.run.path().display();
+        let resume = match checkpoint {
+            Some(p) => format!(
+                "The newest checkpoint, every value finite, is {}: `launch/train.sh --resume {run} --set lr=...` continues from it with a new setting.",
+                p.display()
+            ),
+            None => "No checkpoint was written before it (`checkpoint_every` writes some).".into(),
+        };
+        let mut tries = vec![format!("a lower `lr` (now {})", number(c.lr))];
+        if c.max_grad_norm == 0.0 {
+            tries.push("gradient clipping (`max_grad_norm = 1.0`; now off)".into());
+        }
+        if c.precision == crate::config::Precision::Bf16 {
+            tries.push("`precision = \"f32\"` (bf16 overflows sooner)".into());
+        }
+        if c.nonfinite == crate::health::NonFinitePolicy::Stop {
+            tries.push("`nonfinite = \"skip\"` to drop such steps and go on".into());
+        }
+        format!(
+            "training diverged at step {}: loss {}, gradient norm {}{row}. No such step was applied: the weights are those after step {}. {resume} Try {}.",
+            bad.step,
+            number(bad.loss),
+            number(bad.grad_norm),
+            bad.step - in_a_row,
+            tries.join(", or ")
+        )
+    }
+}
+
+/// A number as a person reads it: 0.00005 and 2.5 as such, 1e30 and 4.2e13 in exponent form.
+fn number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-5..1e5).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
     }
 }

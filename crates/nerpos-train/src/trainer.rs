@@ -7,8 +7,10 @@
 //! so W processes × batch b train exactly what 1 process × batch W·b trains.
 //!
 //! The loss and the gradient norm are not read back each step: on a GPU they stay on the device (the
-//! clipping factor too, which the AdamW kernel reads there), summed until [`Trainer::take_means`] at
-//! the end of a log interval — one synchronisation per interval instead of two per step.
+//! clipping factor too, which the AdamW kernel reads there) until [`Trainer::settle`] or
+//! [`Trainer::take_means`] at the end of a log interval — one synchronisation per interval instead of
+//! two per step. A step whose loss or norm is not finite is never applied (`crate::health`): the host
+//! skips it where it knows them (the CPU), the device guard leaves it out where it does not.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -24,6 +26,7 @@ use tracing::info;
 use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
 use crate::evaluate::{EvalData, EvalSpec, Evaluation, evaluate};
+use crate::health::{Faults, NonFinitePolicy, StepHealth};
 use crate::optim::{AdamW, AdamWConfig, GradScale, Update, squared_norm};
 use nerpos_dist::reduce::{Buckets, Handover, Reduced, reduce_gradients};
 use nerpos_kernels::stats::to_host;
@@ -44,7 +47,16 @@ pub struct StepSettings {
     pub adamw: AdamWConfig,
     /// Device AdamW as one fused kernel per parameter.
     pub fused_adamw: bool,
+    /// Under `stop`, a device-held guard sticks once a step was not finite (nothing is applied until
+    /// the host reads it and stops the run).
+    pub nonfinite: NonFinitePolicy,
+    /// Keep the step's loss and norm where they were computed and judge them when read, as on a GPU,
+    /// even on the CPU (`NERPOS_TEST_DEFER_CHECKS=1`: the tests of the GPU path).
+    pub defer_checks: bool,
 }
+
+/// Test hook: the CPU trainer checks steps as a GPU does (see [`StepSettings::defer_checks`]).
+pub const DEFER_CHECKS_ENV: &str = "NERPOS_TEST_DEFER_CHECKS";
 
 impl StepSettings {
     /// The settings `cfg` gives a step of `grad_accum` micro-batches.
@@ -64,6 +76,8 @@ impl StepSettings {
                 decay_all: cfg.decay_all,
             },
             fused_adamw: cfg.fused_adamw,
+            nonfinite: cfg.nonfinite,
+            defer_checks: std::env::var(DEFER_CHECKS_ENV).is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -82,26 +96,30 @@ pub struct StepStats {
     pub allreduce_total_s: f64,
     /// Some rank was asked to stop (a signal): every rank sees it at the same step.
     pub stop: bool,
+    /// The step's loss and norm when the host knows them at once (the CPU); on a GPU they come later,
+    /// from [`Trainer::settle`].
+    pub health: Option<StepHealth>,
 }
 
 /// Mean loss and gradient norm over the steps since the last [`Trainer::take_means`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Means {
-    /// Mean over steps of each step's mean cross-entropy (all ranks).
+    /// Mean over the applied steps of each step's mean cross-entropy (all ranks); over all of them
+    /// when none was applied (then not finite).
     pub loss: f64,
-    /// Mean over steps of the global gradient norm (of the mean loss, before clipping).
+    /// The same mean of the global gradient norm (of the mean loss, before clipping).
     pub grad_norm: f64,
+    /// Steps whose loss or norm was not finite (their update left out).
+    pub left_out: usize,
 }
 
-/// Sums not read yet (on the device where the step ran).
-#[derive(Default)]
-struct Unread {
-    /// Σ over steps of this rank's loss sum / the step's global count (the all-reduce at reading
-    /// makes it Σ of the steps' mean losses).
+/// A step's numbers (all ranks'), where they were computed, until they are read.
+struct Record {
+    health: StepHealth,
     loss: Deferred,
-    /// Σ over steps of the global gradient norm.
-    grad_norm: Deferred,
-    steps: usize,
+    norm: Deferred,
+    /// Judged already (the host knew the numbers at the step).
+    judged: bool,
 }
 
 pub struct Trainer {
@@ -119,7 +137,11 @@ pub struct Trainer {
     settings: StepSettings,
     /// Gradient buckets, in backward order.
     buckets: Buckets,
-    unread: Unread,
+    /// The steps since the last [`Trainer::take_means`], in order.
+    unread: Vec<Record>,
+    /// The device-held guard that sticks under `stop` (0, or NaN once a step was not finite).
+    sticky: Option<Tensor>,
+    faults: Faults,
 }
 
 impl Trainer {
@@ -158,8 +180,15 @@ impl Trainer {
             comm,
             settings,
             buckets,
-            unread: Unread::default(),
+            unread: Vec::new(),
+            sticky: None,
+            faults: Faults::from_env()?,
         })
+    }
+
+    /// Poisons these steps (the test hook's effect; the GPU check uses it on the device).
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
     }
 
     pub fn rank(&self) -> usize {
@@ -176,6 +205,7 @@ impl Trainer {
 
     /// One optimiser step (number `step`, 0-based) on this rank's micro-batches, at learning rates
     /// `lr` (encoder) and `head_lr` (POS embedding and classifier). `stop` is this rank's wish to stop.
+    /// A step whose loss or gradient norm is not finite is not applied (see the module's note).
     pub fn step(
         &mut self,
         micro: &[PackedBatch],
@@ -186,35 +216,50 @@ impl Trainer {
     ) -> anyhow::Result<StepStats> {
         let (local, grads, mut comm_time) = self.gradients(micro, step)?;
         let t_scalars = Instant::now();
+        // The loss rides along when the host has it (the CPU): every rank judges the step from the sum.
+        let host_loss = match &local.loss_sum {
+            Deferred::Host(x) => *x,
+            Deferred::Device(_) => 0.0,
+        };
         let mut scalars = [
             local.count,
             local.tokens,
             local.rows,
             f64::from(u8::from(stop)),
+            host_loss,
         ];
         self.comm.all_reduce_sum(&mut scalars)?;
         let scalars_s = t_scalars.elapsed();
         comm_time.exposed += scalars_s;
         comm_time.total += scalars_s;
-        let [count, tokens, rows, stops] = scalars;
+        let [count, tokens, rows, stops, loss_sum] = scalars;
 
+        let mut health = None;
         if count > 0.0 {
-            let scale = 1.0 / count;
-            let fused = self.settings.fused_adamw;
-            let squared = profile::timed("step: gradient norm", || squared_norm(&grads, fused))?;
-            let (grad_scale, norm) =
-                GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
-            // The master weights change here; the bf16 copy with them only if the optimiser writes it.
-            self.compute_fresh = false;
-            profile::timed("step: AdamW", || {
-                self.optimizer.step(&grads, &grad_scale, lr, head_lr)
-            })?;
-            self.compute_fresh = self.copy_by_optimizer;
-            let u = &mut self.unread;
-            u.loss = u.loss.add(&local.loss_sum.scale(scale)?)?;
-            u.grad_norm = u.grad_norm.add(&norm)?;
+            let loss = match local.loss_sum {
+                Deferred::Host(_) => Deferred::Host(loss_sum),
+                Deferred::Device(t) => {
+                    let t = t.to_dtype(DType::F32)?.copy()?;
+                    self.comm.all_reduce_tensor(&t)?;
+                    Deferred::Device(t)
+                }
+            }
+            .scale(1.0 / count)?;
+            health = self.update(&grads, (loss, count, step + 1), lr, head_lr)?;
+        } else {
+            // No labelled token anywhere: nothing to apply; the step counts as a loss of 0.
+            let health = StepHealth {
+                step: step + 1,
+                loss: 0.0,
+                grad_norm: 0.0,
+            };
+            self.unread.push(Record {
+                health,
+                loss: Deferred::Host(0.0),
+                norm: Deferred::Host(0.0),
+                judged: true,
+            });
         }
-        self.unread.steps += 1;
         profile::add(
             "step: all-reduce (exposed)",
             comm_time.exposed.as_secs_f64(),
@@ -226,21 +271,125 @@ impl Trainer {
             allreduce_s: comm_time.exposed.as_secs_f64(),
             allreduce_total_s: comm_time.total.as_secs_f64(),
             stop: stops > 0.0,
+            health,
         })
     }
 
-    /// Mean loss and gradient norm of the steps since the last call (a step without labelled tokens
-    /// counts as 0), read from the device (waiting for its queued work) and, for the loss, summed over
-    /// the ranks: every rank calls it at the same steps.
-    pub fn take_means(&mut self) -> anyhow::Result<Means> {
-        let unread = std::mem::take(&mut self.unread);
-        let mut loss = [unread.loss.read()?];
-        self.comm.all_reduce_sum(&mut loss)?;
-        let n = unread.steps.max(1) as f64;
-        Ok(Means {
-            loss: loss[0] / n,
-            grad_norm: unread.grad_norm.read()? / n,
-        })
+    /// Clipping and AdamW for step `number` (1-based) with the summed gradients of `count` labelled
+    /// tokens whose mean loss is `loss`: skipped on the host when its numbers are known there and not
+    /// finite, else applied with the device guard when they are held on the device. Returns the step's
+    /// numbers when the host knows them.
+    fn update(
+        &mut self,
+        grads: &BTreeMap<String, Grad>,
+        (loss, count, number): (Deferred, f64, usize),
+        lr: f64,
+        head_lr: f64,
+    ) -> anyhow::Result<Option<StepHealth>> {
+        let scale = 1.0 / count;
+        let fused = self.settings.fused_adamw;
+        let squared = profile::timed("step: gradient norm", || squared_norm(grads, fused))?;
+        let (grad_scale, norm) = GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
+        let device = self.model.device().clone();
+        let (loss, norm) = if self.settings.defer_checks {
+            (held(&loss, &device)?, held(&norm, &device)?)
+        } else {
+            (loss, norm)
+        };
+        let known = match (&loss, &norm) {
+            (Deferred::Host(l), Deferred::Host(n)) => Some(StepHealth {
+                step: number,
+                loss: *l,
+                grad_norm: *n,
+            }),
+            _ => None,
+        };
+        let grad_scale = match known {
+            // Not finite: left out here, weights and moments untouched.
+            Some(h) if !h.finite() => None,
+            Some(_) => Some(grad_scale),
+            None => {
+                if self.settings.nonfinite == NonFinitePolicy::Stop && self.sticky.is_none() {
+                    self.sticky = Some(Tensor::new(0f32, &device)?);
+                }
+                Some(grad_scale.guarded(&loss, &norm, self.sticky.as_mut(), &device)?)
+            }
+        };
+        if let Some(grad_scale) = grad_scale {
+            // The master weights change here; the bf16 copy with them only if the optimiser writes it.
+            self.compute_fresh = false;
+            profile::timed("step: AdamW", || {
+                self.optimizer.step(grads, &grad_scale, lr, head_lr)
+            })?;
+            self.compute_fresh = self.copy_by_optimizer;
+        }
+        let health = known.unwrap_or(StepHealth {
+            step: number,
+            loss: f64::NAN,
+            grad_norm: f64::NAN,
+        });
+        self.unread.push(Record {
+            health,
+            loss,
+            norm,
+            judged: known.is_some(),
+        });
+        Ok(known)
+    }
+
+    /// Reads the numbers of the steps not read yet (one read-back for those on a device) and returns
+    /// the steps not judged yet, in order. Such a step that was not finite was left out by the device
+    /// guard after AdamW counted it: the count (its bias correction) is set back. Every rank calls it
+    /// at the same steps (the numbers are every rank's, the verdicts the same).
+    pub fn settle(&mut self) -> anyhow::Result<Vec<StepHealth>> {
+        let pending: Vec<usize> = (0..self.unread.len())
+            .filter(|&k| !self.unread[k].judged)
+            .collect();
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<Deferred> = pending
+            .iter()
+            .flat_map(|&k| [self.unread[k].loss.clone(), self.unread[k].norm.clone()])
+            .collect();
+        let values = nerpos_kernels::read_all(&held)?;
+        let mut late = Vec::with_capacity(pending.len());
+        for (&k, v) in pending.iter().zip(values.chunks(2)) {
+            let r = &mut self.unread[k];
+            r.health.loss = v[0];
+            r.health.grad_norm = v[1];
+            (r.loss, r.norm, r.judged) = (Deferred::Host(v[0]), Deferred::Host(v[1]), true);
+            if !r.health.finite() {
+                self.optimizer.steps = self.optimizer.steps.saturating_sub(1);
+            }
+            late.push(r.health);
+        }
+        Ok(late)
+    }
+
+    /// Mean loss and gradient norm of the steps since the last call (see [`Means`]; a step without
+    /// labelled tokens counts as 0), read from the device (waiting for its queued work), and the steps
+    /// not judged until now ([`Trainer::settle`]).
+    pub fn take_means(&mut self) -> anyhow::Result<(Means, Vec<StepHealth>)> {
+        let late = self.settle()?;
+        let records = std::mem::take(&mut self.unread);
+        let applied: Vec<&StepHealth> = records
+            .iter()
+            .map(|r| &r.health)
+            .filter(|h| h.finite())
+            .collect();
+        let counted: Vec<&StepHealth> = if applied.is_empty() {
+            records.iter().map(|r| &r.health).collect()
+        } else {
+            applied.clone()
+        };
+        let n = counted.len().max(1) as f64;
+        let means = Means {
+            loss: counted.iter().map(|h| h.loss).sum::<f64>() / n,
+            grad_norm: counted.iter().map(|h| h.grad_norm).sum::<f64>() / n,
+            left_out: records.len() - applied.len(),
+        };
+        Ok((means, late))
     }
 
     /// This rank's forward and backward, and the gradients summed over all ranks (in f32): bucket by
@@ -262,6 +411,7 @@ impl Trainer {
             master: &self.model,
             stepper: self.compute.as_ref().unwrap_or(&self.model),
             settings: &self.settings,
+            poison: self.faults.hits(step + 1, self.comm.rank()),
         };
         let (local, reduced) = reduce_gradients(&mut self.comm, &self.buckets, dtype, |h| {
             let mut local = LocalStep::default();
@@ -354,6 +504,14 @@ impl Trainer {
     }
 }
 
+/// `d` held as a one-value f32 tensor on `device` (the GPU's way of keeping a step's numbers).
+fn held(d: &Deferred, device: &Device) -> candle_core::Result<Deferred> {
+    Ok(match d {
+        Deferred::Host(x) => Deferred::Device(Tensor::new(*x as f32, device)?),
+        Deferred::Device(t) => Deferred::Device(t.clone()),
+    })
+}
+
 /// This rank's part of a step, before the all-reduce.
 #[derive(Default)]
 struct LocalStep {
@@ -380,6 +538,8 @@ struct Pass<'a> {
     /// The model that runs (the master, or its bf16 copy).
     stepper: &'a BertNerPos,
     settings: &'a StepSettings,
+    /// The test hook's poisoned step (`crate::health::FAULT_ENV`): a NaN loss and gradient.
+    poison: bool,
 }
 
 impl Pass<'_> {
@@ -395,6 +555,7 @@ impl Pass<'_> {
     ) -> anyhow::Result<()> {
         let device = self.master.device();
         let last = micro.len().saturating_sub(1);
+        let mut poison = self.poison;
         for (k, batch) in micro.iter().enumerate() {
             local.tokens += batch.tokens() as f64;
             local.rows += batch.rows() as f64;
@@ -417,6 +578,12 @@ impl Pass<'_> {
                     local.grads.insert(name.to_owned(), summed);
                     return Ok(());
                 }
+                let summed = match summed {
+                    Grad::Dense(t) if std::mem::take(&mut poison) => {
+                        Grad::Dense(t.affine(f64::NAN, 0.0)?)
+                    }
+                    g => g,
+                };
                 Ok(hand_over.push(name, summed)?)
             };
             let (loss_sum, count) =
@@ -426,6 +593,9 @@ impl Pass<'_> {
                 })?;
             local.loss_sum = local.loss_sum.add(&loss_sum)?;
             local.count += count as f64;
+        }
+        if self.poison {
+            local.loss_sum = local.loss_sum.scale(f64::NAN)?;
         }
         Ok(())
     }

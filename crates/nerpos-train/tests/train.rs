@@ -332,37 +332,6 @@ fn tensorboard_reads_the_runs_scalars() {
     tensorboard_reads_them_alike(name, &run.join("tb"), ours);
 }
 
-/// TensorBoard's own event reader (tests/reference/read_tensorboard.py) finds the scalars ours finds.
-fn tensorboard_reads_them_alike(name: &str, tb: &std::path::Path, ours: Vec<(u64, String, f32)>) {
-    let Some(python) =
-        nerpos_testdata::reference_python(name, &["tensorboard"], "requirements-model.txt")
-    else {
-        return;
-    };
-    let script = nerpos_testdata::repo_root().join("tests/reference/read_tensorboard.py");
-    let o = std::process::Command::new(python)
-        .arg(script)
-        .arg(tb)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let theirs: std::collections::BTreeMap<String, Vec<(u64, f32)>> =
-        serde_json::from_slice(&o.stdout).unwrap();
-    let mut mine: std::collections::BTreeMap<String, Vec<(u64, f32)>> = Default::default();
-    for (s, t, v) in ours {
-        mine.entry(t).or_default().push((s, v));
-    }
-    assert_eq!(theirs, mine, "TensorBoard's reader and ours disagree");
-    for tag in [
-        "train/loss",
-        "train/lr",
-        "train/tokens_per_s",
-        "dev/f1_micro",
-    ] {
-        assert!(theirs.contains_key(tag), "TensorBoard lists no {tag}");
-    }
-}
-
 /// Rank 0 logs at info, the other ranks at warn: each line once; log files carry no colour codes.
 #[test]
 fn only_rank_0_logs_progress() {

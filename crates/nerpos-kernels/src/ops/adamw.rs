@@ -109,7 +109,8 @@ impl AdamWStep {
     }
 
     /// The composed version (tensor ops, any device): the new (p, m, v), with `clip` (when given)
-    /// multiplying the scaled gradient.
+    /// multiplying the scaled gradient. A non-finite `clip` leaves the step out, as the kernels do:
+    /// (p, m, v) come back as they were.
     pub fn reference(
         &self,
         [p, g, m, v]: [&Tensor; 4],
@@ -125,7 +126,15 @@ impl AdamWStep {
         let v_new = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
         let denom = ((v_new.sqrt()? / f64::from(self.bc2_sqrt))? + f64::from(self.eps))?;
         let update = ((&m_new / denom)? * f64::from(self.step_size))?;
-        Ok(((decayed - update)?, m_new, v_new))
+        let p_new = (decayed - update)?;
+        let Some(clip) = clip else {
+            return Ok((p_new, m_new, v_new));
+        };
+        // x − x is 0 exactly for a finite x, NaN for NaN and ±Inf.
+        let finite = clip.sub(clip)?.eq(0.0)?.reshape(())?;
+        let pick =
+            |new: Tensor, old: &Tensor| finite.broadcast_as(old.shape())?.where_cond(&new, old);
+        Ok((pick(p_new, p)?, pick(m_new, m)?, pick(v_new, v)?))
     }
 }
 
@@ -165,6 +174,26 @@ mod tests {
             .map(|i| ((i * 53 % 97) as f32 - 48.0) / 10.0)
             .collect();
         (p, g)
+    }
+
+    /// The composed update leaves a step with a non-finite factor out, as the kernels do.
+    #[test]
+    fn the_composed_update_leaves_a_guarded_step_out() {
+        let n = 50;
+        let (p, g) = data(n);
+        let t = |x: &[f32]| Tensor::from_slice(x, n, &candle_core::Device::Cpu).unwrap();
+        let (m, v) = (vec![0.1f32; n], vec![0.2f32; n]);
+        for guard in [f32::NAN, f32::INFINITY] {
+            let clip = Tensor::new(&[guard], &candle_core::Device::Cpu).unwrap();
+            let (rp, rm, rv) = step()
+                .reference([&t(&p), &t(&g), &t(&m), &t(&v)], Some(&clip))
+                .unwrap();
+            let flat = |t: Tensor| t.to_vec1::<f32>().unwrap();
+            assert_eq!(
+                (flat(rp), flat(rm), flat(rv)),
+                (p.clone(), m.clone(), v.clone())
+            );
+        }
     }
 
     #[test]
@@ -233,6 +262,42 @@ mod tests {
                         "copy of value {i}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A non-finite clipping factor is the trainer's guard of a non-finite step: both kernels leave
+    /// the weights, the moments and the bf16 copy exactly as they were (no host read-back decides it).
+    #[test]
+    fn emulated_kernels_leave_a_guarded_step_out() {
+        let Some(lib) = emu::emulator("adamw::tests::emulated_kernels_leave_a_guarded_step_out")
+        else {
+            return;
+        };
+        let n = 300;
+        let (p, g) = data(n);
+        for guard in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for with_copy in [false, true] {
+                let (mut pk, mut m, mut v) = (p.clone(), vec![0.1f32; n], vec![0.2f32; n]);
+                let mut h = vec![half::bf16::ONE; n];
+                let half_at = if with_copy {
+                    emu::ptr_mut(&mut h)
+                } else {
+                    Ptr::NULL
+                };
+                let clip = [guard];
+                let ptrs = [
+                    emu::ptr_mut(&mut pk),
+                    emu::ptr(&g),
+                    emu::ptr_mut(&mut m),
+                    emu::ptr_mut(&mut v),
+                    emu::ptr(&clip),
+                    half_at,
+                ];
+                step().launches(&mut EmuExec::new(lib), ptrs, n).unwrap();
+                assert_eq!(pk, p, "weights ({guard}, copy {with_copy})");
+                assert!(m.iter().all(|&x| x == 0.1) && v.iter().all(|&x| x == 0.2));
+                assert!(h.iter().all(|&x| x == half::bf16::ONE));
             }
         }
     }

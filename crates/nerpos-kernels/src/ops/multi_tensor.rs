@@ -357,6 +357,16 @@ mod tests {
                     step_size: own.step_size,
                 });
             }
+            // A non-finite factor (the trainer's guard of a NaN step) leaves everything as it was.
+            let before = (ps.clone(), ms.clone(), vs.clone(), hs.clone());
+            for guard in [f32::NAN, f32::INFINITY] {
+                let ptrs = [emu::ptr(&params), emu::ptr(&chunks), emu::ptr(&[guard])];
+                adamw_launches(&mut EmuExec::new(lib), elem, &c, ptrs, chunks.len()).unwrap();
+                assert!(
+                    (&ps, &ms, &vs, &hs) == (&before.0, &before.1, &before.2, &before.3),
+                    "{elem:?}: a guarded step ({guard}) wrote"
+                );
+            }
             let clip = [2.0f32];
             let ptrs = [emu::ptr(&params), emu::ptr(&chunks), emu::ptr(&clip)];
             adamw_launches(&mut EmuExec::new(lib), elem, &c, ptrs, chunks.len()).unwrap();

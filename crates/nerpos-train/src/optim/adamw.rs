@@ -364,6 +364,10 @@ impl ParamState {
         match &mut self.moments {
             Moments::Host { m, v, rows } => {
                 c.grad_scale = f.host()? as f32;
+                if !c.grad_scale.is_finite() {
+                    // A guarded step (optim/clip.rs): left out, as the GPU kernels leave it.
+                    return Ok(());
+                }
                 let op = HostStep {
                     name: &self.name,
                     grad: g,

@@ -62,6 +62,41 @@ impl GradScale {
     }
 }
 
+impl GradScale {
+    /// This scale guarded for an update that runs where the step's numbers are (a GPU, which must not
+    /// read them back each step): its clipping factor becomes NaN when the step's `loss` or gradient
+    /// `norm` is not finite — or when `sticky` already holds a NaN, which it then keeps for the steps
+    /// after — and every update (the GPU kernels, the composed update, the CPU loop) leaves a step
+    /// with a non-finite factor out: weights and moments untouched.
+    pub fn guarded(
+        self,
+        loss: &Deferred,
+        norm: &Deferred,
+        sticky: Option<&mut Tensor>,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<GradScale> {
+        let held = |d: &Deferred| match d {
+            Deferred::Host(x) => Tensor::new(*x as f32, device),
+            Deferred::Device(t) => t.to_dtype(DType::F32)?.reshape(()),
+        };
+        let (loss, norm) = (held(loss)?, held(norm)?);
+        // x − x is 0 exactly for a finite x, NaN for NaN and ±Inf: adding it changes nothing else.
+        let mut bad = (norm.sub(&norm)? + loss.sub(&loss)?)?;
+        if let Some(s) = sticky {
+            *s = (&*s + &bad)?;
+            bad = s.clone();
+        }
+        let clip = match self.clip {
+            Deferred::Host(c) => bad.affine(1.0, c)?,
+            Deferred::Device(t) => (t.to_dtype(DType::F32)?.reshape(())? + bad)?,
+        };
+        Ok(GradScale {
+            scale: self.scale,
+            clip: Deferred::Device(clip),
+        })
+    }
+}
+
 /// Σ g² over all gradients (before any scaling): CPU f32 gradients summed in place, in parallel, in
 /// f64; others summed on their device and left there (a GPU's is not read back) — with `fused`, on a
 /// GPU, by the multi-tensor kernels in two launches for all of them; else per gradient in tensor ops.
@@ -124,6 +159,42 @@ fn host_squares(t: &Tensor) -> candle_core::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guard: the clipping factor is unchanged for a finite step, NaN for a step with a NaN or
+    /// infinite loss or norm; a sticky guard keeps the NaN for the steps after.
+    #[test]
+    fn a_guarded_factor_is_nan_exactly_when_the_step_is_not_finite() {
+        let dev = candle_core::Device::Cpu;
+        let held = |x: f32| Deferred::Device(Tensor::new(x, &dev).unwrap());
+        let clip = |loss: f64, norm: f64, sticky: Option<&mut Tensor>| {
+            let s = GradScale {
+                scale: 0.5,
+                clip: held(0.25),
+            };
+            let g = s
+                .guarded(&Deferred::Host(loss), &held(norm as f32), sticky, &dev)
+                .unwrap();
+            assert_eq!(g.scale, 0.5);
+            g.clip.read().unwrap()
+        };
+        assert_eq!(clip(2.0, 3.0, None), 0.25);
+        for (loss, norm) in [
+            (f64::NAN, 1.0),
+            (1.0, f64::INFINITY),
+            (f64::NEG_INFINITY, 1.0),
+        ] {
+            assert!(clip(loss, norm, None).is_nan(), "{loss} {norm}");
+        }
+        let mut sticky = Tensor::new(0f32, &dev).unwrap();
+        assert_eq!(clip(2.0, 3.0, Some(&mut sticky)), 0.25);
+        assert!(clip(f64::NAN, 3.0, Some(&mut sticky)).is_nan());
+        assert!(clip(2.0, 3.0, Some(&mut sticky)).is_nan(), "sticky");
+        // A host factor (no clipping) is guarded the same way.
+        let plain = GradScale::plain(1.0)
+            .guarded(&Deferred::Host(f64::NAN), &Deferred::Host(1.0), None, &dev)
+            .unwrap();
+        assert!(plain.clip.read().unwrap().is_nan());
+    }
 
     /// Clipping computed from a host norm and from a tensor-held one (the GPU's way, here on the CPU)
     /// agree with PyTorch's `clip_grad_norm_` factor.

@@ -216,6 +216,45 @@ pub fn train(args: &[&str]) -> Output {
     command(args, &[]).output().unwrap()
 }
 
+/// `train` with extra environment variables (test hooks).
+pub fn train_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    command(args, &env).output().unwrap()
+}
+
+/// TensorBoard's own event reader (tests/reference/read_tensorboard.py) finds the scalars ours finds
+/// (`ours`: step, tag, value). A non-finite value (a diverged step's loss) is `null` in its output.
+pub fn tensorboard_reads_them_alike(name: &str, tb: &Path, ours: Vec<(u64, String, f32)>) {
+    let Some(python) =
+        nerpos_testdata::reference_python(name, &["tensorboard"], "requirements-model.txt")
+    else {
+        return;
+    };
+    let script = nerpos_testdata::repo_root().join("tests/reference/read_tensorboard.py");
+    let o = Command::new(python).arg(script).arg(tb).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    type Scalars = std::collections::BTreeMap<String, Vec<(u64, Option<f32>)>>;
+    let theirs: Scalars = serde_json::from_slice(&o.stdout).unwrap();
+    let mut mine = Scalars::new();
+    for (s, t, v) in ours {
+        mine.entry(t)
+            .or_default()
+            .push((s, v.is_finite().then_some(v)));
+    }
+    assert_eq!(theirs, mine, "TensorBoard's reader and ours disagree");
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/tokens_per_s",
+        "dev/f1_micro",
+    ] {
+        assert!(theirs.contains_key(tag), "TensorBoard lists no {tag}");
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
