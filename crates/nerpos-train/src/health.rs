@@ -133,6 +133,13 @@ impl LossAlarm {
         }
         None
     }
+
+    /// (average, lowest) when the warning is still up: the run ends with its loss climbed.
+    pub fn raised(&self) -> Option<(f64, f64)> {
+        self.average
+            .filter(|_| self.raised)
+            .map(|a| (a, self.lowest))
+    }
 }
 
 /// Test hook: `NERPOS_TEST_NONFINITE=STEP[@RANK][,...]` makes the loss and a gradient of optimiser step
@@ -225,6 +232,11 @@ mod tests {
             .collect();
         assert_eq!(rang.len(), 1, "{rang:?}");
         assert!(rang[0].0 > 10.0 * rang[0].1);
+        assert!(a.raised().is_some_and(|(avg, low)| avg > 1e12 && low < 1.0));
+        for _ in 0..20 {
+            a.observe(0.3);
+        }
+        assert_eq!(a.raised(), None, "back down: the warning is off");
         assert_eq!(LossAlarm::new(0.0).observe(1e30), None);
     }
 

@@ -281,6 +281,13 @@ impl Reporter {
         if self.files.is_none() {
             return Ok(());
         }
+        if let Some((average, lowest)) = self.alarm.raised() {
+            warn!(
+                "the run ends with its loss at {average:.4e} (smoothed), {:.1e}× the lowest it had \
+                 ({lowest:.4e}): it diverged without reaching a NaN; its scores are not to be trusted",
+                average / lowest
+            );
+        }
         summary.write(&self.run.summary())?;
         let logged = MetricsLine::read_all(&self.run.metrics())?;
         let loss: Vec<(f64, f64)> = logged.iter().map(|l| (l.step as f64, l.loss)).collect();
