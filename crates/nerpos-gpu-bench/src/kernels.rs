@@ -359,7 +359,8 @@ fn adamw(dev: &Device) -> anyhow::Result<Vec<KernelCheck>> {
         // Norm ≈ 5 after the 1/500 scale: clipped to 1.
         let lr = 1e-3 * (step + 1) as f64;
         for (opt, grads) in [(&mut on_cpu, &g_cpu), (&mut on_gpu, &g_gpu)] {
-            let (scale, _) = GradScale::clipped(1.0 / 500.0, &squared_norm(grads, true)?, 1.0)?;
+            let (scale, _) =
+                GradScale::clipped(1.0 / 500.0, &squared_norm(grads.values(), true)?, 1.0)?;
             opt.step(grads, &scale, lr, lr)?;
         }
     }

@@ -54,6 +54,7 @@ pub fn shape_config(
             crf: None,
             pos_tagger: None,
             pos_from_tagger: false,
+            pos_tagger_layer: None,
         },
     })
 }

@@ -61,8 +61,13 @@ impl Stepper {
     /// One optimiser step on `batch` (its loss stays on the device: [`Stepper::loss`]).
     pub fn step(&mut self, batch: &PackedBatch) -> anyhow::Result<()> {
         let lr = 1e-4 * lr_factor(self.done, self.total / 10, self.total);
+        let rates = nerpos_train::optim::Rates {
+            lr,
+            head: lr,
+            probe: lr,
+        };
         self.trainer
-            .step(std::slice::from_ref(batch), self.done, lr, lr, false)?;
+            .step(std::slice::from_ref(batch), self.done, rates, false)?;
         self.done += 1;
         Ok(())
     }

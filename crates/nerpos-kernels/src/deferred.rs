@@ -51,6 +51,14 @@ impl Deferred {
         })
     }
 
+    /// √self.
+    pub fn sqrt(&self) -> Result<Deferred> {
+        Ok(match self {
+            Deferred::Host(a) => Deferred::Host(a.sqrt()),
+            Deferred::Device(t) => Deferred::Device(t.sqrt()?),
+        })
+    }
+
     /// The value (on a GPU: waits for the work queued before it; a counted read-back).
     pub fn read(&self) -> Result<f64> {
         Ok(match self {

@@ -7,6 +7,9 @@ pub enum KernelError {
     /// A launch beyond the hardware's limits, or arguments that do not fit the kernel.
     #[error("kernel {kernel}: {msg}")]
     Launch { kernel: String, msg: String },
+    /// A setting the user gave that cannot be used (an environment variable's value).
+    #[error("{0}")]
+    Input(String),
     /// A fault of the engine (an op given a tensor it cannot take): a bug, not a user's mistake.
     #[error("internal error in the fused ops: {0}")]
     Internal(String),

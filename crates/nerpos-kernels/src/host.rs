@@ -114,30 +114,59 @@ pub(crate) fn sum_partials(partials: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
     out
 }
 
-/// Runs `$kernel` compiled for AVX-512 when the CPU has it (the kernels are the same code; the
-/// compiler vectorises them wider), else for the baseline.
+/// Defines `$name(args)`, which runs `$kernel` compiled for the active tier ([`crate::tier`]: AVX-512,
+/// AVX2 + FMA, or the baseline — the same code, vectorised as wide as the tier allows), and
+/// `$at(tier, args)`, which runs it at a given tier (the tests compare every tier the CPU has).
 macro_rules! dispatch {
-    ($name:ident, $kernel:ident, ($($arg:ident : $ty:ty),*)) => {
-        pub(crate) fn $name($($arg: $ty),*) {
+    ($name:ident, $at:ident, $kernel:ident, ($($arg:ident : $ty:ty),*)) => {
+        $crate::host::dispatch!($name, $at, $kernel, ($($arg: $ty),*) -> ());
+    };
+    ($name:ident, $at:ident, $kernel:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
+        pub(crate) fn $name($($arg: $ty),*) -> $ret {
+            $at($crate::tier::Tier::active(), $($arg),*)
+        }
+
+        /// `tier` at most the CPU's ([`crate::tier::Tier::detected`]); a wider one runs the widest the
+        /// CPU has. (The kernel's own arguments and the tier: one more than the kernel has.)
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $at(tier: $crate::tier::Tier, $($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                fn wide($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) -> $ret {
                     $kernel($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU was just found to support every feature `wide` is compiled for.
-                    return unsafe { wide($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) -> $ret {
+                    $kernel($($arg),*)
+                }
+                match tier.min($crate::tier::Tier::detected()) {
+                    // SAFETY: the CPU was found to support every feature these are compiled for.
+                    $crate::tier::Tier::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::tier::Tier::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::tier::Tier::Baseline => {}
                 }
             }
+            let _ = tier;
             $kernel($($arg),*)
         }
     };
 }
 pub(crate) use dispatch;
+
+/// Σ x² of `x` (f32 partial sums of 1,024 squares, vectorised; added up in f64), by the thread pool:
+/// the gradient norm of CPU gradients.
+pub fn sum_of_squares(x: &[f32]) -> f64 {
+    x.par_chunks(65_536).map(squares).sum()
+}
+
+#[inline(always)]
+fn squares_kernel(x: &[f32]) -> f64 {
+    // 16 running sums per 1,024 values (a single f32 sum is a chain the compiler may not reorder).
+    x.chunks(1024).map(|k| f64::from(dot16(k, k))).sum()
+}
+
+dispatch!(squares, squares_at, squares_kernel, (x: &[f32]) -> f64);
 
 /// Σ x with 16 running sums: the compiler vectorises it (one running sum is a chain of dependent
 /// additions it may not reorder).

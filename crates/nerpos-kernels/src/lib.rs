@@ -17,6 +17,7 @@ pub mod launch;
 pub mod ops;
 mod rows;
 pub mod stats;
+pub mod tier;
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -29,6 +30,7 @@ pub use deferred::{Deferred, read_all};
 pub use error::{KernelError, Result};
 pub use ops::Mask;
 pub use rows::RowSpans;
+pub use tier::Tier;
 
 /// Which implementation of the fused ops runs: the policy a model carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         crf: None,
         pos_tagger: None,
         pos_from_tagger: false,
+        pos_tagger_layer: None,
     };
     let (model, _) = BertNerPos::from_pretrained(&dir, head, None, (HeadInit::default(), 1), &dev)?;
     let vocab = model.config.bert.vocab_size as u32;

@@ -72,6 +72,9 @@ pub struct NerposMeta {
     /// Training fed the POS embedding the tagger's tags (continued training does too).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pos_from_tagger: bool,
+    /// The encoder layer the POS tagger reads (1-based; absent: the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_tagger_layer: Option<usize>,
 }
 
 pub use nerpos_prep::LabelSubwords;
@@ -87,6 +90,7 @@ impl NerposMeta {
             crf: (self.head == HeadKind::Crf).then(|| self.labels.clone()),
             pos_tagger: self.pos_tagger,
             pos_from_tagger: self.pos_from_tagger,
+            pos_tagger_layer: self.pos_tagger_layer,
         }
     }
 

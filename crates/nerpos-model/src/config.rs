@@ -141,6 +141,10 @@ pub struct HeadConfig {
     /// of the corpus's: the NER head learns to use the POS it will get.
     #[serde(default)]
     pub pos_from_tagger: bool,
+    /// The encoder layer (1-based) whose output, at the head positions, the POS tagger reads; `None`:
+    /// the last (folders of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_tagger_layer: Option<usize>,
 }
 
 /// What turns the logits into labels: each position's softmax, or a CRF over each row.

@@ -296,10 +296,21 @@ impl BertNerPos {
         let (mut x, embeddings) = self.embeddings.forward(pass)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         let last = self.layers.len().checked_sub(1);
+        // The POS tagger's input when it reads a layer below the last: that layer's output at the head
+        // positions (the last layer's is `at_head` itself).
+        let probe = self
+            .head
+            .tagger_layer()
+            .map(|l| l - 1)
+            .filter(|&l| Some(l) != last);
+        let mut probe_in = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let (next, cache) = layer.forward(pass, x, Some(i) == last)?;
             layers.extend(cache);
             x = next;
+            if Some(i) == probe {
+                probe_in = Some(x.index_select(&pass.inputs.head, 0)?);
+            }
         }
         // The last layer's output is at the head positions already.
         let at_head = if last.is_some() {
@@ -308,7 +319,7 @@ impl BertNerPos {
             let _t = scope("fwd/bwd: head");
             x.index_select(&pass.inputs.head, 0)?
         };
-        let (out, head) = self.head.forward(pass, at_head, source)?;
+        let (out, head) = self.head.forward(pass, at_head, probe_in, source)?;
         let caches = pass.keep.then_some(Caches {
             embeddings,
             layers,

@@ -18,6 +18,9 @@ pub struct Role {
     /// An embedding table, whose rows are looked up by id (an optimiser may skip rows that never had
     /// a gradient).
     pub table: bool,
+    /// A probe: it reads the encoder but sends no gradient back (the POS tagger). Left out of the
+    /// gradient-norm clipping of the rest, so that the model around it trains exactly as without it.
+    pub probe: bool,
 }
 
 impl Role {
@@ -26,23 +29,34 @@ impl Role {
         decay: true,
         head: false,
         table: false,
+        probe: false,
     };
     /// A bias or a LayerNorm parameter: not decayed.
     pub const BIAS: Role = Role {
         decay: false,
         head: false,
         table: false,
+        probe: false,
     };
     /// An embedding table: not decayed, looked up by rows.
     pub const TABLE: Role = Role {
         decay: false,
         head: false,
         table: true,
+        probe: false,
     };
 
     /// The same role in the new head.
     pub const fn in_head(self) -> Role {
         Role { head: true, ..self }
+    }
+
+    /// The same role in a probe.
+    pub const fn in_probe(self) -> Role {
+        Role {
+            probe: true,
+            ..self
+        }
     }
 }
 

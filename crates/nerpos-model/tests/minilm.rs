@@ -114,6 +114,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         crf: None,
         pos_tagger: None,
         pos_from_tagger: false,
+        pos_tagger_layer: None,
     };
     let (model, _) = BertNerPos::from_pretrained(
         &minilm,

@@ -20,6 +20,7 @@ fn head() -> HeadConfig {
         crf: None,
         pos_tagger: None,
         pos_from_tagger: false,
+        pos_tagger_layer: None,
     }
 }
 
@@ -259,6 +260,7 @@ fn drawn_head(init: HeadInit, seed: u64) -> HashMap<String, Vec<f32>> {
         crf: None,
         pos_tagger: None,
         pos_from_tagger: false,
+        pos_tagger_layer: None,
     };
     let m = BertNerPos::new(nerpos_model::ModelConfig { bert, head }, &Device::Cpu).unwrap();
     m.init_head(init, seed).unwrap();

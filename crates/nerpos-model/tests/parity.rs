@@ -77,8 +77,9 @@ fn tagger_batch(r: &common::Reference, dropped: bool) -> nerpos_model::PackedBat
     batch
 }
 
-/// The POS tagger (a linear layer on the encoder beside the NER head): the packed pass's loss (NER +
-/// weight × POS cross-entropy) and every gradient equal the autograd oracle's; the tagger's targets
+/// The POS tagger (a linear layer on the encoder beside the NER head, reading it without sending
+/// gradient back): the packed pass's loss (NER + weight × POS cross-entropy) and every gradient equal
+/// the autograd oracle's with the encoder's output detached before the tagger; the tagger's targets
 /// are the POS ids before POS dropout.
 #[test]
 fn pos_tagger_matches_the_oracle() {

@@ -218,7 +218,11 @@ struct Tally {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    nerpos_kernels::Tier::check_env()?;
     let dev = device(&cli.device)?;
+    if dev.is_cpu() {
+        tracing::info!("CPU {}", nerpos_kernels::tier::describe());
+    }
     let tagger = Tagger::load(&cli.model, &dev, cli.precision)?;
     let mut source = Source::open(&cli)?;
     let opts = TagOptions {

@@ -104,6 +104,15 @@ pub struct TrainConfig {
     /// will be fed (needs a POS tagger).
     #[serde(default)]
     pub pos_from_tagger: bool,
+    /// The encoder layer (1-based) whose output the POS tagger reads. Unset: a third of the way up
+    /// (layer 2 of MiniLM's 6, 4 of BERT-base's 12), where POS is read far better than from the last
+    /// layer (docs/results.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_tagger_layer: Option<usize>,
+    /// The POS tagger's learning rate (under the run's schedule). The tagger is a probe — it changes
+    /// nothing of the NER model — so it learns at a linear classifier's rate, not the encoder's.
+    #[serde(default = "d::pos_tagger_lr")]
+    pub pos_tagger_lr: f64,
     /// Probability of replacing a POS id by the unknown id in training.
     #[serde(default)]
     pub pos_dropout: f64,
@@ -270,6 +279,9 @@ mod d {
     /// are 44 MB: 25 MB buckets left half of them to after backward; measured in docs/benchmarks.md).
     pub fn bucket_mb() -> f64 {
         4.0
+    }
+    pub fn pos_tagger_lr() -> f64 {
+        1e-2
     }
     pub fn max_skips() -> usize {
         10
@@ -459,6 +471,18 @@ impl TrainConfig {
         {
             return bad("pos_tagger", format!("{w} is not a weight ≥ 0 (0 = none)"));
         }
+        if !(self.pos_tagger_lr > 0.0 && self.pos_tagger_lr.is_finite()) {
+            return bad(
+                "pos_tagger_lr",
+                format!("{} is not a positive learning rate", self.pos_tagger_lr),
+            );
+        }
+        if self.pos_tagger_layer == Some(0) {
+            return bad(
+                "pos_tagger_layer",
+                "layers count from 1 (the first encoder layer)".into(),
+            );
+        }
         if self.pos_dim == Some(0) {
             return bad("pos_dim", "must be at least 1".into());
         }
@@ -503,7 +527,7 @@ impl TrainConfig {
                     return Err(refused("the epochs' batch order comes from it"));
                 }
                 "model" | "use_pos" | "pos_dim" | "head_init" | "head" | "pos_tagger"
-                | "pos_from_tagger" => {
+                | "pos_from_tagger" | "pos_tagger_layer" => {
                     return Err(refused("the checkpoint holds a model built from it"));
                 }
                 "global_batch_size" | "global_batch_tokens" => {

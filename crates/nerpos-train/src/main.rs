@@ -14,7 +14,7 @@ use nerpos_train::{Outcome, Output, TrainConfig};
 #[command(name = "nerpos-train", version)]
 struct Cli {
     /// Training configuration (TOML); see configs/.
-    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["resume", "tier_info"])]
     config: Option<PathBuf>,
     /// Override a key: --set lr=3e-5 --set out=runs/x (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -22,6 +22,10 @@ struct Cli {
     /// Continue an interrupted run from its newest checkpoint (its config.toml, plus --set overrides).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// Print the CPU and the vector tiers its kernels and matrix products run at (NERPOS_CPU_TIER
+    /// caps the kernels'), and exit.
+    #[arg(long, conflicts_with_all = ["config", "resume"])]
+    tier_info: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, output: Output) -> anyhow::Result<Outcome> {
+    if cli.tier_info {
+        nerpos_kernels::Tier::check_env()?;
+        println!("{}", nerpos_kernels::tier::describe());
+        return Ok(Outcome::Finished);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -78,7 +87,7 @@ fn run(cli: Cli, output: Output) -> anyhow::Result<Outcome> {
     let config_path = match (&cli.resume, &cli.config) {
         (Some(run_dir), None) => run_dir.join("config.toml"),
         (_, Some(c)) => c.clone(),
-        (None, None) => unreachable!("clap requires --config or --resume"),
+        (None, None) => anyhow::bail!("give --config or --resume"),
     };
     let cfg = TrainConfig::load(Some(&config_path), &cli.sets)?;
     if cli.resume.is_some() {

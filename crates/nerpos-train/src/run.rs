@@ -23,6 +23,7 @@ use crate::config::TrainConfig;
 use crate::data::{LoadedStep, LoaderSpec, start_loader};
 use crate::evaluate::EvalSpec;
 use crate::health::{StepHealth, Verdict, Watch};
+use crate::optim::Rates;
 use crate::output::Output;
 use crate::report::{Reporter, StepPoint};
 use crate::setup::Job;
@@ -208,12 +209,17 @@ impl Job {
     ) -> anyhow::Result<(StepPoint, StepStats, Option<Stop>)> {
         let t0 = Instant::now();
         let factor = self.schedule.lr_factor(self.state.step);
-        let lr = self.cfg.lr * factor;
-        let head_lr = self.cfg.head_lr.unwrap_or(self.cfg.lr) * factor;
+        let c = &self.cfg;
+        let rates = Rates {
+            lr: c.lr * factor,
+            head: c.head_lr.unwrap_or(c.lr) * factor,
+            probe: c.pos_tagger_lr * factor,
+        };
+        let lr = rates.lr;
         let wants_stop = stop.load(Ordering::Relaxed);
         let stats = self
             .trainer
-            .step(&loaded.micro, self.state.step, lr, head_lr, wants_stop)?;
+            .step(&loaded.micro, self.state.step, rates, wants_stop)?;
         self.advance(loaded);
         let point = StepPoint {
             step: self.state.step,

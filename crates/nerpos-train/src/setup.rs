@@ -100,6 +100,7 @@ fn load_model(
         return Ok((model, Carried::default()));
     }
     let (bert, _) = nerpos_model::BertConfig::read(&cfg.model)?;
+    let tagger = pos_tagger(cfg, use_pos(cfg, m)?)?;
     let head = HeadConfig {
         num_labels: m.labels.len(),
         num_pos: m.pos.len(),
@@ -107,8 +108,12 @@ fn load_model(
         use_pos: use_pos(cfg, m)?,
         dropout: cfg.dropout,
         crf: (cfg.head == nerpos_model::HeadKind::Crf).then(|| m.labels.clone()),
-        pos_tagger: pos_tagger(cfg, use_pos(cfg, m)?)?,
+        pos_tagger: tagger,
         pos_from_tagger: cfg.pos_from_tagger,
+        pos_tagger_layer: tagger.and(Some(
+            cfg.pos_tagger_layer
+                .unwrap_or((bert.num_hidden_layers / 3).max(1)),
+        )),
     };
     Ok(BertNerPos::from_pretrained(
         &cfg.model,
@@ -206,6 +211,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         tokenizer_fingerprint: Some(m.tokenizer.fingerprint.clone()),
         pos_tagger: model.config.head.pos_tagger,
         pos_from_tagger: model.config.head.pos_from_tagger,
+        pos_tagger_layer: model.config.head.pos_tagger_layer,
         head: if model.config.head.crf.is_some() {
             nerpos_model::HeadKind::Crf
         } else {
@@ -375,10 +381,14 @@ fn read_splits(cfg: &TrainConfig, ds: &Dataset) -> anyhow::Result<(Vec<Row>, Eva
 impl Job {
     /// Sets up the run `cfg` describes (or resumes the one in `resume`).
     pub fn setup(cfg: TrainConfig, resume: Option<&Path>, rdv: &Rendezvous) -> anyhow::Result<Job> {
+        let tier = nerpos_kernels::Tier::check_env()?;
         let dev = device(&cfg, rdv.local_rank)?;
         let comm = communicator(rdv, &dev)?;
         let (rank, world) = (comm.rank(), comm.world_size());
         info!(rank, world, launch = ?rdv.mode, device = ?dev, "process joined");
+        if dev.is_cpu() {
+            info!(%tier, "CPU {}", nerpos_kernels::tier::describe());
+        }
 
         // A bad reference file is an error now, not after hours of training.
         let reference = cfg

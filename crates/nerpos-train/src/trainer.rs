@@ -27,7 +27,7 @@ use crate::checkpoint::{self, LoopState};
 use crate::config::{Precision, ReduceDtype};
 use crate::evaluate::{EvalData, EvalSpec, Evaluation, evaluate};
 use crate::health::{Faults, NonFinitePolicy, StepHealth};
-use crate::optim::{AdamW, AdamWConfig, GradScale, Update, squared_norm};
+use crate::optim::{AdamW, AdamWConfig, GradScale, Rates, Update, guard, squared_norm};
 use nerpos_dist::reduce::{Buckets, Handover, Reduced, reduce_gradients};
 use nerpos_kernels::stats::to_host;
 use nerpos_model::{Kernels, PackedBatch};
@@ -142,6 +142,8 @@ pub struct Trainer {
     /// The device-held guard that sticks under `stop` (0, or NaN once a step was not finite).
     sticky: Option<Tensor>,
     faults: Faults,
+    /// The parameters of probes (the POS tagger): outside the clipping of the rest.
+    probes: std::collections::HashSet<String>,
 }
 
 impl Trainer {
@@ -159,6 +161,12 @@ impl Trainer {
             Update::Composed
         };
         let mut optimizer = AdamW::new(model.params.with_roles(), settings.adamw, update)?;
+        let probes = model
+            .params
+            .with_roles()
+            .filter(|(_, _, r)| r.probe)
+            .map(|(n, _, _)| n.to_owned())
+            .collect();
         // With the fused GPU kernels the AdamW kernel also writes the bf16 copy.
         let copy_by_optimizer = match &compute {
             Some(c) if model.kernels == Kernels::Fused => optimizer.write_compute_copy(c)?,
@@ -183,6 +191,7 @@ impl Trainer {
             unread: Vec::new(),
             sticky: None,
             faults: Faults::from_env()?,
+            probes,
         })
     }
 
@@ -204,14 +213,13 @@ impl Trainer {
     }
 
     /// One optimiser step (number `step`, 0-based) on this rank's micro-batches, at learning rates
-    /// `lr` (encoder) and `head_lr` (POS embedding and classifier). `stop` is this rank's wish to stop.
+    /// `rates` (encoder, head, probes). `stop` is this rank's wish to stop.
     /// A step whose loss or gradient norm is not finite is not applied (see the module's note).
     pub fn step(
         &mut self,
         micro: &[PackedBatch],
         step: usize,
-        lr: f64,
-        head_lr: f64,
+        rates: Rates,
         stop: bool,
     ) -> anyhow::Result<StepStats> {
         let (local, grads, mut comm_time) = self.gradients(micro, step)?;
@@ -245,7 +253,7 @@ impl Trainer {
                 }
             }
             .scale(1.0 / count)?;
-            health = self.update(&grads, (loss, count, step + 1), lr, head_lr)?;
+            health = self.update(&grads, (loss, count, step + 1), rates)?;
         } else {
             // No labelled token anywhere: nothing to apply; the step counts as a loss of 0.
             let health = StepHealth {
@@ -283,13 +291,25 @@ impl Trainer {
         &mut self,
         grads: &BTreeMap<String, Grad>,
         (loss, count, number): (Deferred, f64, usize),
-        lr: f64,
-        head_lr: f64,
+        rates: Rates,
     ) -> anyhow::Result<Option<StepHealth>> {
         let scale = 1.0 / count;
         let fused = self.settings.fused_adamw;
-        let squared = profile::timed("step: gradient norm", || squared_norm(grads, fused))?;
-        let (grad_scale, norm) = GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
+        let probes = &self.probes;
+        let (squared, squared_probes) = profile::timed("step: gradient norm", || {
+            let part = |probe: bool| {
+                let gs = grads
+                    .iter()
+                    .filter(move |(n, _)| probes.contains(*n) == probe);
+                squared_norm(gs.map(|(_, g)| g), fused)
+            };
+            anyhow::Ok((part(false)?, part(true)?))
+        })?;
+        // Clipping leaves the probes (the POS tagger) out: the rest trains exactly as without them.
+        let (grad_scale, _) = GradScale::clipped(scale, &squared, self.settings.max_grad_norm)?;
+        let probe_scale = GradScale::plain(scale);
+        // The step's norm, probes included: what is checked and logged.
+        let norm = squared.add(&squared_probes)?.sqrt()?.scale(scale)?;
         let device = self.model.device().clone();
         let (loss, norm) = if self.settings.defer_checks {
             (held(&loss, &device)?, held(&norm, &device)?)
@@ -304,22 +324,24 @@ impl Trainer {
             }),
             _ => None,
         };
-        let grad_scale = match known {
+        let scales = match known {
             // Not finite: left out here, weights and moments untouched.
             Some(h) if !h.finite() => None,
-            Some(_) => Some(grad_scale),
+            Some(_) => Some([grad_scale, probe_scale]),
             None => {
                 if self.settings.nonfinite == NonFinitePolicy::Stop && self.sticky.is_none() {
                     self.sticky = Some(Tensor::new(0f32, &device)?);
                 }
-                Some(grad_scale.guarded(&loss, &norm, self.sticky.as_mut(), &device)?)
+                let bad = guard(&loss, &norm, self.sticky.as_mut(), &device)?;
+                Some([grad_scale.guarded(&bad)?, probe_scale.guarded(&bad)?])
             }
         };
-        if let Some(grad_scale) = grad_scale {
+        if let Some([rest, probes]) = scales {
             // The master weights change here; the bf16 copy with them only if the optimiser writes it.
             self.compute_fresh = false;
             profile::timed("step: AdamW", || {
-                self.optimizer.step(grads, &grad_scale, lr, head_lr)
+                self.optimizer
+                    .step_with_probes(grads, [&rest, &probes], rates)
             })?;
             self.compute_fresh = self.copy_by_optimizer;
         }

@@ -31,12 +31,14 @@ fn learns_the_synthetic_corpus() {
     assert!(f1 > 0.9 && f1 - f0 > 0.5, "dev F1 from {f0} to {f1}");
     let test = summary(&end)["test_f1"].as_f64().unwrap();
     assert!(test > 0.85, "test F1 {test}");
-    // The POS tagger learnt the corpus's tags too (evaluation reports its accuracy).
+    // The POS tagger learnt the corpus's tags too (evaluation reports its accuracy). It is a probe of
+    // the first layer of this random 2-layer encoder, reading what it holds: 0.87 (the tagger that
+    // pulled the encoder towards POS reached 0.9, at the NER model's expense).
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(end.join("eval/test.json")).unwrap())
             .unwrap();
     let pos = eval["pos_accuracy"].as_f64().unwrap();
-    assert!(pos > 0.9, "POS accuracy {pos}");
+    assert!(pos > 0.8, "POS accuracy {pos}");
     for f in [
         "config.toml",
         "metrics.jsonl",
@@ -599,4 +601,42 @@ fn predict_and_score(
         .unwrap();
     let report = scoring.report().expect("the CoNLL file has gold tags");
     (preds, report.micro.f1)
+}
+
+/// The POS tagger is a probe: it learns from the encoder's output without sending gradient back and
+/// outside the clipping of the rest, so the NER model trains exactly as without it — every weight but
+/// the tagger's bit-identical after 120 steps with the default dropout and gradient clipping — while
+/// the tagger itself learns (its POS accuracy reported).
+#[test]
+fn a_pos_tagger_leaves_the_ner_model_exactly_as_without_it() {
+    let f = fixture(400);
+    let extra = "max_steps = 120\neval_every = 20\ntest_at_end = false\nlr = 5e-3";
+    let mut last = Vec::new();
+    for (name, tagger) in [("with", "pos_tagger = 0.5"), ("without", "pos_tagger = 0")] {
+        let run = f.dir.path().join(name);
+        ok(&train(&[
+            "--config",
+            config(&f, &run, &format!("{extra}\n{tagger}"))
+                .to_str()
+                .unwrap(),
+        ]));
+        last.push((run.clone(), weights(&run.join("last"))));
+    }
+    let (with, without) = (&last[0].1, &last[1].1);
+    assert!(with.keys().any(|k| k.starts_with("pos_tagger")));
+    for (k, v) in without {
+        assert_eq!(v, &with[k], "{k} differs with the tagger");
+    }
+    let acc = |step: usize| -> f64 {
+        let path = last[0].0.join(format!("eval/step-{step:08}-dev.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["pos_accuracy"].as_f64().unwrap()
+    };
+    let (early, late) = (acc(20), acc(120));
+    eprintln!("POS accuracy of the probe: {early:.4} at step 20, {late:.4} at step 120");
+    assert!(
+        late > early + 0.1,
+        "the tagger did not learn: {early} → {late}"
+    );
 }

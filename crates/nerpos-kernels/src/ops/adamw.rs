@@ -26,18 +26,10 @@ pub struct AdamWStep {
 }
 
 impl AdamWStep {
-    /// The update of a span of one parameter, in place (the CPU kernel).
+    /// The update of a span of one parameter, in place (the CPU kernel, at the CPU's tier).
     #[inline]
     pub fn cpu(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let decay = 1.0 - self.lr_wd;
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let gi = g * self.grad_scale;
-            *p *= decay;
-            *m += (1.0 - self.beta1) * (gi - *m);
-            *v = self.beta2 * *v + (1.0 - self.beta2) * gi * gi;
-            let denom = v.sqrt() / self.bc2_sqrt + self.eps;
-            *p -= self.step_size * *m / denom;
-        }
+        adamw_span(self, p, g, m, v)
     }
 
     /// The update of a parameter on its GPU, in place: `p`, `m`, `v` (contiguous f32), the gradient
@@ -137,6 +129,21 @@ impl AdamWStep {
         Ok((pick(p_new, p)?, pick(m_new, m)?, pick(v_new, v)?))
     }
 }
+
+#[inline(always)]
+fn adamw_kernel(c: &AdamWStep, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let decay = 1.0 - c.lr_wd;
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let gi = g * c.grad_scale;
+        *p *= decay;
+        *m += (1.0 - c.beta1) * (gi - *m);
+        *v = c.beta2 * *v + (1.0 - c.beta2) * gi * gi;
+        let denom = v.sqrt() / c.bc2_sqrt + c.eps;
+        *p -= c.step_size * *m / denom;
+    }
+}
+
+crate::host::dispatch!(adamw_span, adamw_span_at, adamw_kernel, (c: &AdamWStep, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]));
 
 #[cfg(test)]
 mod tests {

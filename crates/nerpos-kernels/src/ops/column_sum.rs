@@ -29,15 +29,23 @@ fn cpu(x: &Tensor) -> Result<Tensor> {
         x.par_chunks(chunk)
             .map(|c| {
                 let mut acc = vec![0f32; h];
-                for r in c.chunks(h) {
-                    acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
-                }
+                add_rows(c, &mut acc);
                 acc
             })
             .collect()
     })?;
     tensor(sum_partials(partials, h), h)
 }
+
+/// `acc` (width h) plus every row of `rows`.
+#[inline(always)]
+fn add_rows_kernel(rows: &[f32], acc: &mut [f32]) {
+    for r in rows.chunks(acc.len().max(1)) {
+        acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+    }
+}
+
+crate::host::dispatch!(add_rows, add_rows_at, add_rows_kernel, (rows: &[f32], acc: &mut [f32]));
 
 /// In f32 whatever the storage type, returned in it.
 pub(crate) fn reference(x: &Tensor) -> Result<Tensor> {

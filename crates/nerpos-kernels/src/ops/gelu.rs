@@ -157,8 +157,8 @@ fn bias_gelu_in_place_kernel(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-dispatch!(gelu_fwd, gelu_fwd_kernel, (x: &[f32], y: &mut [f32]));
-dispatch!(bias_gelu_in_place_rows, bias_gelu_in_place_kernel, (y: &mut [f32], bias: &[f32]));
+dispatch!(gelu_fwd, gelu_fwd_at, gelu_fwd_kernel, (x: &[f32], y: &mut [f32]));
+dispatch!(bias_gelu_in_place_rows, bias_gelu_in_place_at, bias_gelu_in_place_kernel, (y: &mut [f32], bias: &[f32]));
 
 /// gelu(y + bias) in place over whole rows of `y`, by the thread pool: the forward when nothing
 /// keeps u for a backward pass (inference), on a product that is still the caller's own buffer.
@@ -167,7 +167,7 @@ pub(crate) fn bias_gelu_in_place(y: &mut [f32], bias: &[f32]) {
     y.par_chunks_mut(task_rows(width) * width)
         .for_each(|c| bias_gelu_in_place_rows(c, bias));
 }
-dispatch!(gelu_bwd, gelu_bwd_kernel, (x: &[f32], g: &[f32], d: &mut [f32]));
+dispatch!(gelu_bwd, gelu_bwd_at, gelu_bwd_kernel, (x: &[f32], g: &[f32], d: &mut [f32]));
 
 #[cfg(test)]
 mod tests {

@@ -298,6 +298,7 @@ fn ln_residual_fwd_kernel(x: Rows, w: &[f32], b: &[f32], out: &mut [f32], eps: f
 
 dispatch!(
     ln_residual_fwd,
+    ln_residual_fwd_at,
     ln_residual_fwd_kernel,
     (x: Rows, w: &[f32], b: &[f32], out: &mut [f32], eps: f32)
 );
@@ -330,8 +331,8 @@ fn ln_bwd_kernel(
     }
 }
 
-dispatch!(ln_fwd, ln_fwd_kernel, (x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps: f32));
-dispatch!(ln_bwd, ln_bwd_kernel, (x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], acc: &mut [f32], xhat: &mut [f32], eps: f32));
+dispatch!(ln_fwd, ln_fwd_at, ln_fwd_kernel, (x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps: f32));
+dispatch!(ln_bwd, ln_bwd_at, ln_bwd_kernel, (x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], acc: &mut [f32], xhat: &mut [f32], eps: f32));
 
 #[cfg(test)]
 mod tests {

@@ -59,7 +59,7 @@ fn softmax_kernel(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-dispatch!(softmax_dispatch, softmax_kernel, (row: &mut [f32]));
+dispatch!(softmax_dispatch, softmax_at, softmax_kernel, (row: &mut [f32]));
 
 /// Softmax of one row, in place (vectorised where the CPU allows).
 pub(crate) fn softmax_in_place(row: &mut [f32]) {

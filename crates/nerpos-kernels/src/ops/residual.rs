@@ -38,11 +38,7 @@ pub fn masked(x: &Tensor, mask: Option<&Mask>) -> Result<Tensor> {
                 read::<u8, _>(&m.tensor, |m| {
                     out.par_chunks_mut(TASK)
                         .zip(x.par_chunks(TASK).zip(m.par_chunks(TASK)))
-                        .for_each(|(o, (x, m))| {
-                            for ((o, &x), &k) in o.iter_mut().zip(x).zip(m) {
-                                *o = x * f32::from(k) * scale;
-                            }
-                        });
+                        .for_each(|(o, (x, m))| mask_span(x, m, scale, o));
                 })
             })??;
             tensor(out, x.shape())
@@ -115,24 +111,9 @@ fn cpu_forward(
     let mut z = zeros(y.elem_count());
     let body = |y: &[f32], b: &[f32], r: &[f32], m: Option<&[u8]>, z: &mut [f32]| {
         z.par_chunks_mut(chunk).enumerate().for_each(|(c, zc)| {
-            let at = c * chunk;
-            for (k, zr) in zc.chunks_mut(h).enumerate() {
-                let row = at + k * h..at + (k + 1) * h;
-                let (yr, rr) = (&y[row.clone()], &r[row.clone()]);
-                match m {
-                    Some(m) => {
-                        let mr = &m[row];
-                        for i in 0..h {
-                            zr[i] = (yr[i] + b[i]) * f32::from(mr[i]) * scale + rr[i];
-                        }
-                    }
-                    None => {
-                        for i in 0..h {
-                            zr[i] = yr[i] + b[i] + rr[i];
-                        }
-                    }
-                }
-            }
+            let span = c * chunk..c * chunk + zc.len();
+            let m = m.map(|m| (&m[span.clone()], scale));
+            residual_rows(&y[span.clone()], b, &r[span], m, zc);
         });
     };
     read::<f32, _>(y, |y| {
@@ -159,26 +140,9 @@ fn cpu_backward(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tensor)> {
             .enumerate()
             .map(|(c, dc)| {
                 let mut acc = vec![0f32; h];
-                let at = c * chunk;
-                for (k, dr) in dc.chunks_mut(h).enumerate() {
-                    let row = at + k * h..at + (k + 1) * h;
-                    let gr = &g[row.clone()];
-                    match m {
-                        Some(m) => {
-                            let mr = &m[row];
-                            for i in 0..h {
-                                dr[i] = gr[i] * f32::from(mr[i]) * scale;
-                                acc[i] += dr[i];
-                            }
-                        }
-                        None => {
-                            dr.copy_from_slice(gr);
-                            for (a, &v) in acc.iter_mut().zip(gr) {
-                                *a += v;
-                            }
-                        }
-                    }
-                }
+                let span = c * chunk..c * chunk + dc.len();
+                let m = m.map(|m| (&m[span.clone()], scale));
+                residual_bwd_rows(&g[span], m, dc, &mut acc);
                 acc
             })
             .collect()
@@ -189,6 +153,67 @@ fn cpu_backward(dz: &Tensor, mask: Option<&Mask>) -> Result<(Tensor, Tensor)> {
     })??;
     Ok((tensor(dy, (n, h))?, tensor(sum_partials(partials, h), h)?))
 }
+
+/// x ⊙ keep-bytes × scale into `o`.
+#[inline(always)]
+fn mask_kernel(x: &[f32], m: &[u8], scale: f32, o: &mut [f32]) {
+    for ((o, &x), &k) in o.iter_mut().zip(x).zip(m) {
+        *o = x * f32::from(k) * scale;
+    }
+}
+
+/// Rows of z = (y + bias) ⊙ mask × scale + r (without a mask: y + bias + r), rows of width
+/// `b.len()`.
+#[inline(always)]
+fn residual_rows_kernel(y: &[f32], b: &[f32], r: &[f32], m: Option<(&[u8], f32)>, z: &mut [f32]) {
+    let h = b.len().max(1);
+    for (k, zr) in z.chunks_mut(h).enumerate() {
+        let row = k * h..k * h + zr.len();
+        let (yr, rr) = (&y[row.clone()], &r[row.clone()]);
+        match m {
+            Some((m, scale)) => {
+                let mr = &m[row];
+                for i in 0..zr.len() {
+                    zr[i] = (yr[i] + b[i]) * f32::from(mr[i]) * scale + rr[i];
+                }
+            }
+            None => {
+                for i in 0..zr.len() {
+                    zr[i] = yr[i] + b[i] + rr[i];
+                }
+            }
+        }
+    }
+}
+
+/// Rows of dy = g ⊙ mask × scale (without a mask: g), their sum added to `acc` (width h).
+#[inline(always)]
+fn residual_bwd_rows_kernel(g: &[f32], m: Option<(&[u8], f32)>, dy: &mut [f32], acc: &mut [f32]) {
+    let h = acc.len().max(1);
+    for (k, dr) in dy.chunks_mut(h).enumerate() {
+        let row = k * h..k * h + dr.len();
+        let gr = &g[row.clone()];
+        match m {
+            Some((m, scale)) => {
+                let mr = &m[row];
+                for i in 0..dr.len() {
+                    dr[i] = gr[i] * f32::from(mr[i]) * scale;
+                    acc[i] += dr[i];
+                }
+            }
+            None => {
+                dr.copy_from_slice(gr);
+                for (a, &v) in acc.iter_mut().zip(gr) {
+                    *a += v;
+                }
+            }
+        }
+    }
+}
+
+crate::host::dispatch!(mask_span, mask_span_at, mask_kernel, (x: &[f32], m: &[u8], scale: f32, o: &mut [f32]));
+crate::host::dispatch!(residual_rows, residual_rows_at, residual_rows_kernel, (y: &[f32], b: &[f32], r: &[f32], m: Option<(&[u8], f32)>, z: &mut [f32]));
+crate::host::dispatch!(residual_bwd_rows, residual_bwd_rows_at, residual_bwd_rows_kernel, (g: &[f32], m: Option<(&[u8], f32)>, dy: &mut [f32], acc: &mut [f32]));
 
 fn gpu_forward(
     y: &Tensor,

@@ -49,6 +49,8 @@ pub struct Head {
     pub tagger: Option<(Linear, f64)>,
     /// Training feeds the POS embedding the tagger's tags.
     pos_from_tagger: bool,
+    /// The encoder layer (1-based) the tagger reads; `None`: the last.
+    tagger_layer: Option<usize>,
     hidden: usize,
     dropout: f64,
 }
@@ -65,7 +67,7 @@ pub struct HeadOutput {
 pub struct HeadCache {
     features: Tensor,
     mask: Option<Mask>,
-    /// The encoder's output at the head positions (what the POS tagger read).
+    /// What the POS tagger read (the encoder's output at the head positions, of its layer).
     at_head: Option<Tensor>,
     /// The POS ids the embedding looked up when they were the tagger's (`[M]`, on the device).
     fed: Option<Tensor>,
@@ -74,6 +76,12 @@ pub struct HeadCache {
 impl Head {
     pub fn new(p: &mut Params, c: &ModelConfig) -> Result<Head> {
         let h = &c.head;
+        let layers = c.bert.num_hidden_layers;
+        if let Some(l) = h.pos_tagger_layer.filter(|&l| l == 0 || l > layers) {
+            return Err(ModelError::Config(format!(
+                "pos_tagger_layer {l}: the encoder's layers are 1 to {layers}"
+            )));
+        }
         let pos = h
             .use_pos
             .then(|| {
@@ -95,7 +103,8 @@ impl Head {
             .pos_tagger
             .map(|w| {
                 let dims = (c.bert.hidden_size, h.num_pos);
-                let l = Linear::new(p, "pos_tagger", dims, Role::WEIGHT.in_head())?;
+                let role = Role::WEIGHT.in_head().in_probe();
+                let l = Linear::new(p, "pos_tagger", dims, role)?;
                 Ok::<_, ModelError>((l, w))
             })
             .transpose()?;
@@ -105,23 +114,32 @@ impl Head {
             crf,
             tagger,
             pos_from_tagger: h.pos_from_tagger && h.pos_tagger.is_some(),
+            tagger_layer: h.pos_tagger_layer,
             hidden: c.bert.hidden_size,
             dropout: h.dropout,
         })
     }
 
-    /// Logits `[M, labels]` (and POS logits) from the encoder's output at the head positions `[M, H]`.
+    /// The encoder layer (1-based) the POS tagger reads, when it has one and it is not the last.
+    pub fn tagger_layer(&self) -> Option<usize> {
+        self.tagger.as_ref().and(self.tagger_layer)
+    }
+
+    /// Logits `[M, labels]` (and POS logits) from the encoder's output at the head positions `[M, H]`;
+    /// `probe_in`: the POS tagger's input when it reads a lower layer (that layer's output there).
     pub fn forward(
         &self,
         pass: &Pass,
         at_head: Tensor,
+        probe_in: Option<Tensor>,
         source: PosSource,
     ) -> Result<(HeadOutput, HeadCache)> {
         let _t = scope("fwd/bwd: head");
+        let tagger_in = probe_in.unwrap_or_else(|| at_head.clone());
         let pos_logits = self
             .tagger
             .as_ref()
-            .map(|(l, _)| linear(l, &at_head))
+            .map(|(l, _)| linear(l, &tagger_in))
             .transpose()?;
         // Training feeds the tagger's tags when so configured (a training pass keeps caches).
         let source = if pass.keep && self.pos_from_tagger {
@@ -147,7 +165,7 @@ impl Head {
         let cache = HeadCache {
             features,
             mask,
-            at_head: keep_input.then_some(at_head),
+            at_head: keep_input.then_some(tagger_in),
             fed,
         };
         Ok((HeadOutput { logits, pos_logits }, cache))
@@ -169,16 +187,18 @@ impl Head {
         sink.dense(w, dlogits.t()?.matmul(&c.features)?)?;
         sink.dense(&self.classifier.bias, ColumnSum::forward(k, dlogits)?)?;
         let dfeat = masked(&dlogits.matmul(&w.t())?, c.mask.as_ref())?;
-        let mut dx = dfeat.narrow(1, 0, self.hidden)?.contiguous()?;
+        let dx = dfeat.narrow(1, 0, self.hidden)?.contiguous()?;
         if let Some((tagger, _)) = &self.tagger {
             let (Some(dz), Some(x)) = (dpos_logits, &c.at_head) else {
                 return Err(ModelError::Internal(
                     "the POS tagger's backward without its gradient or input".into(),
                 ));
             };
+            // A probe: its own gradients, none for the encoder. Sent back, its loss pulled the shared
+            // encoder while the NER head was still learning (−0.069 dev F1 on a 3,000-sentence run of
+            // another corpus; docs/results.md); read-only, the NER path trains exactly as without it.
             sink.dense(&tagger.weight, dz.t()?.matmul(x)?)?;
             sink.dense(&tagger.bias, ColumnSum::forward(k, dz)?)?;
-            dx = (dx + dz.matmul(&tagger.weight.t())?)?;
         }
         if let Some(e) = &self.pos {
             let (rows, dim) = e.tensor.dims2()?;

@@ -18,18 +18,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `name.weight` (out × inp, role `weight`) and `name.bias` (out, not decayed; in the head when
-    /// the weight is).
+    /// `name.weight` (out × inp, role `weight`) and `name.bias` (out, not decayed; in the head and
+    /// in a probe when the weight is).
     pub fn new(
         p: &mut Params,
         name: &str,
         (inp, out): (usize, usize),
         weight: Role,
     ) -> Result<Linear> {
-        let bias = if weight.head {
-            Role::BIAS.in_head()
-        } else {
-            Role::BIAS
+        let bias = Role {
+            head: weight.head,
+            probe: weight.probe,
+            ..Role::BIAS
         };
         Ok(Linear {
             weight: p.add(format!("{name}.weight"), (out, inp), weight)?,

@@ -63,9 +63,10 @@ pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tens
     linear(&features, m, "classifier")
 }
 
-/// The POS tagger's logits (B, T, POS ids).
+/// The POS tagger's logits (B, T, POS ids). The tagger is a probe: it reads the encoder's output
+/// detached (PyTorch's `.detach()`), so its loss sends no gradient into the encoder.
 pub fn pos_logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor) -> Tensor {
-    linear(&encoder(m, ids, mask), m, "pos_tagger")
+    linear(&encoder(m, ids, mask).detach(), m, "pos_tagger")
 }
 
 /// The encoder's output (B, T, H).

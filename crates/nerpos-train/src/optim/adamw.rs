@@ -28,6 +28,15 @@ pub struct AdamWConfig {
     pub decay_all: bool,
 }
 
+/// One step's learning rates: the encoder's, the new head's (POS embedding, classifier, CRF) and the
+/// probes' (the POS tagger).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    pub lr: f64,
+    pub head: f64,
+    pub probe: f64,
+}
+
 /// How device parameters are updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Update {
@@ -110,7 +119,8 @@ impl AdamW {
     }
 
     /// One update: gradients are raw sums over the optimiser batch and are multiplied by `grad_scale`
-    /// (1/count, times the clipping factor). `lr` and `head_lr` are this step's learning rates.
+    /// (1/count, times the clipping factor). `lr` and `head_lr` are this step's learning rates (a
+    /// probe's is `head_lr` here).
     pub fn step(
         &mut self,
         grads: &BTreeMap<String, Grad>,
@@ -118,21 +128,44 @@ impl AdamW {
         lr: f64,
         head_lr: f64,
     ) -> candle_core::Result<()> {
+        let rates = Rates {
+            lr,
+            head: head_lr,
+            probe: head_lr,
+        };
+        self.step_with_probes(grads, [grad_scale, grad_scale], rates)
+    }
+
+    /// [`AdamW::step`] with the probes' gradients (`Role::probe`) multiplied by their own factor
+    /// (`[rest, probes]`): a probe is left out of the rest's clipping, and learns at its own rate.
+    pub fn step_with_probes(
+        &mut self,
+        grads: &BTreeMap<String, Grad>,
+        [rest, probes]: [&GradScale; 2],
+        rates: Rates,
+    ) -> candle_core::Result<()> {
         self.steps += 1;
-        let factors = Factors::new(grad_scale, self.one.as_ref())?;
-        let mut together = Vec::new();
+        let factors = [
+            Factors::new(rest, self.one.as_ref())?,
+            Factors::new(probes, self.one.as_ref())?,
+        ];
+        let mut together: [Vec<_>; 2] = [Vec::new(), Vec::new()];
         for (k, p) in self.params.iter_mut().enumerate() {
             let g = grads
                 .get(&p.name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {}", p.name)))?;
-            let constants = self.config.constants(p.role, (lr, head_lr), self.steps);
+            let constants = self.config.constants(p.role, rates, self.steps);
+            let group = usize::from(p.role.probe);
             if self.update == Update::Fused && p.multi_tensor(g) {
-                together.push((k, dense(g)?, constants));
+                together[group].push((k, dense(g)?, constants));
                 continue;
             }
-            p.update(g, constants, &factors, self.update)?;
+            p.update(g, constants, &factors[group], self.update)?;
         }
-        self.update_together(&together, &factors)
+        for (group, f) in together.iter().zip(&factors) {
+            self.update_together(group, f)?;
+        }
+        Ok(())
     }
 
     /// The parameters the multi-tensor kernel updates, all in one launch.
@@ -265,8 +298,12 @@ impl AdamW {
 impl AdamWConfig {
     /// One step's constants for a parameter of `role`, at the learning rates (encoder, head) of
     /// optimiser step `t` (1-based: bias correction).
-    fn constants(&self, role: Role, (lr, head_lr): (f64, f64), t: u64) -> AdamWStep {
-        let lr = if role.head { head_lr } else { lr };
+    fn constants(&self, role: Role, rates: Rates, t: u64) -> AdamWStep {
+        let lr = match (role.probe, role.head) {
+            (true, _) => rates.probe,
+            (false, true) => rates.head,
+            (false, false) => rates.lr,
+        };
         let wd = if role.decay || self.decay_all {
             self.weight_decay
         } else {

@@ -2,11 +2,8 @@
 //! (after the all-reduce), and the factor the optimiser multiplies them by — kept on the GPU there (no
 //! read-back per step; the AdamW kernel reads it from device memory).
 
-use std::collections::BTreeMap;
-
 use candle_core::{DType, Tensor};
 use nerpos_model::{Deferred, Grad};
-use rayon::prelude::*;
 
 /// What the optimiser multiplies the summed gradients by: `scale` (1/count, known on the host) times
 /// the clipping factor `clip`, which a GPU computes from the gradient norm and keeps.
@@ -62,32 +59,36 @@ impl GradScale {
     }
 }
 
+/// A step's guard where its numbers stay on the device (a GPU, which must not read them back each
+/// step): a one-value f32 tensor, 0 when the step's `loss` and gradient `norm` are finite, NaN when
+/// not — or when `sticky` already holds a NaN, which it then keeps for the steps after.
+pub fn guard(
+    loss: &Deferred,
+    norm: &Deferred,
+    sticky: Option<&mut Tensor>,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let held = |d: &Deferred| match d {
+        Deferred::Host(x) => Tensor::new(*x as f32, device),
+        Deferred::Device(t) => t.to_dtype(DType::F32)?.reshape(()),
+    };
+    let (loss, norm) = (held(loss)?, held(norm)?);
+    // x − x is 0 exactly for a finite x, NaN for NaN and ±Inf: adding it changes nothing else.
+    let mut bad = (norm.sub(&norm)? + loss.sub(&loss)?)?;
+    if let Some(s) = sticky {
+        *s = (&*s + &bad)?;
+        bad = s.clone();
+    }
+    Ok(bad)
+}
+
 impl GradScale {
-    /// This scale guarded for an update that runs where the step's numbers are (a GPU, which must not
-    /// read them back each step): its clipping factor becomes NaN when the step's `loss` or gradient
-    /// `norm` is not finite — or when `sticky` already holds a NaN, which it then keeps for the steps
-    /// after — and every update (the GPU kernels, the composed update, the CPU loop) leaves a step
-    /// with a non-finite factor out: weights and moments untouched.
-    pub fn guarded(
-        self,
-        loss: &Deferred,
-        norm: &Deferred,
-        sticky: Option<&mut Tensor>,
-        device: &candle_core::Device,
-    ) -> candle_core::Result<GradScale> {
-        let held = |d: &Deferred| match d {
-            Deferred::Host(x) => Tensor::new(*x as f32, device),
-            Deferred::Device(t) => t.to_dtype(DType::F32)?.reshape(()),
-        };
-        let (loss, norm) = (held(loss)?, held(norm)?);
-        // x − x is 0 exactly for a finite x, NaN for NaN and ±Inf: adding it changes nothing else.
-        let mut bad = (norm.sub(&norm)? + loss.sub(&loss)?)?;
-        if let Some(s) = sticky {
-            *s = (&*s + &bad)?;
-            bad = s.clone();
-        }
-        let clip = match self.clip {
-            Deferred::Host(c) => bad.affine(1.0, c)?,
+    /// This scale with the step's [`guard`] folded into its clipping factor (NaN when the step is not
+    /// finite): every update (the GPU kernels, the composed update, the CPU loop) leaves a step with a
+    /// non-finite factor out — weights and moments untouched.
+    pub fn guarded(&self, bad: &Tensor) -> candle_core::Result<GradScale> {
+        let clip = match &self.clip {
+            Deferred::Host(c) => bad.affine(1.0, *c)?,
             Deferred::Device(t) => (t.to_dtype(DType::F32)?.reshape(())? + bad)?,
         };
         Ok(GradScale {
@@ -101,11 +102,14 @@ impl GradScale {
 /// f64; others summed on their device and left there (a GPU's is not read back) — with `fused`, on a
 /// GPU, by the multi-tensor kernels in two launches for all of them; else per gradient in tensor ops.
 /// Row gradients: their rows.
-pub fn squared_norm(grads: &BTreeMap<String, Grad>, fused: bool) -> candle_core::Result<Deferred> {
+pub fn squared_norm<'a>(
+    grads: impl IntoIterator<Item = &'a Grad>,
+    fused: bool,
+) -> candle_core::Result<Deferred> {
     let mut host = 0f64;
     let mut total: Option<Tensor> = None;
     let mut on_gpu: Vec<&Tensor> = Vec::new();
-    for g in grads.values() {
+    for g in grads {
         let g = match g {
             Grad::Dense(t) => t,
             Grad::Rows { values, .. } => values,
@@ -143,17 +147,12 @@ pub(crate) fn multi_tensor_on(t: &Tensor) -> bool {
     cfg!(feature = "cuda") && t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16)
 }
 
-/// Σ x² of a CPU f32 tensor: f32 partial sums of 1,024 squares (vectorised), added up in f64.
+/// Σ x² of a CPU f32 tensor (nerpos-kernels' kernel, at the CPU's tier).
 fn host_squares(t: &Tensor) -> candle_core::Result<f64> {
-    Ok(nerpos_kernels::host::read::<f32, _>(t, |x| {
-        x.par_chunks(65_536)
-            .map(|c| {
-                c.chunks(1024)
-                    .map(|k| f64::from(k.iter().map(|&v| v * v).sum::<f32>()))
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-    })?)
+    Ok(nerpos_kernels::host::read::<f32, _>(
+        t,
+        nerpos_kernels::host::sum_of_squares,
+    )?)
 }
 
 #[cfg(test)]
@@ -171,9 +170,8 @@ mod tests {
                 scale: 0.5,
                 clip: held(0.25),
             };
-            let g = s
-                .guarded(&Deferred::Host(loss), &held(norm as f32), sticky, &dev)
-                .unwrap();
+            let bad = guard(&Deferred::Host(loss), &held(norm as f32), sticky, &dev).unwrap();
+            let g = s.guarded(&bad).unwrap();
             assert_eq!(g.scale, 0.5);
             g.clip.read().unwrap()
         };
@@ -190,9 +188,8 @@ mod tests {
         assert!(clip(f64::NAN, 3.0, Some(&mut sticky)).is_nan());
         assert!(clip(2.0, 3.0, Some(&mut sticky)).is_nan(), "sticky");
         // A host factor (no clipping) is guarded the same way.
-        let plain = GradScale::plain(1.0)
-            .guarded(&Deferred::Host(f64::NAN), &Deferred::Host(1.0), None, &dev)
-            .unwrap();
+        let bad = guard(&Deferred::Host(f64::NAN), &Deferred::Host(1.0), None, &dev).unwrap();
+        let plain = GradScale::plain(1.0).guarded(&bad).unwrap();
         assert!(plain.clip.read().unwrap().is_nan());
     }
 

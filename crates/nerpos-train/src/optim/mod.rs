@@ -5,6 +5,6 @@ pub mod adamw;
 pub mod clip;
 pub mod schedule;
 
-pub use adamw::{AdamW, AdamWConfig, Update};
-pub use clip::{GradScale, squared_norm};
+pub use adamw::{AdamW, AdamWConfig, Rates, Update};
+pub use clip::{GradScale, guard, squared_norm};
 pub use schedule::{Schedule, lr_factor};

@@ -40,11 +40,13 @@ pub struct PackedBf16 {
 }
 
 impl PackedBf16 {
-    /// Whether this CPU runs the bf16 product kernel (AVX-512 with AVX512-BF16).
+    /// Whether this CPU runs the bf16 product kernel (AVX-512 with AVX512-BF16, the tier not capped
+    /// below AVX-512).
     pub fn supported() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx512f")
+            crate::tier::Tier::active() == crate::tier::Tier::Avx512
+                && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -105,7 +107,7 @@ fn round_row_kernel(src: &[f32], dst: &mut [u16]) {
         .for_each(|(d, &v)| *d = bf16_bits(v));
 }
 
-dispatch!(round_row, round_row_kernel, (src: &[f32], dst: &mut [u16]));
+dispatch!(round_row, round_row_at, round_row_kernel, (src: &[f32], dst: &mut [u16]));
 
 /// `x (m × in) · wᵀ` then `epilogue`, with bf16 inputs and f32 sums. `x` is a CPU f32 tensor of any
 /// strides; the caller checks [`PackedBf16::supported`] first.

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-mod bf16;
+pub(crate) mod bf16;
 
 pub use bf16::PackedBf16;
 
@@ -138,11 +138,14 @@ fn add_bias(y: &mut [f32], bias: &[f32]) {
 }
 
 /// Rows of `y` (width `bias.len()`) plus `bias`, on this thread.
-fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
+#[inline(always)]
+fn add_bias_kernel(y: &mut [f32], bias: &[f32]) {
     for row in y.chunks_mut(bias.len().max(1)) {
         row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
     }
 }
+
+crate::host::dispatch!(add_bias_rows, add_bias_rows_at, add_bias_kernel, (y: &mut [f32], bias: &[f32]));
 
 #[cfg(test)]
 mod tests {
