@@ -524,7 +524,7 @@ fn bf16_compute_copy_tracks_the_f32_model() {
 fn bf16_products_track_the_f32_model_and_refuse_training() {
     let test = "bf16_products_track_the_f32_model_and_refuse_training";
     if !nerpos_model::PackedBf16::supported() {
-        nerpos_testdata::skip(test, "this CPU has no AVX512-BF16");
+        nerpos_testdata::skip_hardware(test, "this CPU has no AVX512-BF16");
         return;
     }
     let dev = Device::Cpu;

@@ -24,6 +24,21 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Records that `test` did not run because this machine's hardware lacks what it tests (a CPU
+/// feature): listed at the end of `tests/run.sh` like any skip, but not a failure under
+/// `NERPOS_NO_SKIPS=1` — no setup step can give a CPU an instruction set, and CI machines differ.
+pub fn skip_hardware(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test} (hardware): {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{test}\t{reason}\thardware");
+    }
+}
+
 /// The reference Python environment (`.venv-ref`, made by `tests/reference/setup-venv.sh`) if it can
 /// import `modules`; `None` (recorded as a skip of `test`) otherwise.
 pub fn reference_python(test: &str, modules: &[&str], requirements: &str) -> Option<PathBuf> {

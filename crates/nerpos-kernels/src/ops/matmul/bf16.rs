@@ -308,7 +308,7 @@ mod tests {
     fn bf16_products_match_the_rounded_reference() {
         if !PackedBf16::supported() {
             let test = "bf16_products_match_the_rounded_reference";
-            nerpos_testdata::skip(test, "this CPU has no AVX512-BF16");
+            nerpos_testdata::skip_hardware(test, "this CPU has no AVX512-BF16");
             return;
         }
         let mut g = rng(9);
