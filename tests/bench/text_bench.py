@@ -163,9 +163,14 @@ class Reference(torch.nn.Module):
         self.eval()
 
     def forward(self, ids, mask, first, first_mask):
-        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        h = torch.gather(h, 1, first.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        pos = self.tagger(h).argmax(-1)
+        # The POS tagger reads the layer nerpos.json names (absent: the last; hidden_states[0] is the
+        # embeddings' output, [k] layer k's).
+        layer = self.meta.get("pos_tagger_layer")
+        out = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=layer is not None)
+        at_first = lambda x: torch.gather(x, 1, first.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # noqa: E731
+        h = at_first(out.last_hidden_state)
+        probe = h if layer is None else at_first(out.hidden_states[layer])
+        pos = self.tagger(probe).argmax(-1)
         logits = self.classifier(torch.cat([h, self.pos_embedding(pos)], -1))
         if self.crf is not None:
             return self.crf.decode(logits.float(), mask=first_mask)
