@@ -170,8 +170,9 @@ class Reference(torch.nn.Module):
         at_first = lambda x: torch.gather(x, 1, first.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # noqa: E731
         h = at_first(out.last_hidden_state)
         probe = h if layer is None else at_first(out.hidden_states[layer])
-        pos = self.tagger(probe).argmax(-1)
-        logits = self.classifier(torch.cat([h, self.pos_embedding(pos)], -1))
+        # The POS embedding fed the tagger's distribution, as nerpos-predict does without POS tags.
+        pos = self.tagger(probe).softmax(-1) @ self.pos_embedding.weight
+        logits = self.classifier(torch.cat([h, pos], -1))
         if self.crf is not None:
             return self.crf.decode(logits.float(), mask=first_mask)
         return logits.argmax(-1)

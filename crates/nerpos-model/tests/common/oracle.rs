@@ -63,6 +63,17 @@ pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tens
     linear(&features, m, "classifier")
 }
 
+/// Logits (B, T, labels) of input without POS tags: the POS embedding fed the tagger's distribution,
+/// Σ softmax(POS logits)·E (dropout off).
+pub fn logits_tagger_pos(m: &BertNerPos, ids: &Tensor, mask: &Tensor) -> Tensor {
+    let x = encoder(m, ids, mask);
+    let e = param(m, "pos_embedding.weight");
+    let p = softmax(&pos_logits(m, ids, mask))
+        .broadcast_matmul(&e)
+        .unwrap();
+    linear(&Tensor::cat(&[&x, &p], D::Minus1).unwrap(), m, "classifier")
+}
+
 /// The POS tagger's logits (B, T, POS ids). The tagger is a probe: it reads the encoder's output
 /// detached (PyTorch's `.detach()`), so its loss sends no gradient into the encoder.
 pub fn pos_logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor) -> Tensor {
