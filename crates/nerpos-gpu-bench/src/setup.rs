@@ -55,6 +55,7 @@ pub fn shape_config(
             pos_tagger: None,
             pos_from_tagger: false,
             pos_tagger_layer: None,
+            tagger_pos_share: 0.0,
         },
     })
 }

@@ -43,6 +43,9 @@ pub enum Site {
     Head,
     /// POS tags replaced by the unknown tag (`pos_dropout`), one draw per sub-word.
     PosTags,
+    /// Sentences whose POS embedding is fed the POS tagger's distribution in training
+    /// (`tagger_pos_share`), one draw per sentence.
+    TaggerPos,
 }
 
 impl Site {
@@ -52,6 +55,7 @@ impl Site {
             Site::Embeddings => 1,
             Site::Head => 2,
             Site::PosTags => 3,
+            Site::TaggerPos => 4,
             Site::Attention(l) => 16 + 3 * l as u64,
             Site::AttentionOutput(l) => 17 + 3 * l as u64,
             Site::FeedForwardOutput(l) => 18 + 3 * l as u64,
@@ -263,6 +267,19 @@ impl Masker {
         }
         let bytes = token_mask(&self.keys, at, width, site, p);
         self.host_mask(bytes, like, p)
+    }
+
+    /// For each head position, whether its sentence is drawn at `site` with probability `p` (one
+    /// draw per sentence, the same on any number of processes).
+    pub fn head_sentences(&self, site: Site, p: f64) -> Vec<bool> {
+        // A sentence is drawn when its first element is *dropped* at rate p.
+        let t = threshold(p);
+        let drawn: Vec<bool> = self
+            .keys
+            .iter()
+            .map(|&k| !keep(site_key(k, site.code()), 0, t))
+            .collect();
+        self.head.iter().map(|a| drawn[a.row as usize]).collect()
     }
 
     /// The attention-probability mask of layer `layer` in the packed layout (each row's `heads · L²`

@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         pos_tagger: None,
         pos_from_tagger: false,
         pos_tagger_layer: None,
+        tagger_pos_share: 0.0,
     };
     let (model, _) = BertNerPos::from_pretrained(&dir, head, None, (HeadInit::default(), 1), &dev)?;
     let vocab = model.config.bert.vocab_size as u32;

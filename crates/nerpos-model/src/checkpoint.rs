@@ -75,6 +75,13 @@ pub struct NerposMeta {
     /// The encoder layer the POS tagger reads (1-based; absent: the last).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_tagger_layer: Option<usize>,
+    /// The share of training sentences fed the tagger's POS distribution (continued training too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tagger_pos_share: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 pub use nerpos_prep::LabelSubwords;
@@ -91,6 +98,7 @@ impl NerposMeta {
             pos_tagger: self.pos_tagger,
             pos_from_tagger: self.pos_from_tagger,
             pos_tagger_layer: self.pos_tagger_layer,
+            tagger_pos_share: self.tagger_pos_share,
         }
     }
 

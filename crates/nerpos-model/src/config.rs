@@ -145,6 +145,14 @@ pub struct HeadConfig {
     /// the last (folders of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_tagger_layer: Option<usize>,
+    /// In training, the share of sentences whose POS embedding is fed the tagger's distribution (as
+    /// raw text is at prediction) instead of the corpus's tags; drawn per sentence.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tagger_pos_share: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// What turns the logits into labels: each position's softmax, or a CRF over each row.

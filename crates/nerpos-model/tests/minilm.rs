@@ -115,6 +115,7 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         pos_tagger: None,
         pos_from_tagger: false,
         pos_tagger_layer: None,
+        tagger_pos_share: 0.0,
     };
     let (model, _) = BertNerPos::from_pretrained(
         &minilm,

@@ -21,6 +21,7 @@ fn head() -> HeadConfig {
         pos_tagger: None,
         pos_from_tagger: false,
         pos_tagger_layer: None,
+        tagger_pos_share: 0.0,
     }
 }
 
@@ -261,6 +262,7 @@ fn drawn_head(init: HeadInit, seed: u64) -> HashMap<String, Vec<f32>> {
         pos_tagger: None,
         pos_from_tagger: false,
         pos_tagger_layer: None,
+        tagger_pos_share: 0.0,
     };
     let m = BertNerPos::new(nerpos_model::ModelConfig { bert, head }, &Device::Cpu).unwrap();
     m.init_head(init, seed).unwrap();

@@ -196,3 +196,52 @@ fn training_on_the_taggers_pos_equals_being_given_them() {
         assert!(d <= 1e-6, "{name}: {d}");
     }
 }
+
+/// `tagger_pos_share`: a drawn sentence's POS embedding is the tagger's distribution's (a constant:
+/// the tagger stays a probe). With every sentence drawn (share 1), the loss and every gradient equal
+/// the autograd oracle's with the embedding Σ p(tag)·E[tag] — the embedding's gradient through the
+/// distribution, the tagger's from its own loss only.
+#[test]
+fn sentences_fed_the_taggers_distribution_match_the_oracle() {
+    let (model, r) = tagger_model();
+    let mut config = model.config.clone();
+    config.head.tagger_pos_share = 1.0;
+    config.head.dropout = 0.0;
+    config.bert.hidden_dropout_prob = 0.0;
+    config.bert.attention_probs_dropout_prob = 0.0;
+    let mixed = BertNerPos::new(config, &Device::Cpu).unwrap();
+    mixed.copy_from(&model).unwrap();
+    let soft = common::oracle::logits_tagger_pos(&mixed, &r.ids, &r.mask);
+    let pos_padded = common::oracle::pos_logits(&mixed, &r.ids, &r.mask);
+    let pos_flat = r.pos.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let pos_labels: Vec<i32> = r
+        .labels
+        .iter()
+        .zip(&pos_flat)
+        .map(|(&l, &p)| if l >= 0 { p as i32 } else { -100 })
+        .collect();
+    let loss = (common::oracle::loss(&soft, &r.labels)
+        + (common::oracle::loss(&pos_padded, &pos_labels) * TAGGER_WEIGHT).unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let (inputs, targets) = tagger_batch(&r, false).to_device(&Device::Cpu).unwrap();
+    let noise = nerpos_model::Noise { seed: 3, step: 1 };
+    let out = mixed
+        .forward_backward(&inputs, &targets.unwrap(), Some(noise))
+        .unwrap();
+    let want = f64::from(loss.to_scalar::<f32>().unwrap());
+    assert!(
+        (out.loss_sum - want).abs() <= 1e-4 * want.abs(),
+        "{} vs {want}",
+        out.loss_sum
+    );
+    let mut worst: f64 = 0.0;
+    for (name, var) in mixed.params.iter() {
+        if !name.ends_with("attention.self.key.bias") {
+            let theirs = grads.get(var.as_tensor()).unwrap();
+            let e = common::rel_error(&out.grads[name].to_dense().unwrap(), theirs);
+            worst = worst.max(e);
+        }
+    }
+    assert!(worst <= 1e-5, "{worst}");
+}

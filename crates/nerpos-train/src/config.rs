@@ -113,6 +113,11 @@ pub struct TrainConfig {
     /// nothing of the NER model — so it learns at a linear classifier's rate, not the encoder's.
     #[serde(default = "d::pos_tagger_lr")]
     pub pos_tagger_lr: f64,
+    /// The share of training sentences whose POS embedding is fed the POS tagger's distribution (as
+    /// raw text is at prediction) instead of the corpus's tags: the NER head learns how far to trust
+    /// predicted POS. Drawn per sentence and step, keyed like dropout. 0 = none.
+    #[serde(default)]
+    pub tagger_pos_share: f64,
     /// Probability of replacing a POS id by the unknown id in training.
     #[serde(default)]
     pub pos_dropout: f64,
@@ -477,6 +482,18 @@ impl TrainConfig {
                 format!("{} is not a positive learning rate", self.pos_tagger_lr),
             );
         }
+        if !(0.0..=1.0).contains(&self.tagger_pos_share) {
+            return bad(
+                "tagger_pos_share",
+                format!("{} is not a share in [0, 1]", self.tagger_pos_share),
+            );
+        }
+        if self.tagger_pos_share > 0.0 && self.pos_from_tagger {
+            return bad(
+                "tagger_pos_share",
+                "pos_from_tagger = true already feeds every sentence the tagger's tags".into(),
+            );
+        }
         if self.pos_tagger_layer == Some(0) {
             return bad(
                 "pos_tagger_layer",
@@ -527,7 +544,7 @@ impl TrainConfig {
                     return Err(refused("the epochs' batch order comes from it"));
                 }
                 "model" | "use_pos" | "pos_dim" | "head_init" | "head" | "pos_tagger"
-                | "pos_from_tagger" | "pos_tagger_layer" => {
+                | "pos_from_tagger" | "pos_tagger_layer" | "tagger_pos_share" => {
                     return Err(refused("the checkpoint holds a model built from it"));
                 }
                 "global_batch_size" | "global_batch_tokens" => {

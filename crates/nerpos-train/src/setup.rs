@@ -114,6 +114,7 @@ fn load_model(
             cfg.pos_tagger_layer
                 .unwrap_or((bert.num_hidden_layers / 3).max(1)),
         )),
+        tagger_pos_share: cfg.tagger_pos_share,
     };
     Ok(BertNerPos::from_pretrained(
         &cfg.model,
@@ -143,6 +144,12 @@ fn pos_tagger(cfg: &TrainConfig, use_pos: bool) -> anyhow::Result<Option<f64>> {
     if cfg.pos_from_tagger && weight.is_none() {
         bail!(
             "pos_from_tagger = true needs a POS tagger (pos_tagger > 0 and POS tags in the data)"
+        );
+    }
+    if cfg.tagger_pos_share > 0.0 && weight.is_none() {
+        bail!(
+            "tagger_pos_share = {} needs a POS tagger (pos_tagger > 0 and POS tags in the data)",
+            cfg.tagger_pos_share
         );
     }
     Ok(weight)
@@ -212,6 +219,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         pos_tagger: model.config.head.pos_tagger,
         pos_from_tagger: model.config.head.pos_from_tagger,
         pos_tagger_layer: model.config.head.pos_tagger_layer,
+        tagger_pos_share: model.config.head.tagger_pos_share,
         head: if model.config.head.crf.is_some() {
             nerpos_model::HeadKind::Crf
         } else {

@@ -51,6 +51,8 @@ pub struct Head {
     pos_from_tagger: bool,
     /// The encoder layer (1-based) the tagger reads; `None`: the last.
     tagger_layer: Option<usize>,
+    /// The share of training sentences fed the tagger's POS distribution.
+    tagger_share: f64,
     hidden: usize,
     dropout: f64,
 }
@@ -71,6 +73,9 @@ pub struct HeadCache {
     at_head: Option<Tensor>,
     /// The POS ids the embedding looked up when they were the tagger's (`[M]`, on the device).
     fed: Option<Tensor>,
+    /// Sentences fed the tagger's distribution (`tagger_pos_share`): the distribution `[M, POS]` and
+    /// which positions took it (`[M, 1]`, 1 or 0).
+    mixed: Option<(Tensor, Tensor)>,
 }
 
 impl Head {
@@ -115,6 +120,7 @@ impl Head {
             tagger,
             pos_from_tagger: h.pos_from_tagger && h.pos_tagger.is_some(),
             tagger_layer: h.pos_tagger_layer,
+            tagger_share: h.tagger_pos_share,
             hidden: c.bert.hidden_size,
             dropout: h.dropout,
         })
@@ -148,13 +154,22 @@ impl Head {
             source
         };
         let mut fed = None;
+        let mut mixed = None;
         let features = match &self.pos {
             Some(e) => {
                 let ids = pos_ids(pass, source, pos_logits.as_ref())?;
-                let pos = match (&pos_logits, source, pass.keep) {
+                let mut pos = match (&pos_logits, source, pass.keep) {
                     (Some(z), PosSource::Predicted, false) => soft_pos(z, e)?,
                     _ => e.t().index_select(&ids, 0)?,
                 };
+                if let (Some(z), PosSource::Given) = (&pos_logits, source) {
+                    let drawn = pass.head_sentences(Site::TaggerPos, self.tagger_share);
+                    if let Some(m) = drawn.filter(|d| d.iter().any(|&x| x)) {
+                        let (p, c);
+                        (pos, p, c) = mix_tagger_pos(&pos, z, e, &m)?;
+                        mixed = Some((p, c));
+                    }
+                }
                 // Backward sums the embedding's gradient by these ids when they are the tagger's.
                 fed = (source == PosSource::Predicted).then_some(ids);
                 Tensor::cat(&[&at_head, &pos], 1)?
@@ -170,6 +185,7 @@ impl Head {
             mask,
             at_head: keep_input.then_some(tagger_in),
             fed,
+            mixed,
         };
         Ok((HeadOutput { logits, pos_logits }, cache))
     }
@@ -206,11 +222,25 @@ impl Head {
         if let Some(e) = &self.pos {
             let (rows, dim) = e.tensor.dims2()?;
             let dpos = dfeat.narrow(1, self.hidden, dim)?.contiguous()?;
-            let grad = match &c.fed {
+            let grad = match (&c.fed, &c.mixed) {
                 // The tagger's ids stay on the device (no read-back): summed there.
-                Some(ids) => Tensor::zeros((rows, dim), dpos.dtype(), dpos.device())?
+                (Some(ids), _) => Tensor::zeros((rows, dim), dpos.dtype(), dpos.device())?
                     .index_add(ids, &dpos, 0)?,
-                None => EmbeddingGrad::dense(k, &pass.inputs.host.head_pos_ids, &dpos, rows)?,
+                // Gold rows by their ids, the others through the (fixed) distribution: pᵀ·d.
+                (None, Some((p, took))) => {
+                    let took = took.to_dtype(dpos.dtype())?;
+                    let gold = dpos.broadcast_mul(&took.affine(-1.0, 1.0)?)?;
+                    let by_ids =
+                        EmbeddingGrad::dense(k, &pass.inputs.host.head_pos_ids, &gold, rows)?;
+                    let soft = p
+                        .to_dtype(dpos.dtype())?
+                        .t()?
+                        .matmul(&dpos.broadcast_mul(&took)?)?;
+                    (by_ids + soft)?
+                }
+                (None, None) => {
+                    EmbeddingGrad::dense(k, &pass.inputs.host.head_pos_ids, &dpos, rows)?
+                }
             };
             sink.dense(e, grad)?;
         }
@@ -307,6 +337,26 @@ fn soft_pos(z: &Tensor, e: &Param) -> Result<Tensor> {
     let p = candle_nn::ops::softmax_last_dim(&z.to_dtype(DType::F32)?)?;
     Ok(p.matmul(&table.to_dtype(DType::F32)?)?
         .to_dtype(table.dtype())?)
+}
+
+/// `gold` (`[M, pos_dim]`, the corpus's tags' embedding) with the positions of `drawn` sentences
+/// replaced by the tagger's distribution's (logits `z`): the mixed embedding, the distribution and
+/// which positions took it. The distribution is a constant here: the tagger stays a probe.
+fn mix_tagger_pos(
+    gold: &Tensor,
+    z: &Tensor,
+    e: &Param,
+    drawn: &[bool],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let p = candle_nn::ops::softmax_last_dim(&z.to_dtype(DType::F32)?)?;
+    let soft = p
+        .matmul(&e.t().to_dtype(DType::F32)?)?
+        .to_dtype(gold.dtype())?;
+    let took: Vec<f32> = drawn.iter().map(|&d| f32::from(u8::from(d))).collect();
+    let took = Tensor::from_vec(took, (drawn.len(), 1), gold.device())?;
+    let c = took.to_dtype(gold.dtype())?;
+    let mixed = (gold + (soft - gold)?.broadcast_mul(&c)?)?;
+    Ok((mixed, p, took))
 }
 
 /// x·Wᵀ + b.

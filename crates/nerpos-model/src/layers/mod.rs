@@ -44,6 +44,14 @@ pub struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// For each head position, whether its sentence is drawn at `site` with probability `p` in
+    /// training (keyed by the sentence, as the masks); none in evaluation.
+    pub fn head_sentences(&self, site: nerpos_kernels::dropout::Site, p: f64) -> Option<Vec<bool>> {
+        self.masks
+            .filter(|_| p > 0.0)
+            .map(|m| m.head_sentences(site, p))
+    }
+
     /// The keep-mask of `like` at `site` in training, none in evaluation.
     pub fn mask(
         &self,
