@@ -150,7 +150,9 @@ class Reference(torch.nn.Module):
         lin = lambda name: torch.nn.Linear(*reversed(w[name + ".weight"].shape))  # noqa: E731
         self.classifier = lin("classifier")
         self.classifier.load_state_dict({"weight": w["classifier.weight"], "bias": w["classifier.bias"]})
-        self.pos_embedding = torch.nn.Embedding.from_pretrained(w["pos_embedding.weight"])
+        # Predicted POS look up their own table when the model has one (tagger_pos_share > 0).
+        self.pos_embedding = torch.nn.Embedding.from_pretrained(
+            w.get("pos_embedding_tagged.weight", w["pos_embedding.weight"]))
         self.tagger = lin("pos_tagger")
         self.tagger.load_state_dict({"weight": w["pos_tagger.weight"], "bias": w["pos_tagger.bias"]})
         self.crf = None

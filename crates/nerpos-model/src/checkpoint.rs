@@ -17,8 +17,8 @@ use crate::config::{BertConfig, HeadConfig, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::crf::{CRF_END, CRF_START, CRF_TRANSITIONS};
 use crate::model::{
-    BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING, POS_TAGGER_BIAS,
-    POS_TAGGER_WEIGHT,
+    BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING, POS_EMBEDDING_TAGGED,
+    POS_TAGGER_BIAS, POS_TAGGER_WEIGHT,
 };
 
 pub const NERPOS_JSON: &str = "nerpos.json";
@@ -206,8 +206,9 @@ fn list(keys: &[String]) -> String {
 }
 
 /// The head's weights: loaded when their shapes fit, drawn anew otherwise (unless a head is required).
-const HEAD_KEYS: [&str; 8] = [
+const HEAD_KEYS: [&str; 9] = [
     POS_EMBEDDING,
+    POS_EMBEDDING_TAGGED,
     POS_TAGGER_WEIGHT,
     POS_TAGGER_BIAS,
     CLASSIFIER_WEIGHT,

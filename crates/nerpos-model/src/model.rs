@@ -24,8 +24,8 @@ use nerpos_dist::Grad;
 
 pub use crate::layers::embeddings::WORD_EMBEDDINGS;
 pub use crate::layers::head::{
-    CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, HeadOutput, POS_EMBEDDING, POS_TAGGER_BIAS,
-    POS_TAGGER_WEIGHT, PosSource,
+    CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, HeadOutput, POS_EMBEDDING, POS_EMBEDDING_TAGGED,
+    POS_TAGGER_BIAS, POS_TAGGER_WEIGHT, PosSource,
 };
 
 pub struct BertNerPos {

@@ -197,10 +197,11 @@ fn training_on_the_taggers_pos_equals_being_given_them() {
     }
 }
 
-/// `tagger_pos_share`: a drawn sentence's POS embedding is the tagger's distribution's (a constant:
-/// the tagger stays a probe). With every sentence drawn (share 1), the loss and every gradient equal
-/// the autograd oracle's with the embedding Σ p(tag)·E[tag] — the embedding's gradient through the
-/// distribution, the tagger's from its own loss only.
+/// `tagger_pos_share`: a drawn sentence's POS embedding is the tagger's distribution's over the
+/// predicted tags' own table (a constant distribution: the tagger stays a probe). With every sentence
+/// drawn (share 1), the loss and every gradient equal the autograd oracle's with the embedding
+/// Σ p(tag)·E_tagged[tag] — that table's gradient through the distribution, none for the corpus
+/// tags' table, the tagger's from its own loss only; prediction without POS reads the same table.
 #[test]
 fn sentences_fed_the_taggers_distribution_match_the_oracle() {
     let (model, r) = tagger_model();
@@ -210,7 +211,19 @@ fn sentences_fed_the_taggers_distribution_match_the_oracle() {
     config.bert.hidden_dropout_prob = 0.0;
     config.bert.attention_probs_dropout_prob = 0.0;
     let mixed = BertNerPos::new(config, &Device::Cpu).unwrap();
-    mixed.copy_from(&model).unwrap();
+    for (name, var) in mixed.params.iter() {
+        let value = match model.params.get(name) {
+            Some(v) => v.as_tensor().clone(),
+            None => Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu).unwrap(),
+        };
+        var.set(&value).unwrap();
+    }
+    assert!(
+        mixed
+            .params
+            .get(nerpos_model::model::POS_EMBEDDING_TAGGED)
+            .is_some()
+    );
     let soft = common::oracle::logits_tagger_pos(&mixed, &r.ids, &r.mask);
     let pos_padded = common::oracle::pos_logits(&mixed, &r.ids, &r.mask);
     let pos_flat = r.pos.flatten_all().unwrap().to_vec1::<u32>().unwrap();
@@ -237,11 +250,27 @@ fn sentences_fed_the_taggers_distribution_match_the_oracle() {
     );
     let mut worst: f64 = 0.0;
     for (name, var) in mixed.params.iter() {
-        if !name.ends_with("attention.self.key.bias") {
-            let theirs = grads.get(var.as_tensor()).unwrap();
+        // The oracle's graph has no corpus-tag embedding here (checked to be zero below).
+        if let Some(theirs) = grads.get(var.as_tensor())
+            && !name.ends_with("attention.self.key.bias")
+        {
             let e = common::rel_error(&out.grads[name].to_dense().unwrap(), theirs);
             worst = worst.max(e);
         }
     }
     assert!(worst <= 1e-5, "{worst}");
+    let zero = out.grads[nerpos_model::model::POS_EMBEDDING]
+        .to_dense()
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(zero, 0.0, "the corpus tags' table had no sentence");
+    let (x, _) = r.packed(false).to_device(&Device::Cpu).unwrap();
+    let predicted = mixed.eval(&x, nerpos_model::PosSource::Predicted).unwrap();
+    let d = common::rel_error(&predicted.logits, &r.at_real_tokens(&soft));
+    assert!(d <= 1e-5, "prediction without POS: {d}");
 }

@@ -24,6 +24,8 @@ use crate::profile::scope;
 
 /// Names of the head's parameters.
 pub const POS_EMBEDDING: &str = "pos_embedding.weight";
+/// The embedding of the POS tags the tagger predicts, apart from the corpus's (`tagger_pos_share`).
+pub const POS_EMBEDDING_TAGGED: &str = "pos_embedding_tagged.weight";
 pub const CLASSIFIER_WEIGHT: &str = "classifier.weight";
 pub const CLASSIFIER_BIAS: &str = "classifier.bias";
 pub const POS_TAGGER_WEIGHT: &str = "pos_tagger.weight";
@@ -42,6 +44,8 @@ pub enum PosSource {
 pub struct Head {
     /// The POS embedding (absent in the no-POS model).
     pub pos: Option<Param>,
+    /// The embedding of the tagger's POS when they have their own (`tagger_pos_share` > 0).
+    pub pos_tagged: Option<Param>,
     pub classifier: Linear,
     /// The CRF over the logits (`head = "crf"`).
     pub crf: Option<Crf>,
@@ -97,6 +101,17 @@ impl Head {
                 )
             })
             .transpose()?;
+        // Predicted POS get their own table when training feeds some sentences the tagger's: the head
+        // learns what the corpus's tags mean and what the tagger's mean, apart.
+        let pos_tagged = (pos.is_some() && h.pos_tagger.is_some() && h.tagger_pos_share > 0.0)
+            .then(|| {
+                p.add(
+                    POS_EMBEDDING_TAGGED.into(),
+                    (h.num_pos, h.pos_dim),
+                    Role::TABLE.in_head(),
+                )
+            })
+            .transpose()?;
         let dims = (c.head_features(), h.num_labels);
         let classifier = Linear::new(p, "classifier", dims, Role::WEIGHT.in_head())?;
         let crf = h
@@ -115,6 +130,7 @@ impl Head {
             .transpose()?;
         Ok(Head {
             pos,
+            pos_tagged,
             classifier,
             crf,
             tagger,
@@ -158,15 +174,16 @@ impl Head {
         let features = match &self.pos {
             Some(e) => {
                 let ids = pos_ids(pass, source, pos_logits.as_ref())?;
+                let tagged = self.pos_tagged.as_ref().unwrap_or(e);
                 let mut pos = match (&pos_logits, source, pass.keep) {
-                    (Some(z), PosSource::Predicted, false) => soft_pos(z, e)?,
+                    (Some(z), PosSource::Predicted, false) => soft_pos(z, tagged)?,
                     _ => e.t().index_select(&ids, 0)?,
                 };
                 if let (Some(z), PosSource::Given) = (&pos_logits, source) {
                     let drawn = pass.head_sentences(Site::TaggerPos, self.tagger_share);
                     if let Some(m) = drawn.filter(|d| d.iter().any(|&x| x)) {
                         let (p, c);
-                        (pos, p, c) = mix_tagger_pos(&pos, z, e, &m)?;
+                        (pos, p, c) = mix_tagger_pos(&pos, z, tagged, &m)?;
                         mixed = Some((p, c));
                     }
                 }
@@ -226,7 +243,8 @@ impl Head {
                 // The tagger's ids stay on the device (no read-back): summed there.
                 (Some(ids), _) => Tensor::zeros((rows, dim), dpos.dtype(), dpos.device())?
                     .index_add(ids, &dpos, 0)?,
-                // Gold rows by their ids, the others through the (fixed) distribution: pᵀ·d.
+                // Gold rows by their ids, the others through the (fixed) distribution: pᵀ·d — into
+                // the predicted tags' own table when the model has one.
                 (None, Some((p, took))) => {
                     let took = took.to_dtype(dpos.dtype())?;
                     let gold = dpos.broadcast_mul(&took.affine(-1.0, 1.0)?)?;
@@ -236,6 +254,11 @@ impl Head {
                         .to_dtype(dpos.dtype())?
                         .t()?
                         .matmul(&dpos.broadcast_mul(&took)?)?;
+                    if let Some(t) = &self.pos_tagged {
+                        sink.dense(e, by_ids)?;
+                        sink.dense(t, soft)?;
+                        return Ok(dx);
+                    }
                     (by_ids + soft)?
                 }
                 (None, None) => {
@@ -255,6 +278,7 @@ impl Head {
             out.extend([&t.weight, &t.bias]);
         }
         out.extend(&self.pos);
+        out.extend(&self.pos_tagged);
         out
     }
 
@@ -304,6 +328,7 @@ impl Head {
             (crf.map(|c| &c.transitions), Draw::Uniform(0.1)),
             (tagger.map(|l| &l.weight), tagger_w),
             (tagger.map(|l| &l.bias), tagger_b),
+            (self.pos_tagged.as_ref(), pos),
         ];
         for (param, draw) in draws {
             let Some(var) = param.and_then(|p| params.get(&p.name)) else {

@@ -64,11 +64,14 @@ pub fn logits(m: &BertNerPos, ids: &Tensor, mask: &Tensor, pos: &Tensor) -> Tens
 }
 
 /// Logits (B, T, labels) of input without POS tags: the POS embedding fed the tagger's distribution,
-/// Σ softmax(POS logits)·E (dropout off). The distribution is a constant (detached): the NER loss does
-/// not train the tagger, which stays a probe.
+/// Σ softmax(POS logits)·E (dropout off) — E the predicted tags' own table when the model has one. The
+/// distribution is a constant (detached): the NER loss does not train the tagger, which stays a probe.
 pub fn logits_tagger_pos(m: &BertNerPos, ids: &Tensor, mask: &Tensor) -> Tensor {
     let x = encoder(m, ids, mask);
-    let e = param(m, "pos_embedding.weight");
+    let e = match m.params.get("pos_embedding_tagged.weight") {
+        Some(_) => param(m, "pos_embedding_tagged.weight"),
+        None => param(m, "pos_embedding.weight"),
+    };
     let p = softmax(&pos_logits(m, ids, mask))
         .detach()
         .broadcast_matmul(&e)
