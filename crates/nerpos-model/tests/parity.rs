@@ -274,3 +274,39 @@ fn sentences_fed_the_taggers_distribution_match_the_oracle() {
     let d = common::rel_error(&predicted.logits, &r.at_real_tokens(&soft));
     assert!(d <= 1e-5, "prediction without POS: {d}");
 }
+
+/// A batch in which `tagger_pos_share` draws no sentence (a share of 2⁻⁴⁰ here; 0.75¹⁶ ≈ 1 % of
+/// 16-sentence batches at 0.25) trains exactly as the model without the share, and still hands the
+/// predicted tags' table its (zero) gradient in the gradient order.
+#[test]
+fn a_batch_with_no_sentence_drawn_for_the_taggers_pos_keeps_the_gradient_order() {
+    let (model, r) = tagger_model();
+    let mut config = model.config.clone();
+    config.head.tagger_pos_share = 2f64.powi(-40);
+    let mixed = BertNerPos::new(config, &Device::Cpu).unwrap();
+    for (name, var) in mixed.params.iter() {
+        if let Some(v) = model.params.get(name) {
+            var.set(v.as_tensor()).unwrap();
+        }
+    }
+    let (inputs, targets) = tagger_batch(&r, false).to_device(&Device::Cpu).unwrap();
+    let noise = Some(nerpos_model::Noise { seed: 3, step: 1 });
+    let targets = targets.unwrap();
+    let out = mixed.forward_backward(&inputs, &targets, noise).unwrap();
+    let plain = model.forward_backward(&inputs, &targets, noise).unwrap();
+    assert_eq!(out.loss_sum, plain.loss_sum);
+    for (name, g) in &plain.grads {
+        let d = common::rel_error(&g.to_dense().unwrap(), &out.grads[name].to_dense().unwrap());
+        assert_eq!(d, 0.0, "{name}");
+    }
+    let tagged = out.grads[nerpos_model::model::POS_EMBEDDING_TAGGED]
+        .to_dense()
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(tagged, 0.0);
+}

@@ -266,6 +266,11 @@ impl Head {
                 }
             };
             sink.dense(e, grad)?;
+            // A batch with no sentence drawn for the tagger's POS still hands the predicted tags'
+            // table a (zero) gradient: the gradient order, and every bucket cut from it, is fixed.
+            if let Some(t) = &self.pos_tagged {
+                sink.dense(t, t.tensor.zeros_like()?)?;
+            }
         }
         Ok(dx)
     }
