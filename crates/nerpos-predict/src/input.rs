@@ -1,4 +1,4 @@
-//! What `nerpos-predict` reads: tokenised corpora (GMB, CoNLL, JSON Lines) whole, as `nerpos-prep`
+//! What `nerpos-predict` reads: tokenised corpora (GMB, CoNLL, JSON Lines, hf) whole, as `nerpos-prep`
 //! reads them, and raw text line by line (a file of any size in bounded memory).
 
 use std::fs::File;
@@ -20,6 +20,9 @@ pub enum InputFormat {
     Conll,
     /// One JSON object per line with tokens and tags (and POS tags with --pos-key), as `datasets` writes.
     Jsonl,
+    /// A Hugging Face dataset as `datasets` stores it: a Parquet export, an Arrow file or one split's
+    /// save_to_disk folder (ClassLabel names from the dataset).
+    Hf,
     /// Raw text, one sentence (or paragraph) per line: words split off as the training corpora split
     /// them (punctuation, clitics, quotes; `nerpos_prep::words`), each with its character span.
     Text,
@@ -88,6 +91,7 @@ pub fn read_input(
         InputFormat::Gmb => Format::Gmb,
         InputFormat::Conll => Format::Conll,
         InputFormat::Jsonl => Format::Jsonl,
+        InputFormat::Hf => Format::Hf,
         InputFormat::Text => bail!("raw text is read line by line (TextLines)"),
     };
     let corpus = corpus::read(path, &args.options(corpus_format)?)?;
@@ -125,12 +129,12 @@ fn gold_tags(corpus: &corpus::Corpus, scheme: Option<Scheme>) -> anyhow::Result<
     };
     let relabeler = Relabeler::new(corpus.tags.names(), &[], scheme).map_err(|e| {
         let (file, line) = corpus.tag_lines[e.raw];
-        anyhow::anyhow!(
-            "{}:{line}: tag {:?} is not in the {} scheme",
-            corpus.files[file].display(),
+        let what = format!(
+            "tag {:?} is not in the {} scheme",
             corpus.tags.name(e.raw as u32),
             scheme.name()
-        )
+        );
+        anyhow::Error::new(corpus.error_at(file, line, what))
     })?;
     let mut violations = 0;
     let out = corpus

@@ -41,19 +41,21 @@ pub struct ReadArgs {
     /// CoNLL: column of the NER tag.
     #[arg(long, default_value_t = 3)]
     pub tag_col: usize,
-    /// JSON Lines: key of the token list [default: tokens].
+    /// JSON Lines and hf: key of the token list [default: tokens].
     #[arg(long, value_name = "KEY")]
     pub tokens_key: Option<String>,
-    /// JSON Lines: key of the NER tag list [default: ner_tags].
+    /// JSON Lines and hf: key of the NER tag list [default: ner_tags].
     #[arg(long, value_name = "KEY")]
     pub tags_key: Option<String>,
-    /// JSON Lines: key of the POS tag list (without it the corpus is read without POS tags).
+    /// JSON Lines and hf: key of the POS tag list (without it: JSON Lines is read without POS tags,
+    /// hf with `pos_tags` when the records have it).
     #[arg(long, value_name = "KEY")]
     pub pos_key: Option<String>,
-    /// JSON Lines: names of integer NER tag ids, one per line in id order.
+    /// JSON Lines and hf: names of integer NER tag ids, one per line in id order (hf: instead of
+    /// the ClassLabel names the dataset stores).
     #[arg(long, value_name = "FILE")]
     pub tag_names: Option<PathBuf>,
-    /// JSON Lines: names of integer POS tag ids, one per line in id order.
+    /// JSON Lines and hf: names of integer POS tag ids, one per line in id order.
     #[arg(long, value_name = "FILE")]
     pub pos_names: Option<PathBuf>,
 }
@@ -68,15 +70,16 @@ impl ReadArgs {
             ("--tag-names", self.tag_names.is_some()),
             ("--pos-names", self.pos_names.is_some()),
         ];
-        if format != Format::Jsonl
+        if !matches!(format, Format::Jsonl | Format::Hf)
             && let Some((flag, _)) = jsonl_flags.iter().find(|(_, given)| *given)
         {
             return Err(PrepError::Options(format!(
-                "{flag} applies to --format jsonl only (the input format is {})",
+                "{flag} applies to --format jsonl and hf only (the input format is {})",
                 format.name()
             )));
         }
-        if self.pos_names.is_some() && self.pos_key.is_none() {
+        // hf reads `pos_tags` when the records have it; JSON Lines only the key it is given.
+        if self.pos_names.is_some() && self.pos_key.is_none() && format == Format::Jsonl {
             return Err(PrepError::Options(
                 "--pos-names names the ids under --pos-key, which is not given".into(),
             ));

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
+use sha2::Digest;
 
 use crate::encoding::{self, Detected, TextEncoding};
 use crate::error::{PrepError, Result};
@@ -25,6 +26,9 @@ pub enum Format {
     /// One JSON object per line, as Hugging Face `datasets`' `to_json` writes it: a list of tokens,
     /// a list of tags (strings, or integer ids with a names file) and optionally of POS tags.
     Jsonl,
+    /// Hugging Face `datasets` as stored: a Parquet export, an Arrow file or a `save_to_disk`
+    /// folder, with ClassLabel names from the schema or `dataset_info.json` (the JSON Lines keys).
+    Hf,
 }
 
 impl Format {
@@ -33,6 +37,7 @@ impl Format {
             Format::Gmb => "gmb",
             Format::Conll => "conll",
             Format::Jsonl => "jsonl",
+            Format::Hf => "hf",
         }
     }
 }
@@ -99,15 +104,6 @@ impl ReadOptions {
             encoding: TextEncoding::Auto,
             conll: ConllColumns::default(),
             jsonl: JsonlKeys::default(),
-        }
-    }
-
-    /// Whether the corpus read with these options has POS tags.
-    pub fn has_pos(&self) -> bool {
-        match self.format {
-            Format::Gmb => true,
-            Format::Conll => self.conll.pos.is_some(),
-            Format::Jsonl => self.jsonl.pos.is_some(),
         }
     }
 }
@@ -225,6 +221,8 @@ pub struct Corpus {
     pub has_pos: bool,
     /// One token per line (GMB, CoNLL) rather than one sentence per line (JSON Lines).
     pub line_per_token: bool,
+    /// Positions are records (0-based) of a columnar file, not lines (Hugging Face datasets).
+    pub records: bool,
     pub words: Interner,
     pub pos: Interner,
     pub tags: Interner,
@@ -247,7 +245,23 @@ impl Corpus {
         } else {
             s.line
         };
+        if self.records {
+            return format!("{}: record {line}", self.files[s.file].display());
+        }
         format!("{}:{line}", self.files[s.file].display())
+    }
+
+    /// An input error at `line` (a record, in a columnar corpus) of file `file`.
+    pub fn error_at(&self, file: usize, line: u64, msg: impl Into<String>) -> PrepError {
+        let path = self.files[file].clone();
+        if self.records {
+            return PrepError::Record {
+                path,
+                record: line,
+                msg: msg.into(),
+            };
+        }
+        PrepError::input(path, line, msg)
     }
 
     fn path(&self) -> &Path {
@@ -259,6 +273,7 @@ impl Corpus {
             files: vec![path.to_owned()],
             has_pos: true,
             line_per_token: true,
+            records: false,
             encoding,
             words: Interner::default(),
             pos: Interner::default(),
@@ -279,22 +294,18 @@ impl Corpus {
         tag: &str,
     ) -> Result<()> {
         if word.trim().is_empty() {
-            return Err(PrepError::input(
-                self.path(),
-                line,
-                "empty word (expected a non-blank word)",
-            ));
+            return Err(self.error_at(0, line, "empty word (expected a non-blank word)"));
         }
         if pos.is_some_and(|p| p.trim().is_empty()) {
-            return Err(PrepError::input(
-                self.path(),
+            return Err(self.error_at(
+                0,
                 line,
                 format!("empty POS tag for word {word:?} (expected a POS tag)"),
             ));
         }
         if tags::parse(tag).is_none() {
-            return Err(PrepError::input(
-                self.path(),
+            return Err(self.error_at(
+                0,
                 line,
                 format!("invalid tag {tag:?} for word {word:?} ({})", tags::EXPECTED),
             ));
@@ -371,10 +382,26 @@ impl Corpus {
     }
 }
 
-/// Reads and validates a corpus file.
+/// Reads and validates a corpus file (or, for [`Format::Hf`], a `save_to_disk` folder).
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Corpus> {
+    load(path, opts).map(|l| l.corpus)
+}
+
+/// Reads and validates a corpus input, with the size and SHA-256 of the bytes read.
+pub fn load(path: &Path, opts: &ReadOptions) -> Result<crate::hf::Loaded> {
+    if opts.format == Format::Hf {
+        return crate::hf::load(path, &opts.jsonl);
+    }
     let bytes = std::fs::read(path).map_err(|e| PrepError::io(path, e))?;
-    parse(path, &bytes, opts)
+    let (sha256, corpus) = rayon::join(
+        || format!("{:x}", sha2::Sha256::digest(&bytes)),
+        || parse(path, &bytes, opts),
+    );
+    Ok(crate::hf::Loaded {
+        corpus: corpus?,
+        bytes: bytes.len() as u64,
+        sha256,
+    })
 }
 
 /// Decodes and validates the bytes of a corpus file read from `path`.
@@ -390,6 +417,10 @@ pub fn parse(path: &Path, bytes: &[u8], opts: &ReadOptions) -> Result<Corpus> {
         Format::Gmb => read_gmb(path, &text, detected),
         Format::Conll => read_conll(path, &text, detected, opts.conll),
         Format::Jsonl => crate::jsonl::read(path, &text, detected, &opts.jsonl),
+        Format::Hf => Err(PrepError::Options(
+            "Hugging Face datasets are read from their files (corpus::load), not decoded as text"
+                .into(),
+        )),
     }
 }
 

@@ -19,6 +19,14 @@ pub enum PrepError {
         msg: String,
     },
 
+    /// Malformed record of a columnar corpus (Parquet, Arrow): names the file and the 0-based record.
+    #[error("{}: record {record}: {msg}", path.display())]
+    Record {
+        path: PathBuf,
+        record: u64,
+        msg: String,
+    },
+
     /// Input problems that belong to the file as a whole (empty file, no sentences).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },

@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod dataset;
 pub mod encoding;
 pub mod error;
+pub mod hf;
 pub mod inspect;
 pub mod jsonl;
 pub mod manifest;

@@ -10,8 +10,8 @@ use nerpos_prep::manifest::LabelSubwords;
 use nerpos_prep::tags::Scheme;
 use nerpos_prep::{Dataset, Input, PrepareOptions, prepare, split};
 
-/// Turn a token-level NER corpus (GMB CSV, CoNLL or JSON Lines; one file split at random, or the
-/// train/dev/test files it ships as) into a sharded Parquet dataset of sub-word ids, labels and POS ids
+/// Turn a token-level NER corpus (GMB CSV, CoNLL, JSON Lines or a Hugging Face dataset; one file split
+/// at random, or the train/dev/test files it ships as, or a DatasetDict folder's splits) into a sharded Parquet dataset of sub-word ids, labels and POS ids
 /// aligned for a BERT tokenizer, with a manifest.
 #[derive(Parser)]
 #[command(
@@ -43,7 +43,8 @@ struct PrepareArgs {
     /// Input format.
     #[arg(long, value_enum, required = true)]
     format: Option<Format>,
-    /// Corpus file, split into train/dev/test at random (--split, --seed).
+    /// Corpus file, split into train/dev/test at random (--split, --seed); with --format hf also a
+    /// save_to_disk folder (a DatasetDict's splits are kept: train, validation or dev, test).
     #[arg(long, required_unless_present = "train", value_name = "FILE")]
     input: Option<PathBuf>,
     /// Training file of a pre-split corpus: its sentences form the training split, in file order.
@@ -132,6 +133,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give --input FILE, or --train FILE [--dev FILE] [--test FILE]"),
             };
             let format: Format = a.format.context(required)?;
+            // A DatasetDict folder brings its own splits.
+            let input = match format {
+                Format::Hf => nerpos_prep::hf::resolve_input(input)?,
+                _ => input,
+            };
             let mut opts = PrepareOptions::new(
                 input,
                 a.read.options(format)?,

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::align::{AlignStats, Aligner, SentenceInput};
@@ -353,7 +352,8 @@ fn options_of(opts: &PrepareOptions) -> Options {
             opts.read.conll.pos,
             opts.read.conll.tag,
         )),
-        jsonl: (opts.read.format == Format::Jsonl).then(|| opts.read.jsonl.clone()),
+        jsonl: matches!(opts.read.format, Format::Jsonl | Format::Hf)
+            .then(|| opts.read.jsonl.clone()),
     }
 }
 
@@ -400,12 +400,8 @@ fn read_files(opts: &PrepareOptions) -> Result<Read> {
     let read: Vec<Result<(String, u64, Corpus)>> = inputs
         .par_iter()
         .map(|(_, path)| {
-            let bytes = std::fs::read(path).map_err(|e| PrepError::io(path, e))?;
-            let (sha256, corpus) = rayon::join(
-                || format!("{:x}", Sha256::digest(&bytes)),
-                || corpus::parse(path, &bytes, &opts.read),
-            );
-            Ok((sha256, bytes.len() as u64, corpus?))
+            let l = corpus::load(path, &opts.read)?;
+            Ok((l.sha256, l.bytes, l.corpus))
         })
         .collect();
     let mut files = Vec::with_capacity(inputs.len());
@@ -506,8 +502,8 @@ fn relabel(corpus: &Corpus, opts: &PrepareOptions) -> Result<Relabelled> {
     let relabeler =
         Relabeler::new(corpus.tags.names(), &opts.drop_types, opts.scheme).map_err(|e| {
             let (file, line) = corpus.tag_lines[e.raw];
-            PrepError::input(
-                &corpus.files[file],
+            corpus.error_at(
+                file,
                 line,
                 format!(
                     "tag {:?} is not in the {} scheme ({})",
