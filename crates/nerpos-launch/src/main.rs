@@ -145,14 +145,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // The same start-up as every binary: tracing on stderr (NERPOS_LOG), one error exit.
+    nerpos_run::cli::init_logging("info");
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("error: installing signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    nerpos_run::cli::exit(run(Cli::parse(), &stop).map(ExitCode::from))
+    let installed = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]
+        .into_iter()
+        .try_for_each(|sig| signal_hook::flag::register(sig, stop.clone()).map(drop))
+        .context("installing signal handlers");
+    nerpos_run::cli::exit(installed.and_then(|()| run(Cli::parse(), &stop).map(ExitCode::from)))
 }
 
 /// The processes of a run: GPUs given or detected, else CPU processes.
@@ -229,7 +229,7 @@ fn train(
         (None, Some(cfg)) => {
             let table = ConfigTable::load(Some(cfg), &sets)?;
             if table.grid().is_some() {
-                eprintln!(
+                tracing::info!(
                     "{} has a [grid]: running its sweep (as `launch/train.sh grid --config {}` does)",
                     cfg.display(),
                     cfg.display()
@@ -247,7 +247,7 @@ fn train(
     args.extend(sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]));
     let run = RunDir::new(run_dir);
     let l = make_launch(&procs, args, run.logs(), None, true)?;
-    eprintln!(
+    tracing::info!(
         "starting {} {} process(es) on node {} of {} (world size {}); logs in {}",
         l.nproc,
         if l.gpus.is_some() { "GPU" } else { "CPU" },
@@ -258,11 +258,11 @@ fn train(
     );
     match launch(&l, stop)? {
         Ended::Finished => {
-            eprintln!("run folder: {}", run.path().display());
+            tracing::info!("run folder: {}", run.path().display());
             Ok(0)
         }
         Ended::Interrupted => {
-            eprintln!(
+            tracing::warn!(
                 "interrupted; resume with: launch/train.sh --resume {}",
                 run.path().display()
             );
@@ -270,7 +270,7 @@ fn train(
         }
         Ended::Diverged => {
             // Rank 0 said where and why (echoed above); its status.json keeps it.
-            eprintln!(
+            tracing::warn!(
                 "run folder: {} (diverged: stopped at a non-finite step; see {})",
                 run.path().display(),
                 run.status_file().display()
@@ -375,7 +375,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> anyhow::Result<u8> {
         Cmd::Collect { sweep } => {
             let rows = collect::collect(&sweep)?;
             print!("{}", std::fs::read_to_string(sweep.join("results.md"))?);
-            eprintln!("{} point(s); results in {}", rows.len(), sweep.display());
+            tracing::info!("{} point(s); results in {}", rows.len(), sweep.display());
             Ok(0)
         }
         Cmd::Status {

@@ -47,8 +47,8 @@ fn physical(i: usize) -> String {
 /// the memory cannot be read (no `nvidia-smi`).
 pub fn check_fits(gpus: &[usize], runs: usize, need_mib: u64) -> anyhow::Result<()> {
     let Some(listed) = query() else {
-        eprintln!(
-            "warning: nvidia-smi could not be read: free GPU memory not checked before running {runs} points per GPU"
+        tracing::warn!(
+            "nvidia-smi could not be read: free GPU memory not checked before running {runs} points per GPU"
         );
         return Ok(());
     };

@@ -289,7 +289,7 @@ fn supervise(l: &Launch, ranks: &mut [Rank], stop: &AtomicBool) -> anyhow::Resul
         };
         if stopping.is_some_and(|t| t.elapsed() > grace) {
             for r in &alive {
-                eprintln!(
+                tracing::warn!(
                     "rank {} did not stop within {:.0} s: killing it",
                     r.rank,
                     grace.as_secs_f64()

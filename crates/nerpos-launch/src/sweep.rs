@@ -114,7 +114,7 @@ pub fn run_grid(
         crate::memory::check_fits(&used, placement.runs_per_gpu, placement.memory_per_run_mib)?;
     }
     let todo = unfinished(&sweep_dir, &points);
-    eprintln!(
+    tracing::info!(
         "{} point(s), {} to run, {} at a time",
         points.len(),
         todo.len(),
@@ -129,14 +129,14 @@ pub fn run_grid(
     let failed = grid.run(todo, &slots);
     let rows = collect::collect(&sweep_dir)?;
     print!("{}", std::fs::read_to_string(sweep_dir.join("results.md"))?);
-    eprintln!("results: {}", sweep_dir.join("results.md").display());
+    tracing::info!("results: {}", sweep_dir.join("results.md").display());
     let diverged: Vec<&str> = rows
         .iter()
         .filter(|r| r.status == Status::Diverged)
         .map(|r| r.point.id.as_str())
         .collect();
     if !diverged.is_empty() {
-        eprintln!(
+        tracing::warn!(
             "{} point(s) diverged (stopped at a non-finite step; their status.json says where): {}",
             diverged.len(),
             diverged.join(", ")
@@ -163,7 +163,7 @@ fn unfinished<'p>(sweep_dir: &Path, points: &'p [Point]) -> Vec<&'p Point> {
                 .next()
                 .is_ok_and(|n| n == Next::Done);
             if done {
-                eprintln!("{}: finished earlier, skipped ({})", p.id, p.describe());
+                tracing::info!("{}: finished earlier, skipped ({})", p.id, p.describe());
             }
             !done
         })
@@ -195,7 +195,7 @@ impl Grid<'_> {
                         let ran = self.run_point(point, slot.clone(), slots.len() == 1);
                         if let Err(e) = ran {
                             failures.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("{}: {e:#}", point.id);
+                            tracing::error!("{}: {e:#}", point.id);
                         }
                     }
                 });
@@ -214,7 +214,7 @@ impl Grid<'_> {
         } else {
             vec!["--config".to_string(), cfg.display().to_string()]
         };
-        eprintln!(
+        tracing::info!(
             "{}: {} {}",
             point.id,
             if resume { "resuming" } else { "starting" },
