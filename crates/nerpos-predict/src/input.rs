@@ -1,10 +1,11 @@
-//! What `nerpos-predict` reads: tokenised corpora (GMB, CoNLL, JSON Lines, hf) whole, as `nerpos-prep`
+//! What `nerpos-predict` reads: tokenised corpora (every `nerpos-prep` format) whole, as `nerpos-prep`
 //! reads them, and raw text line by line (a file of any size in bounded memory).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use nerpos_prep::args::ReadArgs;
@@ -13,19 +14,37 @@ use nerpos_prep::encoding::{Detected, TextEncoding};
 use nerpos_prep::tags::{Relabeler, Scheme};
 use nerpos_prep::words::split_words;
 
-/// Input formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Input formats: every corpus format `nerpos-prep` reads (its readers, its flags), and raw text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputFormat {
-    Gmb,
-    Conll,
-    /// One JSON object per line with tokens and tags (and POS tags with --pos-key), as `datasets` writes.
-    Jsonl,
-    /// A Hugging Face dataset as `datasets` stores it: a Parquet export, an Arrow file or one split's
-    /// save_to_disk folder (ClassLabel names from the dataset).
-    Hf,
+    Corpus(Format),
     /// Raw text, one sentence (or paragraph) per line: words split off as the training corpora split
     /// them (punctuation, clitics, quotes; `nerpos_prep::words`), each with its character span.
     Text,
+}
+
+impl clap::ValueEnum for InputFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        // The corpus formats as nerpos-prep lists them: a format added there is read here too.
+        static ALL: OnceLock<Vec<InputFormat>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let corpora = Format::value_variants().iter().copied();
+            corpora
+                .map(InputFormat::Corpus)
+                .chain([InputFormat::Text])
+                .collect()
+        })
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            InputFormat::Corpus(f) => f.to_possible_value(),
+            InputFormat::Text => Some(
+                clap::builder::PossibleValue::new("text")
+                    .help("Raw text, one sentence (or paragraph) per line"),
+            ),
+        }
+    }
 }
 
 /// One input sentence.
@@ -87,12 +106,8 @@ pub fn read_input(
     args: &ReadArgs,
     scheme: Option<Scheme>,
 ) -> anyhow::Result<Vec<Sentence>> {
-    let corpus_format = match format {
-        InputFormat::Gmb => Format::Gmb,
-        InputFormat::Conll => Format::Conll,
-        InputFormat::Jsonl => Format::Jsonl,
-        InputFormat::Hf => Format::Hf,
-        InputFormat::Text => bail!("raw text is read line by line (TextLines)"),
+    let InputFormat::Corpus(corpus_format) = format else {
+        bail!("raw text is read line by line (TextLines)")
     };
     let corpus = corpus::read(path, &args.options(corpus_format)?)?;
     let mut gold = gold_tags(&corpus, scheme)?.into_iter();

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use crate::corpus::{ConllColumns, Format, JsonlKeys, ReadOptions};
 use crate::encoding::TextEncoding;
 use crate::error::{PrepError, Result};
-use crate::jsonl;
+use crate::formats::{Settings, jsonl};
 
 /// A CoNLL column number, or `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,19 +70,15 @@ impl ReadArgs {
             ("--tag-names", self.tag_names.is_some()),
             ("--pos-names", self.pos_names.is_some()),
         ];
-        if !matches!(format, Format::Jsonl | Format::Hf)
+        let reader = format.reader();
+        if reader.settings() != Settings::Keys
             && let Some((flag, _)) = jsonl_flags.iter().find(|(_, given)| *given)
         {
             return Err(PrepError::Options(format!(
-                "{flag} applies to --format jsonl and hf only (the input format is {})",
+                "{flag} applies to --format {} only (the input format is {})",
+                listed(&Format::reading(Settings::Keys)),
                 format.name()
             )));
-        }
-        // hf reads `pos_tags` when the records have it; JSON Lines only the key it is given.
-        if self.pos_names.is_some() && self.pos_key.is_none() && format == Format::Jsonl {
-            return Err(PrepError::Options(
-                "--pos-names names the ids under --pos-key, which is not given".into(),
-            ));
         }
         let defaults = JsonlKeys::default();
         let jsonl = JsonlKeys {
@@ -100,7 +96,7 @@ impl ReadArgs {
                 .map(jsonl::read_names)
                 .transpose()?,
         };
-        Ok(ReadOptions {
+        let opts = ReadOptions {
             format,
             encoding: self.encoding,
             conll: ConllColumns {
@@ -109,7 +105,18 @@ impl ReadArgs {
                 tag: self.tag_col,
             },
             jsonl,
-        })
+        };
+        reader.check(&opts)?;
+        Ok(opts)
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn listed(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 

@@ -133,11 +133,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give --input FILE, or --train FILE [--dev FILE] [--test FILE]"),
             };
             let format: Format = a.format.context(required)?;
-            // A DatasetDict folder brings its own splits.
-            let input = match format {
-                Format::Hf => nerpos_prep::hf::resolve_input(input)?,
-                _ => input,
-            };
+            // A folder may bring its own splits (a DatasetDict's).
+            let input = format.reader().resolve(input)?;
             let mut opts = PrepareOptions::new(
                 input,
                 a.read.options(format)?,

@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::align::{AlignStats, Aligner, SentenceInput};
-use crate::corpus::{self, Corpus, Format, ReadOptions};
+use crate::corpus::{self, Corpus, ReadOptions};
 use crate::error::{PrepError, Result};
+use crate::formats::Settings;
 use crate::manifest::{
     self, CorpusStats, LabelSubwords, Manifest, Options, POS_PAD_ID, POS_UNK_ID, Source,
     SourceFile, Split, SplitInfo, Splits, TokenizerInfo,
@@ -337,6 +338,7 @@ fn tokenizer_info(opts: &PrepareOptions, tokenizer: &SubwordTokenizer) -> Tokeni
 
 /// The options that shaped the dataset, as the manifest records them.
 fn options_of(opts: &PrepareOptions) -> Options {
+    let settings = opts.read.format.reader().settings();
     Options {
         max_len: opts.max_len,
         window_overlap: opts.window_overlap,
@@ -347,13 +349,12 @@ fn options_of(opts: &PrepareOptions) -> Options {
         split: matches!(opts.input, Input::One(_)).then_some(opts.split),
         seed: opts.seed,
         shard_rows: opts.shard_rows,
-        conll_columns: (opts.read.format == Format::Conll).then_some((
+        conll_columns: (settings == Settings::Columns).then_some((
             opts.read.conll.word,
             opts.read.conll.pos,
             opts.read.conll.tag,
         )),
-        jsonl: matches!(opts.read.format, Format::Jsonl | Format::Hf)
-            .then(|| opts.read.jsonl.clone()),
+        jsonl: (settings == Settings::Keys).then(|| opts.read.jsonl.clone()),
     }
 }
 

@@ -585,8 +585,13 @@ fn predict_and_score(
         tag_names: None,
         pos_names: None,
     };
-    let sentences =
-        nerpos_predict::read_input(conll, nerpos_predict::InputFormat::Conll, &args, None).unwrap();
+    let sentences = nerpos_predict::read_input(
+        conll,
+        nerpos_predict::InputFormat::Corpus(nerpos_prep::corpus::Format::Conll),
+        &args,
+        None,
+    )
+    .unwrap();
     assert!(sentences.iter().all(|s| s.pos.is_empty()));
     let opts = nerpos_predict::TagOptions {
         batch_size: 32,

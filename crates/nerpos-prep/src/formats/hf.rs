@@ -19,10 +19,31 @@ use arrow_schema::{DataType, SchemaRef};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::corpus::{Corpus, JsonlKeys};
+use crate::corpus::{Corpus, JsonlKeys, ReadOptions};
 use crate::encoding::Detected;
 use crate::error::{PrepError, Result};
+use crate::formats::{Loaded, Reader, Settings};
 use crate::prepare::Input;
+
+pub struct Hf;
+
+impl Reader for Hf {
+    fn name(&self) -> &'static str {
+        "hf"
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::Keys
+    }
+
+    fn resolve(&self, input: Input) -> Result<Input> {
+        resolve_input(input)
+    }
+
+    fn load(&self, path: &Path, opts: &ReadOptions) -> Result<Loaded> {
+        load(path, &opts.jsonl)
+    }
+}
 
 /// The POS key read when `--pos-key` is not given and the records have it (`datasets`' own name).
 pub const POS_KEY: &str = "pos_tags";
@@ -72,13 +93,6 @@ pub fn resolve_input(input: Input) -> Result<Input> {
         dev: pick(&["validation", "dev"]),
         test: pick(&["test"]),
     })
-}
-
-/// A read input: its corpus, and the size and SHA-256 of the data files read (in order).
-pub struct Loaded {
-    pub corpus: Corpus,
-    pub bytes: u64,
-    pub sha256: String,
 }
 
 /// Reads a Parquet or Arrow file, or a split's `save_to_disk` folder (its shards in order).

@@ -8,9 +8,63 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use crate::corpus::{Corpus, JsonlKeys};
+use crate::corpus::{Corpus, ReadOptions};
 use crate::encoding::Detected;
 use crate::error::{PrepError, Result};
+use crate::formats::{Loaded, Reader, Settings, load_text};
+
+pub struct Jsonl;
+
+impl Reader for Jsonl {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::Keys
+    }
+
+    fn check(&self, opts: &ReadOptions) -> Result<()> {
+        if opts.jsonl.pos_names.is_some() && opts.jsonl.pos.is_none() {
+            return Err(PrepError::Options(
+                "--pos-names names the ids under --pos-key, which is not given".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn load(&self, path: &Path, opts: &ReadOptions) -> Result<Loaded> {
+        load_text(path, opts, |text, detected| {
+            read(path, text, detected, &opts.jsonl)
+        })
+    }
+}
+
+/// The keys of a JSON Lines corpus, and the names of integer tag and POS ids.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JsonlKeys {
+    pub tokens: String,
+    pub tags: String,
+    /// None: the corpus has no POS tags.
+    pub pos: Option<String>,
+    /// Names of integer tag ids, in id order (`datasets`' ClassLabel names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_names: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_names: Option<Vec<String>>,
+}
+
+impl Default for JsonlKeys {
+    fn default() -> Self {
+        JsonlKeys {
+            tokens: "tokens".into(),
+            tags: "ner_tags".into(),
+            pos: None,
+            tag_names: None,
+            pos_names: None,
+        }
+    }
+}
 
 /// Reads the names file of integer ids: one name per line, in id order.
 pub fn read_names(path: &Path) -> Result<Vec<String>> {
