@@ -213,17 +213,8 @@ fn a_grid_with_a_diverging_point_finishes_the_others() {
         ),
     )
     .unwrap();
-    let args = [
-        "grid",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--gpus",
-        "0",
-        "--nproc",
-        "1",
-    ];
     let o = Command::new(BIN)
-        .args(args)
+        .args(grid_args(&cfg))
         .env("NERPOS_TRAIN", &trainer)
         .env("RAYON_NUM_THREADS", "1")
         .output()
@@ -258,6 +249,17 @@ unsafe fn libc_kill(pid: i32, sig: i32) {
     unsafe { kill(pid, sig) };
 }
 
+/// `grid --config CFG` on one CPU process.
+fn grid_args(cfg: &Path) -> [&str; 7] {
+    let cfg = cfg.to_str().unwrap();
+    ["grid", "--config", cfg, "--gpus", "0", "--nproc", "1"]
+}
+
+/// `nerpos-launch grid --config CFG` with the fake trainer.
+fn run_grid(fake: &Path, cfg: &Path) -> std::process::Output {
+    launcher(fake, "ok", &grid_args(cfg)).output().unwrap()
+}
+
 #[test]
 fn grid_runs_every_point_once_and_collects_results() {
     let tmp = tempfile::tempdir().unwrap();
@@ -265,22 +267,24 @@ fn grid_runs_every_point_once_and_collects_results() {
     let sweep = tmp.path().join("sweep");
     let cfg = tmp.path().join("grid.toml");
     std::fs::write(&cfg, format!("out = {:?}\nlr = 1.0\nepochs = 1\n[grid]\nlr = [0.25, 0.75]\nuse_pos = [true, false]\n", sweep)).unwrap();
-    let o = launcher(
-        &fake,
-        "ok",
-        &[
-            "grid",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--gpus",
-            "0",
-            "--nproc",
-            "1",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = run_grid(&fake, &cfg);
     assert!(o.status.success(), "{}", text(&o));
+    check_grid_results(&sweep);
+
+    // A second run skips all four.
+    let o = run_grid(&fake, &cfg);
+    assert!(o.status.success());
+    assert_eq!(
+        text(&o).matches("finished earlier, skipped").count(),
+        4,
+        "{}",
+        text(&o)
+    );
+    check_slurm_points(&fake, &cfg, &sweep);
+}
+
+/// The collected table (sorted by dev F1), CSV, best config and plot of the 4-point grid.
+fn check_grid_results(sweep: &Path) {
     let md = std::fs::read_to_string(sweep.join("results.md")).unwrap();
     let rows: Vec<&str> = md.lines().skip(2).collect();
     assert_eq!(rows.len(), 4, "{md}");
@@ -298,45 +302,18 @@ fn grid_runs_every_point_once_and_collects_results() {
             .unwrap()
             .contains("lr = 0.75")
     );
+}
 
-    // A second run skips all four.
-    let o = launcher(
-        &fake,
-        "ok",
-        &[
-            "grid",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--gpus",
-            "0",
-            "--nproc",
-            "1",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success());
-    assert_eq!(
-        text(&o).matches("finished earlier, skipped").count(),
-        4,
-        "{}",
-        text(&o)
-    );
-
-    // Slurm arrays: point K's id and config.
-    let o = launcher(
-        &fake,
-        "ok",
-        &[
-            "grid-point",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--index",
-            "3",
-        ],
-    )
-    .output()
-    .unwrap();
+/// Slurm arrays: point K's id and config, and the number of points.
+fn check_slurm_points(fake: &Path, cfg: &Path, sweep: &Path) {
+    let args = [
+        "grid-point",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--index",
+        "3",
+    ];
+    let o = launcher(fake, "ok", &args).output().unwrap();
     let line = String::from_utf8_lossy(&o.stdout);
     let fields: Vec<&str> = line.trim().split('\t').collect();
     let [id, path, run] = fields[..] else {
@@ -346,7 +323,7 @@ fn grid_runs_every_point_once_and_collects_results() {
     assert!(!std::fs::read_to_string(path).unwrap().contains("[grid]"));
     assert_eq!(Path::new(run), sweep.join("points").join(id));
     let o = launcher(
-        &fake,
+        fake,
         "ok",
         &["grid-point", "--config", cfg.to_str().unwrap(), "--count"],
     )

@@ -85,9 +85,13 @@ fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
     assert!(first.iter().all(|f| f.len() == 4 && labels.contains(&f[3])));
     // The gold report comes from nerpos-eval.
     assert!(String::from_utf8_lossy(&o.stderr).contains("micro avg"));
+    check_logits(&logits, &first, &labels);
+    check_jsonl_output(&model, &input, tmp.path());
+}
 
-    // logits: float32 [11 words, 7 labels], argmax = the written tag.
-    let bytes = std::fs::read(&logits).unwrap();
+/// logits: float32 [11 words, 7 labels], argmax = the written tag.
+fn check_logits(logits: &Path, first: &[Vec<&str>], labels: &[&str]) {
+    let bytes = std::fs::read(logits).unwrap();
     assert_eq!(&bytes[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
@@ -108,15 +112,14 @@ fn conll_jsonl_and_logits_for_a_gmb_file_with_windows() {
     for (w, f) in first.iter().enumerate() {
         assert_eq!(labels[argmax(w)], f[3]);
     }
+}
 
-    let jsonl = tmp.path().join("pred.jsonl");
-    let o = predict(&model, &input, "gmb", &jsonl, &["--output-format", "jsonl"]);
+/// JSON Lines: words, tags and entities with offsets into the words joined by spaces.
+fn check_jsonl_output(model: &Path, input: &Path, dir: &Path) {
+    let out = dir.join("pred.jsonl");
+    let o = predict(model, input, "gmb", &out, &["--output-format", "jsonl"]);
     assert!(o.status.success());
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = jsonl(&out);
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["words"].as_array().unwrap().len(), 9);
     assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 9);

@@ -119,7 +119,13 @@ fn gmb_end_to_end_alignment_and_reading() {
 
     let rows = all_rows(&ds);
     assert_eq!(rows.len(), 4);
-    let r = &rows[0];
+    check_first_gmb_row(m, &rows[0]);
+    check_other_gmb_rows(&rows);
+    check_ranks_partition_rows(&ds);
+}
+
+/// "10,000" is one word of three pieces, labelled on its first; POS on every sub-word.
+fn check_first_gmb_row(m: &nerpos_prep::Manifest, r: &Row) {
     assert_eq!(r.sentence_id, "Sentence: 1");
     assert_eq!(r.source_line, 2);
     let id = |t: &str| VOCAB.iter().position(|v| *v == t).unwrap() as u32;
@@ -163,7 +169,11 @@ fn gmb_end_to_end_alignment_and_reading() {
         r.pos_ids[7..=9].iter().all(|&p| p == r.pos_ids[7]),
         "POS on every sub-word"
     );
+}
 
+/// Continuation sub-words unlabelled; Windows-1252 characters decoded; a deleted word is [UNK].
+fn check_other_gmb_rows(rows: &[Row]) {
+    let id = |t: &str| VOCAB.iter().position(|v| *v == t).unwrap() as u32;
     let r = &rows[3];
     assert_eq!(r.input_ids[3..5], [id("protest"), id("##s")]);
     assert_eq!(r.word_ids[3..5], [2, 2]);
@@ -196,8 +206,10 @@ fn gmb_end_to_end_alignment_and_reading() {
         "every word keeps its label"
     );
     assert!(r.attention_mask.iter().all(|&m| m == 1));
+}
 
-    // Ranks partition the rows; the model projection skips the text columns.
+/// Ranks partition the rows; the model projection skips the text columns.
+fn check_ranks_partition_rows(ds: &Dataset) {
     let mut seen = Vec::new();
     for rank in 0..3 {
         for batch in ds
@@ -462,8 +474,32 @@ fn existing_output_needs_force() {
 fn bad_input_is_a_clear_error_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let tok = write_bert_folder(tmp.path());
+    for (what, bytes, wants, format) in bad_inputs() {
+        let input = tmp.path().join(format!("{}.in", what.replace(' ', "_")));
+        std::fs::write(&input, &bytes).unwrap();
+        let out = tmp.path().join("out");
+        let o = prep(&input, format, &tok, &out, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: succeeded");
+        assert!(
+            err.contains(input.to_str().unwrap()),
+            "{what}: file not named: {err}"
+        );
+        for w in wants {
+            assert!(err.contains(w), "{what}: {w:?} not in: {err}");
+        }
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(!out.exists(), "{what}: output left behind");
+    }
+    bad_options_are_refused(tmp.path(), &tok);
+}
+
+/// (what, the input's bytes, what the error must say, format).
+type BadInput = (&'static str, Vec<u8>, &'static [&'static str], &'static str);
+
+fn bad_inputs() -> Vec<BadInput> {
     let crlf = |rows: &[&str]| rows.join("\r\n").into_bytes();
-    let cases: Vec<(&str, Vec<u8>, &[&str], &str)> = vec![
+    vec![
         (
             "missing column",
             crlf(&["Sentence #,Word,POS,Tag", "Sentence: 1,a,DT,O", ",b,DT"]),
@@ -523,42 +559,27 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
             &[":2:", "column"],
             "conll",
         ),
-    ];
-    for (what, bytes, wants, format) in cases {
-        let input = tmp.path().join(format!("{}.in", what.replace(' ', "_")));
-        std::fs::write(&input, &bytes).unwrap();
-        let out = tmp.path().join("out");
-        let o = prep(&input, format, &tok, &out, &[]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{what}: succeeded");
-        assert!(
-            err.contains(input.to_str().unwrap()),
-            "{what}: file not named: {err}"
-        );
-        for w in wants {
-            assert!(err.contains(w), "{what}: {w:?} not in: {err}");
-        }
-        assert!(!err.contains("panicked"), "{what}: {err}");
-        assert!(!out.exists(), "{what}: output left behind");
-    }
+    ]
+}
 
-    // Option errors: a tokenizer folder without tokenizer files, split fractions not summing to 1.
-    let input = tmp.path().join("good.csv");
+/// Option errors: a tokenizer folder without tokenizer files, split fractions not summing to 1.
+fn bad_options_are_refused(dir: &std::path::Path, tok: &std::path::Path) {
+    let input = dir.join("good.csv");
     std::fs::write(&input, gmb_bytes()).unwrap();
-    let empty = tmp.path().join("empty_tok");
+    let empty = dir.join("empty_tok");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = tmp.path().join("out");
+    let out = dir.join("out");
     let o = prep(&input, "gmb", &empty, &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("empty_tok") && err.contains("tokenizer.json"),
         "{err}"
     );
-    let o = prep(&input, "gmb", &tok, &out, &["--split", "0.8,0.1,0.2"]);
+    let o = prep(&input, "gmb", tok, &out, &["--split", "0.8,0.1,0.2"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("sum to 1.1"), "{err}");
     assert!(!out.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))

@@ -241,9 +241,20 @@ fn three_files_keep_their_splits_and_vocabularies() {
         "TO and XX are unseen in training"
     );
     assert_eq!(m.splits.test.unknown_pos, 0);
+    check_source_files(m, &files);
+
+    // Same flags, same bytes.
+    let b = tmp.path().join("b");
+    prep3(&files, "conll", &tok, &b, &[]);
+    assert_eq!(common::files(&tmp.path().join("a")), common::files(&b));
+    a_training_file_alone(tmp.path(), &files[0], &tok);
+}
+
+/// Every file read, with its split, size and checksum; no split fractions.
+fn check_source_files(m: &Manifest, files: &[PathBuf]) {
     assert_eq!(m.options.split, None);
     assert_eq!(m.files.len(), 3);
-    for ((f, path), split) in m.files.iter().zip(&files).zip(Split::ALL) {
+    for ((f, path), split) in m.files.iter().zip(files).zip(Split::ALL) {
         let bytes = std::fs::read(path).unwrap();
         assert_eq!(f.split, Some(split));
         assert_eq!(f.source.bytes, bytes.len() as u64);
@@ -254,21 +265,18 @@ fn three_files_keep_their_splits_and_vocabularies() {
                 .ends_with(path.file_name().unwrap().to_str().unwrap())
         );
     }
+}
 
-    // Same flags, same bytes.
-    let b = tmp.path().join("b");
-    prep3(&files, "conll", &tok, &b, &[]);
-    assert_eq!(common::files(&tmp.path().join("a")), common::files(&b));
-
-    // A training file alone: empty dev and test; --split makes no sense with --train.
-    let only = tmp.path().join("only");
+/// A training file alone: empty dev and test; --split makes no sense with --train.
+fn a_training_file_alone(dir: &Path, train: &Path, tok: &Path) {
+    let only = dir.join("only");
     ok(&run(&[
         "--format",
         "conll",
         "--train",
-        s(&files[0]),
+        s(train),
         "--tokenizer",
-        s(&tok),
+        s(tok),
         "--out",
         s(&only),
     ]));
@@ -285,17 +293,17 @@ fn three_files_keep_their_splits_and_vocabularies() {
         "--format",
         "conll",
         "--train",
-        s(&files[0]),
+        s(train),
         "--split",
         "0.8,0.1,0.1",
         "--tokenizer",
-        s(&tok),
+        s(tok),
         "--out",
-        s(&tmp.path().join("x")),
+        s(&dir.join("x")),
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--split"));
-    assert!(!tmp.path().join("x").exists());
+    assert!(!dir.join("x").exists());
 }
 
 #[test]

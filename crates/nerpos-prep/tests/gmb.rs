@@ -51,41 +51,8 @@ fn full_gmb_corpus_counts_and_determinism() {
         "Windows-1252 decoding loses no word"
     );
     assert_eq!(m.corpus.truncated_words, 0);
-
-    let splits: Vec<_> = Split::ALL.iter().map(|&s| m.splits.get(s)).collect();
-    let sum = |f: fn(&nerpos_prep::manifest::SplitInfo) -> usize| {
-        splits.iter().map(|s| f(s)).sum::<usize>()
-    };
-    assert_eq!(sum(|s| s.sentences), 47_959);
-    assert_eq!(sum(|s| s.words), 1_048_575);
-    assert_eq!(sum(|s| s.labelled), 1_048_575, "labelled sub-words = words");
-    assert_eq!(sum(|s| s.subwords) + 2 * 47_959, HF_SUBWORDS_WITH_SPECIALS);
-    assert_eq!(
-        sum(|s| s.windowed_sentences),
-        1,
-        "one sentence is longer than 128 sub-words"
-    );
-    assert_eq!(m.splits.train.sentences, 38_367);
-
-    // The shards hold what the manifest says.
-    ds.verify().unwrap();
-    let (mut rows, mut labelled, mut none_words) = (0, 0, 0);
-    for split in Split::ALL {
-        for batch in ds.reader(split, Part::WHOLE, 4096, Columns::All).unwrap() {
-            for row in batch.unwrap() {
-                rows += 1;
-                labelled += row.labels.iter().filter(|&&l| l != IGNORE_LABEL).count();
-                none_words += row.words.iter().filter(|w| *w == "None").count();
-                assert!(row.input_ids.len() <= 128);
-            }
-        }
-    }
-    assert_eq!(rows, 47_960);
-    assert_eq!(labelled, 1_048_575);
-    assert_eq!(
-        none_words, 10,
-        "the word None is a word, not a missing value"
-    );
+    check_split_counts(m);
+    check_shards(&ds);
 
     // Same flags, byte-identical output.
     let again = run("b");
@@ -105,6 +72,46 @@ fn full_gmb_corpus_counts_and_determinism() {
     let ma = std::fs::read(ds.dir.join("manifest.json")).unwrap();
     let mb = std::fs::read(again.dir.join("manifest.json")).unwrap();
     assert_eq!(ma, mb);
+}
+
+/// The splits' counts add up to the corpus's (sub-words: Hugging Face's count).
+fn check_split_counts(m: &nerpos_prep::Manifest) {
+    let splits: Vec<_> = Split::ALL.iter().map(|&s| m.splits.get(s)).collect();
+    let sum = |f: fn(&nerpos_prep::manifest::SplitInfo) -> usize| {
+        splits.iter().map(|s| f(s)).sum::<usize>()
+    };
+    assert_eq!(sum(|s| s.sentences), 47_959);
+    assert_eq!(sum(|s| s.words), 1_048_575);
+    assert_eq!(sum(|s| s.labelled), 1_048_575, "labelled sub-words = words");
+    assert_eq!(sum(|s| s.subwords) + 2 * 47_959, HF_SUBWORDS_WITH_SPECIALS);
+    assert_eq!(
+        sum(|s| s.windowed_sentences),
+        1,
+        "one sentence is longer than 128 sub-words"
+    );
+    assert_eq!(m.splits.train.sentences, 38_367);
+}
+
+/// The shards hold what the manifest says.
+fn check_shards(ds: &Dataset) {
+    ds.verify().unwrap();
+    let (mut rows, mut labelled, mut none_words) = (0, 0, 0);
+    for split in Split::ALL {
+        for batch in ds.reader(split, Part::WHOLE, 4096, Columns::All).unwrap() {
+            for row in batch.unwrap() {
+                rows += 1;
+                labelled += row.labels.iter().filter(|&&l| l != IGNORE_LABEL).count();
+                none_words += row.words.iter().filter(|w| *w == "None").count();
+                assert!(row.input_ids.len() <= 128);
+            }
+        }
+    }
+    assert_eq!(rows, 47_960);
+    assert_eq!(labelled, 1_048_575);
+    assert_eq!(
+        none_words, 10,
+        "the word None is a word, not a missing value"
+    );
 }
 
 /// The random split of the corpus written back as three CoNLL files (train, dev, test), prepared with
