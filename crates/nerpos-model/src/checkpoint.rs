@@ -15,7 +15,6 @@ use tracing::{debug, info};
 
 use crate::config::{BertConfig, HeadConfig, HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::crf::{CRF_END, CRF_START, CRF_TRANSITIONS};
 use crate::model::{
     BertNerPos, CLASSIFIER_BIAS, CLASSIFIER_WEIGHT, HeadInit, POS_EMBEDDING, POS_EMBEDDING_TAGGED,
     POS_TAGGER_BIAS, POS_TAGGER_WEIGHT,
@@ -94,7 +93,8 @@ impl NerposMeta {
             pos_dim: self.pos_dim,
             use_pos: self.use_pos,
             dropout: self.dropout,
-            crf: (self.head == HeadKind::Crf).then(|| self.labels.clone()),
+            kind: self.head,
+            labels: self.labels.clone(),
             pos_tagger: self.pos_tagger,
             pos_from_tagger: self.pos_from_tagger,
             pos_tagger_layer: self.pos_tagger_layer,
@@ -206,20 +206,19 @@ fn list(keys: &[String]) -> String {
 }
 
 /// The head's weights: loaded when their shapes fit, drawn anew otherwise (unless a head is required).
-const HEAD_KEYS: [&str; 9] = [
+/// Every kind's decoder weights count (a CRF folder continued with a softmax head), each declared
+/// by its kind.
+const HEAD_KEYS: [&str; 6] = [
     POS_EMBEDDING,
     POS_EMBEDDING_TAGGED,
     POS_TAGGER_WEIGHT,
     POS_TAGGER_BIAS,
     CLASSIFIER_WEIGHT,
     CLASSIFIER_BIAS,
-    CRF_TRANSITIONS,
-    CRF_START,
-    CRF_END,
 ];
 
 fn is_head(key: &str) -> bool {
-    HEAD_KEYS.contains(&key)
+    HEAD_KEYS.contains(&key) || HeadKind::is_decoder_key(key)
 }
 
 /// A checkpoint's tensors sorted by what loading did with them.
@@ -294,10 +293,10 @@ impl BertNerPos {
                 msg: format!("does not fit a BERT+POS model of this configuration: {problems}"),
             });
         }
-        let head_loaded = HEAD_KEYS
-            .iter()
-            .filter(|k| self.params.get(k).is_some())
-            .all(|k| sorted.seen.contains(*k));
+        let head_loaded = self
+            .head_keys()
+            .into_iter()
+            .all(|k| sorted.seen.contains(k));
         Ok((sorted.carried, head_loaded))
     }
 

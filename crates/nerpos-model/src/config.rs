@@ -128,10 +128,13 @@ pub struct HeadConfig {
     pub use_pos: bool,
     /// Dropout on the concatenation before the classifier.
     pub dropout: f64,
-    /// A CRF over the logits (`head = "crf"`): the labels' names, whose IOB2 scheme masks the
-    /// transitions. `None`: the softmax head.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crf: Option<Vec<String>>,
+    /// What turns the logits into labels (softmax, CRF).
+    #[serde(default)]
+    pub kind: HeadKind,
+    /// The labels' names in id order (a CRF's IOB2 mask reads them; a softmax head does not need
+    /// them).
+    #[serde(default)]
+    pub labels: Vec<String>,
     /// A POS tagger beside the NER head (a linear layer on the encoder's output at the head positions,
     /// trained from the corpus's POS tags), with its loss weight: it supplies the POS ids when the
     /// input has none. `None`: no POS tagger.
@@ -155,16 +158,7 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
-/// What turns the logits into labels: each position's softmax, or a CRF over each row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HeadKind {
-    /// Cross-entropy per position; each position's most likely label.
-    #[default]
-    Softmax,
-    /// A linear-chain CRF: the rows' negative log-likelihood; Viterbi decoding.
-    Crf,
-}
+pub use crate::layers::decoder::HeadKind;
 
 /// Dropout rates of the encoder, which a trainer may override (`encoder_dropout`).
 #[derive(Debug, Clone, Copy, PartialEq)]

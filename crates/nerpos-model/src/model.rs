@@ -17,7 +17,8 @@ use nerpos_kernels::{Deferred, Kernels};
 use crate::batch::{Inputs, Targets};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{BertLayer, Embeddings, Head, Pass, Sink, crf};
+use crate::layers::decoder::Decoding;
+use crate::layers::{BertLayer, Embeddings, Head, Pass, Sink};
 use crate::params::Params;
 use crate::profile::{scope, timed};
 use nerpos_dist::Grad;
@@ -156,9 +157,14 @@ impl BertNerPos {
             .collect()
     }
 
-    /// The CRF's masked scores on the host, for decoding (none with the softmax head).
-    pub fn crf_scores(&self) -> Result<Option<crf::Scores>> {
-        self.head.crf.as_ref().map(crf::Crf::scores).transpose()
+    /// What decodes rows of logits into labels on the host (the head's kind's: softmax, CRF).
+    pub fn decoding(&self) -> Result<Box<dyn Decoding>> {
+        self.head.decoder.decoding()
+    }
+
+    /// Names of the head's parameters.
+    pub(crate) fn head_keys(&self) -> Vec<&str> {
+        self.head.params().iter().map(|p| p.name.as_str()).collect()
     }
 
     /// Logits `[M, labels]` at the head positions in evaluation mode (no dropout), keeping nothing for
@@ -222,16 +228,10 @@ impl BertNerPos {
             .ok_or_else(|| ModelError::Internal("a training pass kept no caches".into()))?;
         let mut sink = Sink::new(&self.order, &mut sink);
         let logits = &fwd.out.logits;
-        let (mut loss_sum, dlogits) = match &self.head.crf {
-            None => timed("fwd/bwd: loss", || {
-                CrossEntropy::forward_backward(self.kernels, logits, &targets.labels)
-            })?,
-            Some(crf) => timed("fwd/bwd: CRF", || {
-                let segments = crf::segments(&inputs.host.head, &inputs.rows);
-                let (loss, d) = crf.loss(logits, &targets.host, &segments, &mut sink)?;
-                Ok::<_, ModelError>((Deferred::Host(loss), d))
-            })?,
-        };
+        let (mut loss_sum, dlogits) =
+            self.head
+                .decoder
+                .loss(self.kernels, logits, inputs, targets, &mut sink)?;
         let dpos = match (&fwd.out.pos_logits, self.head.pos_weight()) {
             (Some(z), Some(w)) => {
                 let (loss, d) = self.pos_loss(z, targets, w)?;

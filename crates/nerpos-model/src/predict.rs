@@ -100,21 +100,14 @@ pub fn predict_rows(
         .pos_logits
         .map(|z| Ok::<_, crate::error::ModelError>(to_host_f32(&z.argmax(1)?)?.to_vec1::<u32>()?))
         .transpose()?;
-    let crf = model.crf_scores()?;
+    let decoding = model.decoding()?;
     let mut at = logits.into_iter();
     let mut pos_at = pos.into_iter().flatten();
     Ok(words
         .into_iter()
         .map(|ws| {
             let z: Vec<Vec<f32>> = at.by_ref().take(ws.len()).collect();
-            let mut preds = match &crf {
-                None => ws
-                    .into_iter()
-                    .zip(z)
-                    .map(|(word, z)| prediction(word, z, opts.keep_logits))
-                    .collect(),
-                Some(scores) => decoded(scores, ws, z, opts.keep_logits),
-            };
+            let mut preds = decoding.decode(ws, z, opts.keep_logits);
             for p in &mut preds {
                 p.pos = pos_at.next();
             }
@@ -132,45 +125,4 @@ fn to_host_f32(t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
         _ => t.clone(),
     };
     Ok(nerpos_kernels::stats::to_host(&t)?)
-}
-
-/// A row's words decoded by the CRF (Viterbi), each with its label's marginal probability.
-fn decoded(
-    scores: &crate::layers::crf::Scores,
-    words: Vec<u32>,
-    z: Vec<Vec<f32>>,
-    keep_logits: bool,
-) -> Vec<WordPrediction> {
-    let labels = z.first().map_or(0, Vec::len);
-    let flat: Vec<f32> = z.iter().flatten().copied().collect();
-    let path = scores.viterbi(&flat);
-    let marginals = scores.marginals(&flat);
-    words
-        .into_iter()
-        .zip(z)
-        .enumerate()
-        .map(|(t, (word, z))| WordPrediction {
-            word,
-            label: path[t],
-            prob: marginals[t * labels + path[t] as usize] as f32,
-            logits: keep_logits.then_some(z),
-            pos: None,
-        })
-        .collect()
-}
-
-fn prediction(word: u32, z: Vec<f32>, keep_logits: bool) -> WordPrediction {
-    let (label, &max) = z
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .expect("at least one label");
-    let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
-    WordPrediction {
-        word,
-        label: label as u32,
-        prob: 1.0 / sum,
-        logits: keep_logits.then_some(z),
-        pos: None,
-    }
 }

@@ -111,7 +111,8 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
         pos_dim: 384,
         use_pos: true,
         dropout: 0.0,
-        crf: None,
+        kind: nerpos_model::HeadKind::Softmax,
+        labels: Vec::new(),
         pos_tagger: None,
         pos_from_tagger: false,
         pos_tagger_layer: None,
@@ -137,7 +138,8 @@ fn minilm_packed_equals_padded_and_rows_are_independent() {
 
     let head = nerpos_model::HeadConfig {
         dropout: 0.2,
-        crf: None,
+        kind: nerpos_model::HeadKind::Softmax,
+        labels: Vec::new(),
         pos_tagger: None,
         pos_from_tagger: false,
         ..model.config.head.clone()

@@ -107,7 +107,8 @@ fn load_model(
         pos_dim: cfg.pos_dim.unwrap_or(bert.hidden_size),
         use_pos: use_pos(cfg, m)?,
         dropout: cfg.dropout,
-        crf: (cfg.head == nerpos_model::HeadKind::Crf).then(|| m.labels.clone()),
+        kind: cfg.head,
+        labels: m.labels.clone(),
         pos_tagger: tagger,
         pos_from_tagger: cfg.pos_from_tagger,
         pos_tagger_layer: tagger.and(Some(
@@ -170,10 +171,16 @@ fn tagger_weight(cfg: &TrainConfig, use_pos: bool) -> anyhow::Result<Option<f64>
 /// The POS tagger's loss weight when a model with POS does not say (docs/results.md).
 pub const DEFAULT_POS_TAGGER: f64 = 0.5;
 
-/// With a CRF head, the training labels must follow IOB2, whose forbidden transitions the CRF masks
-/// (a gold path through one would score −10,000): the first row that does not is an error.
-fn check_iob2(train: &[Row], labels: &[String], data: &Path) -> anyhow::Result<()> {
-    let allowed = nerpos_model::layers::crf::Allowed::iob2(labels);
+/// The training labels must be ones the head can learn from (a CRF: IOB2, whose forbidden
+/// transitions it masks — a gold path through one would score −10,000): the first row that is not is
+/// an error.
+fn check_labels(
+    kind: nerpos_model::HeadKind,
+    train: &[Row],
+    labels: &[String],
+    data: &Path,
+) -> anyhow::Result<()> {
+    let head = kind.head();
     for r in train {
         let y: Vec<u32> = r
             .labels
@@ -182,21 +189,14 @@ fn check_iob2(train: &[Row], labels: &[String], data: &Path) -> anyhow::Result<(
             .collect();
         // A window after a sentence's first may start inside an entity.
         let from = usize::from(r.window > 0 && !y.is_empty());
-        let Some((t, prev, to)) = allowed.first_violation(&y[from.min(y.len())..]) else {
-            continue;
-        };
-        let name = |l: u32| labels.get(l as usize).map_or("?", String::as_str);
-        bail!(
-            "{}: sentence {} (source line {}): labelled word {} is {} after {}, which IOB2 forbids; the CRF \
-             head masks that transition (fix the tags, e.g. with nerpos-prep's IOB2 conversion, or train \
-             with head = \"softmax\")",
-            data.display(),
-            r.sentence_id,
-            r.source_line,
-            t + from + 1,
-            name(to),
-            prev.map_or("the sentence's start", name)
-        );
+        if let Some(why) = head.refuses(labels, &y[from.min(y.len())..], from) {
+            bail!(
+                "{}: sentence {} (source line {}): {why}",
+                data.display(),
+                r.sentence_id,
+                r.source_line,
+            );
+        }
     }
     Ok(())
 }
@@ -220,11 +220,7 @@ fn meta_of(cfg: &TrainConfig, m: &Manifest, model: &BertNerPos) -> NerposMeta {
         pos_from_tagger: model.config.head.pos_from_tagger,
         pos_tagger_layer: model.config.head.pos_tagger_layer,
         tagger_pos_share: model.config.head.tagger_pos_share,
-        head: if model.config.head.crf.is_some() {
-            nerpos_model::HeadKind::Crf
-        } else {
-            nerpos_model::HeadKind::Softmax
-        },
+        head: model.config.head.kind,
     }
 }
 
@@ -375,9 +371,7 @@ fn start_trainer(
 /// The training rows (not empty; well-formed IOB2 for a CRF head) and the dev and test sets.
 fn read_splits(cfg: &TrainConfig, ds: &Dataset) -> anyhow::Result<(Vec<Row>, EvalData, EvalData)> {
     let train = read_split(ds, Split::Train, cfg.train_sentences)?;
-    if cfg.head == nerpos_model::HeadKind::Crf {
-        check_iob2(&train, &ds.manifest.labels, &cfg.data)?;
-    }
+    check_labels(cfg.head, &train, &ds.manifest.labels, &cfg.data)?;
     if train.is_empty() {
         bail!("{}: the training split is empty", cfg.data.display());
     }

@@ -15,9 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
 
-use super::crf::{Allowed, Crf};
+use super::decoder::Decoder;
 use super::{Linear, Pass, Sink};
-use crate::config::ModelConfig;
+use crate::config::{HeadKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::params::{Param, Params, Role};
 use crate::profile::scope;
@@ -47,8 +47,8 @@ pub struct Head {
     /// The embedding of the tagger's POS when they have their own (`tagger_pos_share` > 0).
     pub pos_tagged: Option<Param>,
     pub classifier: Linear,
-    /// The CRF over the logits (`head = "crf"`).
-    pub crf: Option<Crf>,
+    /// What turns the logits into labels (its kind's: softmax, CRF).
+    pub decoder: Box<dyn Decoder>,
     /// The POS tagger (hidden → POS ids) and its loss weight.
     pub tagger: Option<(Linear, f64)>,
     /// Training feeds the POS embedding the tagger's tags.
@@ -114,11 +114,15 @@ impl Head {
             .transpose()?;
         let dims = (c.head_features(), h.num_labels);
         let classifier = Linear::new(p, "classifier", dims, Role::WEIGHT.in_head())?;
-        let crf = h
-            .crf
-            .as_ref()
-            .map(|labels| Crf::new(p, h.num_labels, Allowed::iob2(labels)))
-            .transpose()?;
+        if h.kind != HeadKind::Softmax && h.labels.len() != h.num_labels {
+            return Err(ModelError::Config(format!(
+                "a {:?} head needs the names of its {} labels ({} given)",
+                h.kind,
+                h.num_labels,
+                h.labels.len()
+            )));
+        }
+        let decoder = h.kind.head().build(p, &h.labels)?;
         let tagger = h
             .pos_tagger
             .map(|w| {
@@ -132,7 +136,7 @@ impl Head {
             pos,
             pos_tagged,
             classifier,
-            crf,
+            decoder,
             tagger,
             pos_from_tagger: h.pos_from_tagger && h.pos_tagger.is_some(),
             tagger_layer: h.pos_tagger_layer,
@@ -277,7 +281,7 @@ impl Head {
 
     /// Its parameters in the order backward hands out their gradients.
     pub fn params(&self) -> Vec<&Param> {
-        let mut out = self.crf.as_ref().map(Crf::params).unwrap_or_default();
+        let mut out = self.decoder.params();
         out.extend([&self.classifier.weight, &self.classifier.bias]);
         if let Some((t, _)) = &self.tagger {
             out.extend([&t.weight, &t.bias]);
@@ -315,26 +319,25 @@ impl Head {
             ],
             HeadInit::Bert => [Draw::Normal(std), Draw::Normal(std), Draw::Zero],
         };
-        // The draws' order (POS embedding, weight, bias, then the CRF's as pytorch-crf draws them:
-        // U(−0.1, 0.1), then the POS tagger's as the classifier's) is part of what a seed gives.
-        let crf = self.crf.as_ref();
+        // The draws' order (POS embedding, weight, bias, then the decoder's — a CRF's as pytorch-crf
+        // draws them — then the POS tagger's as the classifier's) is part of what a seed gives.
         let tagger = self.tagger.as_ref().map(|(l, _)| l);
         let tagger_bound = 1.0 / (self.hidden as f32).sqrt();
         let [tagger_w, tagger_b] = match init {
             HeadInit::Torch => [Draw::Uniform(tagger_bound), Draw::Uniform(tagger_bound)],
             HeadInit::Bert => [Draw::Normal(std), Draw::Zero],
         };
-        let draws = [
+        let mut draws = vec![
             (self.pos.as_ref(), pos),
             (Some(&self.classifier.weight), weight),
             (Some(&self.classifier.bias), bias),
-            (crf.map(|c| &c.start), Draw::Uniform(0.1)),
-            (crf.map(|c| &c.end), Draw::Uniform(0.1)),
-            (crf.map(|c| &c.transitions), Draw::Uniform(0.1)),
+        ];
+        draws.extend(self.decoder.draws().into_iter().map(|(p, d)| (Some(p), d)));
+        draws.extend([
             (tagger.map(|l| &l.weight), tagger_w),
             (tagger.map(|l| &l.bias), tagger_b),
             (self.pos_tagged.as_ref(), pos),
-        ];
+        ]);
         for (param, draw) in draws {
             let Some(var) = param.and_then(|p| params.get(&p.name)) else {
                 continue;
@@ -409,8 +412,9 @@ pub enum HeadInit {
 }
 
 /// One parameter's distribution.
-#[derive(Clone, Copy)]
-enum Draw {
+/// How a seed draws a parameter's initial values.
+#[derive(Debug, Clone, Copy)]
+pub enum Draw {
     Normal(f32),
     Uniform(f32),
     Zero,

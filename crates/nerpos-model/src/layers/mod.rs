@@ -6,7 +6,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod bert_layer;
-pub mod crf;
+pub mod decoder;
 pub(crate) mod embeddings;
 pub(crate) mod feed_forward;
 pub(crate) mod head;
@@ -15,6 +15,7 @@ mod linear;
 
 pub use attention::SelfAttention;
 pub use bert_layer::BertLayer;
+pub use decoder::crf;
 pub use embeddings::Embeddings;
 pub use feed_forward::FeedForward;
 pub use head::Head;

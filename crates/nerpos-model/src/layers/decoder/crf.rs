@@ -14,9 +14,15 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::Sink;
+use nerpos_kernels::{Deferred, Kernels};
+
+use super::{Decoder, Decoding, Draw, HeadType};
+use crate::batch::{Inputs, Targets};
 use crate::error::{ModelError, Result};
+use crate::layers::Sink;
 use crate::params::{Param, Params, Role};
+use crate::predict::WordPrediction;
+use crate::profile::timed;
 
 pub const CRF_TRANSITIONS: &str = "crf.transitions";
 pub const CRF_START: &str = "crf.start";
@@ -123,10 +129,6 @@ impl Crf {
     }
 
     /// Its parameters in the order [`Crf::loss`] hands out their gradients.
-    pub fn params(&self) -> Vec<&Param> {
-        vec![&self.end, &self.start, &self.transitions]
-    }
-
     pub fn allowed(&self) -> &Allowed {
         &self.allowed
     }
@@ -150,7 +152,7 @@ impl Crf {
     /// The summed negative log-likelihood of the rows' labels (each row's labelled positions, in
     /// order: `segments` of the logits' rows) and d(loss)/d(logits); the CRF's own gradients go to
     /// `sink`.
-    pub fn loss(
+    pub fn nll(
         &self,
         logits: &Tensor,
         labels: &[u32],
@@ -185,6 +187,87 @@ impl Crf {
         let trans = grad(g.transitions, &self.transitions, &a.transitions)?;
         sink.dense(&self.transitions, trans)?;
         Ok((total, dlogits))
+    }
+}
+
+/// The CRF head (`head = "crf"`): IOB2's forbidden transitions masked, so it refuses training labels
+/// that take one.
+pub struct CrfHead;
+
+impl HeadType for CrfHead {
+    fn build(&self, p: &mut Params, labels: &[String]) -> Result<Box<dyn Decoder>> {
+        Ok(Box::new(Crf::new(p, labels.len(), Allowed::iob2(labels))?))
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[CRF_TRANSITIONS, CRF_START, CRF_END]
+    }
+
+    fn refuses(&self, labels: &[String], path: &[u32], first: usize) -> Option<String> {
+        let (t, prev, to) = Allowed::iob2(labels).first_violation(path)?;
+        let name = |l: u32| labels.get(l as usize).map_or("?", String::as_str);
+        Some(format!(
+            "labelled word {} is {} after {}, which IOB2 forbids; the CRF head masks that transition \
+             (fix the tags, e.g. with nerpos-prep's IOB2 conversion, or train with head = \"softmax\")",
+            t + first + 1,
+            name(to),
+            prev.map_or("the sentence's start", name)
+        ))
+    }
+}
+
+impl Decoder for Crf {
+    fn params(&self) -> Vec<&Param> {
+        vec![&self.end, &self.start, &self.transitions]
+    }
+
+    /// pytorch-crf's U(−0.1, 0.1), in its order.
+    fn draws(&self) -> Vec<(&Param, Draw)> {
+        [&self.start, &self.end, &self.transitions]
+            .into_iter()
+            .map(|p| (p, Draw::Uniform(0.1)))
+            .collect()
+    }
+
+    fn loss(
+        &self,
+        _kernels: Kernels,
+        logits: &Tensor,
+        inputs: &Inputs,
+        targets: &Targets,
+        sink: &mut Sink,
+    ) -> Result<(Deferred, Tensor)> {
+        timed("fwd/bwd: CRF", || {
+            let segments = segments(&inputs.host.head, &inputs.rows);
+            let (loss, d) = self.nll(logits, &targets.host, &segments, sink)?;
+            Ok((Deferred::Host(loss), d))
+        })
+    }
+
+    fn decoding(&self) -> Result<Box<dyn Decoding>> {
+        Ok(Box::new(self.scores()?))
+    }
+}
+
+impl Decoding for Scores {
+    /// Viterbi's path, each word with its label's marginal probability.
+    fn decode(&self, words: Vec<u32>, z: Vec<Vec<f32>>, keep_logits: bool) -> Vec<WordPrediction> {
+        let labels = z.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = z.iter().flatten().copied().collect();
+        let path = self.viterbi(&flat);
+        let marginals = self.marginals(&flat);
+        words
+            .into_iter()
+            .zip(z)
+            .enumerate()
+            .map(|(t, (word, z))| WordPrediction {
+                word,
+                label: path[t],
+                prob: marginals[t * labels + path[t] as usize] as f32,
+                logits: keep_logits.then_some(z),
+                pos: None,
+            })
+            .collect()
     }
 }
 
@@ -485,7 +568,8 @@ mod tests {
     #[test]
     fn nll_gradients_and_viterbi_match_pytorch_crf() {
         let r: Reference =
-            serde_json::from_str(include_str!("../../tests/fixtures/crf/reference.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/fixtures/crf/reference.json"))
+                .unwrap();
         let l = r.labels;
         let params = (r.transitions.clone(), r.start.clone(), r.end.clone());
         let scores = Scores::new(params, &Allowed::all(l)).unwrap();
