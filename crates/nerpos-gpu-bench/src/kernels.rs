@@ -250,6 +250,7 @@ fn masks_on(lengths: &[usize], dev: &Device) -> anyhow::Result<Masker> {
         &rows,
         &[],
         dev,
+        nerpos_kernels::Kernels::Fused,
     )?)
 }
 

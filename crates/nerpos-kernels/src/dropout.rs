@@ -218,18 +218,19 @@ pub enum Rows {
 impl Masker {
     /// The masks of a batch in the step `noise` describes: its rows' `sentences`, where the rows lie
     /// (`rows`) and the positions the head runs on (`head`, flat token indices); the sentences' keys
-    /// go to `device` when it is a GPU.
+    /// go to `device` when the policy `kernels` draws masks there with our CUDA kernels.
     pub fn new(
         noise: Noise,
         sentences: &[u64],
         rows: &RowSpans,
         head: &[u32],
         device: &Device,
+        kernels: crate::Kernels,
     ) -> Result<Masker> {
         let keys = noise.keys(sentences);
         let tokens = token_at(rows);
         let head: Vec<TokenAt> = head.iter().map(|&t| tokens[t as usize]).collect();
-        let gpu = if device.is_cuda() {
+        let gpu = if kernels.masks_on_gpu(device) {
             Some(GpuKeys::upload(&keys, &tokens, &head, rows, device)?)
         } else {
             None
@@ -620,7 +621,8 @@ mod tests {
             let site = Site::Attention(1).code();
             padded_mask_launches(&mut EmuExec::new(lib), Elem::F32, ptrs, (b, 2, t), site, p)
                 .unwrap();
-            let m = Masker::new(noise, ids, &rows, &[], &Device::Cpu).unwrap();
+            let m =
+                Masker::new(noise, ids, &rows, &[], &Device::Cpu, crate::Kernels::Fused).unwrap();
             let like = Tensor::zeros((b, 2, t, t), candle_core::DType::F32, &Device::Cpu).unwrap();
             let want = m.attention_padded(&like, 1, p).unwrap().unwrap().tensor;
             let want = want.flatten_all().unwrap().to_vec1::<u8>().unwrap();

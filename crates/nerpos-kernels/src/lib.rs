@@ -73,15 +73,32 @@ impl Kernels {
         match self {
             Kernels::Reference => Impl::Tensor,
             _ if t.device().is_cpu() && dtype == DType::F32 => Impl::Cpu,
-            Kernels::Fused
-                if cfg!(feature = "cuda")
-                    && t.device().is_cuda()
-                    && matches!(dtype, DType::F32 | DType::BF16) =>
+            _ if self.cuda()
+                && t.device().is_cuda()
+                && matches!(dtype, DType::F32 | DType::BF16) =>
             {
                 Impl::Cuda
             }
             _ => Impl::Tensor,
         }
+    }
+
+    /// Whether this policy lets our CUDA kernels run at all (the fused policy, in a CUDA build): the
+    /// one test every choice below makes — the ops', the dropout masks' and the optimiser's.
+    pub fn cuda(self) -> bool {
+        self == Kernels::Fused && cfg!(feature = "cuda")
+    }
+
+    /// Whether a batch's dropout masks on `device` are drawn by our CUDA mask kernels (else on the
+    /// host, element for element the same, and uploaded).
+    pub fn masks_on_gpu(self, device: &candle_core::Device) -> bool {
+        self.cuda() && device.is_cuda()
+    }
+
+    /// Whether the optimiser may use its fused CUDA kernels (AdamW per parameter, the multi-tensor
+    /// norm) when `wanted` (the trainer's `fused_adamw`); else composed tensor ops on a GPU.
+    pub fn fused_optimiser(self, wanted: bool) -> bool {
+        wanted && self.cuda()
     }
 
     /// Whether the CUDA kernels run on `t`.
@@ -108,5 +125,35 @@ pub(crate) fn on_gpu(
         Err(KernelError::Internal(
             "a CUDA kernel was asked for in a build without the cuda feature".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::{Impl, Kernels};
+
+    /// Every choice of what runs goes through the policy's one test (`Kernels::cuda`): with
+    /// `gpu_kernels = false` (CpuOnly) or the reference policy none of our CUDA kernels is chosen —
+    /// not an op's, not the dropout masks', not the optimiser's.
+    #[test]
+    fn only_the_fused_policy_chooses_our_cuda_kernels() {
+        assert_eq!(Kernels::with_gpu(false), Kernels::CpuOnly);
+        assert_eq!(Kernels::with_gpu(true), Kernels::Fused);
+        for k in [Kernels::CpuOnly, Kernels::Reference] {
+            assert!(!k.cuda(), "{k:?}");
+            assert!(!k.fused_optimiser(true), "{k:?}");
+            assert!(!k.masks_on_gpu(&Device::Cpu), "{k:?}");
+        }
+        assert_eq!(Kernels::Fused.cuda(), cfg!(feature = "cuda"));
+        assert!(!Kernels::Fused.fused_optimiser(false));
+        assert!(!Kernels::Fused.masks_on_gpu(&Device::Cpu));
+        let f32 = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let bf16 = f32.to_dtype(DType::BF16).unwrap();
+        assert_eq!(Kernels::CpuOnly.pick(&f32), Impl::Cpu);
+        assert_eq!(Kernels::Fused.pick(&f32), Impl::Cpu);
+        assert_eq!(Kernels::Reference.pick(&f32), Impl::Tensor);
+        assert_eq!(Kernels::Fused.pick(&bf16), Impl::Tensor);
     }
 }

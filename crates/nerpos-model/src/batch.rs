@@ -197,14 +197,16 @@ impl Inputs {
         self.host.head.iter().map(|&t| all[t as usize]).collect()
     }
 
-    /// The dropout masks of this batch in the training step `noise` describes.
-    pub fn masks(&self, noise: Noise) -> Result<Masker> {
+    /// The dropout masks of this batch in the training step `noise` describes, drawn where the
+    /// policy `kernels` says.
+    pub fn masks(&self, noise: Noise, kernels: nerpos_kernels::Kernels) -> Result<Masker> {
         Ok(Masker::new(
             noise,
             &self.host.sentences,
             &self.rows,
             &self.host.head,
             self.input_ids.device(),
+            kernels,
         )?)
     }
 }

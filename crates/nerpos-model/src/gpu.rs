@@ -36,6 +36,17 @@ pub fn tune_for_training(device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Whether f32 matrix products on `device` use TF32 (cuBLAS's reduced-precision f32 mode). candle's
+/// switch is process-wide: set once, where the run's policy of what runs is decided.
+pub fn set_tf32(device: &Device, on: bool) {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (device, on);
+}
+
 /// Peak bytes in use in the device's memory pool since the last [`reset_peak_memory`]; `None` on the
 /// CPU.
 pub fn peak_memory(device: &Device) -> Result<Option<u64>> {

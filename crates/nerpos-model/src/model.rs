@@ -220,7 +220,7 @@ impl BertNerPos {
                 "a model whose products were packed in bf16 for inference cannot be trained".into(),
             ));
         }
-        let masks = noise.map(|n| inputs.masks(n)).transpose()?;
+        let masks = noise.map(|n| inputs.masks(n, self.kernels)).transpose()?;
         let pass = self.pass(inputs, masks.as_ref(), true)?;
         let fwd = self.run_forward(&pass, PosSource::Given)?;
         let caches = fwd

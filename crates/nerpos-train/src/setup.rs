@@ -15,9 +15,7 @@ use nerpos_run::RunDir;
 use tracing::info;
 
 use crate::checkpoint::{self, LoopState};
-#[cfg(feature = "cuda")]
-use crate::config::Precision;
-use crate::config::{DeviceKind, TrainConfig};
+use crate::config::{DeviceKind, Precision, TrainConfig};
 use crate::data::{Batching, steps_per_epoch};
 use crate::evaluate::EvalData;
 use crate::optim::Schedule;
@@ -49,11 +47,6 @@ pub fn device(cfg: &TrainConfig, local_rank: usize) -> anyhow::Result<Device> {
                 format!("opening GPU {local_rank} (LOCAL_RANK); built with the cuda feature?")
             })?;
             nerpos_model::gpu::tune_for_training(&dev)?;
-            // TF32 matrix products for f32 runs (cuBLAS's reduced-precision f32 mode).
-            #[cfg(feature = "cuda")]
-            candle_core::cuda_backend::set_gemm_reduced_precision_f32(
-                cfg.precision == Precision::Tf32,
-            );
             Ok(dev)
         }
     }
@@ -405,8 +398,11 @@ impl Job {
         let m = &ds.manifest;
         check_tokenizer(&cfg, m)?;
         let (model, carried) = load_model(&cfg, m, &dev)?;
-        // The fused CUDA kernels when configured (the CPU kernels always run on the CPU).
+        // What runs, decided in one place: the fused CUDA kernels when configured (the CPU kernels
+        // always run on the CPU) — the ops', the dropout masks' and the optimiser's alike — and TF32
+        // products for `precision = "tf32"` (off otherwise, as candle's default).
         let model = model.with_kernels(nerpos_model::Kernels::with_gpu(cfg.gpu_kernels));
+        nerpos_model::gpu::set_tf32(&dev, cfg.precision == Precision::Tf32);
         let meta = meta_of(&cfg, m, &model);
         let run = RunDir::new(resume.map_or_else(|| cfg.out.clone(), Path::to_owned));
         let (mut state, optimizer_state) =

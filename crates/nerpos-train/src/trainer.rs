@@ -155,7 +155,8 @@ impl Trainer {
             ),
             Precision::F32 | Precision::Tf32 => None,
         };
-        let update = if settings.fused_adamw {
+        // The policy decides, as for every kernel: with gpu_kernels = false none of ours runs.
+        let update = if model.kernels.fused_optimiser(settings.fused_adamw) {
             Update::Fused
         } else {
             Update::Composed
@@ -294,7 +295,11 @@ impl Trainer {
         rates: Rates,
     ) -> anyhow::Result<Option<StepHealth>> {
         let scale = 1.0 / count;
-        let fused = self.settings.fused_adamw;
+        // The multi-tensor norm kernels are ours: the policy decides, as for the update.
+        let fused = self
+            .model
+            .kernels
+            .fused_optimiser(self.settings.fused_adamw);
         let probes = &self.probes;
         let (squared, squared_probes) = profile::timed("step: gradient norm", || {
             let part = |probe: bool| {

@@ -15,7 +15,15 @@ use crate::ops::testing::{cpu, flat, random, rng};
 /// The masks of a batch of rows of these lengths (sentences `ids`), at step 5 of seed 77.
 fn masks(lengths: &[usize], ids: &[u64]) -> Masker {
     let rows = RowSpans::new(lengths.to_vec());
-    Masker::new(Noise { seed: 77, step: 5 }, ids, &rows, &[], &Device::Cpu).unwrap()
+    Masker::new(
+        Noise { seed: 77, step: 5 },
+        ids,
+        &rows,
+        &[],
+        &Device::Cpu,
+        crate::Kernels::Fused,
+    )
+    .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
