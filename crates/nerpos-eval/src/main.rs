@@ -64,6 +64,8 @@ enum SchemeArg {
 }
 
 fn main() -> ExitCode {
+    // The same start-up as every binary (its report goes to stdout; warnings through tracing).
+    nerpos_run::cli::init_logging("warn");
     nerpos_run::cli::exit(run(Cli::parse()).map(|()| ExitCode::SUCCESS))
 }
 
