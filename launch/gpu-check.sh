@@ -32,7 +32,8 @@
 #   nonfinite    a NaN step (poisoned): the device guard leaves it out (`stop`: the steps after it
 #                too), weights bit-identical, no device→host read in any step
 #   base         BERT-base bf16 at 16,384 real tokens a step, without and with the kernels, and PyTorch
-#                AMP on the same batches (MFU)
+#                AMP at its best on the same sentences (HF length grouping, compiled, padding-free where
+#                it can) beside PyTorch on our padded batches; ratios per real token (MFU)
 #   minilm       MiniLM, batch 32, bf16: the same three
 #   profile      where the GPU time goes (phases synchronised): both shapes with the kernels
 #   kernel-times which kernels it goes to: Nsight Compute's durations for BERT-base (where ncu is)
@@ -175,7 +176,10 @@ speed() { # NAME CAP SHAPE PRECISION BATCH-ARGS... [--gpu-kernels] [--profile]
 }
 torch_speed() { # NAME SHAPE BATCHES
   [[ $torch == 1 && -f $3 ]] || return 0
-  run "$1" 180 40 "$python" "$bench/gpu_torch.py" --batches "$3" --shape "$2" --runs bf16 --warmup 3 \
+  # PyTorch at its best (the row to beat) beside its run on our padded batches: HF's length grouping,
+  # then compiled, then padding-free where flash-attn is installed (else a skipped line says so).
+  run "$1" 300 60 "$python" "$bench/gpu_torch.py" --batches "$3" --shape "$2" --warmup 3 \
+    --runs "${NERPOS_TORCH_RUNS:-bf16:grouped,bf16,bf16:grouped:compile,bf16:grouped:flat}" \
     --device "${NERPOS_CHECK_DEVICE:-cuda}"
 }
 

@@ -21,8 +21,10 @@ import os
 import re
 import sys
 
-TARGET_RATIO = 1.3  # bf16 step against PyTorch AMP on the same batches
-TARGET_MFU = 0.25  # BERT-base at 16,384 tokens
+# Per real token against PyTorch at its best on the same sentences (issue 34): BERT-base at 16,384
+# real tokens 1.3x, MiniLM at batch 32 2x; BERT-base's MFU 30 %.
+TARGET_RATIO = {"base": 1.3, "minilm": 2.0}
+TARGET_MFU = 0.30
 TARGET_TRAIN_S = 30  # full GMB, 3 epochs
 TARGET_BF16_F1 = 0.002  # nerpos-predict --precision bf16 against f32, |ΔF1|
 
@@ -208,16 +210,23 @@ def speed(rows):
     sp = [r for r in rows if r.get("check") == "speed" and not r.get("profiled")]
     if not sp:
         return []
-    out = ["", "| case | impl | tokens/s | sentences/s | step ms | peak MiB | MFU | our launches/step | vs PyTorch AMP |",
+    out = ["", "| case | impl | real tokens/s | sentences/s | step ms | peak MiB | MFU | our launches/step | vs PyTorch at its best |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     case = lambda r: r["step"].split("-")[0]
     for r in sp:
-        ref = next((q for q in sp if q["impl"] == "pytorch" and case(q) == case(r)), None)
+        # The row to beat: PyTorch's fastest variant of the case (length-grouped, compiled, ...), per
+        # real token; its run on our own padded batches is the second reference.
+        torch_rows = [q for q in sp if q["impl"] == "pytorch" and case(q) == case(r)]
+        ref = max(torch_rows, key=lambda q: q["tokens_per_s"], default=None)
+        padded = next((q for q in torch_rows if not q.get("grouped") and not q.get("flat")), None)
         ours = next((q for q in sp if q["impl"] == "nerpos" and case(q) == case(r) and q.get("mfu") is not None), None)
         ratio = ""
         if r["impl"] == "nerpos" and ref:
             x = r["tokens_per_s"] / ref["tokens_per_s"]
-            ratio = f"{x:.2f}× ({'met' if x >= TARGET_RATIO else 'not met'}: ≥ {TARGET_RATIO}×)"
+            want = TARGET_RATIO.get(case(r), 1.3)
+            ratio = f"{x:.2f}× best ({ref.get('variant', 'AMP')}; {'met' if x >= want else 'not met'}: ≥ {want}×)"
+            if padded is not None and padded is not ref:
+                ratio += f"; {r['tokens_per_s'] / padded['tokens_per_s']:.2f}× on our padded batches"
         mfu = r.get("mfu")
         if mfu is None and r["impl"] == "pytorch" and ours:
             # The same batches: the same model FLOPs, so MFU scales with the rate.
@@ -226,6 +235,8 @@ def speed(rows):
         if mfu is not None and case(r) == "base" and r["impl"] == "nerpos":
             mfu_text += f" ({'met' if mfu >= TARGET_MFU else 'not met'}: ≥ {100 * TARGET_MFU:.0f} %)"
         impl = r["impl"] + (" + fused kernels" if r.get("gpu_kernels") else "")
+        if r["impl"] == "pytorch" and r.get("variant"):
+            impl += f" ({r['variant']})"
         mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") is not None else ""
         what = "BERT-base, 16,384 tokens" if case(r) == "base" else "MiniLM, batch 32"
         launches = f"{r['launches_per_step']:.0f}" if r.get("launches_per_step") is not None else ""
