@@ -48,8 +48,9 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, 
   int t0 = starts[row], L = starts[row + 1] - t0;
   int H = s.heads * s.dh, stride = 3 * H, dh = s.dh;
   int warp = threadIdx.y, lane = threadIdx.x;
-  float *tile = smem;                                  // ATT_TILE × (dh + 1)
-  float *qrow = smem + ATT_TILE * (dh + 1) + warp * dh;  // this warp's query
+  float *tile = smem;  // ATT_TILE × (dh + 1)
+  // This warp's query row (scores), then its row of dropped probabilities (context): max(dh, ATT_TILE).
+  float *qrow = smem + ATT_TILE * (dh + 1) + warp * (dh > ATT_TILE ? dh : ATT_TILE);
   float *P = probs + poff[row] + (size_t)hd * L * L;
   uint64_t key = row_key(keys, row, s);
   // Scores, tile by tile of keys.
@@ -95,16 +96,21 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, 
     for (int i = warp; i < L; i += ATT_WARPS) {
       const float *pr = P + (size_t)i * L + k0;
       size_t mrow = (size_t)hd * L * L + (size_t)i * L + k0;
+      // The dropout decision once per probability (lane j), not once per output dimension.
+      float *pd = qrow;
+      for (int j = lane; j < kn; j += 32) {
+        float p = pr[j];
+        if (s.threshold < 65536u) p = nerpos_keep(key, mrow + j, s.threshold) ? p * s.keep_scale : 0.0f;
+        pd[j] = p;
+      }
+      __syncwarp();
       for (int d = lane; d < dh; d += 32) {
         float acc = 0.0f;
-        for (int j = 0; j < kn; ++j) {
-          float p = pr[j];
-          if (s.threshold < 65536u) p = nerpos_keep(key, mrow + j, s.threshold) ? p * s.keep_scale : 0.0f;
-          acc += p * tile[j * (dh + 1) + d];
-        }
+        for (int j = 0; j < kn; ++j) acc += pd[j] * tile[j * (dh + 1) + d];
         float *c = ctx + (size_t)(t0 + i) * H + hd * dh + d;
         *c = (k0 == 0 ? 0.0f : *c) + acc;
       }
+      __syncwarp();
     }
   }
 }
@@ -194,6 +200,9 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, con
   int warp = threadIdx.y, lane = threadIdx.x;
   float *qt = smem;
   float *gt = smem + ATT_TILE * (dh + 1);
+  // This warp's column of dropped probabilities and of dZ for its key j (ATT_TILE each).
+  float *pc = smem + 2 * ATT_TILE * (dh + 1) + warp * 2 * ATT_TILE;
+  float *zc = pc + ATT_TILE;
   size_t local = (size_t)hd * L * L, base = poff[row] + local;
   uint64_t key = row_key(keys, row, s);
   const float *P = probs + base;
@@ -205,20 +214,27 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, con
     load_tile(gt, dctx, t0 + q0, qn, H, hd * dh, dh);
     __syncthreads();
     for (int j = warp; j < L; j += ATT_WARPS) {
+      // The dropout decision once per probability (lane ii), not once per output dimension.
+      for (int ii = lane; ii < qn; ii += 32) {
+        size_t at = (size_t)(q0 + ii) * L + j;
+        float p = P[at];
+        if (s.threshold < 65536u) p = nerpos_keep(key, local + at, s.threshold) ? p * s.keep_scale : 0.0f;
+        pc[ii] = p;
+        zc[ii] = DZ[at];
+      }
+      __syncwarp();
       for (int d = lane; d < dh; d += 32) {
         float ak = 0.0f, av = 0.0f;
         for (int ii = 0; ii < qn; ++ii) {
-          size_t at = (size_t)(q0 + ii) * L + j;
-          float p = P[at];
-          if (s.threshold < 65536u) p = nerpos_keep(key, local + at, s.threshold) ? p * s.keep_scale : 0.0f;
-          ak += DZ[at] * qt[ii * (dh + 1) + d];
-          av += p * gt[ii * (dh + 1) + d];
+          ak += zc[ii] * qt[ii * (dh + 1) + d];
+          av += pc[ii] * gt[ii * (dh + 1) + d];
         }
         float *ok = dqkv + (size_t)(t0 + j) * stride + H + hd * dh + d;
         float *ov = dqkv + (size_t)(t0 + j) * stride + 2 * H + hd * dh + d;
         *ok = (q0 == 0 ? 0.0f : *ok) + ak * s.scale;
         *ov = (q0 == 0 ? 0.0f : *ov) + av;
       }
+      __syncwarp();
     }
   }
 }

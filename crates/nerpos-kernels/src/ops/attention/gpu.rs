@@ -74,15 +74,17 @@ impl Problem {
         Launch::new(kernel, (blocks, 1), (32, ATT_WARPS as u32)).shared(shared_floats * 4)
     }
 
-    /// Shared memory of one tile of keys or values and a query row per warp.
+    /// Shared memory of one tile of keys or values and, per warp, a query row or a row of dropped
+    /// probabilities (whichever is longer).
     fn one_tile(&self) -> usize {
         let dh = self.shape.head_dim as usize;
-        ATT_TILE * (dh + 1) + ATT_WARPS * dh
+        ATT_TILE * (dh + 1) + ATT_WARPS * dh.max(ATT_TILE)
     }
 
-    /// Shared memory of two tiles (queries and the context's gradient).
+    /// Shared memory of two tiles (queries and the context's gradient) and, per warp, a key's column
+    /// of dropped probabilities and of dZ.
     fn two_tiles(&self) -> usize {
-        2 * ATT_TILE * (self.shape.head_dim as usize + 1)
+        2 * ATT_TILE * (self.shape.head_dim as usize + 1) + ATT_WARPS * 2 * ATT_TILE
     }
 }
 
