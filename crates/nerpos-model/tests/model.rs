@@ -303,46 +303,43 @@ fn ks_statistic(a: &[f32], b: &[f32]) -> f64 {
     d
 }
 
+/// Loading `dir` fails: the error's text.
+fn load_error(dir: &std::path::Path) -> String {
+    BertNerPos::load(dir, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string()
+}
+
+fn zeros(n: usize) -> Tensor {
+    Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap()
+}
+
 #[test]
 fn weight_problems_are_errors_listing_the_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = copy_with(&tmp.path().join("m"), |w| {
         w.remove("encoder.layer.1.output.dense.weight");
     });
-    let err = BertNerPos::load(&missing, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&missing);
     assert!(
         err.contains("missing weights: encoder.layer.1.output.dense.weight"),
         "{err}"
     );
 
     let unexpected = copy_with(&tmp.path().join("u"), |w| {
-        w.insert(
-            "encoder.layer.9.extra".into(),
-            Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
-        );
+        w.insert("encoder.layer.9.extra".into(), zeros(3));
     });
-    let err = BertNerPos::load(&unexpected, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&unexpected);
     assert!(
         err.contains("unexpected weights: encoder.layer.9.extra"),
         "{err}"
     );
 
     let shape = copy_with(&tmp.path().join("s"), |w| {
-        w.insert(
-            "classifier.bias".into(),
-            Tensor::zeros(9, candle_core::DType::F32, &Device::Cpu).unwrap(),
-        );
+        w.insert("classifier.bias".into(), zeros(9));
     });
-    let err = BertNerPos::load(&shape, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&shape);
     assert!(
         err.contains("shape mismatches: classifier.bias: checkpoint [9], model [7]"),
         "{err}"
@@ -350,20 +347,14 @@ fn weight_problems_are_errors_listing_the_keys() {
 
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let err = BertNerPos::load(&empty, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&empty);
     assert!(
         err.contains("nerpos.json") && err.contains("not a fine-tuned"),
         "{err}"
     );
     std::fs::copy(tiny_dir().join("nerpos.json"), empty.join("nerpos.json")).unwrap();
     std::fs::copy(tiny_dir().join("config.json"), empty.join("config.json")).unwrap();
-    let err = BertNerPos::load(&empty, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&empty);
     assert!(
         err.contains("no model.safetensors or pytorch_model.bin"),
         "{err}"

@@ -64,6 +64,16 @@ fn tagger_model() -> (BertNerPos, common::Reference) {
 
 /// The fixture's labelled batch with the POS tagger's targets (the POS ids at the head positions),
 /// and every third POS id replaced by `<unk>` when `dropped` (as POS dropout does).
+/// The POS tagger's targets: each labelled position's corpus POS id (-100 elsewhere).
+fn pos_labels(r: &common::Reference) -> Vec<i32> {
+    let pos_flat = r.pos.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    r.labels
+        .iter()
+        .zip(&pos_flat)
+        .map(|(&l, &p)| if l >= 0 { p as i32 } else { -100 })
+        .collect()
+}
+
 fn tagger_batch(r: &common::Reference, dropped: bool) -> nerpos_model::PackedBatch {
     let mut batch = r.packed(true);
     batch.pos_targets = batch
@@ -86,13 +96,7 @@ fn pos_tagger_matches_the_oracle() {
     let (model, r) = tagger_model();
     let padded = common::oracle::logits(&model, &r.ids, &r.mask, &r.pos);
     let pos_padded = common::oracle::pos_logits(&model, &r.ids, &r.mask);
-    let pos_flat = r.pos.flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let pos_labels: Vec<i32> = r
-        .labels
-        .iter()
-        .zip(&pos_flat)
-        .map(|(&l, &p)| if l >= 0 { p as i32 } else { -100 })
-        .collect();
+    let pos_labels = pos_labels(&r);
     let loss = (common::oracle::loss(&padded, &r.labels)
         + (common::oracle::loss(&pos_padded, &pos_labels) * TAGGER_WEIGHT).unwrap())
     .unwrap();
@@ -226,13 +230,7 @@ fn sentences_fed_the_taggers_distribution_match_the_oracle() {
     );
     let soft = common::oracle::logits_tagger_pos(&mixed, &r.ids, &r.mask);
     let pos_padded = common::oracle::pos_logits(&mixed, &r.ids, &r.mask);
-    let pos_flat = r.pos.flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let pos_labels: Vec<i32> = r
-        .labels
-        .iter()
-        .zip(&pos_flat)
-        .map(|(&l, &p)| if l >= 0 { p as i32 } else { -100 })
-        .collect();
+    let pos_labels = pos_labels(&r);
     let loss = (common::oracle::loss(&soft, &r.labels)
         + (common::oracle::loss(&pos_padded, &pos_labels) * TAGGER_WEIGHT).unwrap())
     .unwrap();
@@ -259,15 +257,11 @@ fn sentences_fed_the_taggers_distribution_match_the_oracle() {
         }
     }
     assert!(worst <= 1e-5, "{worst}");
-    let zero = out.grads[nerpos_model::model::POS_EMBEDDING]
-        .to_dense()
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let zero = common::max_abs(
+        &out.grads[nerpos_model::model::POS_EMBEDDING]
+            .to_dense()
+            .unwrap(),
+    );
     assert_eq!(zero, 0.0, "the corpus tags' table had no sentence");
     let (x, _) = r.packed(false).to_device(&Device::Cpu).unwrap();
     let predicted = mixed.eval(&x, nerpos_model::PosSource::Predicted).unwrap();
@@ -299,14 +293,10 @@ fn a_batch_with_no_sentence_drawn_for_the_taggers_pos_keeps_the_gradient_order()
         let d = common::rel_error(&g.to_dense().unwrap(), &out.grads[name].to_dense().unwrap());
         assert_eq!(d, 0.0, "{name}");
     }
-    let tagged = out.grads[nerpos_model::model::POS_EMBEDDING_TAGGED]
-        .to_dense()
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let tagged = common::max_abs(
+        &out.grads[nerpos_model::model::POS_EMBEDDING_TAGGED]
+            .to_dense()
+            .unwrap(),
+    );
     assert_eq!(tagged, 0.0);
 }

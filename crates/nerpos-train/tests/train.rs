@@ -474,22 +474,27 @@ fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
         "{err}"
     );
 
-    let run = f.dir.path().join("run");
+    let (best, meta) = train_to_best(&f, "run", "epochs = 4\neval_every = 25");
+    assert_eq!(meta["use_pos"], false);
+    assert!(weights(&best).keys().all(|k| !k.contains("pos_embedding")));
+    let (_, f1) = predict_and_score(&best, &conll);
+    assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
+}
+
+/// Trains on the fixture's corpus with `extra` settings into run folder `name`; its test F1 must be
+/// over 0.85. Returns the best model's folder and its nerpos.json.
+fn train_to_best(f: &Fixture, name: &str, extra: &str) -> (std::path::PathBuf, serde_json::Value) {
+    let run = f.dir.path().join(name);
     ok(&train(&[
         "--config",
-        config(&f, &run, "epochs = 4\neval_every = 25")
-            .to_str()
-            .unwrap(),
+        config(f, &run, extra).to_str().unwrap(),
     ]));
     let test = summary(&run)["test_f1"].as_f64().unwrap();
     assert!(test > 0.85, "test F1 {test}");
     let best = run.join("best");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(best.join("nerpos.json")).unwrap()).unwrap();
-    assert_eq!(meta["use_pos"], false);
-    assert!(weights(&best).keys().all(|k| !k.contains("pos_embedding")));
-    let (_, f1) = predict_and_score(&best, &conll);
-    assert!(f1 > 0.85, "F1 of nerpos-predict's tags {f1}");
+    (best, meta)
 }
 
 /// The CRF head end to end: trained (its loss), evaluated and saved (its scores in the model
@@ -498,18 +503,7 @@ fn a_corpus_without_pos_trains_saves_predicts_and_scores() {
 #[test]
 fn a_crf_head_trains_decodes_and_predicts() {
     let (f, conll) = corpus_without_pos();
-    let run = f.dir.path().join("crf");
-    ok(&train(&[
-        "--config",
-        config(&f, &run, "epochs = 4\neval_every = 25\nhead = \"crf\"")
-            .to_str()
-            .unwrap(),
-    ]));
-    let test = summary(&run)["test_f1"].as_f64().unwrap();
-    assert!(test > 0.85, "test F1 {test}");
-    let best = run.join("best");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(best.join("nerpos.json")).unwrap()).unwrap();
+    let (best, meta) = train_to_best(&f, "crf", "epochs = 4\neval_every = 25\nhead = \"crf\"");
     assert_eq!(meta["head"], "crf");
     let w = weights(&best);
     assert!(

@@ -163,15 +163,7 @@ pub fn compare(model: &BertNerPos, r: &Reference, tolerance: f64) -> (f64, f64, 
                 scale < 1e-6,
                 "{name}: reference gradient {scale} should be ~0"
             );
-            let ours = g
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let ours = max_abs(g);
             assert!(ours < 1e-6, "{name}: our gradient {ours} should be ~0");
             0.0
         } else {
@@ -224,15 +216,7 @@ pub fn compare_manual(model: &BertNerPos, r: &Reference, tolerance: f64) -> f64 
         let reference = &r.tensors[&format!("grad.{name}")];
         let e = if name.ends_with("attention.self.key.bias") {
             // Exactly zero in theory (see `compare`): only check it is negligible.
-            let ours = g
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let ours = max_abs(g);
             assert!(ours < 1e-6, "{name}: {ours}");
             0.0
         } else {
@@ -405,4 +389,16 @@ pub fn synthetic_reference(lengths: &[usize], vocab: u32, num_pos: u32, labels: 
         labels: lab,
         tensors: HashMap::new(),
     }
+}
+
+/// The largest absolute value in `t`.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
