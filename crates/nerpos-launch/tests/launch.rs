@@ -74,29 +74,36 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// A run folder `run` and its config in `dir`, launched with the fake trainer.
+struct Run {
+    fake: PathBuf,
+    out: PathBuf,
+    cfg: PathBuf,
+}
+
+impl Run {
+    fn new(dir: &Path) -> Run {
+        let (fake, out, cfg) = (setup(dir), dir.join("run"), dir.join("c.toml"));
+        std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
+        Run { fake, out, cfg }
+    }
+
+    /// `train --config CFG` on `nproc` CPU processes, the fake trainer in `mode`.
+    fn train(&self, mode: &str, nproc: usize) -> Command {
+        let nproc = nproc.to_string();
+        let cfg = self.cfg.to_str().unwrap();
+        let args = ["train", "--config", cfg, "--gpus", "0", "--nproc", &nproc];
+        launcher(&self.fake, mode, &args)
+    }
+}
+
 #[test]
 fn a_failing_rank_stops_the_others_and_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let fake = setup(tmp.path());
-    let out = tmp.path().join("run");
-    let cfg = tmp.path().join("c.toml");
-    std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
+    let run = Run::new(tmp.path());
+    let out = &run.out;
     let t = Instant::now();
-    let o = launcher(
-        &fake,
-        "fail1",
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--gpus",
-            "0",
-            "--nproc",
-            "3",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = run.train("fail1", 3).output().unwrap();
     assert!(!o.status.success());
     let all = text(&o);
     assert!(
@@ -121,25 +128,9 @@ fn a_failing_rank_stops_the_others_and_is_named() {
 #[test]
 fn sigterm_is_passed_on_and_reported_as_interrupted() {
     let tmp = tempfile::tempdir().unwrap();
-    let fake = setup(tmp.path());
-    let out = tmp.path().join("run");
-    let cfg = tmp.path().join("c.toml");
-    std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
-    let child = launcher(
-        &fake,
-        "checkpoint",
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--gpus",
-            "0",
-            "--nproc",
-            "2",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let run = Run::new(tmp.path());
+    let out = &run.out;
+    let child = run.train("checkpoint", 2).spawn().unwrap();
     let t = Instant::now();
     while !(out.join("pid-0").exists() && out.join("pid-1").exists())
         && t.elapsed() < Duration::from_secs(10)
@@ -162,14 +153,7 @@ fn sigterm_is_passed_on_and_reported_as_interrupted() {
 #[test]
 fn ranks_that_diverge_together_end_the_launch_as_diverged() {
     let tmp = tempfile::tempdir().unwrap();
-    let fake = setup(tmp.path());
-    let out = tmp.path().join("run");
-    let cfg = tmp.path().join("c.toml");
-    std::fs::write(&cfg, format!("out = {:?}\n", out)).unwrap();
-    let args = ["train", "--config", cfg.to_str().unwrap(), "--gpus", "0"];
-    let o = launcher(&fake, "diverge", &[&args[..], &["--nproc", "3"]].concat())
-        .output()
-        .unwrap();
+    let o = Run::new(tmp.path()).train("diverge", 3).output().unwrap();
     let all = text(&o);
     assert_eq!(o.status.code(), Some(65), "{all}");
     assert!(!all.contains("failed"), "{all}");
