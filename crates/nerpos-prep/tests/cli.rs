@@ -90,12 +90,18 @@ fn encoding_free_gmb() -> Vec<Vec<(String, String, String)>> {
     sentences
 }
 
+/// The small vocabulary's tokenizer folder and the GMB file of [`gmb_bytes`], in `dir`.
+fn gmb_corpus(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let tok = write_bert_folder(dir);
+    let input = dir.join("gmb.csv");
+    std::fs::write(&input, gmb_bytes()).unwrap();
+    (tok, input)
+}
+
 #[test]
 fn gmb_end_to_end_alignment_and_reading() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = write_bert_folder(tmp.path());
-    let input = tmp.path().join("gmb.csv");
-    std::fs::write(&input, gmb_bytes()).unwrap();
+    let (tok, input) = gmb_corpus(tmp.path());
     let out = tmp.path().join("ds");
     let o = prep(&input, "gmb", &tok, &out, &["--split", "1,0,0"]);
     ok(&o);
@@ -263,9 +269,7 @@ fn conll_gives_the_same_rows_as_gmb_and_json_tokenizer_the_same_as_vocab() {
 #[test]
 fn same_flags_give_byte_identical_output() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = write_bert_folder(tmp.path());
-    let input = tmp.path().join("gmb.csv");
-    std::fs::write(&input, gmb_bytes()).unwrap();
+    let (tok, input) = gmb_corpus(tmp.path());
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let flags = [
         "--split",
@@ -302,9 +306,7 @@ fn same_flags_give_byte_identical_output() {
 #[test]
 fn long_sentences_become_windows_without_losing_labels() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = write_bert_folder(tmp.path());
-    let input = tmp.path().join("gmb.csv");
-    std::fs::write(&input, gmb_bytes()).unwrap();
+    let (tok, input) = gmb_corpus(tmp.path());
     for overlap in ["0", "2"] {
         let out = tmp.path().join(format!("w{overlap}"));
         ok(&prep(
@@ -354,9 +356,7 @@ fn long_sentences_become_windows_without_losing_labels() {
 #[test]
 fn drop_types_iob1_and_all_subwords() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = write_bert_folder(tmp.path());
-    let input = tmp.path().join("gmb.csv");
-    std::fs::write(&input, gmb_bytes()).unwrap();
+    let (tok, input) = gmb_corpus(tmp.path());
     let out = tmp.path().join("d");
     ok(&prep(
         &input,
@@ -402,9 +402,7 @@ fn drop_types_iob1_and_all_subwords() {
 #[test]
 fn inspect_text_and_json() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = write_bert_folder(tmp.path());
-    let input = tmp.path().join("gmb.csv");
-    std::fs::write(&input, gmb_bytes()).unwrap();
+    let (tok, input) = gmb_corpus(tmp.path());
     let out = tmp.path().join("ds");
     ok(&prep(&input, "gmb", &tok, &out, &[]));
     let o = run(&["inspect", s(&out)]);
@@ -444,9 +442,7 @@ fn inspect_text_and_json() {
 #[test]
 fn existing_output_needs_force() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = write_bert_folder(tmp.path());
-    let input = tmp.path().join("gmb.csv");
-    std::fs::write(&input, gmb_bytes()).unwrap();
+    let (tok, input) = gmb_corpus(tmp.path());
     let out = tmp.path().join("ds");
     ok(&prep(&input, "gmb", &tok, &out, &[]));
     let again = prep(&input, "gmb", &tok, &out, &[]);
