@@ -19,6 +19,21 @@ const LAYOUT: &[(&str, usize, &str)] = &[
     ),
     ("ATT_WARPS", 4, "warps per block of the attention kernels"),
     (
+        "ATT_TC_TILE",
+        64,
+        "rows of keys/values (or queries) per shared-memory tile of the tensor-core attention kernels",
+    ),
+    (
+        "ATT_TC_SKEW",
+        8,
+        "bf16 elements padding each staged row of the tensor-core attention (fewer bank conflicts)",
+    ),
+    (
+        "ATT_TC_MAX_DH",
+        64,
+        "the largest head size of the tensor-core attention (its shared memory within 48 KiB)",
+    ),
+    (
         "ATT_SHAPE_SIZE",
         32,
         "bytes of the attention kernels' parameter struct AttShape",

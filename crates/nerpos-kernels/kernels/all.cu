@@ -5,6 +5,7 @@
 #include "gelu.cu"
 #include "residual.cu"
 #include "attention.cu"
+#include "attention_tc.cu"
 #include "cross_entropy.cu"
 #include "dropout_masks.cu"
 #include "adamw.cu"

@@ -34,12 +34,42 @@ __device__ void load_tile(float *dst, const T *src, int t0, int count, int strid
   }
 }
 
-// Forward: P (softmax of the scaled scores) into `probs`, context accumulated in f32 into `ctx` [N, H].
 // The key of this block's row at the layer's dropout site (unused without dropout, when keys is null).
 __device__ __forceinline__ uint64_t row_key(const uint64_t *keys, int row, const AttShape &s) {
   return s.threshold < 65536u ? nerpos_site_key(keys[row], s.site) : 0;
 }
 
+// The softmax of each of the L × L scores' rows in place; warp w takes rows w, w + ATT_WARPS, ...
+__device__ void softmax_rows(float *P, int L, int warp, int lane) {
+  for (int i = warp; i < L; i += ATT_WARPS) {
+    float *pr = P + (size_t)i * L;
+    float m = -INFINITY;
+    for (int j = lane; j < L; j += 32) m = fmaxf(m, pr[j]);
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < L; j += 32) {
+      float e = expf(pr[j] - m);
+      pr[j] = e;
+      sum += e;
+    }
+    float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < L; j += 32) pr[j] *= inv;
+  }
+}
+
+// The softmax's backward in place: dZ = P ⊙ (dP − Σⱼ P·dP), row by row, from dP in DZ.
+__device__ void softmax_grad_rows(const float *P, float *DZ, int L, int warp, int lane) {
+  for (int i = warp; i < L; i += ATT_WARPS) {
+    const float *pr = P + (size_t)i * L;
+    float *dr = DZ + (size_t)i * L;
+    float dot = 0.0f;
+    for (int j = lane; j < L; j += 32) dot += pr[j] * dr[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < L; j += 32) dr[j] = pr[j] * (dr[j] - dot);
+  }
+}
+
+// Forward: P (softmax of the scaled scores) into `probs`, context accumulated in f32 into `ctx` [N, H].
 template <typename T>
 __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, const long long *poff,
                          float *probs, float *ctx, AttShape s) {
@@ -71,21 +101,7 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, 
     }
   }
   __syncthreads();
-  // Softmax of each query's row.
-  for (int i = warp; i < L; i += ATT_WARPS) {
-    float *pr = P + (size_t)i * L;
-    float m = -INFINITY;
-    for (int j = lane; j < L; j += 32) m = fmaxf(m, pr[j]);
-    m = warp_max(m);
-    float sum = 0.0f;
-    for (int j = lane; j < L; j += 32) {
-      float e = expf(pr[j] - m);
-      pr[j] = e;
-      sum += e;
-    }
-    float inv = 1.0f / warp_sum(sum);
-    for (int j = lane; j < L; j += 32) pr[j] *= inv;
-  }
+  softmax_rows(P, L, warp, lane);
   __syncthreads();
   // Context = dropout(P)·V, tile by tile of values; lane owns output dims lane, lane + 32, ...
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
@@ -149,14 +165,7 @@ __device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, 
     }
   }
   __syncthreads();
-  for (int i = warp; i < L; i += ATT_WARPS) {
-    const float *pr = P + (size_t)i * L;
-    float *dr = DZ + (size_t)i * L;
-    float dot = 0.0f;
-    for (int j = lane; j < L; j += 32) dot += pr[j] * dr[j];
-    dot = warp_sum(dot);
-    for (int j = lane; j < L; j += 32) dr[j] = pr[j] * (dr[j] - dot);
-  }
+  softmax_grad_rows(P, DZ, L, warp, lane);
 }
 
 // Backward, phase 2: dQ = scale·dZ·K (rows of queries) into dqkv [N, 3H] (f32), columns of Q.

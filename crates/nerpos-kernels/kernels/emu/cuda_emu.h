@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstring>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
@@ -26,6 +28,7 @@
 #define __forceinline__ inline
 #define NERPOS_DYNAMIC_SHARED(name) float *name = nerpos_emu::shared_memory()
 
+using std::max;
 using std::min;
 
 struct dim3 {
@@ -153,3 +156,98 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   w.sync.arrive_and_wait();
   return r;
 }
+
+// Warp matrix products (mma.h's nvcuda::wmma), the 16 × 16 × 16 shapes the tensor-core attention uses.
+// A GPU spreads a fragment over the warp's lanes in an unspecified layout; here every thread holds the
+// whole tile, which is the same thing to a kernel that only loads, multiplies, fills and stores
+// fragments (as ours do). Loads and stores check what the GPU requires of them — ldm a multiple of 16
+// bytes, the pointer 32-byte aligned (in shared memory, from the block's base) — and a store writes
+// each element from one lane only, so that a missing __syncwarp before the tile is read shows up (as a
+// race under the thread sanitizer) as it would on a GPU.
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "the emulator has the 16 × 16 × 16 shapes only");
+  static constexpr int num_elements = 256;
+  float x[256];  // [row][column] of the tile (A: M × K, B: K × N, accumulator: M × N)
+};
+
+namespace detail {
+[[noreturn]] inline void fail(const char *what) {
+  std::fprintf(stderr, "wmma (emulated): %s\n", what);
+  std::abort();
+}
+
+inline void check(const void *p, unsigned ldm, size_t elem) {
+  if ((ldm * elem) % 16 != 0) fail("ldm is not a multiple of 16 bytes");
+  const char *c = static_cast<const char *>(p);
+  const char *base = reinterpret_cast<const char *>(nerpos_emu::block->shared.data());
+  const char *end = base + nerpos_emu::block->shared.size() * sizeof(float);
+  size_t at = (c >= base && c < end) ? (size_t)(c - base) : (size_t)reinterpret_cast<uintptr_t>(c);
+  if (at % 32 != 0) fail("the pointer is not 32-byte aligned");
+}
+
+inline float value(float v) { return v; }
+inline float value(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Element (r, c) of a tile stored row-major (or column-major) with leading dimension ldm.
+template <typename T>
+inline float at(const T *p, unsigned ldm, int r, int c, bool row_major) {
+  return value(row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r]);
+}
+}  // namespace detail
+
+template <typename Use, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, const T *p, unsigned ldm) {
+  detail::check(p, ldm, sizeof(T));
+  constexpr bool row = std::is_same_v<Layout, row_major>;
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = detail::at(p, ldm, r, c, row);
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm,
+                             layout_t layout) {
+  detail::check(p, ldm, sizeof(float));
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = detail::at(p, ldm, r, c, layout == mem_row_major);
+}
+
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
+                              layout_t layout) {
+  detail::check(p, ldm, sizeof(float));
+  for (unsigned e = nerpos_emu::lane(); e < 256; e += 32) {
+    unsigned r = e / 16, c = e % 16;
+    p[layout == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[e];
+  }
+}
+
+template <typename Use, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, float v) {
+  for (float &x : f.x) x = v;
+}
+
+// d = a·b + c, in f32 (the products of bf16 values are exact in f32; the GPU's order of the sums is
+// its own, so results agree to rounding, not to the bit).
+template <typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, T, LA> &a,
+                     const fragment<matrix_b, 16, 16, 16, T, LB> &b,
+                     const fragment<accumulator, 16, 16, 16, float> &c) {
+  float out[256];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      float acc = c.x[m * 16 + n];
+      for (int k = 0; k < 16; ++k) acc += a.x[m * 16 + k] * b.x[k * 16 + n];
+      out[m * 16 + n] = acc;
+    }
+  std::memcpy(d.x, out, sizeof out);
+}
+
+}  // namespace nvcuda::wmma

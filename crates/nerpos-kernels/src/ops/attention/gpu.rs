@@ -1,13 +1,18 @@
-//! The CUDA attention kernels' launches (`kernels/attention.cu`): one block per (row, head) of
-//! `ATT_WARPS` warps, keys and values staged in shared memory in tiles of `ATT_TILE` rows. The
-//! probabilities are kept (f32, the CPU kernel's layout) for the backward pass; the dropout mask is
-//! regenerated from the sentences' keys in both passes.
+//! The CUDA attention kernels' launches: one block per (row, head) of `ATT_WARPS` warps. In bf16
+//! with a head size of 16, 32, 48 or 64 (BERT-base, MiniLM) the tensor-core kernels run
+//! (`kernels/attention_tc.cu`: warp matrix products on tiles of `ATT_TC_TILE` rows); otherwise the
+//! CUDA-core ones (`kernels/attention.cu`: tiles of `ATT_TILE` rows). Either keeps the probabilities
+//! (f32, the CPU kernel's layout) for the backward pass and regenerates the dropout mask from the
+//! sentences' keys in both passes.
 
 use candle_core::{DType, Tensor};
 
 use super::{Heads, RowSpans};
 use crate::error::Result;
-use crate::launch::{ATT_TILE, ATT_WARPS, AttShape, Elem, Exec, Launch, Ptr, int};
+use crate::launch::{
+    ATT_TC_MAX_DH, ATT_TC_SKEW, ATT_TC_TILE, ATT_TILE, ATT_WARPS, AttShape, Elem, Exec, Launch,
+    Ptr, int,
+};
 use crate::on_gpu;
 
 /// Attention dropout on the GPU: the sentences' keys (`[B]` i64 on the GPU), the layer's site, p.
@@ -74,6 +79,41 @@ impl Problem {
         Launch::new(kernel, (blocks, 1), (32, ATT_WARPS as u32)).shared(shared_floats * 4)
     }
 
+    /// Whether the tensor-core kernels run: bf16 storage (their operands) and a head size that
+    /// 16 × 16 × 16 tiles divide, up to `ATT_TC_MAX_DH` (beyond it their shared memory would pass the
+    /// 48 KiB a launch gets without opting in).
+    pub(crate) fn tensor_cores(&self, s: Elem) -> bool {
+        let dh = self.shape.head_dim as usize;
+        s == Elem::Bf16 && dh.is_multiple_of(16) && dh <= ATT_TC_MAX_DH
+    }
+
+    /// Shared memory (f32 words) of a tensor-core kernel staging `tiles` tiles: `TcSmem`'s layout —
+    /// the tiles (bf16, rows padded by `ATT_TC_SKEW`), then per warp a 16-row strip and a scratch area
+    /// for two 16-row operands or one f32 staging tile, whichever is larger.
+    fn tc_shared(&self, tiles: usize) -> usize {
+        let dh = self.shape.head_dim as usize;
+        let pitch = dh + ATT_TC_SKEW;
+        let tile = ATT_TC_TILE * pitch * 2;
+        let strip = 16 * pitch * 2;
+        let operands = 2 * 16 * (ATT_TC_TILE + ATT_TC_SKEW) * 2;
+        let staging = 16 * ATT_TC_TILE.max(dh) * 4;
+        (tiles * tile + ATT_WARPS * (strip + operands.max(staging))) / 4
+    }
+
+    /// The launch of one pass (`fwd`, `bwd_scores`, `bwd_dq`, `bwd_dkv`): its tensor-core kernel
+    /// staging `tc_tiles` tiles where [`Problem::tensor_cores`], else its CUDA-core kernel with
+    /// `shared` words of shared memory.
+    fn pass(&self, s: Elem, pass: &str, shared: usize, tc_tiles: usize) -> Launch {
+        if self.tensor_cores(s) {
+            self.launch(
+                s.kernel(&format!("attn_tc_{pass}")),
+                self.tc_shared(tc_tiles),
+            )
+        } else {
+            self.launch(s.kernel(&format!("attn_{pass}")), shared)
+        }
+    }
+
     /// Shared memory of one tile of keys or values and, per warp, a query row or a row of dropped
     /// probabilities (whichever is longer).
     fn one_tile(&self) -> usize {
@@ -105,7 +145,7 @@ pub(crate) fn forward_launches(
 ) -> Result<()> {
     let probs = out.offset(ctx_len * 4);
     e.launch(
-        pr.launch(s.kernel("attn_fwd"), pr.one_tile())
+        pr.pass(s, "fwd", pr.one_tile(), 1)
             .arg(qkv)
             .arg(t.starts)
             .arg(keys)
@@ -127,7 +167,7 @@ pub(crate) fn backward_launches(
 ) -> Result<()> {
     let dz = e.scratch(pr.probs().max(1) * 4)?;
     e.launch(
-        pr.launch(s.kernel("attn_bwd_scores"), pr.one_tile())
+        pr.pass(s, "bwd_scores", pr.one_tile(), 1)
             .arg(qkv)
             .arg(dctx)
             .arg(t.starts)
@@ -138,7 +178,7 @@ pub(crate) fn backward_launches(
             .arg(pr.shape),
     )?;
     e.launch(
-        pr.launch(s.kernel("attn_bwd_dq"), pr.two_tiles())
+        pr.pass(s, "bwd_dq", pr.two_tiles(), 1)
             .arg(qkv)
             .arg(t.starts)
             .arg(t.offsets)
@@ -147,7 +187,7 @@ pub(crate) fn backward_launches(
             .arg(pr.shape),
     )?;
     e.launch(
-        pr.launch(s.kernel("attn_bwd_dkv"), pr.two_tiles())
+        pr.pass(s, "bwd_dkv", pr.two_tiles(), 2)
             .arg(qkv)
             .arg(dctx)
             .arg(t.starts)

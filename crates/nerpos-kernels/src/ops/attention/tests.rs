@@ -152,8 +152,22 @@ fn cpu_kernel_backward_with_dropout_is_the_gradient() {
     }
 }
 
-/// The emulated launches of one problem: (context, probabilities) and dqkv.
+/// The emulated launches of one problem in f32: (context, probabilities) and dqkv.
 fn emulate(
+    rows: &RowSpans,
+    shape: Heads,
+    dropout: Option<(u64, f64)>,
+    keys: &[u64],
+    qkv: &[f32],
+    dctx: &[f32],
+) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    emulate_in(Elem::F32, rows, shape, dropout, keys, qkv, dctx)
+}
+
+/// The emulated launches of one problem with qkv and dctx stored as `elem` (the kernels' outputs
+/// are f32 either way).
+fn emulate_in(
+    elem: Elem,
     rows: &RowSpans,
     shape: Heads,
     dropout: Option<(u64, f64)>,
@@ -173,14 +187,15 @@ fn emulate(
     } else {
         crate::launch::Ptr::NULL
     };
+    let (qkv, dctx) = (HostBuf::new(elem, qkv), HostBuf::new(elem, dctx));
     let mut out = HostBuf::zeros(Elem::F32, n * h + pr.probs());
     let at = out.ptr_mut();
     forward_launches(
         &mut EmuExec::new(lib),
-        Elem::F32,
+        elem,
         &pr,
         &t,
-        [emu::ptr(qkv), keys_at, at],
+        [qkv.ptr(), keys_at, at],
         n * h,
     )
     .unwrap();
@@ -188,40 +203,49 @@ fn emulate(
     let (ctx, probs) = (out[..n * h].to_vec(), out[n * h..].to_vec());
     let mut dqkv = HostBuf::zeros(Elem::F32, n * 3 * h);
     let ptrs = [
-        emu::ptr(qkv),
-        emu::ptr(dctx),
+        qkv.ptr(),
+        dctx.ptr(),
         keys_at,
         emu::ptr(&probs),
         dqkv.ptr_mut(),
     ];
-    backward_launches(&mut EmuExec::new(lib), Elem::F32, &pr, &t, ptrs).unwrap();
+    backward_launches(&mut EmuExec::new(lib), elem, &pr, &t, ptrs).unwrap();
     Some((ctx, probs, dqkv.values()))
 }
 
-/// The CUDA kernels on the emulator against the CPU kernel: probabilities, context and dqkv, with and
-/// without dropout (the GPU kernel drawing its mask from the sentences' keys, the CPU kernel given
-/// the Rust masks of the same sentences), for rows shorter and longer than a key tile (32) and head
-/// sizes below and above a warp's width.
-#[test]
-fn emulated_launches_match_the_cpu_kernel() {
+/// Relative tolerances (as [`emu::close`]) of the probabilities, the context and dqkv.
+struct Tolerances {
+    probs: f32,
+    ctx: f32,
+    dqkv: f32,
+}
+
+/// The emulated launches with qkv and dctx stored as `elem`, against the CPU kernel on the values
+/// the kernels see (bf16-rounded in bf16), without dropout and with it (the GPU kernel drawing its
+/// mask from the sentences' keys, the CPU kernel given the Rust masks of the same sentences), for
+/// each (heads, head size). `None` without the emulator.
+fn launches_match_the_cpu_kernel(
+    elem: Elem,
+    lengths: &[usize],
+    shapes: &[(usize, usize)],
+    tol: Tolerances,
+) -> Option<()> {
     let mut r = rng(3);
-    let lengths = [5, 1, 40, 33, 64, 7];
-    let ids = [8, 3, 12, 0, 5, 40];
+    let ids: Vec<u64> = (0..lengths.len() as u64)
+        .map(|i| (i * 7 + 3) % 41)
+        .collect();
     let rows = RowSpans::new(lengths.to_vec());
-    let m = masks(&lengths, &ids);
+    let m = masks(lengths, &ids);
     let keys = Noise { seed: 77, step: 5 }.keys(&ids);
-    for (heads, head_dim) in [(3, 20), (2, 40)] {
+    for &(heads, head_dim) in shapes {
         let shape = Heads { heads, head_dim };
         let (n, h) = (rows.tokens(), shape.hidden());
-        let qkv = random(&mut r, n * 3 * h, 1.5);
-        let dctx = random(&mut r, n * h, 1.0);
+        let qkv = emu::seen(elem, &random(&mut r, n * 3 * h, 1.5));
+        let dctx = emu::seen(elem, &random(&mut r, n * h, 1.0));
         for p in [0.0f64, 0.1] {
             let layer = 4;
             let dropout = (p > 0.0).then_some((Site::Attention(layer).code(), p));
-            let Some((ctx, probs, dqkv)) = emulate(&rows, shape, dropout, &keys, &qkv, &dctx)
-            else {
-                return;
-            };
+            let (ctx, probs, dqkv) = emulate_in(elem, &rows, shape, dropout, &keys, &qkv, &dctx)?;
             let d = Dropout {
                 masks: &m,
                 layer,
@@ -235,14 +259,62 @@ fn emulated_launches_match_the_cpu_kernel() {
             let AttentionCache::Cpu { probs: rp, .. } = &cache else {
                 unreachable!("the CPU kernel keeps a CPU cache")
             };
-            let what = format!("attention {heads}×{head_dim}, p {p}");
-            emu::close(&format!("{what}: probabilities"), &probs, rp, 1e-6);
-            emu::close(&format!("{what}: context"), &ctx, &flat(&rctx), 1e-5);
+            let what = format!("attention {heads}×{head_dim} ({elem:?}), p {p}");
+            emu::close(&format!("{what}: probabilities"), &probs, rp, tol.probs);
+            emu::close(&format!("{what}: context"), &ctx, &flat(&rctx), tol.ctx);
             let g = Tensor::from_vec(dctx.clone(), (n, h), &Device::Cpu).unwrap();
             let rdqkv = Attention::backward(&g, &q, &rows, shape, &cache).unwrap();
-            emu::close(&format!("{what}: dqkv"), &dqkv, &flat(&rdqkv), 1e-5);
+            emu::close(&format!("{what}: dqkv"), &dqkv, &flat(&rdqkv), tol.dqkv);
         }
     }
+    Some(())
+}
+
+/// The CUDA-core kernels on the emulator against the CPU kernel in f32, for rows shorter and longer
+/// than a key tile (32) and head sizes below and above a warp's width.
+#[test]
+fn emulated_launches_match_the_cpu_kernel() {
+    let tol = Tolerances {
+        probs: 1e-6,
+        ctx: 1e-5,
+        dqkv: 1e-5,
+    };
+    launches_match_the_cpu_kernel(Elem::F32, &[5, 1, 40, 33, 64, 7], &[(3, 20), (2, 40)], tol);
+}
+
+/// The tensor-core kernels (bf16, head sizes 16, 32 and 64) on the emulator against the CPU kernel
+/// given the same bf16 inputs: rows within one 16-row block, of several blocks, of exactly one tile
+/// (64) and of three tiles (130). The scores' products are exact in f32 (only their order differs);
+/// the context and the gradients take P and dZ rounded to bf16 as operands, as FlashAttention does,
+/// so they agree to bf16's precision — a wrong mask, tile or block shows up as errors of order 1.
+#[test]
+fn emulated_tensor_core_launches_match_the_cpu_kernel() {
+    let tol = Tolerances {
+        probs: 1e-6,
+        ctx: 6e-3,
+        dqkv: 6e-3,
+    };
+    let lengths = [5, 1, 40, 17, 64, 130, 16];
+    launches_match_the_cpu_kernel(Elem::Bf16, &lengths, &[(2, 32), (1, 64), (3, 16)], tol);
+}
+
+/// In bf16 with a head size the tensor-core tiles do not divide (40) or beyond their shared memory
+/// (80), the CUDA-core kernels run, and match the CPU kernel too.
+#[test]
+fn emulated_bf16_cuda_core_launches_match_the_cpu_kernel() {
+    let rows = RowSpans::new(vec![3]);
+    let tc = |head_dim, elem| {
+        let shape = Heads { heads: 1, head_dim };
+        Problem::new(&rows, shape, None).unwrap().tensor_cores(elem)
+    };
+    assert!(tc(64, Elem::Bf16) && tc(32, Elem::Bf16) && tc(16, Elem::Bf16));
+    assert!(!tc(64, Elem::F32) && !tc(40, Elem::Bf16) && !tc(80, Elem::Bf16));
+    let tol = Tolerances {
+        probs: 1e-5,
+        ctx: 1e-5,
+        dqkv: 1e-5,
+    };
+    launches_match_the_cpu_kernel(Elem::Bf16, &[5, 40, 33], &[(2, 40), (1, 80)], tol);
 }
 
 /// A sentence's context from the emulated forward kernel is the same in two batches that hold it at
