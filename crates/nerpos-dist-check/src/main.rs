@@ -409,6 +409,34 @@ fn check_tensors(comm: &mut Comm, dev: &Device, report: &mut Report) -> anyhow::
         t.to_vec1::<f32>()? == want,
         "",
     );
+    check_queued_sums(comm, dev, report)
+}
+
+/// Sums queued the way the gradient buckets are (NCCL: on its stream, the compute stream going on
+/// meanwhile), with compute-stream work queued between them, read after the one wait.
+fn check_queued_sums(comm: &mut Comm, dev: &Device, report: &mut Report) -> anyhow::Result<()> {
+    let (r, w) = (comm.rank(), comm.world_size());
+    let mut queued = Vec::new();
+    for k in 0..3 {
+        // Made on the compute stream just before it is queued: the sum must see these values.
+        let t = (Tensor::from_vec(values(r * 10 + k, 4096, true), 4096, dev)? * 1.0)?;
+        comm.queue_all_reduce_tensor(&t)?;
+        // Compute work meanwhile, as backward goes on.
+        let _busy = (t.ones_like()? * 3.0)?.sum_all()?;
+        queued.push(t);
+    }
+    comm.finish_queued()?;
+    let mut pass = true;
+    for (k, t) in queued.iter().enumerate() {
+        let all: Vec<Vec<f32>> = (0..w).map(|q| values(q * 10 + k, 4096, true)).collect();
+        let want: Vec<f32> = (0..4096).map(|i| all.iter().map(|v| v[i]).sum()).collect();
+        pass &= t.to_vec1::<f32>()? == want;
+    }
+    report.record(
+        "queued all-reduces, one wait (the gradient buckets' path)".into(),
+        pass,
+        "",
+    );
     Ok(())
 }
 

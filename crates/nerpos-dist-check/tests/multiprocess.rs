@@ -117,7 +117,7 @@ fn assert_checks_pass(outcomes: &[Outcome], world: usize, sizes: usize) {
             .collect();
         assert_eq!(
             lines.len(),
-            4 * sizes + 5,
+            4 * sizes + 6,
             "rank {r}: {} checks",
             lines.len()
         );

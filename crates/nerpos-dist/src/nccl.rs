@@ -1,7 +1,10 @@
 //! The NCCL backend (feature `nccl`): one NCCL communicator per process/GPU, on a stream of its own,
-//! ordered after the compute stream's work before each collective and before the compute stream's
-//! later work after it. Small host values (counts, hashes, barriers) go over the TCP ring that also
-//! carried the NCCL unique id.
+//! ordered after the compute stream's work before each collective and, for most collectives, before
+//! the compute stream's later work after it. The gradient sums are the exception: they are *queued*
+//! (the compute stream goes on with backward while they run, as DDP's buckets do) and the compute
+//! stream waits for all of them once, before the optimiser reads them ([`NcclComm::finish_queued`]).
+//! Small host values (counts, hashes, barriers) go over the TCP ring that also carried the NCCL
+//! unique id.
 
 use std::sync::Arc;
 
@@ -92,6 +95,32 @@ impl NcclComm {
         })
     }
 
+    /// Queues the sum of a device buffer over all ranks, in place, on the NCCL stream after the
+    /// compute stream's queued work (the gradients it sums), without making the compute stream wait
+    /// for it: backward goes on while it runs. The buffer must stay alive, and be read on the compute
+    /// stream only after [`NcclComm::finish_queued`].
+    pub fn queue_all_reduce<T: NcclType, B: DevicePtrMut<T>>(
+        &self,
+        buf: &mut B,
+    ) -> Result<(), DistError> {
+        self.comm
+            .stream()
+            .join(&self.compute)
+            .map_err(cuda_err("ordering NCCL after compute"))?;
+        self.comm
+            .all_reduce_in_place(buf, &ReduceOp::Sum)
+            .map(|_| ())
+            .map_err(nccl_err("ncclAllReduce"))
+    }
+
+    /// Makes the compute stream's later work wait for every collective queued so far (one event;
+    /// nothing blocks the host).
+    pub fn finish_queued(&self) -> Result<(), DistError> {
+        self.compute
+            .join(&self.comm.stream())
+            .map_err(cuda_err("ordering compute after NCCL"))
+    }
+
     /// Overwrites a device buffer with `root`'s, in place.
     pub fn broadcast_in_place<T: NcclType, B: DevicePtrMut<T>>(
         &self,
@@ -129,14 +158,25 @@ impl Comm {
     }
 }
 
-/// The in-place collective on a candle CUDA tensor's storage (elements `range`); `root` for a
-/// broadcast, `None` for a sum.
+/// An in-place collective on a device buffer (candle's CUDA tensors: the `cuda` feature).
+#[cfg(feature = "cuda")]
+#[derive(Clone, Copy)]
+pub(crate) enum DeviceOp {
+    /// A sum the compute stream waits for.
+    Sum,
+    /// A sum queued without the compute stream waiting ([`NcclComm::queue_all_reduce`]).
+    QueuedSum,
+    /// Root's buffer everywhere.
+    Broadcast(usize),
+}
+
+/// The in-place collective `op` on a candle CUDA tensor's storage (elements `range`).
 #[cfg(feature = "cuda")]
 pub(crate) fn on_cuda_storage(
     nccl: &NcclComm,
     storage: &mut candle_core::CudaStorage,
     range: std::ops::Range<usize>,
-    root: Option<usize>,
+    op: DeviceOp,
 ) -> Result<(), DistError> {
     use candle_core::DType;
     use candle_core::backend::BackendStorage;
@@ -145,11 +185,12 @@ pub(crate) fn on_cuda_storage(
     fn run<T: NcclType, B: DevicePtrMut<T>>(
         n: &NcclComm,
         buf: &mut B,
-        root: Option<usize>,
+        op: DeviceOp,
     ) -> Result<(), DistError> {
-        match root {
-            None => n.all_reduce_in_place(buf),
-            Some(r) => n.broadcast_in_place(buf, r),
+        match op {
+            DeviceOp::Sum => n.all_reduce_in_place(buf),
+            DeviceOp::QueuedSum => n.queue_all_reduce(buf),
+            DeviceOp::Broadcast(r) => n.broadcast_in_place(buf, r),
         }
     }
     match storage.dtype() {
@@ -159,7 +200,7 @@ pub(crate) fn on_cuda_storage(
                 .as_cuda_slice_mut::<f32>()
                 .map_err(tensor)?
                 .slice_mut(range),
-            root,
+            op,
         ),
         DType::BF16 => run(
             nccl,
@@ -167,7 +208,7 @@ pub(crate) fn on_cuda_storage(
                 .as_cuda_slice_mut::<bf16>()
                 .map_err(tensor)?
                 .slice_mut(range),
-            root,
+            op,
         ),
         DType::F64 => run(
             nccl,
@@ -175,7 +216,7 @@ pub(crate) fn on_cuda_storage(
                 .as_cuda_slice_mut::<f64>()
                 .map_err(tensor)?
                 .slice_mut(range),
-            root,
+            op,
         ),
         DType::I64 => run(
             nccl,
@@ -183,7 +224,7 @@ pub(crate) fn on_cuda_storage(
                 .as_cuda_slice_mut::<i64>()
                 .map_err(tensor)?
                 .slice_mut(range),
-            root,
+            op,
         ),
         other => Err(DistError::Tensor(format!(
             "NCCL collectives support f32, bf16, f64 and i64, not {other:?}"

@@ -1,7 +1,8 @@
 //! One optimiser step's gradients summed over the ranks — the trainer's one interface to it, whatever
 //! the backend: alone nothing moves; over the CPU ring a communication thread sums complete buckets
-//! while backward is still running (what PyTorch DDP does); with NCCL the buckets are queued on the
-//! GPU after backward.
+//! while backward is still running (what PyTorch DDP does); with NCCL each complete bucket's sum is
+//! queued on the NCCL stream as backward hands it over, and the compute stream waits for them once,
+//! after backward ([`reduce_gradients_inline`]).
 //!
 //! The model's backward hands out gradients one at a time, from the head down. They are grouped in
 //! buckets of about `bucket_bytes` in that order (the same buckets on every rank: the parameters and
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Shape, Tensor};
 
 use crate::grad::{Grad, scatter_rows, union};
 use crate::{Comm, DistError};
@@ -87,27 +88,60 @@ pub struct Reduced {
     pub submitted: Vec<Duration>,
 }
 
-/// Collects one step's gradients into buckets and hands complete buckets to the communication thread.
+/// Where a complete bucket goes.
+enum Out<'a> {
+    /// The CPU ring's communication thread.
+    Thread(Sender<Job>),
+    /// Started here, in bucket order (NCCL: queued on its stream).
+    Inline(Inline<'a>),
+}
+
+/// Buckets started as they complete, strictly in bucket order (every rank must issue the same
+/// collectives in the same order; a bucket that completes early waits for its turn).
+struct Inline<'a> {
+    comm: &'a mut Comm,
+    dtype: DType,
+    next: usize,
+    early: BTreeMap<usize, Vec<Grad>>,
+    pending: Vec<Pending>,
+    busy: Duration,
+}
+
+impl Inline<'_> {
+    fn complete(&mut self, bucket: usize, grads: Vec<Grad>) -> Result<()> {
+        self.early.insert(bucket, grads);
+        while let Some(grads) = self.early.remove(&self.next) {
+            let t0 = Instant::now();
+            self.pending
+                .push(start_bucket(self.comm, grads, self.dtype)?);
+            self.busy += t0.elapsed();
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Collects one step's gradients into buckets and hands complete buckets on.
 struct Reducer<'a> {
     plan: &'a Buckets,
     slots: Vec<Vec<Option<Grad>>>,
     /// Which gradients have been handed over.
     given: Vec<Vec<bool>>,
     missing: Vec<usize>,
-    tx: Sender<Job>,
+    out: Out<'a>,
     started: Instant,
     submitted: Vec<Duration>,
 }
 
 impl<'a> Reducer<'a> {
-    /// A reducer feeding `tx` (the communication thread's queue).
-    fn new(plan: &'a Buckets, tx: Sender<Job>) -> Reducer<'a> {
+    /// A reducer handing complete buckets to `out`.
+    fn new(plan: &'a Buckets, out: Out<'a>) -> Reducer<'a> {
         Reducer {
             slots: plan.members.iter().map(|m| vec![None; m.len()]).collect(),
             given: plan.members.iter().map(|m| vec![false; m.len()]).collect(),
             missing: plan.members.iter().map(Vec::len).collect(),
             plan,
-            tx,
+            out,
             started: Instant::now(),
             submitted: vec![Duration::ZERO; plan.members.len()],
         }
@@ -135,8 +169,13 @@ impl<'a> Reducer<'a> {
             let grads =
                 grads.ok_or_else(|| DistError::Tensor(format!("bucket {b} is incomplete")))?;
             self.submitted[b] = self.started.elapsed();
-            // A closed queue means the thread stopped on an error, which `finish` reports.
-            let _ = self.tx.send(Job { bucket: b, grads });
+            match &mut self.out {
+                // A closed queue means the thread stopped on an error, which the join reports.
+                Out::Thread(tx) => {
+                    let _ = tx.send(Job { bucket: b, grads });
+                }
+                Out::Inline(inline) => inline.complete(b, grads)?,
+            }
         }
         Ok(())
     }
@@ -156,10 +195,10 @@ pub struct Handover<'a> {
 }
 
 enum To<'a> {
-    /// Kept here (alone, or for NCCL after backward).
+    /// Kept here (alone).
     Collect(BTreeMap<String, Grad>),
-    /// Bucketed for the communication thread.
-    Ring(Reducer<'a>),
+    /// Bucketed, each complete bucket handed on.
+    Buckets(Reducer<'a>),
 }
 
 impl Handover<'_> {
@@ -174,7 +213,7 @@ impl Handover<'_> {
                 }
                 Ok(())
             }
-            To::Ring(r) => r.push(name, g),
+            To::Buckets(r) => r.push(name, g),
         }
     }
 
@@ -183,7 +222,7 @@ impl Handover<'_> {
     pub fn given(&self, name: &str) -> bool {
         match &self.to {
             To::Collect(all) => all.contains_key(name),
-            To::Ring(r) => r.given(name),
+            To::Buckets(r) => r.given(name),
         }
     }
 }
@@ -197,8 +236,11 @@ pub fn reduce_gradients<R, E: From<DistError>>(
     dtype: DType,
     backward: impl FnOnce(&mut Handover) -> std::result::Result<R, E>,
 ) -> std::result::Result<(R, Reduced), E> {
-    if matches!(comm, Comm::Tcp(_)) {
-        return overlapped(comm, plan, dtype, backward);
+    match comm {
+        Comm::Tcp(_) => return overlapped(comm, plan, dtype, backward),
+        Comm::Single => {}
+        #[cfg(feature = "nccl")]
+        Comm::Nccl(_) => return reduce_gradients_inline(comm, plan, dtype, backward),
     }
     let mut h = Handover {
         to: To::Collect(BTreeMap::new()),
@@ -207,62 +249,82 @@ pub fn reduce_gradients<R, E: From<DistError>>(
     let To::Collect(all) = h.to else {
         unreachable!("a collecting handover stays one")
     };
-    let t0 = Instant::now();
-    let grads = match comm {
-        // Alone on a GPU the gradients stay as backward gave them (the optimiser's kernels read bf16
-        // too: no cast per parameter); on the CPU the optimiser's loops read f32.
-        Comm::Single => all
-            .into_iter()
-            .map(|(n, g)| {
-                let g = if g.device().is_cpu() {
-                    g.to_dtype(DType::F32)?
-                } else {
-                    g
-                };
-                Ok((n, g))
-            })
-            .collect::<Result<_>>()?,
-        _ => after_backward(comm, plan, dtype, all)?,
-    };
-    let spent = t0.elapsed();
-    let submitted = vec![Duration::ZERO; plan.members.len()];
-    let busy = if matches!(comm, Comm::Single) {
-        Duration::ZERO
-    } else {
-        spent
-    };
+    // Alone on a GPU the gradients stay as backward gave them (the optimiser's kernels read bf16
+    // too: no cast per parameter); on the CPU the optimiser's loops read f32.
+    let grads = all
+        .into_iter()
+        .map(|(n, g)| {
+            let g = if g.device().is_cpu() {
+                g.to_dtype(DType::F32)?
+            } else {
+                g
+            };
+            Ok((n, g))
+        })
+        .collect::<Result<_>>()?;
     Ok((
         out,
         Reduced {
             grads,
-            busy,
-            exposed: busy,
-            submitted,
+            busy: Duration::ZERO,
+            exposed: Duration::ZERO,
+            submitted: vec![Duration::ZERO; plan.members.len()],
         },
     ))
 }
 
-/// Every bucket summed after backward (NCCL queues them on the GPU).
-fn after_backward(
+/// What NCCL runs: `backward` hands its gradients over and each bucket's sum is started as soon as
+/// the bucket is complete, in bucket order — with NCCL queued on its stream while the compute stream
+/// goes on with backward (DDP's overlap) — then, after backward, the compute stream waits once for
+/// all of them and the sums are cut back into gradients (f32). `busy` is the host's time starting
+/// sums, `exposed` its time after backward (with NCCL neither waits for the GPU: the device's own
+/// share is for a profile to show). Public so that the CPU ring, where a start is the whole sum, tests
+/// the same bookkeeping.
+pub fn reduce_gradients_inline<R, E: From<DistError>>(
     comm: &mut Comm,
     plan: &Buckets,
     dtype: DType,
-    mut all: BTreeMap<String, Grad>,
-) -> Result<BTreeMap<String, Grad>> {
+    backward: impl FnOnce(&mut Handover) -> std::result::Result<R, E>,
+) -> std::result::Result<(R, Reduced), E> {
+    let inline = Inline {
+        comm,
+        dtype,
+        next: 0,
+        early: BTreeMap::new(),
+        pending: Vec::new(),
+        busy: Duration::ZERO,
+    };
+    let mut h = Handover {
+        to: To::Buckets(Reducer::new(plan, Out::Inline(inline))),
+    };
+    let out = backward(&mut h)?;
+    let To::Buckets(reducer) = h.to else {
+        unreachable!("a bucketing handover stays one")
+    };
+    let Out::Inline(inline) = reducer.out else {
+        unreachable!("an inline reducer stays one")
+    };
+    let waiting = Instant::now();
+    if inline.next < plan.members.len() {
+        let next = inline.next;
+        return Err(
+            DistError::Tensor(format!("the step ended before bucket {next} was complete")).into(),
+        );
+    }
+    inline.comm.finish_queued()?;
     let mut grads = BTreeMap::new();
-    for members in &plan.members {
-        let bucket = members
-            .iter()
-            .map(|n| {
-                all.remove(n)
-                    .ok_or_else(|| DistError::Tensor(format!("no gradient for {n}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (n, g) in members.iter().zip(reduce_bucket(comm, bucket, dtype)?) {
+    for (members, pending) in plan.members.iter().zip(inline.pending) {
+        for (n, g) in members.iter().zip(pending.finish()?) {
             grads.insert(n.clone(), g);
         }
     }
-    Ok(grads)
+    let reduced = Reduced {
+        grads,
+        busy: inline.busy,
+        exposed: waiting.elapsed(),
+        submitted: reducer.submitted,
+    };
+    Ok((out, reduced))
 }
 
 /// Over the CPU ring: `backward` runs while a communication thread sums complete buckets.
@@ -288,10 +350,10 @@ fn overlapped<R, E: From<DistError>>(
             (ring, result)
         });
         let mut h = Handover {
-            to: To::Ring(Reducer::new(plan, tx)),
+            to: To::Buckets(Reducer::new(plan, Out::Thread(tx))),
         };
         let out = backward(&mut h);
-        let To::Ring(mut reducer) = h.to else {
+        let To::Buckets(mut reducer) = h.to else {
             unreachable!("a ring handover stays one")
         };
         let submitted = std::mem::take(&mut reducer.submitted);
@@ -351,46 +413,87 @@ fn communicate(
     Ok((out, busy))
 }
 
-/// Sums one bucket over the ranks: dense gradients as one flat buffer, a row gradient over the union
-/// of the ranks' rows. Results in f32.
+/// Sums one bucket over the ranks (done when it returns on the CPU ring). Results in f32.
 fn reduce_bucket(comm: &mut Comm, grads: Vec<Grad>, dtype: DType) -> Result<Vec<Grad>> {
+    start_bucket(comm, grads, dtype)?.finish()
+}
+
+/// A bucket whose sum has been started: the buffer the collective works on in place (kept alive
+/// until the sum is read), and how to cut it back into gradients.
+enum Pending {
+    Dense {
+        flat: Tensor,
+        shapes: Vec<Shape>,
+    },
+    Rows {
+        ids: Vec<u32>,
+        laid_out: Tensor,
+        rows: usize,
+    },
+}
+
+/// Starts summing one bucket over the ranks: dense gradients as one flat buffer in `dtype`, a row
+/// gradient over the union of the ranks' rows ([`Comm::queue_all_reduce_tensor`]: with NCCL read
+/// it only after [`Comm::finish_queued`]).
+fn start_bucket(comm: &mut Comm, grads: Vec<Grad>, dtype: DType) -> Result<Pending> {
     if let [Grad::Rows { ids, values, rows }] = &grads[..] {
-        return Ok(vec![reduce_rows(comm, ids, values, *rows, dtype)?]);
+        return start_rows(comm, ids, values, *rows, dtype);
     }
+    let mut shapes = Vec::with_capacity(grads.len());
     let dense: Vec<Tensor> = grads
         .iter()
         .map(|g| match g {
-            Grad::Dense(t) => Ok(t.to_dtype(dtype)?.flatten_all()?),
+            Grad::Dense(t) => {
+                shapes.push(t.shape().clone());
+                Ok(t.to_dtype(dtype)?.flatten_all()?)
+            }
             Grad::Rows { .. } => Err(DistError::Tensor("a row gradient shares a bucket".into())),
         })
         .collect::<Result<_>>()?;
     let flat = Tensor::cat(&dense, 0)?;
-    comm.all_reduce_tensor(&flat)?;
-    let flat = flat.to_dtype(DType::F32)?;
-    let mut at = 0;
-    grads
-        .iter()
-        .map(|g| {
-            let Grad::Dense(t) = g else {
-                unreachable!("checked above")
-            };
-            let n = t.elem_count();
-            let part = flat.narrow(0, at, n)?.reshape(t.shape())?;
-            at += n;
-            Ok(Grad::Dense(part))
-        })
-        .collect()
+    comm.queue_all_reduce_tensor(&flat)?;
+    Ok(Pending::Dense { flat, shapes })
 }
 
-/// A row gradient summed over the ranks: the union of their row ids (every rank gathers them), then
-/// one all-reduce of the values laid out over that union.
-fn reduce_rows(
+impl Pending {
+    /// The summed gradients in f32 (views of one buffer for a dense bucket).
+    fn finish(self) -> Result<Vec<Grad>> {
+        match self {
+            Pending::Dense { flat, shapes } => {
+                let flat = flat.to_dtype(DType::F32)?;
+                let mut at = 0;
+                shapes
+                    .iter()
+                    .map(|shape| {
+                        let n = shape.elem_count();
+                        let part = flat.narrow(0, at, n)?.reshape(shape)?;
+                        at += n;
+                        Ok(Grad::Dense(part))
+                    })
+                    .collect()
+            }
+            Pending::Rows {
+                ids,
+                laid_out,
+                rows,
+            } => Ok(vec![Grad::Rows {
+                ids,
+                values: laid_out.to_dtype(DType::F32)?,
+                rows,
+            }]),
+        }
+    }
+}
+
+/// Starts a row gradient's sum over the ranks: the union of their row ids (every rank gathers them:
+/// host values over the TCP ring), then one all-reduce of the values laid out over that union.
+fn start_rows(
     comm: &mut Comm,
     ids: &[u32],
     values: &Tensor,
     rows: usize,
     dtype: DType,
-) -> Result<Grad> {
+) -> Result<Pending> {
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     let mut all: Vec<u32> = Vec::new();
     for part in comm.all_gather(&bytes)? {
@@ -401,10 +504,10 @@ fn reduce_rows(
         all = union(&all, &theirs);
     }
     let laid_out = scatter_rows(&all, &[(ids, &values.to_dtype(DType::F32)?)])?.to_dtype(dtype)?;
-    comm.all_reduce_tensor(&laid_out)?;
-    Ok(Grad::Rows {
+    comm.queue_all_reduce_tensor(&laid_out)?;
+    Ok(Pending::Rows {
         ids: all,
-        values: laid_out.to_dtype(DType::F32)?,
+        laid_out,
         rows,
     })
 }

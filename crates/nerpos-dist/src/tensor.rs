@@ -12,6 +12,8 @@ use crate::{Comm, DistError};
 #[derive(Clone, Copy)]
 enum Collective {
     AllReduce,
+    /// A sum the compute stream does not wait for (NCCL; the others finish it before returning).
+    QueuedAllReduce,
     Broadcast(usize),
 }
 
@@ -34,7 +36,7 @@ impl CollectiveOp<'_> {
     fn host<T: crate::Element>(&self, data: &mut [T]) -> Result<(), DistError> {
         let mut comm = self.comm.borrow_mut();
         match self.what {
-            Collective::AllReduce => comm.all_reduce_sum(data),
+            Collective::AllReduce | Collective::QueuedAllReduce => comm.all_reduce_sum(data),
             Collective::Broadcast(root) => comm.broadcast(bytemuck::cast_slice_mut(data), root),
         }
     }
@@ -80,17 +82,19 @@ impl InplaceOp1 for CollectiveOp<'_> {
                 "a CUDA tensor needs the NCCL backend (the CPU ring sums host tensors)".into(),
             )));
         };
-        let result = crate::nccl::on_cuda_storage(nccl, storage, range, self.what_root());
+        let result = crate::nccl::on_cuda_storage(nccl, storage, range, self.device_op());
         result.map_err(|e| self.fail(e))
     }
 }
 
 impl CollectiveOp<'_> {
     #[cfg(feature = "cuda")]
-    fn what_root(&self) -> Option<usize> {
+    fn device_op(&self) -> crate::nccl::DeviceOp {
+        use crate::nccl::DeviceOp;
         match self.what {
-            Collective::AllReduce => None,
-            Collective::Broadcast(root) => Some(root),
+            Collective::AllReduce => DeviceOp::Sum,
+            Collective::QueuedAllReduce => DeviceOp::QueuedSum,
+            Collective::Broadcast(root) => DeviceOp::Broadcast(root),
         }
     }
 }
@@ -118,6 +122,23 @@ impl Comm {
     /// the sum).
     pub fn all_reduce_tensor(&mut self, t: &Tensor) -> Result<(), DistError> {
         self.tensor_collective(t, Collective::AllReduce)
+    }
+
+    /// Starts summing a contiguous tensor over all ranks, in place. With NCCL the sum is queued on its
+    /// stream and the compute stream does not wait for it: keep `t` alive and read it only after
+    /// [`Comm::finish_queued`]. Elsewhere it is [`Comm::all_reduce_tensor`] (done on return).
+    pub fn queue_all_reduce_tensor(&mut self, t: &Tensor) -> Result<(), DistError> {
+        self.tensor_collective(t, Collective::QueuedAllReduce)
+    }
+
+    /// Makes the compute stream wait, once, for every sum queued by
+    /// [`Comm::queue_all_reduce_tensor`] (NCCL; nothing blocks the host); a no-op elsewhere.
+    pub fn finish_queued(&mut self) -> Result<(), DistError> {
+        match self {
+            #[cfg(feature = "nccl")]
+            Comm::Nccl(nccl) => nccl.finish_queued(),
+            _ => Ok(()),
+        }
     }
 
     /// Overwrites a contiguous tensor with `root`'s, in place.

@@ -1,13 +1,15 @@
 //! Gradients reach the communicator while backward is still running: two ranks (threads of this test,
 //! over the TCP ring) differentiate the same batch with small gradient buckets; the first bucket is
-//! handed over before the last gradient exists, and the sums are every gradient twice.
+//! handed over before the last gradient exists, and the sums are every gradient twice — through the
+//! ring's communication thread, and through the inline path NCCL takes (each bucket's sum started
+//! as backward completes it; on the ring a start is the whole sum).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use nerpos_dist::reduce::{Buckets, reduce_gradients};
+use nerpos_dist::reduce::{Buckets, reduce_gradients, reduce_gradients_inline};
 use nerpos_dist::{Comm, Rendezvous, Timeouts};
 use nerpos_model::{BertNerPos, Grad, PackedBatch};
 
@@ -37,7 +39,16 @@ struct RankRun {
     backward_done: Duration,
 }
 
-fn rank(r: usize, port: u16) -> RankRun {
+/// Which of the reduction's paths a rank runs.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The CPU ring's communication thread (what the trainer runs on the CPU).
+    Thread,
+    /// The inline starts NCCL runs.
+    Inline,
+}
+
+fn rank(r: usize, port: u16, path: Route) -> RankRun {
     let vars: HashMap<String, String> = [
         ("RANK", r.to_string()),
         ("WORLD_SIZE", "2".into()),
@@ -63,10 +74,14 @@ fn rank(r: usize, port: u16) -> RankRun {
     let (inputs, targets) = batch().to_device(&Device::Cpu).unwrap();
     let targets = targets.unwrap();
     let started = Instant::now();
-    let (backward_done, reduced) = reduce_gradients(&mut comm, &plan, DType::F32, |h| {
+    let backward = |h: &mut nerpos_dist::reduce::Handover| {
         model.forward_backward_with(&inputs, &targets, None, |name, g| Ok(h.push(name, g)?))?;
         anyhow::Ok(started.elapsed())
-    })
+    };
+    let (backward_done, reduced) = match path {
+        Route::Thread => reduce_gradients(&mut comm, &plan, DType::F32, backward),
+        Route::Inline => reduce_gradients_inline(&mut comm, &plan, DType::F32, backward),
+    }
     .unwrap();
     RankRun {
         reduced: reduced.grads.into_iter().collect(),
@@ -77,13 +92,24 @@ fn rank(r: usize, port: u16) -> RankRun {
 
 #[test]
 fn buckets_are_reduced_while_backward_runs() {
+    reduced_while_backward_runs(Route::Thread);
+}
+
+#[test]
+fn inline_buckets_are_started_while_backward_runs() {
+    reduced_while_backward_runs(Route::Inline);
+}
+
+fn reduced_while_backward_runs(path: Route) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let runs: Vec<RankRun> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|r| s.spawn(move || rank(r, port))).collect();
+        let handles: Vec<_> = (0..2)
+            .map(|r| s.spawn(move || rank(r, port, path)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     // The same batch on both ranks: every reduced gradient is twice the local one.
