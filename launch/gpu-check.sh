@@ -37,7 +37,9 @@
 #   minilm       MiniLM, batch 32, bf16: the same three
 #   profile      where the GPU time goes (phases synchronised): both shapes with the kernels
 #   kernel-times which kernels it goes to: Nsight Compute's durations for BERT-base (where ncu is)
-#   nccl         NCCL on this GPU (world 1: the library loads, an all-reduce is right)
+#   nccl         NCCL on this GPU (world 1: the library loads, an all-reduce is right, sums queued as
+#                the gradient buckets are read back right); with base, BERT-base's step over a world-1
+#                NCCL communicator and its reduction alone: the exposed share (target ≤ 10 %)
 #   train        a whole GMB job (bf16 + kernels) and PyTorch's on the same data and start
 #   grid         small-model grid points per hour with K = 1, 2, 4 points sharing the GPU
 #                (launch/train.sh grid --runs-per-gpu K: 4 short MiniLM points each)
@@ -220,6 +222,9 @@ for s in base minilm; do
   batches=$out/logs/batches-$s.jsonl
   speed "$s-bf16" 120 $s bf16 "${args[@]}" --dump-batches "$batches"
   speed "$s-bf16-kernels" 120 $s bf16 "${args[@]}" --gpu-kernels
+  # The same step with its gradients summed over a world-1 NCCL communicator (queued during backward,
+  # one wait), and that sum timed alone: the extra step time against it is the exposed share.
+  [[ $s == base ]] && want nccl && speed "$s-bf16-kernels-nccl" 120 $s bf16 "${args[@]}" --gpu-kernels --nccl
   torch_speed "$s-torch-bf16" $s "$batches"
   rm -f "$batches"
 done

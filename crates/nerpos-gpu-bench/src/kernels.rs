@@ -312,12 +312,28 @@ fn attention_kernels(c: &mut Checker) -> anyhow::Result<()> {
         let (n, h) = (rows.tokens(), 12 * head_dim);
         let (qg, qc) = c.put(&random(&mut r, n * 3 * h, 1.5), &[n, 3 * h])?;
         let (gg, gc) = c.put(&random(&mut r, n * h, 1.0), &[n, h])?;
-        for p in [0.0, 0.1] {
+        // The projection's bias folded into the kernels, against the CPU kernel on qkv + bias
+        // (rounded to the dtype as a separate bias add would round it).
+        let (bg, bc) = c.put(&random(&mut r, 3 * h, 0.5), &[3 * h])?;
+        let qcb = qc
+            .broadcast_add(&bc)?
+            .to_dtype(c.dtype)?
+            .to_dtype(DType::F32)?;
+        for (p, folded) in [(0.0, false), (0.1, false), (0.1, true)] {
             let d = |masks| Some(attention::Dropout { masks, layer: 2, p });
-            let (ctx, gcache) = Attention::forward(GPU, &qg, (&rows, None), shape, d(&gpu), true)?;
-            let (rctx, rcache) = Attention::forward(CPU, &qc, (&rows, None), shape, d(&cpu), true)?;
+            let (gin, qc) = if folded {
+                ((&qg, Some(&bg)), &qcb)
+            } else {
+                ((&qg, None), &qc)
+            };
+            let (ctx, gcache) = Attention::forward(GPU, gin, (&rows, None), shape, d(&gpu), true)?;
+            let (rctx, rcache) =
+                Attention::forward(CPU, (qc, None), (&rows, None), shape, d(&cpu), true)?;
             let (gcache, rcache) = (gcache.context("a cache")?, rcache.context("a cache")?);
-            let what = format!("attention dh {head_dim} p {p}");
+            let what = format!(
+                "attention dh {head_dim} p {p}{}",
+                if folded { " bias folded" } else { "" }
+            );
             c.record(&format!("{what} context"), &ctx, &rctx, 1e-5)?;
             if let (AttentionCache::Device { probs, .. }, AttentionCache::Cpu { probs: rp, .. }) =
                 (&gcache, &rcache)
@@ -326,7 +342,7 @@ fn attention_kernels(c: &mut Checker) -> anyhow::Result<()> {
                 c.record(&format!("{what} probabilities"), probs, &rp, 1e-6)?;
             }
             let dqkv = Attention::backward(&gg, &qg, &rows, shape, &gcache)?;
-            let rdqkv = Attention::backward(&gc, &qc, &rows, shape, &rcache)?;
+            let rdqkv = Attention::backward(&gc, qc, &rows, shape, &rcache)?;
             c.record(&format!("{what} dqkv"), &dqkv, &rdqkv, 1e-5)?;
         }
     }

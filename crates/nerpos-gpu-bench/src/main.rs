@@ -2,6 +2,7 @@
 //! against its CPU kernel, training correctness against the CPU, and training speed — through the
 //! libraries' public APIs: the trainer's step, planner and settings, the kernels' ops.
 
+mod comm;
 mod kernels;
 mod setup;
 mod train;
@@ -96,6 +97,11 @@ enum Cmd {
         /// products, attention, the other kernels and the optimiser (the steps run slower).
         #[arg(long)]
         profile: bool,
+        /// Sum the gradients over a world-1 NCCL communicator (the multi-GPU path with nothing to
+        /// exchange), and time that reduction alone: the step's extra time over the same run
+        /// without `--nccl`, against the reduction alone, is its exposed share.
+        #[arg(long)]
+        nccl: bool,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -164,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             peak_tflops,
             dump_batches,
             profile,
+            nccl,
             out,
         } => {
             let run = train::SpeedRun {
@@ -180,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 peak_tflops,
                 dump: dump_batches.as_deref(),
                 profile,
+                nccl,
             };
             (train::speed(&run)?, out)
         }

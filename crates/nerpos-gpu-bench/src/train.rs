@@ -32,27 +32,24 @@ impl Stepper {
         cfg: &nerpos_train::TrainConfig,
         total: usize,
     ) -> anyhow::Result<Stepper> {
-        Stepper::with(
-            config,
-            device,
-            StepSettings::from_config(cfg, 1),
-            cfg,
-            total,
-        )
+        let settings = StepSettings::from_config(cfg, 1);
+        Stepper::with(config, device, settings, cfg, total, Comm::Single)
     }
 
+    /// A stepper whose trainer runs with `settings` and sums its gradients over `comm`.
     fn with(
         config: &ModelConfig,
         device: &Device,
         settings: StepSettings,
         cfg: &nerpos_train::TrainConfig,
         total: usize,
+        comm: Comm,
     ) -> anyhow::Result<Stepper> {
         let master = BertNerPos::new(config.clone(), device)?
             .with_kernels(Kernels::with_gpu(cfg.gpu_kernels));
         random_init(&master, 1234)?;
         Ok(Stepper {
-            trainer: Trainer::new(master, Comm::Single, settings)?,
+            trainer: Trainer::new(master, comm, settings)?,
             total,
             done: 0,
         })
@@ -194,7 +191,7 @@ pub fn nonfinite(data: &Path, gpu_kernels: bool) -> anyhow::Result<Value> {
         // On a GPU the numbers are on the device anyway; on the CPU (NERPOS_BENCH_DEVICE=cpu) this
         // takes the GPU's path there.
         settings.defer_checks = true;
-        let mut s = Stepper::with(&config, &dev, settings, &cfg, plan.len())?;
+        let mut s = Stepper::with(&config, &dev, settings, &cfg, plan.len(), Comm::Single)?;
         s.trainer.set_faults(Faults::at(&[5]));
         for b in &plan[..4] {
             s.step(b)?;
@@ -300,6 +297,9 @@ pub struct SpeedRun<'a> {
     pub dump: Option<&'a Path>,
     /// Synchronise between phases and report where the step's time goes (slower steps).
     pub profile: bool,
+    /// Sum the gradients over a world-1 NCCL communicator (the multi-GPU path, nothing to exchange)
+    /// and time that reduction alone too.
+    pub nccl: bool,
 }
 
 /// What the timed steps did besides computing.
@@ -371,7 +371,13 @@ pub fn speed(r: &SpeedRun) -> anyhow::Result<Value> {
     }
     let cfg = train_config(r.data, r.precision, r.gpu_kernels, r.fused_adamw)?;
     let dev = device(&cfg)?;
-    let mut s = Stepper::new(&config, &dev, &cfg, r.warmup + r.steps)?;
+    let comm = if r.nccl {
+        crate::comm::nccl_alone(&dev)?
+    } else {
+        Comm::Single
+    };
+    let settings = StepSettings::from_config(&cfg, 1);
+    let mut s = Stepper::with(&config, &dev, settings, &cfg, r.warmup + r.steps, comm)?;
     for b in &plan[..r.warmup] {
         s.step(b)?;
     }
@@ -394,6 +400,20 @@ pub fn speed(r: &SpeedRun) -> anyhow::Result<Value> {
             r.steps
         );
     }
+    let grad_dtype = match r.precision {
+        Precision::Bf16 => candle_core::DType::BF16,
+        Precision::F32 | Precision::Tf32 => candle_core::DType::F32,
+    };
+    let reduction_ms = if r.nccl {
+        Some(crate::comm::reduction_alone(
+            &mut s.trainer,
+            grad_dtype,
+            &dev,
+            5,
+        )?)
+    } else {
+        None
+    };
     let tokens: usize = timed.iter().map(PackedBatch::tokens).sum();
     // What the same batches would be padded to their longest row (PyTorch's reference computes that).
     let padded: usize = timed
@@ -415,5 +435,6 @@ pub fn speed(r: &SpeedRun) -> anyhow::Result<Value> {
         "mean_loss": mean_loss, "params": s.trainer.model.params.count(),
         "launches_per_step": counts.launches, "read_backs_per_step": counts.read_backs as f64 / r.steps as f64,
         "profiled": r.profile, "profile": r.profile.then(|| profile_json(r.steps, secs)),
+        "comm": if r.nccl { "nccl" } else { "single" }, "reduction_alone_ms": reduction_ms,
     }))
 }

@@ -8,7 +8,8 @@
 // output P (f32, heads·L² per row at `poff[row]`) is kept for the backward pass, as on the CPU.
 // Dropout on P is keyed by the sentence (dropout.cuh): element h·L² + i·L + j of the row's mask at the
 // layer's site, which forward and backward regenerate (nothing is stored) and which does not depend on
-// the row's place in the batch. Q, K, V are read from the fused projection qkv [N, 3H].
+// the row's place in the batch. Q, K, V are read from the fused projection qkv [N, 3H], its bias [3H]
+// added as they are read when `bias` is not null (the product then runs without a bias add of its own).
 
 // ATT_TILE, ATT_WARPS and AttShape's layout come from layout.h (build.rs), which the Rust launch code
 // reads too: the shared-memory size it asks for and the struct it passes cannot drift from these.
@@ -25,12 +26,13 @@ static_assert(offsetof(AttShape, heads) == ATT_SHAPE_HEADS_OFFSET, "AttShape.hea
 static_assert(offsetof(AttShape, keep_scale) == ATT_SHAPE_KEEP_SCALE_OFFSET, "AttShape.keep_scale moved");
 
 // Loads `count` rows (≤ ATT_TILE) of one head's dh columns from `src` (row stride `stride`, starting at
-// token `t0`) into shared `dst` as f32 with row pitch dh + 1 (no bank conflicts on column walks).
+// token `t0`) into shared `dst` as f32 with row pitch dh + 1 (no bank conflicts on column walks), the
+// projection's bias (indexed by src's column; null: none) folded in.
 template <typename T>
-__device__ void load_tile(float *dst, const T *src, int t0, int count, int stride, int col0, int dh) {
+__device__ void load_tile(float *dst, const T *src, const T *bias, int t0, int count, int stride, int col0, int dh) {
   for (int e = threadIdx.x + threadIdx.y * 32; e < count * dh; e += 32 * ATT_WARPS) {
     int rr = e / dh, d = e % dh;
-    dst[rr * (dh + 1) + d] = ld(src, (size_t)(t0 + rr) * stride + col0 + d);
+    dst[rr * (dh + 1) + d] = ld_biased(src, (size_t)(t0 + rr) * stride + col0 + d, bias, col0 + d);
   }
 }
 
@@ -71,7 +73,7 @@ __device__ void softmax_grad_rows(const float *P, float *DZ, int L, int warp, in
 
 // Forward: P (softmax of the scaled scores) into `probs`, context accumulated in f32 into `ctx` [N, H].
 template <typename T>
-__device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, const long long *poff,
+__device__ void attn_fwd(const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff,
                          float *probs, float *ctx, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
@@ -87,10 +89,11 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, 
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
     int kn = min(ATT_TILE, L - k0);
     __syncthreads();
-    load_tile(tile, qkv, t0 + k0, kn, stride, H + hd * dh, dh);
+    load_tile(tile, qkv, bias, t0 + k0, kn, stride, H + hd * dh, dh);
     __syncthreads();
     for (int i = warp; i < L; i += ATT_WARPS) {
-      for (int d = lane; d < dh; d += 32) qrow[d] = ld(qkv, (size_t)(t0 + i) * stride + hd * dh + d);
+      for (int d = lane; d < dh; d += 32)
+        qrow[d] = ld_biased(qkv, (size_t)(t0 + i) * stride + hd * dh + d, bias, hd * dh + d);
       __syncwarp();
       for (int j = lane; j < kn; j += 32) {
         float acc = 0.0f;
@@ -107,7 +110,7 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, 
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
     int kn = min(ATT_TILE, L - k0);
     __syncthreads();
-    load_tile(tile, qkv, t0 + k0, kn, stride, 2 * H + hd * dh, dh);
+    load_tile(tile, qkv, bias, t0 + k0, kn, stride, 2 * H + hd * dh, dh);
     __syncthreads();
     for (int i = warp; i < L; i += ATT_WARPS) {
       const float *pr = P + (size_t)i * L + k0;
@@ -133,7 +136,7 @@ __device__ void attn_fwd(const T *qkv, const int *starts, const uint64_t *keys, 
 
 // Backward, phase 1: dZ (into `dz`, the same layout as P) = P ⊙ (dP − Σⱼ P·dP) with dP = mask ⊙ (dctx·Vᵀ).
 template <typename T>
-__device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+__device__ void attn_bwd_scores(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
                                 const long long *poff, const float *probs, float *dz, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
@@ -149,7 +152,7 @@ __device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, 
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
     int kn = min(ATT_TILE, L - k0);
     __syncthreads();
-    load_tile(tile, qkv, t0 + k0, kn, stride, 2 * H + hd * dh, dh);
+    load_tile(tile, qkv, bias, t0 + k0, kn, stride, 2 * H + hd * dh, dh);
     __syncthreads();
     for (int i = warp; i < L; i += ATT_WARPS) {
       for (int d = lane; d < dh; d += 32) grow[d] = ld(dctx, (size_t)(t0 + i) * H + hd * dh + d);
@@ -170,7 +173,7 @@ __device__ void attn_bwd_scores(const T *qkv, const T *dctx, const int *starts, 
 
 // Backward, phase 2: dQ = scale·dZ·K (rows of queries) into dqkv [N, 3H] (f32), columns of Q.
 template <typename T>
-__device__ void attn_bwd_dq(const T *qkv, const int *starts, const long long *poff, const float *dz,
+__device__ void attn_bwd_dq(const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz,
                             float *dqkv, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
@@ -182,7 +185,7 @@ __device__ void attn_bwd_dq(const T *qkv, const int *starts, const long long *po
   for (int k0 = 0; k0 < L; k0 += ATT_TILE) {
     int kn = min(ATT_TILE, L - k0);
     __syncthreads();
-    load_tile(tile, qkv, t0 + k0, kn, stride, H + hd * dh, dh);
+    load_tile(tile, qkv, bias, t0 + k0, kn, stride, H + hd * dh, dh);
     __syncthreads();
     for (int i = warp; i < L; i += ATT_WARPS) {
       const float *dr = DZ + (size_t)i * L + k0;
@@ -199,7 +202,7 @@ __device__ void attn_bwd_dq(const T *qkv, const int *starts, const long long *po
 // Backward, phase 3: dK = scale·dZᵀ·Q and dV = dropout(P)ᵀ·dctx (rows of keys), tile by tile of
 // queries (two tiles in shared memory: Q and dctx).
 template <typename T>
-__device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+__device__ void attn_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
                              const long long *poff, const float *probs, const float *dz, float *dqkv,
                              AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
@@ -219,8 +222,8 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, con
   for (int q0 = 0; q0 < L; q0 += ATT_TILE) {
     int qn = min(ATT_TILE, L - q0);
     __syncthreads();
-    load_tile(qt, qkv, t0 + q0, qn, stride, hd * dh, dh);
-    load_tile(gt, dctx, t0 + q0, qn, H, hd * dh, dh);
+    load_tile(qt, qkv, bias, t0 + q0, qn, stride, hd * dh, dh);
+    load_tile(gt, dctx, (const T *)nullptr, t0 + q0, qn, H, hd * dh, dh);
     __syncthreads();
     for (int j = warp; j < L; j += ATT_WARPS) {
       // The dropout decision once per probability (lane ii), not once per output dimension.
@@ -249,18 +252,18 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *dctx, const int *starts, con
 }
 
 NERPOS_EXPORT_TYPED(attn_fwd,
-                    (const T *qkv, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
+                    (const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
                      float *ctx, AttShape s),
-                    (qkv, starts, keys, poff, probs, ctx, s))
+                    (qkv, bias, starts, keys, poff, probs, ctx, s))
 NERPOS_EXPORT_TYPED(attn_bwd_scores,
-                    (const T *qkv, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
+                    (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
                      const float *probs, float *dz, AttShape s),
-                    (qkv, dctx, starts, keys, poff, probs, dz, s))
+                    (qkv, bias, dctx, starts, keys, poff, probs, dz, s))
 NERPOS_EXPORT_TYPED(attn_bwd_dq,
-                    (const T *qkv, const int *starts, const long long *poff, const float *dz, float *dqkv,
+                    (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv,
                      AttShape s),
-                    (qkv, starts, poff, dz, dqkv, s))
+                    (qkv, bias, starts, poff, dz, dqkv, s))
 NERPOS_EXPORT_TYPED(attn_bwd_dkv,
-                    (const T *qkv, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
+                    (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
                      const float *probs, const float *dz, float *dqkv, AttShape s),
-                    (qkv, dctx, starts, keys, poff, probs, dz, dqkv, s))
+                    (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, s))

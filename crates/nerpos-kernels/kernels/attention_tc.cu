@@ -68,20 +68,22 @@ struct TcSmem {
 };
 
 // Rows [0, rows) of one head's dh columns into shared `dst` (pitch `pitch`) as bf16: source rows t0 ..
-// t0 + count (row stride `stride`, from column col0), zeros past `count`. Threads first, first + step, ...
-__device__ void tc_stage(bf16 *dst, int pitch, const bf16 *src, int t0, int count, int rows, int stride, int col0,
-                         int dh, int first, int step) {
+// t0 + count (row stride `stride`, from column col0) with the projection's bias folded in (indexed by
+// the column; null: none), zeros past `count`. Threads first, first + step, ...
+__device__ void tc_stage(bf16 *dst, int pitch, const bf16 *src, const bf16 *bias, int t0, int count, int rows,
+                         int stride, int col0, int dh, int first, int step) {
   for (int e = first; e < rows * dh; e += step) {
     int r = e / dh, d = e % dh;
-    dst[r * pitch + d] = r < count ? src[(size_t)(t0 + r) * stride + col0 + d] : __float2bfloat16_rn(0.0f);
+    float v = r < count ? ld_biased(src, (size_t)(t0 + r) * stride + col0 + d, bias, col0 + d) : 0.0f;
+    dst[r * pitch + d] = __float2bfloat16_rn(v);
   }
 }
 
 // The whole block stages a tile.
-__device__ void tc_stage_block(bf16 *dst, const TcRow &r, const bf16 *src, int t0, int count, int stride,
-                               int col0) {
+__device__ void tc_stage_block(bf16 *dst, const TcRow &r, const bf16 *src, const bf16 *bias, int t0, int count,
+                               int stride, int col0) {
   int rows = (count + 15) / 16 * 16;
-  tc_stage(dst, r.pitch, src, t0, count, rows, stride, col0, r.dh, r.lane + r.warp * 32, 32 * ATT_WARPS);
+  tc_stage(dst, r.pitch, src, bias, t0, count, rows, stride, col0, r.dh, r.lane + r.warp * 32, 32 * ATT_WARPS);
 }
 
 // stage[16 × kb·16] (f32, pitch ATT_TC_TILE) = strip (16 × dh) · tileᵀ (kb·16 rows × dh).
@@ -150,19 +152,21 @@ __device__ __forceinline__ float tc_dropped(float p, uint64_t key, size_t at, co
 }
 
 // The scores of strip-by-tile products into P (forward: Q·Kᵀ·scale) or DZ (backward: dropout of
-// dctx·Vᵀ): for every tile of `tsrc` rows and every 16-row strip of `ssrc` rows.
+// dctx·Vᵀ): for every tile of `tsrc` rows (qkv's, `bias` folded in) and every 16-row strip of `ssrc`
+// rows (qkv's too in forward: `sbias`).
 template <bool BACKWARD>
-__device__ void tc_score_pass(const bf16 *ssrc, int sstride, int scol, const bf16 *tsrc, int tcol, float *out,
-                              uint64_t key, const TcRow &r, const TcSmem &m, const AttShape &s) {
+__device__ void tc_score_pass(const bf16 *ssrc, const bf16 *sbias, int sstride, int scol, const bf16 *tsrc,
+                              const bf16 *bias, int tcol, float *out, uint64_t key, const TcRow &r,
+                              const TcSmem &m, const AttShape &s) {
   size_t local = (size_t)r.hd * r.L * r.L;
   for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
     int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
     __syncthreads();
-    tc_stage_block(m.tile0, r, tsrc, r.t0 + k0, kn, r.stride, tcol);
+    tc_stage_block(m.tile0, r, tsrc, bias, r.t0 + k0, kn, r.stride, tcol);
     __syncthreads();
     for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
       int i0 = st * 16, qn = min(16, r.L - i0);
-      tc_stage(m.strip, r.pitch, ssrc, r.t0 + i0, qn, 16, sstride, scol, r.dh, r.lane, 32);
+      tc_stage(m.strip, r.pitch, ssrc, sbias, r.t0 + i0, qn, 16, sstride, scol, r.dh, r.lane, 32);
       __syncwarp();
       tc_scores(m.strip, m.tile0, r, kb, m.stage);
       __syncwarp();
@@ -180,7 +184,7 @@ __device__ void tc_score_pass(const bf16 *ssrc, int sstride, int scol, const bf1
 
 // Forward: P (f32, kept for the backward pass) and ctx (f32) = dropout(P)·V.
 template <typename T>
-__device__ void attn_tc_fwd(const T *qkv, const int *starts, const uint64_t *keys, const long long *poff,
+__device__ void attn_tc_fwd(const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff,
                             float *probs, float *ctx, AttShape s) {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
@@ -188,14 +192,14 @@ __device__ void attn_tc_fwd(const T *qkv, const int *starts, const uint64_t *key
   TcSmem m(smem, r, 1);
   float *P = probs + poff[r.row] + (size_t)r.hd * r.L * r.L;
   uint64_t key = row_key(keys, r.row, s);
-  tc_score_pass<false>(qkv, r.stride, r.hd * r.dh, qkv, r.H + r.hd * r.dh, P, key, r, m, s);
+  tc_score_pass<false>(qkv, bias, r.stride, r.hd * r.dh, qkv, bias, r.H + r.hd * r.dh, P, key, r, m, s);
   __syncthreads();
   softmax_rows(P, r.L, r.warp, r.lane);
   size_t local = (size_t)r.hd * r.L * r.L;
   for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
     int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
     __syncthreads();
-    tc_stage_block(m.tile0, r, qkv, r.t0 + k0, kn, r.stride, 2 * r.H + r.hd * r.dh);
+    tc_stage_block(m.tile0, r, qkv, bias, r.t0 + k0, kn, r.stride, 2 * r.H + r.hd * r.dh);
     __syncthreads();
     for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
       int i0 = st * 16, qn = min(16, r.L - i0);
@@ -220,7 +224,7 @@ __device__ void attn_tc_fwd(const T *qkv, const int *starts, const uint64_t *key
 
 // Backward, phase 1: dZ = P ⊙ (dP − Σⱼ P·dP) with dP = mask ⊙ (dctx·Vᵀ), into `dz` (P's layout).
 template <typename T>
-__device__ void attn_tc_bwd_scores(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+__device__ void attn_tc_bwd_scores(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
                                    const long long *poff, const float *probs, float *dz, AttShape s) {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
@@ -228,7 +232,7 @@ __device__ void attn_tc_bwd_scores(const T *qkv, const T *dctx, const int *start
   TcSmem m(smem, r, 1);
   size_t base = poff[r.row] + (size_t)r.hd * r.L * r.L;
   uint64_t key = row_key(keys, r.row, s);
-  tc_score_pass<true>(dctx, r.H, r.hd * r.dh, qkv, 2 * r.H + r.hd * r.dh, dz + base, key, r, m, s);
+  tc_score_pass<true>(dctx, nullptr, r.H, r.hd * r.dh, qkv, bias, 2 * r.H + r.hd * r.dh, dz + base, key, r, m, s);
   __syncthreads();
   softmax_grad_rows(probs + base, dz + base, r.L, r.warp, r.lane);
 #else
@@ -238,7 +242,7 @@ __device__ void attn_tc_bwd_scores(const T *qkv, const T *dctx, const int *start
 
 // Backward, phase 2: dQ = (scale·dZ)·K into dqkv's Q columns (f32).
 template <typename T>
-__device__ void attn_tc_bwd_dq(const T *qkv, const int *starts, const long long *poff, const float *dz, float *dqkv,
+__device__ void attn_tc_bwd_dq(const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv,
                                AttShape s) {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
@@ -248,7 +252,7 @@ __device__ void attn_tc_bwd_dq(const T *qkv, const int *starts, const long long 
   for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
     int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
     __syncthreads();
-    tc_stage_block(m.tile0, r, qkv, r.t0 + k0, kn, r.stride, r.H + r.hd * r.dh);
+    tc_stage_block(m.tile0, r, qkv, bias, r.t0 + k0, kn, r.stride, r.H + r.hd * r.dh);
     __syncthreads();
     for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
       int i0 = st * 16, qn = min(16, r.L - i0);
@@ -300,7 +304,7 @@ __device__ void tc_dkv_strip(int j0, int jn, int q0, int qn, const float *P, con
 // Backward, phase 3: dK = (scale·dZ)ᵀ·Q and dV = dropout(P)ᵀ·dctx into dqkv's K and V columns, tile by
 // tile of queries (Q and dctx staged together), a warp per 16-key strip.
 template <typename T>
-__device__ void attn_tc_bwd_dkv(const T *qkv, const T *dctx, const int *starts, const uint64_t *keys,
+__device__ void attn_tc_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
                                 const long long *poff, const float *probs, const float *dz, float *dqkv,
                                 AttShape s) {
 #ifdef NERPOS_TC
@@ -312,8 +316,8 @@ __device__ void attn_tc_bwd_dkv(const T *qkv, const T *dctx, const int *starts, 
   for (int q0 = 0; q0 < r.L; q0 += ATT_TC_TILE) {
     int qn = min(ATT_TC_TILE, r.L - q0);
     __syncthreads();
-    tc_stage_block(m.tile0, r, qkv, r.t0 + q0, qn, r.stride, r.hd * r.dh);
-    tc_stage_block(m.tile1, r, dctx, r.t0 + q0, qn, r.H, r.hd * r.dh);
+    tc_stage_block(m.tile0, r, qkv, bias, r.t0 + q0, qn, r.stride, r.hd * r.dh);
+    tc_stage_block(m.tile1, r, dctx, nullptr, r.t0 + q0, qn, r.H, r.hd * r.dh);
     __syncthreads();
     for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
       int j0 = st * 16;
@@ -328,18 +332,18 @@ __device__ void attn_tc_bwd_dkv(const T *qkv, const T *dctx, const int *starts, 
 // bf16 storage only: the f32 kernels of attention.cu serve f32.
 #define NERPOS_EXPORT_BF16(name, params, args) NERPOS_EXPORT_ONE(name, bf16, bf16, params, args)
 NERPOS_EXPORT_BF16(attn_tc_fwd,
-                   (const T *qkv, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
+                   (const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
                     float *ctx, AttShape s),
-                   (qkv, starts, keys, poff, probs, ctx, s))
+                   (qkv, bias, starts, keys, poff, probs, ctx, s))
 NERPOS_EXPORT_BF16(attn_tc_bwd_scores,
-                   (const T *qkv, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
+                   (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
                     const float *probs, float *dz, AttShape s),
-                   (qkv, dctx, starts, keys, poff, probs, dz, s))
+                   (qkv, bias, dctx, starts, keys, poff, probs, dz, s))
 NERPOS_EXPORT_BF16(attn_tc_bwd_dq,
-                   (const T *qkv, const int *starts, const long long *poff, const float *dz, float *dqkv,
+                   (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv,
                     AttShape s),
-                   (qkv, starts, poff, dz, dqkv, s))
+                   (qkv, bias, starts, poff, dz, dqkv, s))
 NERPOS_EXPORT_BF16(attn_tc_bwd_dkv,
-                   (const T *qkv, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
+                   (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
                     const float *probs, const float *dz, float *dqkv, AttShape s),
-                   (qkv, dctx, starts, keys, poff, probs, dz, dqkv, s))
+                   (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, s))

@@ -26,6 +26,17 @@ __device__ __forceinline__ float ld(const bf16 *p, size_t i) { return __bfloat16
 __device__ __forceinline__ void st(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(bf16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 
+// Element i of `p` plus bias[col] (bias null: the element alone), as a separate bias add would have
+// stored the sum in p's type (rounded to bf16 for bf16): the attention kernels fold the projection's
+// bias in as they read Q, K and V.
+template <typename T>
+__device__ __forceinline__ float ld_biased(const T *p, size_t i, const T *bias, int col) {
+  if (bias == nullptr) return ld(p, i);
+  T sum[1];
+  st(sum, 0, ld(p, i) + ld(bias, col));
+  return ld(sum, 0);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

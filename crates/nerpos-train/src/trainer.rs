@@ -205,6 +205,11 @@ impl Trainer {
         self.comm.rank()
     }
 
+    /// The gradient buckets and the dtype they are summed in (for measuring the reduction alone).
+    pub fn reduction(&self) -> (Buckets, DType) {
+        (self.buckets.clone(), self.settings.reduce_dtype.dtype())
+    }
+
     pub fn world_size(&self) -> usize {
         self.comm.world_size()
     }

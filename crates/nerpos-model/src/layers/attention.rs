@@ -103,7 +103,14 @@ impl SelfAttention {
             &[self.query.bias.t(), self.key.bias.t(), self.value.bias.t()],
             0,
         )?;
-        let bias = Epilogue::Bias(&b_qkv);
+        // Where the CUDA attention kernels run they add the bias as they read Q, K and V: the
+        // product skips its own pass over [N, 3H] (a separate bias add on a GPU).
+        let fold = Attention::folds_bias(k, &x, self.shape);
+        let bias = if fold {
+            Epilogue::None
+        } else {
+            Epilogue::Bias(&b_qkv)
+        };
         // The stacked f32 weight only where it is multiplied (then kept for backward); the packed
         // bf16 one (inference) needs no copy per batch.
         let (qkv, w_qkv) = match packed_for(k, &x, self.packed_qkv.as_ref()) {
@@ -120,7 +127,8 @@ impl SelfAttention {
         });
         let (context, cache) = timed("fwd/bwd: attention", || {
             let rows = (&pass.inputs.rows, pass.tables.as_ref());
-            Attention::forward(k, &qkv, rows, self.shape, dropout, pass.keep)
+            let folded = fold.then_some(&b_qkv);
+            Attention::forward(k, (&qkv, folded), rows, self.shape, dropout, pass.keep)
         })?;
         let (context, residual) = if only_head {
             let _t = scope("fwd/bwd: head");

@@ -134,19 +134,21 @@ pub(crate) struct Tables {
     pub offsets: Ptr,
 }
 
-/// [context (N·H); probabilities (Σ heads·L²)] in f32 from qkv, for `[qkv, keys (or null), out]`.
+/// [context (N·H); probabilities (Σ heads·L²)] in f32 from qkv (plus its bias when not null), for
+/// `[qkv, bias (or null), keys (or null), out]`.
 pub(crate) fn forward_launches(
     e: &mut dyn Exec,
     s: Elem,
     pr: &Problem,
     t: &Tables,
-    [qkv, keys, out]: [Ptr; 3],
+    [qkv, bias, keys, out]: [Ptr; 4],
     ctx_len: usize,
 ) -> Result<()> {
     let probs = out.offset(ctx_len * 4);
     e.launch(
         pr.pass(s, "fwd", pr.one_tile(), 1)
             .arg(qkv)
+            .arg(bias)
             .arg(t.starts)
             .arg(keys)
             .arg(t.offsets)
@@ -156,19 +158,21 @@ pub(crate) fn forward_launches(
     )
 }
 
-/// dqkv (N·3H f32) from qkv, the context's gradient and the kept probabilities, for
-/// `[qkv, dctx, keys (or null), probs, dqkv]`: the scores' gradient (scratch), then dQ, then dK and dV.
+/// dqkv (N·3H f32) from qkv (plus its bias when not null), the context's gradient and the kept
+/// probabilities, for `[qkv, bias (or null), dctx, keys (or null), probs, dqkv]`: the scores' gradient
+/// (scratch), then dQ, then dK and dV.
 pub(crate) fn backward_launches(
     e: &mut dyn Exec,
     s: Elem,
     pr: &Problem,
     t: &Tables,
-    [qkv, dctx, keys, probs, dqkv]: [Ptr; 5],
+    [qkv, bias, dctx, keys, probs, dqkv]: [Ptr; 6],
 ) -> Result<()> {
     let dz = e.scratch(pr.probs().max(1) * 4)?;
     e.launch(
         pr.pass(s, "bwd_scores", pr.one_tile(), 1)
             .arg(qkv)
+            .arg(bias)
             .arg(dctx)
             .arg(t.starts)
             .arg(keys)
@@ -180,6 +184,7 @@ pub(crate) fn backward_launches(
     e.launch(
         pr.pass(s, "bwd_dq", pr.two_tiles(), 1)
             .arg(qkv)
+            .arg(bias)
             .arg(t.starts)
             .arg(t.offsets)
             .arg(dz)
@@ -189,6 +194,7 @@ pub(crate) fn backward_launches(
     e.launch(
         pr.pass(s, "bwd_dkv", pr.two_tiles(), 2)
             .arg(qkv)
+            .arg(bias)
             .arg(dctx)
             .arg(t.starts)
             .arg(keys)
@@ -237,9 +243,11 @@ impl AttentionTables {
     }
 }
 
-/// The context `[N, H]` (qkv's dtype) and the probabilities (f32) from qkv `[N, 3H]`.
+/// The context `[N, H]` (qkv's dtype) and the probabilities (f32) from qkv `[N, 3H]` plus `bias`
+/// `[3H]` (qkv's dtype) when given.
 pub(crate) fn forward(
     qkv: &Tensor,
+    bias: Option<&Tensor>,
     rows: &RowSpans,
     shape: Heads,
     dropout: Option<&GpuDropout>,
@@ -255,6 +263,7 @@ pub(crate) fn forward(
             Some(&starts),
             Some(&offsets),
             dropout.map(|d| &d.keys),
+            bias,
         ],
         &[(DType::F32, n * h + pr.probs())],
         |e, i, o| {
@@ -262,7 +271,7 @@ pub(crate) fn forward(
                 starts: i[1],
                 offsets: i[2],
             };
-            forward_launches(e, s, &pr, &t, [i[0], i[3], o[0]], n * h)
+            forward_launches(e, s, &pr, &t, [i[0], i[4], i[3], o[0]], n * h)
         },
     )?;
     let ctx = out[0].narrow(0, 0, n * h)?.reshape((n, h))?;
@@ -270,10 +279,11 @@ pub(crate) fn forward(
     Ok((ctx.to_dtype(qkv.dtype())?, probs))
 }
 
-/// dqkv `[N, 3H]` (qkv's dtype) from the context's gradient and the kept probabilities.
+/// dqkv `[N, 3H]` (qkv's dtype) from the context's gradient and the kept probabilities; `bias` as
+/// in [`forward`].
 pub(crate) fn backward(
     dctx: &Tensor,
-    qkv: &Tensor,
+    (qkv, bias): (&Tensor, Option<&Tensor>),
     probs: &Tensor,
     rows: &RowSpans,
     shape: Heads,
@@ -293,6 +303,7 @@ pub(crate) fn backward(
             Some(&offsets),
             dropout.map(|d| &d.keys),
             Some(probs),
+            bias,
         ],
         &[(DType::F32, n * 3 * shape.hidden())],
         |e, i, o| {
@@ -300,7 +311,7 @@ pub(crate) fn backward(
                 starts: i[2],
                 offsets: i[3],
             };
-            backward_launches(e, s, &pr, &t, [i[0], i[1], i[4], i[5], o[0]])
+            backward_launches(e, s, &pr, &t, [i[0], i[6], i[1], i[4], i[5], o[0]])
         },
     )?;
     Ok(out[0]

@@ -11,7 +11,7 @@ mod padded;
 use candle_core::Tensor;
 
 use crate::dropout::{Masker, Site};
-use crate::error::Result;
+use crate::error::{KernelError, Result};
 use crate::rows::RowSpans;
 use crate::{Impl, Kernels, Mask};
 
@@ -56,11 +56,12 @@ pub enum AttentionCache {
         mask: Option<(Vec<u8>, f32)>,
     },
     /// The CUDA kernels': the softmax output (f32, the CPU layout), the dropout its mask is
-    /// regenerated from, and the batch's row tables.
+    /// regenerated from, the batch's row tables, and the projection's bias they fold in (if any).
     Device {
         probs: Tensor,
         dropout: Option<gpu::GpuDropout>,
         tables: AttentionTables,
+        bias: Option<Tensor>,
     },
     Padded {
         probs: Tensor,
@@ -77,18 +78,32 @@ pub enum AttentionCache {
 pub struct Attention;
 
 impl Attention {
-    /// Context `[N, H]` from the fused projection `qkv` `[N, 3H]` (bias included), with attention
-    /// dropout when given (training); the cache when `keep`. The CUDA kernels read the batch's row
-    /// tables from `tables` when given (uploaded once per batch), else upload their own.
+    /// Whether the CUDA kernels run for a projection from `x` — and so can fold the projection's
+    /// bias in as they read Q, K and V ([`Attention::forward`]'s `bias`), sparing the product its own
+    /// bias add (a pass over `[N, 3H]`). Elsewhere the product's epilogue adds it best.
+    pub fn folds_bias(k: Kernels, x: &Tensor, shape: Heads) -> bool {
+        k.pick(x) == Impl::Cuda && shape.head_dim <= MAX_HEAD_DIM
+    }
+
+    /// Context `[N, H]` from the fused projection `qkv` `[N, 3H]`, with attention dropout when
+    /// given (training); the cache when `keep`. `bias` (`[3H]`, qkv's dtype) is the projection's,
+    /// when qkv was computed without it: only where [`Attention::folds_bias`] (an error elsewhere);
+    /// backward then takes the same qkv. The CUDA kernels read the batch's row tables from `tables`
+    /// when given (uploaded once per batch), else upload their own.
     pub fn forward(
         k: Kernels,
-        qkv: &Tensor,
+        (qkv, bias): (&Tensor, Option<&Tensor>),
         (rows, tables): (&RowSpans, Option<&AttentionTables>),
         shape: Heads,
         dropout: Option<Dropout>,
         keep: bool,
     ) -> Result<(Tensor, Option<AttentionCache>)> {
         let dropout = dropout.filter(|d| d.p > 0.0);
+        if bias.is_some() && !Attention::folds_bias(k, qkv, shape) {
+            return Err(KernelError::Internal(
+                "attention folds the projection's bias in only in the CUDA kernels".into(),
+            ));
+        }
         match k.pick(qkv) {
             Impl::Cuda if shape.head_dim <= MAX_HEAD_DIM => {
                 let dropout = dropout.and_then(|d| {
@@ -102,11 +117,14 @@ impl Attention {
                     Some(t) => t.clone(),
                     None => AttentionTables::new(rows, shape, qkv.device())?,
                 };
-                let (ctx, probs) = gpu::forward(qkv, rows, shape, dropout.as_ref(), &tables)?;
+                let bias = bias.map(|b| checked_bias(b, qkv, shape)).transpose()?;
+                let (ctx, probs) =
+                    gpu::forward(qkv, bias.as_ref(), rows, shape, dropout.as_ref(), &tables)?;
                 let cache = AttentionCache::Device {
                     probs,
                     dropout,
                     tables,
+                    bias,
                 };
                 Ok((ctx, keep.then_some(cache)))
             }
@@ -137,10 +155,28 @@ impl Attention {
                 probs,
                 dropout,
                 tables,
-            } => gpu::backward(dctx, qkv, probs, rows, shape, dropout.as_ref(), tables),
+                bias,
+            } => {
+                let qkv = (qkv, bias.as_ref());
+                gpu::backward(dctx, qkv, probs, rows, shape, dropout.as_ref(), tables)
+            }
             AttentionCache::Padded { .. } => padded::backward(dctx, rows, shape, cache),
         }
     }
+}
+
+/// `bias` as the kernels read it: `[3H]` contiguous, in qkv's dtype.
+fn checked_bias(bias: &Tensor, qkv: &Tensor, shape: Heads) -> Result<Tensor> {
+    if bias.elem_count() != 3 * shape.hidden() || bias.dtype() != qkv.dtype() {
+        return Err(KernelError::Internal(format!(
+            "attention's folded bias: {:?} {:?}, expected [{}] {:?}",
+            bias.dims(),
+            bias.dtype(),
+            3 * shape.hidden(),
+            qkv.dtype()
+        )));
+    }
+    Ok(bias.flatten_all()?.contiguous()?)
 }
 
 #[cfg(test)]

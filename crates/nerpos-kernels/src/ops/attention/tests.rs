@@ -68,7 +68,7 @@ fn kernel_matches_padded(lengths: &[usize], dropout: Option<Dropout>) {
     let qkv = random(n * 3 * h).reshape((n, 3 * h)).unwrap();
     let dctx = random(n * h).reshape((n, h)).unwrap();
     let run = |k: Kernels, keep: bool| {
-        Attention::forward(k, &qkv, (&rows, None), shape, dropout, keep).unwrap()
+        Attention::forward(k, (&qkv, None), (&rows, None), shape, dropout, keep).unwrap()
     };
     let (ctx_cpu, cache_cpu) = run(Kernels::CpuOnly, true);
     let (ctx_pad, cache_pad) = run(Kernels::Reference, true);
@@ -97,7 +97,9 @@ fn cpu_inference_matches_the_padded_path() {
     };
     let (n, h) = (rows.tokens(), shape.hidden());
     let qkv = cpu(&random(&mut rng(7), n * 3 * h, 2.0), &[n, 3 * h]);
-    let run = |k: Kernels| Attention::forward(k, &qkv, (&rows, None), shape, None, false).unwrap();
+    let run = |k: Kernels| {
+        Attention::forward(k, (&qkv, None), (&rows, None), shape, None, false).unwrap()
+    };
     let (ours, none) = run(Kernels::CpuOnly);
     assert!(none.is_none());
     let d = max_diff(&ours, &run(Kernels::Reference).0);
@@ -128,15 +130,28 @@ fn cpu_kernel_backward_with_dropout_is_the_gradient() {
     });
     let loss = |x: &[f32]| -> f64 {
         let qkv = Tensor::from_vec(x.to_vec(), (n, 3 * h), &Device::Cpu).unwrap();
-        let (ctx, _) =
-            Attention::forward(Kernels::CpuOnly, &qkv, (&rows, None), shape, dropout, false)
-                .unwrap();
+        let (ctx, _) = Attention::forward(
+            Kernels::CpuOnly,
+            (&qkv, None),
+            (&rows, None),
+            shape,
+            dropout,
+            false,
+        )
+        .unwrap();
         let c = ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         c.iter().zip(&g).map(|(a, b)| f64::from(a * b)).sum()
     };
     let qkv = Tensor::from_vec(x.clone(), (n, 3 * h), &Device::Cpu).unwrap();
-    let (_, cache) =
-        Attention::forward(Kernels::CpuOnly, &qkv, (&rows, None), shape, dropout, true).unwrap();
+    let (_, cache) = Attention::forward(
+        Kernels::CpuOnly,
+        (&qkv, None),
+        (&rows, None),
+        shape,
+        dropout,
+        true,
+    )
+    .unwrap();
     let grad = flat(&Attention::backward(&dctx, &qkv, &rows, shape, &cache.unwrap()).unwrap());
     for i in (0..x.len()).step_by(7) {
         let eps = 1e-2f32;
@@ -161,18 +176,18 @@ fn emulate(
     qkv: &[f32],
     dctx: &[f32],
 ) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    emulate_in(Elem::F32, rows, shape, dropout, keys, qkv, dctx)
+    emulate_in(Elem::F32, rows, shape, dropout, keys, (qkv, None), dctx)
 }
 
-/// The emulated launches of one problem with qkv and dctx stored as `elem` (the kernels' outputs
-/// are f32 either way).
+/// The emulated launches of one problem with qkv (and the bias folded into it, if any) and dctx
+/// stored as `elem` (the kernels' outputs are f32 either way).
 fn emulate_in(
     elem: Elem,
     rows: &RowSpans,
     shape: Heads,
     dropout: Option<(u64, f64)>,
     keys: &[u64],
-    qkv: &[f32],
+    (qkv, bias): (&[f32], Option<&[f32]>),
     dctx: &[f32],
 ) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let lib = emu::emulator("attention::tests (emulated launches)")?;
@@ -188,6 +203,8 @@ fn emulate_in(
         crate::launch::Ptr::NULL
     };
     let (qkv, dctx) = (HostBuf::new(elem, qkv), HostBuf::new(elem, dctx));
+    let bias = bias.map(|b| HostBuf::new(elem, b));
+    let bias_at = bias.as_ref().map_or(crate::launch::Ptr::NULL, HostBuf::ptr);
     let mut out = HostBuf::zeros(Elem::F32, n * h + pr.probs());
     let at = out.ptr_mut();
     forward_launches(
@@ -195,7 +212,7 @@ fn emulate_in(
         elem,
         &pr,
         &t,
-        [qkv.ptr(), keys_at, at],
+        [qkv.ptr(), bias_at, keys_at, at],
         n * h,
     )
     .unwrap();
@@ -204,6 +221,7 @@ fn emulate_in(
     let mut dqkv = HostBuf::zeros(Elem::F32, n * 3 * h);
     let ptrs = [
         qkv.ptr(),
+        bias_at,
         dctx.ptr(),
         keys_at,
         emu::ptr(&probs),
@@ -223,9 +241,11 @@ struct Tolerances {
 /// The emulated launches with qkv and dctx stored as `elem`, against the CPU kernel on the values
 /// the kernels see (bf16-rounded in bf16), without dropout and with it (the GPU kernel drawing its
 /// mask from the sentences' keys, the CPU kernel given the Rust masks of the same sentences), for
-/// each (heads, head size). `None` without the emulator.
+/// each (heads, head size); with `bias`, the projection's bias folded into the kernels against the
+/// CPU kernel given qkv + bias (rounded as a bias add in `elem` rounds it). `None` without the
+/// emulator.
 fn launches_match_the_cpu_kernel(
-    elem: Elem,
+    (elem, bias): (Elem, bool),
     lengths: &[usize],
     shapes: &[(usize, usize)],
     tol: Tolerances,
@@ -241,25 +261,51 @@ fn launches_match_the_cpu_kernel(
         let shape = Heads { heads, head_dim };
         let (n, h) = (rows.tokens(), shape.hidden());
         let qkv = emu::seen(elem, &random(&mut r, n * 3 * h, 1.5));
+        let b = bias.then(|| emu::seen(elem, &random(&mut r, 3 * h, 0.5)));
         let dctx = emu::seen(elem, &random(&mut r, n * h, 1.0));
+        // What the CPU kernel is given: qkv with its bias added, as the kernels read it.
+        let biased: Vec<f32> = match &b {
+            Some(b) => emu::seen(
+                elem,
+                &qkv.iter()
+                    .enumerate()
+                    .map(|(i, v)| v + b[i % (3 * h)])
+                    .collect::<Vec<_>>(),
+            ),
+            None => qkv.clone(),
+        };
         for p in [0.0f64, 0.1] {
             let layer = 4;
             let dropout = (p > 0.0).then_some((Site::Attention(layer).code(), p));
-            let (ctx, probs, dqkv) = emulate_in(elem, &rows, shape, dropout, &keys, &qkv, &dctx)?;
+            let (ctx, probs, dqkv) = emulate_in(
+                elem,
+                &rows,
+                shape,
+                dropout,
+                &keys,
+                (&qkv, b.as_deref()),
+                &dctx,
+            )?;
             let d = Dropout {
                 masks: &m,
                 layer,
                 p,
             };
-            let q = Tensor::from_vec(qkv.clone(), (n, 3 * h), &Device::Cpu).unwrap();
-            let (rctx, cache) =
-                Attention::forward(Kernels::CpuOnly, &q, (&rows, None), shape, Some(d), true)
-                    .unwrap();
+            let q = Tensor::from_vec(biased.clone(), (n, 3 * h), &Device::Cpu).unwrap();
+            let (rctx, cache) = Attention::forward(
+                Kernels::CpuOnly,
+                (&q, None),
+                (&rows, None),
+                shape,
+                Some(d),
+                true,
+            )
+            .unwrap();
             let cache = cache.unwrap();
             let AttentionCache::Cpu { probs: rp, .. } = &cache else {
                 unreachable!("the CPU kernel keeps a CPU cache")
             };
-            let what = format!("attention {heads}×{head_dim} ({elem:?}), p {p}");
+            let what = format!("attention {heads}×{head_dim} ({elem:?}, bias {bias}), p {p}");
             emu::close(&format!("{what}: probabilities"), &probs, rp, tol.probs);
             emu::close(&format!("{what}: context"), &ctx, &flat(&rctx), tol.ctx);
             let g = Tensor::from_vec(dctx.clone(), (n, h), &Device::Cpu).unwrap();
@@ -279,7 +325,8 @@ fn emulated_launches_match_the_cpu_kernel() {
         ctx: 1e-5,
         dqkv: 1e-5,
     };
-    launches_match_the_cpu_kernel(Elem::F32, &[5, 1, 40, 33, 64, 7], &[(3, 20), (2, 40)], tol);
+    let lengths = [5, 1, 40, 33, 64, 7];
+    launches_match_the_cpu_kernel((Elem::F32, false), &lengths, &[(3, 20), (2, 40)], tol);
 }
 
 /// The tensor-core kernels (bf16, head sizes 16, 32 and 64) on the emulator against the CPU kernel
@@ -295,7 +342,12 @@ fn emulated_tensor_core_launches_match_the_cpu_kernel() {
         dqkv: 6e-3,
     };
     let lengths = [5, 1, 40, 17, 64, 130, 16];
-    launches_match_the_cpu_kernel(Elem::Bf16, &lengths, &[(2, 32), (1, 64), (3, 16)], tol);
+    launches_match_the_cpu_kernel(
+        (Elem::Bf16, false),
+        &lengths,
+        &[(2, 32), (1, 64), (3, 16)],
+        tol,
+    );
 }
 
 /// In bf16 with a head size the tensor-core tiles do not divide (40) or beyond their shared memory
@@ -314,7 +366,49 @@ fn emulated_bf16_cuda_core_launches_match_the_cpu_kernel() {
         ctx: 1e-5,
         dqkv: 1e-5,
     };
-    launches_match_the_cpu_kernel(Elem::Bf16, &[5, 40, 33], &[(2, 40), (1, 80)], tol);
+    launches_match_the_cpu_kernel((Elem::Bf16, false), &[5, 40, 33], &[(2, 40), (1, 80)], tol);
+}
+
+/// The projection's bias folded into the kernels as they read Q, K and V — the CUDA-core kernels
+/// (f32, and bf16 at a head size the tiles do not divide) and the tensor-core ones — gives what the
+/// CPU kernel gives on qkv with the bias added (rounded as a separate bias add rounds it).
+#[test]
+fn emulated_launches_fold_the_bias() {
+    let exact = || Tolerances {
+        probs: 1e-6,
+        ctx: 1e-5,
+        dqkv: 1e-5,
+    };
+    let lengths = [5, 1, 40, 70];
+    launches_match_the_cpu_kernel((Elem::F32, true), &lengths, &[(2, 20)], exact());
+    launches_match_the_cpu_kernel((Elem::Bf16, true), &lengths, &[(1, 40)], exact());
+    let bf16 = Tolerances {
+        probs: 1e-6,
+        ctx: 6e-3,
+        dqkv: 6e-3,
+    };
+    launches_match_the_cpu_kernel((Elem::Bf16, true), &lengths, &[(2, 32)], bf16);
+}
+
+/// A bias is folded in only where the CUDA kernels run: elsewhere the product adds it.
+#[test]
+fn a_bias_is_refused_where_it_cannot_be_folded() {
+    let rows = RowSpans::new(vec![3]);
+    let shape = Heads {
+        heads: 1,
+        head_dim: 4,
+    };
+    let qkv = Tensor::zeros((3, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let bias = Tensor::zeros(12, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(!Attention::folds_bias(Kernels::Fused, &qkv, shape));
+    let folded = (&qkv, Some(&bias));
+    let err = Attention::forward(Kernels::Fused, folded, (&rows, None), shape, None, false)
+        .err()
+        .expect("refused on the CPU");
+    assert!(
+        err.to_string().contains("only in the CUDA kernels"),
+        "{err}"
+    );
 }
 
 /// A sentence's context from the emulated forward kernel is the same in two batches that hold it at
