@@ -251,19 +251,25 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const i
   }
 }
 
-NERPOS_EXPORT_TYPED(attn_fwd,
-                    (const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
-                     float *ctx, AttShape s),
-                    (qkv, bias, starts, keys, poff, probs, ctx, s))
-NERPOS_EXPORT_TYPED(attn_bwd_scores,
-                    (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
-                     const float *probs, float *dz, AttShape s),
-                    (qkv, bias, dctx, starts, keys, poff, probs, dz, s))
-NERPOS_EXPORT_TYPED(attn_bwd_dq,
-                    (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv,
-                     AttShape s),
-                    (qkv, bias, starts, poff, dz, dqkv, s))
-NERPOS_EXPORT_TYPED(attn_bwd_dkv,
-                    (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
-                     const float *probs, const float *dz, float *dqkv, AttShape s),
-                    (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, s))
+// The four passes' parameter lists, shared with the tensor-core kernels (attention_tc.cu): the Rust
+// launch code passes the same arguments to either.
+#define ATT_FWD_PARAMS \
+  (const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff, float *probs, \
+   float *ctx, AttShape s)
+#define ATT_FWD_ARGS (qkv, bias, starts, keys, poff, probs, ctx, s)
+#define ATT_SCORES_PARAMS \
+  (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff, \
+   const float *probs, float *dz, AttShape s)
+#define ATT_SCORES_ARGS (qkv, bias, dctx, starts, keys, poff, probs, dz, s)
+#define ATT_DQ_PARAMS \
+  (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv, AttShape s)
+#define ATT_DQ_ARGS (qkv, bias, starts, poff, dz, dqkv, s)
+#define ATT_DKV_PARAMS \
+  (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff, \
+   const float *probs, const float *dz, float *dqkv, AttShape s)
+#define ATT_DKV_ARGS (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, s)
+
+NERPOS_EXPORT_TYPED(attn_fwd, ATT_FWD_PARAMS, ATT_FWD_ARGS)
+NERPOS_EXPORT_TYPED(attn_bwd_scores, ATT_SCORES_PARAMS, ATT_SCORES_ARGS)
+NERPOS_EXPORT_TYPED(attn_bwd_dq, ATT_DQ_PARAMS, ATT_DQ_ARGS)
+NERPOS_EXPORT_TYPED(attn_bwd_dkv, ATT_DKV_PARAMS, ATT_DKV_ARGS)

@@ -180,6 +180,34 @@ __device__ void tc_score_pass(const bf16 *ssrc, const bf16 *sbias, int sstride, 
     }
   }
 }
+// For every tile of `tsrc` rows (qkv's, `bias` folded in, from column tcol) and every 16-row strip of
+// the row: out's strip rows (f32, row stride `ostride`, from column ocol) += A·tile, with A's element
+// (i, j) — strip row i, tile row j, both numbered within the sentence — given by `a_of` (zero outside
+// the sentence) and rounded to bf16. The first tile writes, later ones add.
+template <typename AOf>
+__device__ void tc_product_pass(const bf16 *tsrc, const bf16 *bias, int tcol, float *out, int ostride, int ocol,
+                                const TcRow &r, const TcSmem &m, AOf a_of) {
+  for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
+    int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
+    __syncthreads();
+    tc_stage_block(m.tile0, r, tsrc, bias, r.t0 + k0, kn, r.stride, tcol);
+    __syncthreads();
+    for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
+      int i0 = st * 16, qn = min(16, r.L - i0);
+      Acc acc[TC_MAX_FRAGS];
+      tc_acc_load(acc, k0 == 0, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+      for (int e = r.lane; e < 16 * kb * 16; e += 32) {
+        int ii = e / (kb * 16), j = e % (kb * 16);
+        float a = ii < qn && j < kn ? a_of(i0 + ii, k0 + j) : 0.0f;
+        m.a0[ii * TC_APITCH + j] = __float2bfloat16_rn(a);
+      }
+      __syncwarp();
+      tc_accumulate(acc, m.a0, m.tile0, r, kb);
+      __syncwarp();
+      tc_acc_store(acc, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+    }
+  }
+}
 #endif  // NERPOS_TC
 
 // Forward: P (f32, kept for the backward pass) and ctx (f32) = dropout(P)·V.
@@ -196,27 +224,11 @@ __device__ void attn_tc_fwd(const T *qkv, const T *bias, const int *starts, cons
   __syncthreads();
   softmax_rows(P, r.L, r.warp, r.lane);
   size_t local = (size_t)r.hd * r.L * r.L;
-  for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
-    int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
-    __syncthreads();
-    tc_stage_block(m.tile0, r, qkv, bias, r.t0 + k0, kn, r.stride, 2 * r.H + r.hd * r.dh);
-    __syncthreads();
-    for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
-      int i0 = st * 16, qn = min(16, r.L - i0);
-      Acc acc[TC_MAX_FRAGS];
-      tc_acc_load(acc, k0 == 0, ctx, r.t0 + i0, qn, r.H, r.hd * r.dh, r, m.stage);
-      for (int e = r.lane; e < 16 * kb * 16; e += 32) {
-        int ii = e / (kb * 16), j = e % (kb * 16);
-        size_t at = (size_t)(i0 + ii) * r.L + k0 + j;
-        float p = ii < qn && j < kn ? tc_dropped(P[at], key, local + at, s) : 0.0f;
-        m.a0[ii * TC_APITCH + j] = __float2bfloat16_rn(p);
-      }
-      __syncwarp();
-      tc_accumulate(acc, m.a0, m.tile0, r, kb);
-      __syncwarp();
-      tc_acc_store(acc, ctx, r.t0 + i0, qn, r.H, r.hd * r.dh, r, m.stage);
-    }
-  }
+  // ctx = dropout(P)·V, each probability's dropout decided once.
+  tc_product_pass(qkv, bias, 2 * r.H + r.hd * r.dh, ctx, r.H, r.hd * r.dh, r, m, [&](int i, int j) {
+    size_t at = (size_t)i * r.L + j;
+    return tc_dropped(P[at], key, local + at, s);
+  });
 #else
   __trap();
 #endif
@@ -249,26 +261,8 @@ __device__ void attn_tc_bwd_dq(const T *qkv, const T *bias, const int *starts, c
   TcRow r(starts, s);
   TcSmem m(smem, r, 1);
   const float *DZ = dz + poff[r.row] + (size_t)r.hd * r.L * r.L;
-  for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
-    int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
-    __syncthreads();
-    tc_stage_block(m.tile0, r, qkv, bias, r.t0 + k0, kn, r.stride, r.H + r.hd * r.dh);
-    __syncthreads();
-    for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
-      int i0 = st * 16, qn = min(16, r.L - i0);
-      Acc acc[TC_MAX_FRAGS];
-      tc_acc_load(acc, k0 == 0, dqkv, r.t0 + i0, qn, r.stride, r.hd * r.dh, r, m.stage);
-      for (int e = r.lane; e < 16 * kb * 16; e += 32) {
-        int ii = e / (kb * 16), j = e % (kb * 16);
-        float g = ii < qn && j < kn ? DZ[(size_t)(i0 + ii) * r.L + k0 + j] * s.scale : 0.0f;
-        m.a0[ii * TC_APITCH + j] = __float2bfloat16_rn(g);
-      }
-      __syncwarp();
-      tc_accumulate(acc, m.a0, m.tile0, r, kb);
-      __syncwarp();
-      tc_acc_store(acc, dqkv, r.t0 + i0, qn, r.stride, r.hd * r.dh, r, m.stage);
-    }
-  }
+  tc_product_pass(qkv, bias, r.H + r.hd * r.dh, dqkv, r.stride, r.hd * r.dh, r, m,
+                  [&](int i, int j) { return DZ[(size_t)i * r.L + j] * s.scale; });
 #else
   __trap();
 #endif
@@ -331,19 +325,7 @@ __device__ void attn_tc_bwd_dkv(const T *qkv, const T *bias, const T *dctx, cons
 
 // bf16 storage only: the f32 kernels of attention.cu serve f32.
 #define NERPOS_EXPORT_BF16(name, params, args) NERPOS_EXPORT_ONE(name, bf16, bf16, params, args)
-NERPOS_EXPORT_BF16(attn_tc_fwd,
-                   (const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff, float *probs,
-                    float *ctx, AttShape s),
-                   (qkv, bias, starts, keys, poff, probs, ctx, s))
-NERPOS_EXPORT_BF16(attn_tc_bwd_scores,
-                   (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
-                    const float *probs, float *dz, AttShape s),
-                   (qkv, bias, dctx, starts, keys, poff, probs, dz, s))
-NERPOS_EXPORT_BF16(attn_tc_bwd_dq,
-                   (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv,
-                    AttShape s),
-                   (qkv, bias, starts, poff, dz, dqkv, s))
-NERPOS_EXPORT_BF16(attn_tc_bwd_dkv,
-                   (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff,
-                    const float *probs, const float *dz, float *dqkv, AttShape s),
-                   (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, s))
+NERPOS_EXPORT_BF16(attn_tc_fwd, ATT_FWD_PARAMS, ATT_FWD_ARGS)
+NERPOS_EXPORT_BF16(attn_tc_bwd_scores, ATT_SCORES_PARAMS, ATT_SCORES_ARGS)
+NERPOS_EXPORT_BF16(attn_tc_bwd_dq, ATT_DQ_PARAMS, ATT_DQ_ARGS)
+NERPOS_EXPORT_BF16(attn_tc_bwd_dkv, ATT_DKV_PARAMS, ATT_DKV_ARGS)
