@@ -246,6 +246,9 @@ def speed(rows):
         mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") is not None else ""
         what = "BERT-base, 16,384 tokens" if case(r) == "base" else "MiniLM, batch 32"
         launches = f"{r['launches_per_step']:.0f}" if r.get("launches_per_step") is not None else ""
+        if launches and r["impl"] == "nerpos" and not r.get("gpu_kernels"):
+            # gpu_kernels = false promises none of our CUDA kernels (issue 35): masks, optimiser, ops.
+            launches += " (none promised: " + ("met" if r["launches_per_step"] == 0 else "NOT MET") + ")"
         out.append(f"| {what}, bf16 | {impl} | {r['tokens_per_s']:,.0f} | {r['sentences_per_s']:,.0f} | {r['step_ms']:.1f} | "
                    f"{mem} | {mfu_text} | {launches} | {ratio} |")
     return out + exposed_reduction(sp)
