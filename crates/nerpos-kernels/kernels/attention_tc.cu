@@ -26,6 +26,16 @@ typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> Acc;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
 #define TC_APITCH (ATT_TC_TILE + ATT_TC_SKEW)
 #define TC_MAX_FRAGS (ATT_TC_MAX_DH / 16)
+// Over the accumulator fragments of a head (dh / 16 of them): unrolled to the constant maximum with
+// the bound as a test, so that every fragment index is a compile-time constant and the array stays in
+// registers (a runtime index would put it in local memory).
+#ifdef NERPOS_CUDA_EMU
+#define TC_UNROLL
+#else
+#define TC_UNROLL _Pragma("unroll")
+#endif
+#define TC_FOR_FRAGS(n, r) \
+  TC_UNROLL for (int n = 0; n < TC_MAX_FRAGS; ++n) if (n < (r).dh / 16)
 
 // This block's row and head, and the shapes every pass uses.
 struct TcRow {
@@ -102,12 +112,13 @@ __device__ void tc_scores(const bf16 *strip, const bf16 *tile, const TcRow &r, i
   }
 }
 
-// acc (16 × dh) += a (16 × kb·16, pitch TC_APITCH) · tile (kb·16 rows × dh).
-__device__ void tc_accumulate(Acc *acc, const bf16 *a, const bf16 *tile, const TcRow &r, int kb) {
+// acc (16 × dh) += a (16 × kb·16, pitch TC_APITCH) · tile (kb·16 rows × dh). Inlined, like the
+// loads and stores of acc below, so that the caller's fragment array stays in registers.
+__device__ __forceinline__ void tc_accumulate(Acc *acc, const bf16 *a, const bf16 *tile, const TcRow &r, int kb) {
   for (int b = 0; b < kb; ++b) {
     FragA fa;
     wmma::load_matrix_sync(fa, a + b * 16, TC_APITCH);
-    for (int n = 0; n < r.dh / 16; ++n) {
+    TC_FOR_FRAGS(n, r) {
       wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> v;
       wmma::load_matrix_sync(v, tile + b * 16 * r.pitch + n * 16, r.pitch);
       wmma::mma_sync(acc[n], fa, v, acc[n]);
@@ -117,10 +128,10 @@ __device__ void tc_accumulate(Acc *acc, const bf16 *a, const bf16 *tile, const T
 
 // acc = zero (the first tile), else rows r0 .. r0 + count of `out` (f32, row stride `ostride`, from
 // column col0) as summed by the tiles before, through the warp's staging tile.
-__device__ void tc_acc_load(Acc *acc, bool first, const float *out, int r0, int count, int ostride, int col0,
+__device__ __forceinline__ void tc_acc_load(Acc *acc, bool first, const float *out, int r0, int count, int ostride, int col0,
                             const TcRow &r, float *stage) {
   if (first) {
-    for (int n = 0; n < r.dh / 16; ++n) wmma::fill_fragment(acc[n], 0.0f);
+    TC_FOR_FRAGS(n, r) wmma::fill_fragment(acc[n], 0.0f);
     return;
   }
   for (int e = r.lane; e < 16 * r.dh; e += 32) {
@@ -128,14 +139,14 @@ __device__ void tc_acc_load(Acc *acc, bool first, const float *out, int r0, int 
     stage[i * r.dh + d] = i < count ? out[(size_t)(r0 + i) * ostride + col0 + d] : 0.0f;
   }
   __syncwarp();
-  for (int n = 0; n < r.dh / 16; ++n) wmma::load_matrix_sync(acc[n], stage + n * 16, r.dh, wmma::mem_row_major);
+  TC_FOR_FRAGS(n, r) wmma::load_matrix_sync(acc[n], stage + n * 16, r.dh, wmma::mem_row_major);
   __syncwarp();
 }
 
 // Rows r0 .. r0 + count of `out` = acc, through the warp's staging tile.
-__device__ void tc_acc_store(const Acc *acc, float *out, int r0, int count, int ostride, int col0, const TcRow &r,
+__device__ __forceinline__ void tc_acc_store(const Acc *acc, float *out, int r0, int count, int ostride, int col0, const TcRow &r,
                              float *stage) {
-  for (int n = 0; n < r.dh / 16; ++n) wmma::store_matrix_sync(stage + n * 16, acc[n], r.dh, wmma::mem_row_major);
+  TC_FOR_FRAGS(n, r) wmma::store_matrix_sync(stage + n * 16, acc[n], r.dh, wmma::mem_row_major);
   __syncwarp();
   for (int e = r.lane; e < count * r.dh; e += 32) {
     int i = e / r.dh, d = e % r.dh;
