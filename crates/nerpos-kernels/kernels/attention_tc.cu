@@ -162,6 +162,24 @@ __device__ __forceinline__ float tc_dropped(float p, uint64_t key, size_t at, co
   return p;
 }
 
+// For every tile of `tsrc` rows (qkv's, `bias` folded in, from column tcol), staged in tile0 by the
+// whole block, each warp's 16-row strips of the sentence: `strip(k0, kn, kb, i0, qn)` with the tile's
+// first row, its rows and its 16-row blocks, the strip's first row and its rows.
+template <typename Strip>
+__device__ void tc_tiles_by_strips(const bf16 *tsrc, const bf16 *bias, int tcol, const TcRow &r, const TcSmem &m,
+                                   Strip strip) {
+  for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
+    int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
+    __syncthreads();
+    tc_stage_block(m.tile0, r, tsrc, bias, r.t0 + k0, kn, r.stride, tcol);
+    __syncthreads();
+    for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
+      int i0 = st * 16;
+      strip(k0, kn, kb, i0, min(16, r.L - i0));
+    }
+  }
+}
+
 // The scores of strip-by-tile products into P (forward: Q·Kᵀ·scale) or DZ (backward: dropout of
 // dctx·Vᵀ): for every tile of `tsrc` rows (qkv's, `bias` folded in) and every 16-row strip of `ssrc`
 // rows (qkv's too in forward: `sbias`).
@@ -170,27 +188,21 @@ __device__ void tc_score_pass(const bf16 *ssrc, const bf16 *sbias, int sstride, 
                               const bf16 *bias, int tcol, float *out, uint64_t key, const TcRow &r,
                               const TcSmem &m, const AttShape &s) {
   size_t local = (size_t)r.hd * r.L * r.L;
-  for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
-    int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
-    __syncthreads();
-    tc_stage_block(m.tile0, r, tsrc, bias, r.t0 + k0, kn, r.stride, tcol);
-    __syncthreads();
-    for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
-      int i0 = st * 16, qn = min(16, r.L - i0);
-      tc_stage(m.strip, r.pitch, ssrc, sbias, r.t0 + i0, qn, 16, sstride, scol, r.dh, r.lane, 32);
-      __syncwarp();
-      tc_scores(m.strip, m.tile0, r, kb, m.stage);
-      __syncwarp();
-      for (int e = r.lane; e < qn * kn; e += 32) {
-        int ii = e / kn, j = e % kn;
-        size_t at = (size_t)(i0 + ii) * r.L + k0 + j;
-        float v = m.stage[ii * ATT_TC_TILE + j];
-        out[at] = BACKWARD ? tc_dropped(v, key, local + at, s) : v * s.scale;
-      }
-      __syncwarp();
+  tc_tiles_by_strips(tsrc, bias, tcol, r, m, [&](int k0, int kn, int kb, int i0, int qn) {
+    tc_stage(m.strip, r.pitch, ssrc, sbias, r.t0 + i0, qn, 16, sstride, scol, r.dh, r.lane, 32);
+    __syncwarp();
+    tc_scores(m.strip, m.tile0, r, kb, m.stage);
+    __syncwarp();
+    for (int e = r.lane; e < qn * kn; e += 32) {
+      int ii = e / kn, j = e % kn;
+      size_t at = (size_t)(i0 + ii) * r.L + k0 + j;
+      float v = m.stage[ii * ATT_TC_TILE + j];
+      out[at] = BACKWARD ? tc_dropped(v, key, local + at, s) : v * s.scale;
     }
-  }
+    __syncwarp();
+  });
 }
+
 // For every tile of `tsrc` rows (qkv's, `bias` folded in, from column tcol) and every 16-row strip of
 // the row: out's strip rows (f32, row stride `ostride`, from column ocol) += A·tile, with A's element
 // (i, j) — strip row i, tile row j, both numbered within the sentence — given by `a_of` (zero outside
@@ -198,26 +210,19 @@ __device__ void tc_score_pass(const bf16 *ssrc, const bf16 *sbias, int sstride, 
 template <typename AOf>
 __device__ void tc_product_pass(const bf16 *tsrc, const bf16 *bias, int tcol, float *out, int ostride, int ocol,
                                 const TcRow &r, const TcSmem &m, AOf a_of) {
-  for (int k0 = 0; k0 < r.L; k0 += ATT_TC_TILE) {
-    int kn = min(ATT_TC_TILE, r.L - k0), kb = (kn + 15) / 16;
-    __syncthreads();
-    tc_stage_block(m.tile0, r, tsrc, bias, r.t0 + k0, kn, r.stride, tcol);
-    __syncthreads();
-    for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
-      int i0 = st * 16, qn = min(16, r.L - i0);
-      Acc acc[TC_MAX_FRAGS];
-      tc_acc_load(acc, k0 == 0, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
-      for (int e = r.lane; e < 16 * kb * 16; e += 32) {
-        int ii = e / (kb * 16), j = e % (kb * 16);
-        float a = ii < qn && j < kn ? a_of(i0 + ii, k0 + j) : 0.0f;
-        m.a0[ii * TC_APITCH + j] = __float2bfloat16_rn(a);
-      }
-      __syncwarp();
-      tc_accumulate(acc, m.a0, m.tile0, r, kb);
-      __syncwarp();
-      tc_acc_store(acc, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+  tc_tiles_by_strips(tsrc, bias, tcol, r, m, [&](int k0, int kn, int kb, int i0, int qn) {
+    Acc acc[TC_MAX_FRAGS];
+    tc_acc_load(acc, k0 == 0, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+    for (int e = r.lane; e < 16 * kb * 16; e += 32) {
+      int ii = e / (kb * 16), j = e % (kb * 16);
+      float a = ii < qn && j < kn ? a_of(i0 + ii, k0 + j) : 0.0f;
+      m.a0[ii * TC_APITCH + j] = __float2bfloat16_rn(a);
     }
-  }
+    __syncwarp();
+    tc_accumulate(acc, m.a0, m.tile0, r, kb);
+    __syncwarp();
+    tc_acc_store(acc, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+  });
 }
 #endif  // NERPOS_TC
 
