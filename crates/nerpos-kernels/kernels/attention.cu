@@ -36,6 +36,19 @@ __device__ void load_tile(float *dst, const T *src, const T *bias, int t0, int c
   }
 }
 
+// One step of a running sum over tiles, element `at`: `first` starts it, `last` stores it in the
+// output's type. Between, rows longer than one tile keep it in f32 in `partial` (for f32 outputs the
+// output itself), so a bf16 output is rounded once, as a cast of the f32 sum would round it, and no
+// f32 copy of the output is written for the rows that fit one tile.
+template <typename T>
+__device__ __forceinline__ void att_sum(T *out, float *partial, size_t at, bool first, bool last, float v) {
+  float sum = (first ? 0.0f : partial[at]) + v;
+  if (last)
+    st(out, at, sum);
+  else
+    partial[at] = sum;
+}
+
 // The key of this block's row at the layer's dropout site (unused without dropout, when keys is null).
 __device__ __forceinline__ uint64_t row_key(const uint64_t *keys, int row, const AttShape &s) {
   return s.threshold < 65536u ? nerpos_site_key(keys[row], s.site) : 0;
@@ -71,10 +84,11 @@ __device__ void softmax_grad_rows(const float *P, float *DZ, int L, int warp, in
   }
 }
 
-// Forward: P (softmax of the scaled scores) into `probs`, context accumulated in f32 into `ctx` [N, H].
+// Forward: P (softmax of the scaled scores) into `probs`, context (summed in f32 over the tiles of
+// values: `att_sum`) into `ctx` [N, H].
 template <typename T>
 __device__ void attn_fwd(const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff,
-                         float *probs, float *ctx, AttShape s) {
+                         float *probs, T *ctx, float *partial, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
   int t0 = starts[row], L = starts[row + 1] - t0;
@@ -126,8 +140,7 @@ __device__ void attn_fwd(const T *qkv, const T *bias, const int *starts, const u
       for (int d = lane; d < dh; d += 32) {
         float acc = 0.0f;
         for (int j = 0; j < kn; ++j) acc += pd[j] * tile[j * (dh + 1) + d];
-        float *c = ctx + (size_t)(t0 + i) * H + hd * dh + d;
-        *c = (k0 == 0 ? 0.0f : *c) + acc;
+        att_sum(ctx, partial, (size_t)(t0 + i) * H + hd * dh + d, k0 == 0, k0 + ATT_TILE >= L, acc);
       }
       __syncwarp();
     }
@@ -171,10 +184,11 @@ __device__ void attn_bwd_scores(const T *qkv, const T *bias, const T *dctx, cons
   softmax_grad_rows(P, DZ, L, warp, lane);
 }
 
-// Backward, phase 2: dQ = scale·dZ·K (rows of queries) into dqkv [N, 3H] (f32), columns of Q.
+// Backward, phase 2: dQ = scale·dZ·K (rows of queries) into dqkv [N, 3H], columns of Q (summed as in
+// the forward pass).
 template <typename T>
 __device__ void attn_bwd_dq(const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz,
-                            float *dqkv, AttShape s) {
+                            T *dqkv, float *partial, AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
   int t0 = starts[row], L = starts[row + 1] - t0;
@@ -192,8 +206,7 @@ __device__ void attn_bwd_dq(const T *qkv, const T *bias, const int *starts, cons
       for (int d = lane; d < dh; d += 32) {
         float acc = 0.0f;
         for (int j = 0; j < kn; ++j) acc += dr[j] * tile[j * (dh + 1) + d];
-        float *o = dqkv + (size_t)(t0 + i) * stride + hd * dh + d;
-        *o = (k0 == 0 ? 0.0f : *o) + acc * s.scale;
+        att_sum(dqkv, partial, (size_t)(t0 + i) * stride + hd * dh + d, k0 == 0, k0 + ATT_TILE >= L, acc * s.scale);
       }
     }
   }
@@ -203,7 +216,7 @@ __device__ void attn_bwd_dq(const T *qkv, const T *bias, const int *starts, cons
 // queries (two tiles in shared memory: Q and dctx).
 template <typename T>
 __device__ void attn_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
-                             const long long *poff, const float *probs, const float *dz, float *dqkv,
+                             const long long *poff, const float *probs, const float *dz, T *dqkv, float *partial,
                              AttShape s) {
   NERPOS_DYNAMIC_SHARED(smem);
   int row = blockIdx.x / s.heads, hd = blockIdx.x % s.heads;
@@ -241,10 +254,10 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const i
           ak += zc[ii] * qt[ii * (dh + 1) + d];
           av += pc[ii] * gt[ii * (dh + 1) + d];
         }
-        float *ok = dqkv + (size_t)(t0 + j) * stride + H + hd * dh + d;
-        float *ov = dqkv + (size_t)(t0 + j) * stride + 2 * H + hd * dh + d;
-        *ok = (q0 == 0 ? 0.0f : *ok) + ak * s.scale;
-        *ov = (q0 == 0 ? 0.0f : *ov) + av;
+        size_t at = (size_t)(t0 + j) * stride + hd * dh + d;
+        bool first = q0 == 0, last = q0 + ATT_TILE >= L;
+        att_sum(dqkv, partial, at + H, first, last, ak * s.scale);
+        att_sum(dqkv, partial, at + 2 * H, first, last, av);
       }
       __syncwarp();
     }
@@ -252,22 +265,24 @@ __device__ void attn_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const i
 }
 
 // The four passes' parameter lists, shared with the tensor-core kernels (attention_tc.cu): the Rust
-// launch code passes the same arguments to either.
+// launch code passes the same arguments to either. Outputs are in the storage type T; `partial` holds
+// the f32 running sums of rows longer than one tile (see att_sum).
 #define ATT_FWD_PARAMS \
   (const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff, float *probs, \
-   float *ctx, AttShape s)
-#define ATT_FWD_ARGS (qkv, bias, starts, keys, poff, probs, ctx, s)
+   T *ctx, float *partial, AttShape s)
+#define ATT_FWD_ARGS (qkv, bias, starts, keys, poff, probs, ctx, partial, s)
 #define ATT_SCORES_PARAMS \
   (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff, \
    const float *probs, float *dz, AttShape s)
 #define ATT_SCORES_ARGS (qkv, bias, dctx, starts, keys, poff, probs, dz, s)
 #define ATT_DQ_PARAMS \
-  (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv, AttShape s)
-#define ATT_DQ_ARGS (qkv, bias, starts, poff, dz, dqkv, s)
+  (const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, T *dqkv, float *partial, \
+   AttShape s)
+#define ATT_DQ_ARGS (qkv, bias, starts, poff, dz, dqkv, partial, s)
 #define ATT_DKV_PARAMS \
   (const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys, const long long *poff, \
-   const float *probs, const float *dz, float *dqkv, AttShape s)
-#define ATT_DKV_ARGS (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, s)
+   const float *probs, const float *dz, T *dqkv, float *partial, AttShape s)
+#define ATT_DKV_ARGS (qkv, bias, dctx, starts, keys, poff, probs, dz, dqkv, partial, s)
 
 NERPOS_EXPORT_TYPED(attn_fwd, ATT_FWD_PARAMS, ATT_FWD_ARGS)
 NERPOS_EXPORT_TYPED(attn_bwd_scores, ATT_SCORES_PARAMS, ATT_SCORES_ARGS)

@@ -8,8 +8,10 @@
 // One block per (row, head), ATT_WARPS warps. The block stages ATT_TC_TILE rows of keys/values (or of
 // queries and dctx) in shared memory as bf16; each warp takes 16-row strips of the row (queries, or keys
 // for dK/dV) and multiplies them against the tile. A sentence of up to ATT_TC_TILE tokens is one tile:
-// its sums are made in one go; a longer one adds tile by tile into the f32 output. Tiles are padded to
-// 16 rows with zeros (the products read whole 16-row blocks, and shared memory starts as garbage).
+// its sums are made in one go and written once, in bf16; a longer one adds tile by tile into f32
+// running sums (`partial`) and its last tile writes the bf16 output — the value a cast of the f32 sum
+// would give, without the f32 output and the cast's pass over it. Tiles are padded to 16 rows with
+// zeros (the products read whole 16-row blocks, and shared memory starts as garbage).
 #include "common.cuh"
 #include "dropout.cuh"
 
@@ -126,31 +128,36 @@ __device__ __forceinline__ void tc_accumulate(Acc *acc, const bf16 *a, const bf1
   }
 }
 
-// acc = zero (the first tile), else rows r0 .. r0 + count of `out` (f32, row stride `ostride`, from
-// column col0) as summed by the tiles before, through the warp's staging tile.
-__device__ __forceinline__ void tc_acc_load(Acc *acc, bool first, const float *out, int r0, int count, int ostride, int col0,
-                            const TcRow &r, float *stage) {
+// acc = zero (the first tile), else rows r0 .. r0 + count of the running sums `partial` (f32, row
+// stride `ostride`, from column col0) as summed by the tiles before, through the warp's staging tile.
+__device__ __forceinline__ void tc_acc_load(Acc *acc, bool first, const float *partial, int r0, int count, int ostride,
+                                            int col0, const TcRow &r, float *stage) {
   if (first) {
     TC_FOR_FRAGS(n, r) wmma::fill_fragment(acc[n], 0.0f);
     return;
   }
   for (int e = r.lane; e < 16 * r.dh; e += 32) {
     int i = e / r.dh, d = e % r.dh;
-    stage[i * r.dh + d] = i < count ? out[(size_t)(r0 + i) * ostride + col0 + d] : 0.0f;
+    stage[i * r.dh + d] = i < count ? partial[(size_t)(r0 + i) * ostride + col0 + d] : 0.0f;
   }
   __syncwarp();
   TC_FOR_FRAGS(n, r) wmma::load_matrix_sync(acc[n], stage + n * 16, r.dh, wmma::mem_row_major);
   __syncwarp();
 }
 
-// Rows r0 .. r0 + count of `out` = acc, through the warp's staging tile.
-__device__ __forceinline__ void tc_acc_store(const Acc *acc, float *out, int r0, int count, int ostride, int col0, const TcRow &r,
-                             float *stage) {
+// Rows r0 .. r0 + count = acc, through the warp's staging tile: of `out` (bf16) after the last tile,
+// else of the running sums `partial` (f32).
+__device__ __forceinline__ void tc_acc_store(const Acc *acc, bf16 *out, float *partial, bool last, int r0, int count,
+                                             int ostride, int col0, const TcRow &r, float *stage) {
   TC_FOR_FRAGS(n, r) wmma::store_matrix_sync(stage + n * 16, acc[n], r.dh, wmma::mem_row_major);
   __syncwarp();
   for (int e = r.lane; e < count * r.dh; e += 32) {
     int i = e / r.dh, d = e % r.dh;
-    out[(size_t)(r0 + i) * ostride + col0 + d] = stage[i * r.dh + d];
+    size_t at = (size_t)(r0 + i) * ostride + col0 + d;
+    if (last)
+      st(out, at, stage[i * r.dh + d]);
+    else
+      partial[at] = stage[i * r.dh + d];
   }
   __syncwarp();
 }
@@ -204,15 +211,15 @@ __device__ void tc_score_pass(const bf16 *ssrc, const bf16 *sbias, int sstride, 
 }
 
 // For every tile of `tsrc` rows (qkv's, `bias` folded in, from column tcol) and every 16-row strip of
-// the row: out's strip rows (f32, row stride `ostride`, from column ocol) += A·tile, with A's element
-// (i, j) — strip row i, tile row j, both numbered within the sentence — given by `a_of` (zero outside
-// the sentence) and rounded to bf16. The first tile writes, later ones add.
+// the row: the strip rows (row stride `ostride`, from column ocol) += A·tile, with A's element (i, j) —
+// strip row i, tile row j, both numbered within the sentence — given by `a_of` (zero outside the
+// sentence) and rounded to bf16. The first tile starts the sums, the last writes them to `out`.
 template <typename AOf>
-__device__ void tc_product_pass(const bf16 *tsrc, const bf16 *bias, int tcol, float *out, int ostride, int ocol,
-                                const TcRow &r, const TcSmem &m, AOf a_of) {
+__device__ void tc_product_pass(const bf16 *tsrc, const bf16 *bias, int tcol, bf16 *out, float *partial, int ostride,
+                                int ocol, const TcRow &r, const TcSmem &m, AOf a_of) {
   tc_tiles_by_strips(tsrc, bias, tcol, r, m, [&](int k0, int kn, int kb, int i0, int qn) {
     Acc acc[TC_MAX_FRAGS];
-    tc_acc_load(acc, k0 == 0, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+    tc_acc_load(acc, k0 == 0, partial, r.t0 + i0, qn, ostride, ocol, r, m.stage);
     for (int e = r.lane; e < 16 * kb * 16; e += 32) {
       int ii = e / (kb * 16), j = e % (kb * 16);
       float a = ii < qn && j < kn ? a_of(i0 + ii, k0 + j) : 0.0f;
@@ -221,15 +228,14 @@ __device__ void tc_product_pass(const bf16 *tsrc, const bf16 *bias, int tcol, fl
     __syncwarp();
     tc_accumulate(acc, m.a0, m.tile0, r, kb);
     __syncwarp();
-    tc_acc_store(acc, out, r.t0 + i0, qn, ostride, ocol, r, m.stage);
+    tc_acc_store(acc, out, partial, k0 + ATT_TC_TILE >= r.L, r.t0 + i0, qn, ostride, ocol, r, m.stage);
   });
 }
 #endif  // NERPOS_TC
 
-// Forward: P (f32, kept for the backward pass) and ctx (f32) = dropout(P)·V.
+// Forward: P (f32, kept for the backward pass) and ctx (bf16) = dropout(P)·V.
 template <typename T>
-__device__ void attn_tc_fwd(const T *qkv, const T *bias, const int *starts, const uint64_t *keys, const long long *poff,
-                            float *probs, float *ctx, AttShape s) {
+__device__ void attn_tc_fwd ATT_FWD_PARAMS {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
   TcRow r(starts, s);
@@ -241,7 +247,7 @@ __device__ void attn_tc_fwd(const T *qkv, const T *bias, const int *starts, cons
   softmax_rows(P, r.L, r.warp, r.lane);
   size_t local = (size_t)r.hd * r.L * r.L;
   // ctx = dropout(P)·V, each probability's dropout decided once.
-  tc_product_pass(qkv, bias, 2 * r.H + r.hd * r.dh, ctx, r.H, r.hd * r.dh, r, m, [&](int i, int j) {
+  tc_product_pass(qkv, bias, 2 * r.H + r.hd * r.dh, ctx, partial, r.H, r.hd * r.dh, r, m, [&](int i, int j) {
     size_t at = (size_t)i * r.L + j;
     return tc_dropped(P[at], key, local + at, s);
   });
@@ -252,8 +258,7 @@ __device__ void attn_tc_fwd(const T *qkv, const T *bias, const int *starts, cons
 
 // Backward, phase 1: dZ = P ⊙ (dP − Σⱼ P·dP) with dP = mask ⊙ (dctx·Vᵀ), into `dz` (P's layout).
 template <typename T>
-__device__ void attn_tc_bwd_scores(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
-                                   const long long *poff, const float *probs, float *dz, AttShape s) {
+__device__ void attn_tc_bwd_scores ATT_SCORES_PARAMS {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
   TcRow r(starts, s);
@@ -268,16 +273,15 @@ __device__ void attn_tc_bwd_scores(const T *qkv, const T *bias, const T *dctx, c
 #endif
 }
 
-// Backward, phase 2: dQ = (scale·dZ)·K into dqkv's Q columns (f32).
+// Backward, phase 2: dQ = (scale·dZ)·K into dqkv's Q columns.
 template <typename T>
-__device__ void attn_tc_bwd_dq(const T *qkv, const T *bias, const int *starts, const long long *poff, const float *dz, float *dqkv,
-                               AttShape s) {
+__device__ void attn_tc_bwd_dq ATT_DQ_PARAMS {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
   TcRow r(starts, s);
   TcSmem m(smem, r, 1);
   const float *DZ = dz + poff[r.row] + (size_t)r.hd * r.L * r.L;
-  tc_product_pass(qkv, bias, r.H + r.hd * r.dh, dqkv, r.stride, r.hd * r.dh, r, m,
+  tc_product_pass(qkv, bias, r.H + r.hd * r.dh, dqkv, partial, r.stride, r.hd * r.dh, r, m,
                   [&](int i, int j) { return DZ[(size_t)i * r.L + j] * s.scale; });
 #else
   __trap();
@@ -288,12 +292,12 @@ __device__ void attn_tc_bwd_dq(const T *qkv, const T *bias, const int *starts, c
 // dK and dV of one 16-key strip (keys j0 .. j0 + jn) against one tile of qn queries (Q in tile0, dctx in
 // tile1): a0 = (scale·dZ)ᵀ, a1 = dropout(P)ᵀ, each probability's dropout decided once.
 __device__ void tc_dkv_strip(int j0, int jn, int q0, int qn, const float *P, const float *DZ, uint64_t key,
-                             float *dqkv, const TcRow &r, const TcSmem &m, const AttShape &s) {
+                             bf16 *dqkv, float *partial, const TcRow &r, const TcSmem &m, const AttShape &s) {
   int qb = (qn + 15) / 16, kcol = r.H + r.hd * r.dh, vcol = 2 * r.H + r.hd * r.dh;
   size_t local = (size_t)r.hd * r.L * r.L;
   Acc ak[TC_MAX_FRAGS], av[TC_MAX_FRAGS];
-  tc_acc_load(ak, q0 == 0, dqkv, r.t0 + j0, jn, r.stride, kcol, r, m.stage);
-  tc_acc_load(av, q0 == 0, dqkv, r.t0 + j0, jn, r.stride, vcol, r, m.stage);
+  tc_acc_load(ak, q0 == 0, partial, r.t0 + j0, jn, r.stride, kcol, r, m.stage);
+  tc_acc_load(av, q0 == 0, partial, r.t0 + j0, jn, r.stride, vcol, r, m.stage);
   // Lanes walk 16 keys of one query row at a time: contiguous reads of P and dZ.
   for (int e = r.lane; e < 16 * qb * 16; e += 32) {
     int jj = e % 16, ii = e / 16;
@@ -306,17 +310,16 @@ __device__ void tc_dkv_strip(int j0, int jn, int q0, int qn, const float *P, con
   tc_accumulate(ak, m.a0, m.tile0, r, qb);
   tc_accumulate(av, m.a1, m.tile1, r, qb);
   __syncwarp();
-  tc_acc_store(ak, dqkv, r.t0 + j0, jn, r.stride, kcol, r, m.stage);
-  tc_acc_store(av, dqkv, r.t0 + j0, jn, r.stride, vcol, r, m.stage);
+  bool last = q0 + ATT_TC_TILE >= r.L;
+  tc_acc_store(ak, dqkv, partial, last, r.t0 + j0, jn, r.stride, kcol, r, m.stage);
+  tc_acc_store(av, dqkv, partial, last, r.t0 + j0, jn, r.stride, vcol, r, m.stage);
 }
 #endif
 
 // Backward, phase 3: dK = (scale·dZ)ᵀ·Q and dV = dropout(P)ᵀ·dctx into dqkv's K and V columns, tile by
 // tile of queries (Q and dctx staged together), a warp per 16-key strip.
 template <typename T>
-__device__ void attn_tc_bwd_dkv(const T *qkv, const T *bias, const T *dctx, const int *starts, const uint64_t *keys,
-                                const long long *poff, const float *probs, const float *dz, float *dqkv,
-                                AttShape s) {
+__device__ void attn_tc_bwd_dkv ATT_DKV_PARAMS {
 #ifdef NERPOS_TC
   NERPOS_DYNAMIC_SHARED(smem);
   TcRow r(starts, s);
@@ -331,7 +334,7 @@ __device__ void attn_tc_bwd_dkv(const T *qkv, const T *bias, const T *dctx, cons
     __syncthreads();
     for (int st = r.warp; st < r.strips; st += ATT_WARPS) {
       int j0 = st * 16;
-      tc_dkv_strip(j0, min(16, r.L - j0), q0, qn, probs + base, dz + base, key, dqkv, r, m, s);
+      tc_dkv_strip(j0, min(16, r.L - j0), q0, qn, probs + base, dz + base, key, dqkv, partial, r, m, s);
     }
   }
 #else

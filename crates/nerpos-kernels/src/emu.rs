@@ -254,6 +254,26 @@ pub(crate) fn close(what: &str, gpu: &[f32], reference: &[f32], tol: f32) {
     assert!(e <= tol, "{what}: max relative error {e:.2e} > {tol:.0e}");
 }
 
+/// Asserts `gpu`, stored as `elem`, is within `tol` of `reference` (relative, as [`rel_err`]) beyond
+/// the rounding of the store itself: in bf16 half a step, at most |y|·2⁻⁸ — so that an output the
+/// kernel sums in f32 and stores in bf16 is held to the f32 sum's tolerance.
+pub(crate) fn close_stored(what: &str, elem: Elem, gpu: &[f32], reference: &[f32], tol: f32) {
+    assert_eq!(gpu.len(), reference.len(), "{what}: lengths");
+    let half_step = match elem {
+        Elem::F32 => 0.0,
+        Elem::Bf16 => 2f32.powi(-8),
+    };
+    let e = gpu
+        .iter()
+        .zip(reference)
+        .map(|(x, y)| ((x - y).abs() - half_step * y.abs()).max(0.0) / (1.0 + y.abs()))
+        .fold(0.0, f32::max);
+    assert!(
+        e <= tol,
+        "{what}: max relative error {e:.2e} beyond the store's rounding > {tol:.0e}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

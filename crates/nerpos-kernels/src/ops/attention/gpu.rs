@@ -3,7 +3,9 @@
 //! (`kernels/attention_tc.cu`: warp matrix products on tiles of `ATT_TC_TILE` rows); otherwise the
 //! CUDA-core ones (`kernels/attention.cu`: tiles of `ATT_TILE` rows). Either keeps the probabilities
 //! (f32, the CPU kernel's layout) for the backward pass and regenerates the dropout mask from the
-//! sentences' keys in both passes.
+//! sentences' keys in both passes. The context and dqkv are written in qkv's dtype, summed in f32: a
+//! row longer than one tile keeps its running sums in an f32 scratch buffer until its last tile (in
+//! f32 the output itself serves), so a bf16 output is the cast of the f32 sum without a pass to cast.
 
 use candle_core::{DType, Tensor};
 
@@ -70,6 +72,23 @@ impl Problem {
         self.starts.len() - 1
     }
 
+    /// Where the passes writing `len` elements of `out` (stored as `s`) keep the f32 running sums of
+    /// rows longer than one tile: `out` itself in f32; in bf16 a scratch buffer where such a row
+    /// exists, else none (no kernel touches it).
+    fn running_sums(&self, e: &mut dyn Exec, s: Elem, out: Ptr, len: usize) -> Result<Ptr> {
+        let tile = if self.tensor_cores(s) {
+            ATT_TC_TILE
+        } else {
+            ATT_TILE
+        };
+        let longest = self.starts.windows(2).map(|w| w[1] - w[0]).max();
+        match s {
+            Elem::F32 => Ok(out),
+            Elem::Bf16 if longest.is_some_and(|l| l as usize > tile) => e.scratch(len * 4),
+            Elem::Bf16 => Ok(Ptr::NULL),
+        }
+    }
+
     pub(crate) fn probs(&self) -> usize {
         *self.offsets.last().unwrap_or(&0) as usize
     }
@@ -134,17 +153,17 @@ pub(crate) struct Tables {
     pub offsets: Ptr,
 }
 
-/// [context (N·H); probabilities (Σ heads·L²)] in f32 from qkv (plus its bias when not null), for
-/// `[qkv, bias (or null), keys (or null), out]`.
+/// The context (N·H, stored as `s`) and the probabilities (Σ heads·L², f32) from qkv (plus its bias
+/// when not null), for `[qkv, bias (or null), keys (or null), ctx, probs]`.
 pub(crate) fn forward_launches(
     e: &mut dyn Exec,
     s: Elem,
     pr: &Problem,
     t: &Tables,
-    [qkv, bias, keys, out]: [Ptr; 4],
+    [qkv, bias, keys, ctx, probs]: [Ptr; 5],
     ctx_len: usize,
 ) -> Result<()> {
-    let probs = out.offset(ctx_len * 4);
+    let partial = pr.running_sums(e, s, ctx, ctx_len)?;
     e.launch(
         pr.pass(s, "fwd", pr.one_tile(), 1)
             .arg(qkv)
@@ -153,22 +172,25 @@ pub(crate) fn forward_launches(
             .arg(keys)
             .arg(t.offsets)
             .arg(probs)
-            .arg(out)
+            .arg(ctx)
+            .arg(partial)
             .arg(pr.shape),
     )
 }
 
-/// dqkv (N·3H f32) from qkv (plus its bias when not null), the context's gradient and the kept
-/// probabilities, for `[qkv, bias (or null), dctx, keys (or null), probs, dqkv]`: the scores' gradient
-/// (scratch), then dQ, then dK and dV.
+/// dqkv (`dqkv_len` = N·3H elements, stored as `s`) from qkv (plus its bias when not null), the
+/// context's gradient and the kept probabilities, for `[qkv, bias (or null), dctx, keys (or null),
+/// probs, dqkv]`: the scores' gradient (scratch), then dQ, then dK and dV.
 pub(crate) fn backward_launches(
     e: &mut dyn Exec,
     s: Elem,
     pr: &Problem,
     t: &Tables,
     [qkv, bias, dctx, keys, probs, dqkv]: [Ptr; 6],
+    dqkv_len: usize,
 ) -> Result<()> {
     let dz = e.scratch(pr.probs().max(1) * 4)?;
+    let partial = pr.running_sums(e, s, dqkv, dqkv_len)?;
     e.launch(
         pr.pass(s, "bwd_scores", pr.one_tile(), 1)
             .arg(qkv)
@@ -189,6 +211,7 @@ pub(crate) fn backward_launches(
             .arg(t.offsets)
             .arg(dz)
             .arg(dqkv)
+            .arg(partial)
             .arg(pr.shape),
     )?;
     e.launch(
@@ -202,6 +225,7 @@ pub(crate) fn backward_launches(
             .arg(probs)
             .arg(dz)
             .arg(dqkv)
+            .arg(partial)
             .arg(pr.shape),
     )
 }
@@ -243,8 +267,8 @@ impl AttentionTables {
     }
 }
 
-/// The context `[N, H]` (qkv's dtype) and the probabilities (f32) from qkv `[N, 3H]` plus `bias`
-/// `[3H]` (qkv's dtype) when given.
+/// The context `[N, H]` (qkv's dtype, written so by the kernels) and the probabilities (f32) from qkv
+/// `[N, 3H]` plus `bias` `[3H]` (qkv's dtype) when given.
 pub(crate) fn forward(
     qkv: &Tensor,
     bias: Option<&Tensor>,
@@ -265,18 +289,16 @@ pub(crate) fn forward(
             dropout.map(|d| &d.keys),
             bias,
         ],
-        &[(DType::F32, n * h + pr.probs())],
+        &[(qkv.dtype(), n * h), (DType::F32, pr.probs())],
         |e, i, o| {
             let t = Tables {
                 starts: i[1],
                 offsets: i[2],
             };
-            forward_launches(e, s, &pr, &t, [i[0], i[4], i[3], o[0]], n * h)
+            forward_launches(e, s, &pr, &t, [i[0], i[4], i[3], o[0], o[1]], n * h)
         },
     )?;
-    let ctx = out[0].narrow(0, 0, n * h)?.reshape((n, h))?;
-    let probs = out[0].narrow(0, n * h, pr.probs())?;
-    Ok((ctx.to_dtype(qkv.dtype())?, probs))
+    Ok((out[0].reshape((n, h))?, out[1].clone()))
 }
 
 /// dqkv `[N, 3H]` (qkv's dtype) from the context's gradient and the kept probabilities; `bias` as
@@ -305,16 +327,15 @@ pub(crate) fn backward(
             Some(probs),
             bias,
         ],
-        &[(DType::F32, n * 3 * shape.hidden())],
+        &[(qkv.dtype(), n * 3 * shape.hidden())],
         |e, i, o| {
             let t = Tables {
                 starts: i[2],
                 offsets: i[3],
             };
-            backward_launches(e, s, &pr, &t, [i[0], i[6], i[1], i[4], i[5], o[0]])
+            let ptrs = [i[0], i[6], i[1], i[4], i[5], o[0]];
+            backward_launches(e, s, &pr, &t, ptrs, n * 3 * shape.hidden())
         },
     )?;
-    Ok(out[0]
-        .reshape((n, 3 * shape.hidden()))?
-        .to_dtype(qkv.dtype())?)
+    Ok(out[0].reshape((n, 3 * shape.hidden()))?)
 }

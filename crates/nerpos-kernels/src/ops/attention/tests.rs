@@ -180,7 +180,8 @@ fn emulate(
 }
 
 /// The emulated launches of one problem with qkv (and the bias folded into it, if any) and dctx
-/// stored as `elem` (the kernels' outputs are f32 either way).
+/// stored as `elem`: the context and dqkv (stored as `elem` too, returned as f32) and the
+/// probabilities (f32).
 fn emulate_in(
     elem: Elem,
     rows: &RowSpans,
@@ -205,20 +206,22 @@ fn emulate_in(
     let (qkv, dctx) = (HostBuf::new(elem, qkv), HostBuf::new(elem, dctx));
     let bias = bias.map(|b| HostBuf::new(elem, b));
     let bias_at = bias.as_ref().map_or(crate::launch::Ptr::NULL, HostBuf::ptr);
-    let mut out = HostBuf::zeros(Elem::F32, n * h + pr.probs());
-    let at = out.ptr_mut();
+    let (mut ctx, mut probs) = (
+        HostBuf::zeros(elem, n * h),
+        HostBuf::zeros(Elem::F32, pr.probs()),
+    );
+    let outs = [ctx.ptr_mut(), probs.ptr_mut()];
     forward_launches(
         &mut EmuExec::new(lib),
         elem,
         &pr,
         &t,
-        [qkv.ptr(), bias_at, keys_at, at],
+        [qkv.ptr(), bias_at, keys_at, outs[0], outs[1]],
         n * h,
     )
     .unwrap();
-    let out = out.values();
-    let (ctx, probs) = (out[..n * h].to_vec(), out[n * h..].to_vec());
-    let mut dqkv = HostBuf::zeros(Elem::F32, n * 3 * h);
+    let (ctx, probs) = (ctx.values(), probs.values());
+    let mut dqkv = HostBuf::zeros(elem, n * 3 * h);
     let ptrs = [
         qkv.ptr(),
         bias_at,
@@ -227,7 +230,7 @@ fn emulate_in(
         emu::ptr(&probs),
         dqkv.ptr_mut(),
     ];
-    backward_launches(&mut EmuExec::new(lib), elem, &pr, &t, ptrs).unwrap();
+    backward_launches(&mut EmuExec::new(lib), elem, &pr, &t, ptrs, n * 3 * h).unwrap();
     Some((ctx, probs, dqkv.values()))
 }
 
@@ -307,10 +310,18 @@ fn launches_match_the_cpu_kernel(
             };
             let what = format!("attention {heads}×{head_dim} ({elem:?}, bias {bias}), p {p}");
             emu::close(&format!("{what}: probabilities"), &probs, rp, tol.probs);
-            emu::close(&format!("{what}: context"), &ctx, &flat(&rctx), tol.ctx);
+            // The context and dqkv are stored as `elem`: their own rounding is allowed beyond `tol`.
+            emu::close_stored(
+                &format!("{what}: context"),
+                elem,
+                &ctx,
+                &flat(&rctx),
+                tol.ctx,
+            );
             let g = Tensor::from_vec(dctx.clone(), (n, h), &Device::Cpu).unwrap();
             let rdqkv = Attention::backward(&g, &q, &rows, shape, &cache).unwrap();
-            emu::close(&format!("{what}: dqkv"), &dqkv, &flat(&rdqkv), tol.dqkv);
+            let rdqkv = flat(&rdqkv);
+            emu::close_stored(&format!("{what}: dqkv"), elem, &dqkv, &rdqkv, tol.dqkv);
         }
     }
     Some(())
