@@ -13,8 +13,9 @@ use nerpos_kernels::ops::cross_entropy::CrossEntropy;
 use nerpos_kernels::ops::embedding::EmbeddingGrad;
 use nerpos_kernels::ops::gelu::BiasGelu;
 use nerpos_kernels::ops::layer_norm::LayerNorm;
+use nerpos_kernels::ops::matmul::MatMul;
 use nerpos_kernels::ops::residual::BiasDropoutResidual;
-use nerpos_kernels::{Kernels, Mask, RowSpans};
+use nerpos_kernels::{Kernels, Mask, RowSpans, stats};
 use nerpos_model::{BertNerPos, Grad};
 use nerpos_train::optim::{AdamW, AdamWConfig, GradScale, Update, squared_norm};
 use rand::rngs::SmallRng;
@@ -123,6 +124,7 @@ pub fn run(device: &Device, small: bool) -> anyhow::Result<Vec<KernelCheck>> {
         residual_and_loss(&mut c)?;
         embedding_gradients(&mut c)?;
         attention_kernels(&mut c)?;
+        gradient_sums(&mut c)?;
         out.append(&mut c.out);
     }
     if small {
@@ -183,6 +185,32 @@ fn rows_and_columns(c: &mut Checker) -> anyhow::Result<()> {
 /// CPU bytes, its backward, and the cross-entropy (its loss left on the device until read, here once).
 /// Embedding-table gradients: a vocabulary's used rows (a few ids repeated, as [CLS] is) and a dense
 /// table with unused rows.
+/// A layer's two input gradients summed by the product (cuBLAS accumulating into the second, β = 1)
+/// against the CPU's product then sum; and that the accumulation ran (one counted launch), not the
+/// composed fallback.
+fn gradient_sums(c: &mut Checker) -> anyhow::Result<()> {
+    let mut r = SmallRng::seed_from_u64(19);
+    let (rows, h, inter) = (c.rows(), 384, 1536);
+    let (ag, ac) = c.put(&random(&mut r, rows * inter, 1.0), &[rows, inter])?;
+    let (wg, wc) = c.put(&random(&mut r, inter * h, 0.05), &[inter, h])?;
+    let (zg, zc) = c.put(&random(&mut r, rows * h, 1.0), &[rows, h])?;
+    let before = stats::launches();
+    let sum = MatMul::forward_add(GPU, &ag, &wg, zg)?;
+    let accumulated = stats::launches() - before == 1;
+    c.record(
+        "matmul + c (cuBLAS, β = 1)",
+        &sum,
+        &MatMul::forward_add(CPU, &ac, &wc, zc)?,
+        1e-3,
+    )?;
+    if let Some(last) = c.out.last_mut().filter(|_| !accumulated) {
+        last.kernel
+            .push_str(": the composed fallback ran, not the accumulation");
+        last.pass = false;
+    }
+    Ok(())
+}
+
 fn embedding_gradients(c: &mut Checker) -> anyhow::Result<()> {
     let mut r = SmallRng::seed_from_u64(17);
     let (n, h, table) = (c.rows(), 384, 512);

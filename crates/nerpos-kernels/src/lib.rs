@@ -20,6 +20,8 @@ pub mod stats;
 pub mod tier;
 
 #[cfg(feature = "cuda")]
+mod cublas;
+#[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(test)]
 mod emu;

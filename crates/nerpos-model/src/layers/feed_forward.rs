@@ -124,7 +124,8 @@ impl FeedForward {
             &self.intermediate.weight,
             Linear::weight_grad(k, &dinter, &c.x)?,
         )?;
-        Ok((self.intermediate.input_grad(k, &dinter)? + &dz)?)
+        // dz, the LayerNorm's gradient, is read by nothing after this sum: the product may add into it.
+        self.intermediate.input_grad_add(k, &dinter, dz)
     }
 
     /// Its parameters in the order backward hands out their gradients.

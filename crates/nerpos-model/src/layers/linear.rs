@@ -72,6 +72,12 @@ impl Linear {
         timed(MATMUL, || product(k, dy, &self.weight.t(), Epilogue::None))
     }
 
+    /// d(input) = dy·W + `other`, the input's gradient by another path (taken: see
+    /// [`product_add`]).
+    pub fn input_grad_add(&self, k: Kernels, dy: &Tensor, other: Tensor) -> Result<Tensor> {
+        timed(MATMUL, || product_add(k, dy, &self.weight.t(), other))
+    }
+
     /// d(weight) = dyᵀ·x.
     pub fn weight_grad(k: Kernels, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
         timed(MATMUL, || product(k, &dy.t()?, x, Epilogue::None))
@@ -89,6 +95,12 @@ pub(crate) const MATMUL: &str = "fwd/bwd: matmul";
 /// a·b then `epilogue`.
 pub(crate) fn product(k: Kernels, a: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     Ok(MatMul::forward(k, a, b, epilogue)?)
+}
+
+/// a·b + c, c taken: on a GPU the product is accumulated into c's memory (the sum of two gradients
+/// without a pass of its own), so c must be a tensor nothing else reads afterwards.
+pub(crate) fn product_add(k: Kernels, a: &Tensor, b: &Tensor, c: Tensor) -> Result<Tensor> {
+    Ok(MatMul::forward_add(k, a, b, c)?)
 }
 
 /// `packed` where the CPU kernels run on `x` (the bf16 products are a CPU kernel), else none.

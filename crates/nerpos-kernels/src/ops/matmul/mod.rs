@@ -1,5 +1,6 @@
 //! Matrix products `a·b` of 2-D tensors of any strides, with what may follow them in the same call:
-//! a bias, or bias + GELU (inference, where nothing keeps the pre-activation for a backward pass).
+//! a bias, bias + GELU (inference, where nothing keeps the pre-activation for a backward pass), or a
+//! matrix to add (a layer's two input gradients: on a GPU accumulated by cuBLAS, β = 1).
 //!
 //! On the CPU, gemm writes straight into a fresh buffer and the thread pool applies the bias (and
 //! GELU) to it in place. candle's matmul zero-fills its output on the calling thread first, and a
@@ -28,6 +29,8 @@ pub enum Epilogue<'a> {
     Bias(&'a Tensor),
     /// `gelu(· + bias)`, the exact (erf) GELU.
     BiasGelu(&'a Tensor),
+    /// `+ c`, a matrix of the product's shape.
+    Add(&'a Tensor),
 }
 
 /// `a·b` then the epilogue.
@@ -44,9 +47,23 @@ impl MatMul {
                     Epilogue::None => Ok(y),
                     Epilogue::Bias(bias) => Ok(y.broadcast_add(bias)?),
                     Epilogue::BiasGelu(bias) => Ok(BiasGelu::forward(k, &y, bias)?.1),
+                    Epilogue::Add(c) => Ok((y + c)?),
                 }
             }
         }
+    }
+
+    /// `a·b + c`: the sum of a layer's two input gradients. Where our CUDA kernels run, cuBLAS
+    /// accumulates the product into c's memory (β = 1) — no pass of its own for the sum, and c's old
+    /// values are gone: `c` is taken, and no other handle on its memory may be read afterwards.
+    /// Elsewhere (and for strided operands) the product, then the sum: on the CPU added by the thread
+    /// pool, with the bits of candle's `a·b + c`.
+    pub fn forward_add(k: Kernels, a: &Tensor, b: &Tensor, c: Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if k.pick(a) == Impl::Cuda && crate::cublas::add_product(a, b, &c)? {
+            return Ok(c);
+        }
+        MatMul::forward(k, a, b, Epilogue::Add(&c))
     }
 }
 
@@ -72,6 +89,7 @@ fn cpu_forward(a: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         Epilogue::None => {}
         Epilogue::Bias(bias) => read::<f32, _>(bias, |bias| add_bias(&mut y, bias))?,
         Epilogue::BiasGelu(bias) => read::<f32, _>(bias, |bias| bias_gelu_in_place(&mut y, bias))?,
+        Epilogue::Add(c) => add_matrix(&mut y, c, (m, n))?,
     }
     Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
 }
@@ -130,6 +148,22 @@ fn product(a: &Tensor, b: &Tensor, (m, inner, n): (usize, usize, usize)) -> Resu
     Ok(y)
 }
 
+/// `y` (m × n) plus `c`, element by element, by the thread pool.
+fn add_matrix(y: &mut [f32], c: &Tensor, (m, n): (usize, usize)) -> Result<()> {
+    if c.dims2()? != (m, n) {
+        return Err(KernelError::Internal(format!(
+            "adding a {:?} matrix to a {m}×{n} product",
+            c.dims()
+        )));
+    }
+    read::<f32, _>(c, |c| {
+        let chunk = task_rows(n.max(1)) * n.max(1);
+        y.par_chunks_mut(chunk)
+            .zip(c.par_chunks(chunk))
+            .for_each(|(y, c)| y.iter_mut().zip(c).for_each(|(v, c)| *v += c));
+    })
+}
+
 /// Rows of `y` plus `bias`, by the thread pool.
 fn add_bias(y: &mut [f32], bias: &[f32]) {
     let width = bias.len().max(1);
@@ -164,6 +198,7 @@ mod tests {
         let bt = cpu(&random(&mut r, n * inner, 1.0), &[n, inner]);
         let at = cpu(&random(&mut r, inner * m, 1.0), &[inner, m]);
         let bias = cpu(&random(&mut r, n, 1.0), &[n]);
+        let other = cpu(&random(&mut r, 20 * n, 1.0), &[20, n]);
         let cases = [
             (a.clone(), b.clone()),
             (a.clone(), bt.t().unwrap()),
@@ -175,13 +210,38 @@ mod tests {
                 Epilogue::None,
                 Epilogue::Bias(&bias),
                 Epilogue::BiasGelu(&bias),
+                Epilogue::Add(&other),
             ] {
-                if matches!(e, Epilogue::None) || w.dim(1).unwrap() == n {
+                let fits = match e {
+                    Epilogue::None => true,
+                    Epilogue::Add(c) => c.dims() == [x.dim(0).unwrap(), w.dim(1).unwrap()],
+                    _ => w.dim(1).unwrap() == n,
+                };
+                if fits {
                     let ours = MatMul::forward(Kernels::CpuOnly, x, w, e).unwrap();
                     let want = MatMul::forward(Kernels::Reference, x, w, e).unwrap();
                     emu::close(&format!("{e:?}"), &flat(&ours), &flat(&want), 2e-6);
                 }
             }
         }
+    }
+
+    /// On the CPU `a·b + c` has the bits of the product followed by candle's sum (training on the CPU
+    /// gives the numbers it gave before the sum joined the product).
+    #[test]
+    fn cpu_product_plus_a_matrix_is_the_product_then_the_sum() {
+        let mut r = rng(8);
+        let (m, inner, n) = (61, 48, 33);
+        let a = cpu(&random(&mut r, m * inner, 1.0), &[m, inner]);
+        let w = cpu(&random(&mut r, n * inner, 1.0), &[n, inner]);
+        let c = cpu(&random(&mut r, m * n, 1.0), &[m, n]);
+        let k = Kernels::CpuOnly;
+        let summed = MatMul::forward_add(k, &a, &w.t().unwrap(), c.clone()).unwrap();
+        let product = MatMul::forward(k, &a, &w.t().unwrap(), Epilogue::None).unwrap();
+        let want = (product + &c).unwrap();
+        let bits = |t: &Tensor| flat(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&summed), bits(&want));
+        let wrong = cpu(&random(&mut r, n, 1.0), &[1, n]);
+        assert!(MatMul::forward_add(k, &a, &w.t().unwrap(), wrong).is_err());
     }
 }
