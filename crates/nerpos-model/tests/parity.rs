@@ -52,9 +52,7 @@ fn tagger_model() -> (BertNerPos, common::Reference) {
     for (k, (name, var)) in model.params.iter().enumerate() {
         let value = match base.params.get(name) {
             Some(v) => v.as_tensor().clone(),
-            None => (Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu).unwrap()
-                * (1.0 + k as f64))
-                .unwrap(),
+            None => (common::seeded_normal(var.shape(), 0.5, k as u64) * (1.0 + k as f64)).unwrap(),
         };
         var.set(&value).unwrap();
     }
@@ -215,10 +213,10 @@ fn sentences_fed_the_taggers_distribution_match_the_oracle() {
     config.bert.hidden_dropout_prob = 0.0;
     config.bert.attention_probs_dropout_prob = 0.0;
     let mixed = BertNerPos::new(config, &Device::Cpu).unwrap();
-    for (name, var) in mixed.params.iter() {
+    for (k, (name, var)) in mixed.params.iter().enumerate() {
         let value = match model.params.get(name) {
             Some(v) => v.as_tensor().clone(),
-            None => Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu).unwrap(),
+            None => common::seeded_normal(var.shape(), 1.0, 1_000 + k as u64),
         };
         var.set(&value).unwrap();
     }

@@ -392,6 +392,20 @@ pub fn synthetic_reference(lengths: &[usize], vocab: u32, num_pos: u32, labels: 
 }
 
 /// The largest absolute value in `t`.
+/// N(0, std²) values of `shape` from `seed`: the same every run (candle's `randn` draws from an
+/// unseeded generator, which made the parity tests' inputs — and their worst errors — differ from one
+/// run to the next).
+pub fn seeded_normal(shape: &candle_core::Shape, std: f32, seed: u64) -> Tensor {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, std).expect("a finite standard deviation");
+    let values: Vec<f32> = (0..shape.elem_count())
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
 pub fn max_abs(t: &Tensor) -> f32 {
     t.abs()
         .unwrap()
