@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use nerpos_model::BertNerPos;
 
 #[test]
