@@ -181,36 +181,8 @@ fn rows_and_columns(c: &mut Checker) -> anyhow::Result<()> {
     c.record("gelu_colsum dbias", &dbi, &rdbi, 1e-4)
 }
 
-/// Bias + dropout + residual with the same keep pattern as a device mask (scaled, the dtype) and as
-/// CPU bytes, its backward, and the cross-entropy (its loss left on the device until read, here once).
 /// Embedding-table gradients: a vocabulary's used rows (a few ids repeated, as [CLS] is) and a dense
 /// table with unused rows.
-/// A layer's two input gradients summed by the product (cuBLAS accumulating into the second, β = 1)
-/// against the CPU's product then sum; and that the accumulation ran (one counted launch), not the
-/// composed fallback.
-fn gradient_sums(c: &mut Checker) -> anyhow::Result<()> {
-    let mut r = SmallRng::seed_from_u64(19);
-    let (rows, h, inter) = (c.rows(), 384, 1536);
-    let (ag, ac) = c.put(&random(&mut r, rows * inter, 1.0), &[rows, inter])?;
-    let (wg, wc) = c.put(&random(&mut r, inter * h, 0.05), &[inter, h])?;
-    let (zg, zc) = c.put(&random(&mut r, rows * h, 1.0), &[rows, h])?;
-    let before = stats::launches();
-    let sum = MatMul::forward_add(GPU, &ag, &wg, zg)?;
-    let accumulated = stats::launches() - before == 1;
-    c.record(
-        "matmul + c (cuBLAS, β = 1)",
-        &sum,
-        &MatMul::forward_add(CPU, &ac, &wc, zc)?,
-        1e-3,
-    )?;
-    if let Some(last) = c.out.last_mut().filter(|_| !accumulated) {
-        last.kernel
-            .push_str(": the composed fallback ran, not the accumulation");
-        last.pass = false;
-    }
-    Ok(())
-}
-
 fn embedding_gradients(c: &mut Checker) -> anyhow::Result<()> {
     let mut r = SmallRng::seed_from_u64(17);
     let (n, h, table) = (c.rows(), 384, 512);
@@ -232,6 +204,8 @@ fn embedding_gradients(c: &mut Checker) -> anyhow::Result<()> {
     c.record("segment_sum dense table", &dense, &rdense, 1e-5)
 }
 
+/// Bias + dropout + residual with the same keep pattern as a device mask (scaled, the dtype) and as
+/// CPU bytes, its backward, and the cross-entropy (its loss left on the device until read, here once).
 fn residual_and_loss(c: &mut Checker) -> anyhow::Result<()> {
     let mut r = SmallRng::seed_from_u64(13);
     let (rows, h) = (c.rows(), 384);
@@ -373,6 +347,32 @@ fn attention_kernels(c: &mut Checker) -> anyhow::Result<()> {
             let rdqkv = Attention::backward(&gc, qc, &rows, shape, &rcache)?;
             c.record(&format!("{what} dqkv"), &dqkv, &rdqkv, 1e-5)?;
         }
+    }
+    Ok(())
+}
+
+/// A layer's two input gradients summed by the product (cuBLAS accumulating into the second, β = 1)
+/// against the CPU's product then sum; and that the accumulation ran (one counted launch), not the
+/// composed fallback.
+fn gradient_sums(c: &mut Checker) -> anyhow::Result<()> {
+    let mut r = SmallRng::seed_from_u64(19);
+    let (rows, h, inter) = (c.rows(), 384, 1536);
+    let (ag, ac) = c.put(&random(&mut r, rows * inter, 1.0), &[rows, inter])?;
+    let (wg, wc) = c.put(&random(&mut r, inter * h, 0.05), &[inter, h])?;
+    let (zg, zc) = c.put(&random(&mut r, rows * h, 1.0), &[rows, h])?;
+    let before = stats::launches();
+    let sum = MatMul::forward_add(GPU, &ag, &wg, zg)?;
+    let accumulated = stats::launches() - before == 1;
+    c.record(
+        "matmul + c (cuBLAS, β = 1)",
+        &sum,
+        &MatMul::forward_add(CPU, &ac, &wc, zc)?,
+        1e-3,
+    )?;
+    if let Some(last) = c.out.last_mut().filter(|_| !accumulated) {
+        last.kernel
+            .push_str(": the composed fallback ran, not the accumulation");
+        last.pass = false;
     }
     Ok(())
 }

@@ -158,9 +158,10 @@ fn add_matrix(y: &mut [f32], c: &Tensor, (m, n): (usize, usize)) -> Result<()> {
     }
     read::<f32, _>(c, |c| {
         let chunk = task_rows(n.max(1)) * n.max(1);
+        // A chunk of c is a "bias" as wide as the chunk: the bias kernel adds it element by element.
         y.par_chunks_mut(chunk)
             .zip(c.par_chunks(chunk))
-            .for_each(|(y, c)| y.iter_mut().zip(c).for_each(|(v, c)| *v += c));
+            .for_each(|(y, c)| add_bias_rows(y, c));
     })
 }
 
